@@ -1,0 +1,190 @@
+"""What a source is, the registry of source kinds, and helpers shared by file-based sources.
+
+A source yields ``Entry`` objects: a stable locator, a cheap fingerprint that changes when the
+entry may have changed, a way to read the bytes, and the label and metadata it carries. Adding a
+kind of source is one new module with one ``@register_source`` class.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+import polars as pl
+
+from curate.images import ImageRejected
+
+JsonDict = dict[str, Any]
+
+
+class SourceError(ValueError):
+    """A source cannot be read at all (missing folder, missing column, dataset not found)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One thing a source offers to become an item.
+
+    ``read`` returns the bytes or raises ``OSError`` / ``ImageRejected``. ``local_path`` is set
+    when the bytes sit in a stable local file the item can point at; otherwise they are copied
+    into the workspace's blob store. ``rejection`` is set when the source already knows the entry
+    is bad (a manifest path escaping its root); such entries are quarantined without reading.
+    """
+
+    locator: str
+    fingerprint: str
+    read: Callable[[], bytes]
+    label: str | None = None
+    split: str | None = None
+    license: str | None = None
+    metadata: JsonDict = field(default_factory=dict)
+    local_path: Path | None = None
+    rejection: ImageRejected | None = None
+
+
+class IngestSource(ABC):
+    """A kind of source. Subclasses are dataclasses whose fields are the source's options."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Canonical location (absolute path, hub id): with ``kind`` it identifies the source."""
+
+    @abstractmethod
+    def entries(self) -> Iterator[Entry]:
+        """Yield every entry, in a deterministic order, without holding them all in memory."""
+
+    def estimate(self) -> int | None:
+        """How many entries ``entries`` will yield, when cheap to know (for progress bars)."""
+        return None
+
+    def options(self) -> JsonDict:
+        """The options this source was made with, JSON-ready (recorded with the source and run)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {k: _jsonable(v) for k, v in values.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list, frozenset, set)):
+        items = [_jsonable(v) for v in value]
+        return sorted(items) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+SOURCES: dict[str, type[IngestSource]] = {}
+
+
+def register_source(kind: str) -> Callable[[type[IngestSource]], type[IngestSource]]:
+    """Class decorator adding a source kind to the registry.
+
+    >>> sorted(SOURCES)  # doctest: +SKIP
+    ['folder', 'groups', 'hf', 'manifest']
+    """
+
+    def decorate(cls: type[IngestSource]) -> type[IngestSource]:
+        if kind in SOURCES:
+            raise ValueError(f"source kind {kind!r} is already registered by {SOURCES[kind].__name__}")
+        cls.kind = kind
+        SOURCES[kind] = cls
+        return cls
+
+    return decorate
+
+
+def make_source(kind: str, *args: Any, **options: Any) -> IngestSource:
+    """Build a registered source by kind.
+
+    >>> make_source("nope", "/tmp")
+    Traceback (most recent call last):
+    ...
+    curate.ingest.base.SourceError: unknown source kind 'nope'; known: folder, groups, hf, manifest
+    """
+    if kind not in SOURCES:
+        raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(sorted(SOURCES))}")
+    return SOURCES[kind](*args, **options)
+
+
+# helpers for sources that point at local files ------------------------------------------------
+def file_fingerprint(path: Path) -> str:
+    """``size:mtime_ns`` of a file (following links), or ``missing``."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def file_entry(path: Path, locator: str, **fields_: Any) -> Entry:
+    """An entry whose bytes are the local file ``path``."""
+    return Entry(locator=locator, fingerprint=file_fingerprint(path), read=path.read_bytes,
+                 local_path=path, **fields_)
+
+
+def resolve_under_root(root: Path, value: str, allow_absolute: bool = False) -> Path:
+    """Resolve a path written in a table against ``root``, refusing escapes.
+
+    ``..`` components are always refused; absolute paths, and paths whose symlinks lead outside
+    ``root``, only when ``allow_absolute`` is false.
+
+    >>> resolve_under_root(Path("/data"), "../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    curate.images.ImageRejected: path-escape: '../etc/passwd' contains '..'
+    """
+    normalised = value.replace("\\", "/")
+    pure = PurePosixPath(normalised)
+    if ".." in pure.parts:
+        raise ImageRejected("path-escape", f"{value!r} contains '..'")
+    if pure.is_absolute():
+        if not allow_absolute:
+            raise ImageRejected("path-escape", f"{value!r} is absolute (allow with allow_absolute)")
+        return Path(normalised)
+    path = root / pure
+    if not allow_absolute:
+        real_root = Path(os.path.realpath(root))
+        if not Path(os.path.realpath(path)).is_relative_to(real_root):
+            raise ImageRejected("path-escape", f"{value!r} leads outside {root} through a link")
+    return path
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    """Read a CSV, TSV, parquet or JSON-lines table (by suffix) with polars."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise SourceError(f"no table at {path}")
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return pl.read_ndjson(path)
+        if suffix in (".csv", ".tsv", ".txt"):
+            return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as error:
+        raise SourceError(f"cannot read table {path}: {error}") from error
+    raise SourceError(f"unknown table format {suffix!r} for {path}; use .csv, .tsv, .parquet or .jsonl")
+
+
+def require_columns(frame: pl.DataFrame, where: Path, **columns: str | None) -> None:
+    """Fail clearly when a column an option names is not in the table."""
+    missing = {option: name for option, name in columns.items() if name is not None and name not in frame.columns}
+    if missing:
+        wanted = ", ".join(f"{option}={name!r}" for option, name in missing.items())
+        raise SourceError(f"{where} has no column for {wanted}; its columns: {', '.join(frame.columns)}")
+
+
+def numbered_locators(values: Iterator[str]) -> Iterator[str]:
+    """Yield each value, with ``#2``, ``#3`` ... appended to repeats, so every row keeps a stable key."""
+    seen: dict[str, int] = {}
+    for value in values:
+        seen[value] = seen.get(value, 0) + 1
+        yield value if seen[value] == 1 else f"{value}#{seen[value]}"

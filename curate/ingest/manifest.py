@@ -1,0 +1,121 @@
+"""Manifests: a CSV / TSV / parquet / JSON-lines table with a path or URL column and a label column."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from curate.images import ImageRejected
+from curate.ingest.base import (
+    Entry,
+    IngestSource,
+    SourceError,
+    file_entry,
+    numbered_locators,
+    read_table,
+    register_source,
+    require_columns,
+    resolve_under_root,
+)
+
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def _download(url: str) -> bytes:
+    try:
+        response = httpx.get(url, timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ImageRejected("unreadable", f"download of {url} failed: {error}") from error
+    return response.content
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@register_source("manifest")
+@dataclass(frozen=True)
+class ManifestSource(IngestSource):
+    """One row per image: ``path_column`` holds a path (relative to ``root``) or an http(s) URL.
+
+    ``root`` defaults to the manifest's folder; paths may not leave it (no ``..``, no absolute
+    paths, no links outward) unless ``allow_absolute``. Every column not named by an option is
+    kept as metadata, or only ``metadata_columns`` when given. A path listed twice keeps both rows.
+
+    >>> ManifestSource(Path("/no/manifest.csv"))
+    Traceback (most recent call last):
+    ...
+    curate.ingest.base.SourceError: no table at /no/manifest.csv
+    """
+
+    path: Path
+    path_column: str = "path"
+    label_column: str | None = "label"
+    split_column: str | None = None
+    license_column: str | None = None
+    metadata_columns: tuple[str, ...] | None = None
+    root: Path | None = None
+    allow_absolute: bool = False
+
+    def __post_init__(self) -> None:
+        path = Path(self.path).resolve()
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "root", Path(self.root).resolve() if self.root else path.parent)
+        if self.metadata_columns is not None:
+            object.__setattr__(self, "metadata_columns", tuple(self.metadata_columns))
+        frame = read_table(path)
+        require_columns(frame, path, path_column=self.path_column, label_column=self.label_column,
+                        split_column=self.split_column, license_column=self.license_column)
+        for column in self.metadata_columns or ():
+            require_columns(frame, path, metadata_columns=column)
+        object.__setattr__(self, "_frame", frame)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def estimate(self) -> int:
+        return self._frame.height
+
+    def _metadata_columns(self) -> list[str]:
+        if self.metadata_columns is not None:
+            return list(self.metadata_columns)
+        named = {self.path_column, self.label_column, self.split_column, self.license_column}
+        return [c for c in self._frame.columns if c not in named]
+
+    def entries(self) -> Iterator[Entry]:
+        frame = self._frame
+        metadata_columns = self._metadata_columns()
+        values = (str(v) if v is not None else "" for v in frame.get_column(self.path_column))
+        for locator, row in zip(numbered_locators(values), frame.iter_rows(named=True), strict=True):
+            yield self._entry(locator, row, {c: row[c] for c in metadata_columns})
+
+    def _entry(self, locator: str, row: dict[str, Any], metadata: dict[str, Any]) -> Entry:
+        fields_: dict[str, Any] = {
+            "label": _text(row[self.label_column]) if self.label_column else None,
+            "split": _text(row[self.split_column]) if self.split_column else None,
+            "license": _text(row[self.license_column]) if self.license_column else None,
+            "metadata": metadata,
+        }
+        return path_entry(locator, row[self.path_column], self.root, self.allow_absolute, **fields_)
+
+
+def path_entry(locator: str, value: Any, root: Path | None, allow_absolute: bool, **fields_: Any) -> Entry:
+    """The entry for one table cell holding a path or URL; bad cells become rejected entries."""
+    if root is None:
+        raise SourceError("a table source needs a root folder")
+    text = "" if value is None else str(value).strip()
+    if text.startswith(("http://", "https://")):
+        return Entry(locator=locator, fingerprint=f"url:{text}", read=lambda: _download(text), **fields_)
+    try:
+        if not text:
+            raise ImageRejected("bad-entry", "the path cell is empty")
+        path = resolve_under_root(root, text, allow_absolute)
+    except ImageRejected as rejection:
+        return Entry(locator=locator, fingerprint="rejected", read=bytes, rejection=rejection, **fields_)
+    return file_entry(path, locator, **fields_)

@@ -1,0 +1,34 @@
+"""Progress bars for long work (rich, on stderr), with one switch to turn them off.
+
+>>> with progress_bar("demo", total=2, enabled=False) as advance:
+...     advance(); advance()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """Yield an ``advance()`` callable that moves a bar of ``total`` steps (a counter when unknown)."""
+    if not enabled:
+        yield lambda: None
+        return
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)

@@ -1,0 +1,186 @@
+"""The workspace: the store every stage reads and writes. Nothing else touches SQLite.
+
+Layout of a workspace folder::
+
+    curate.sqlite   catalogue (WAL): sources, items, quarantine, runs, evidence, verdicts, cache
+    blobs/          image bytes that had no stable file (datasets, URLs, ``copy=True``), by sha256
+    tables/         parquet side tables (exports, embeddings)
+    cache/          large cached values, by key digest
+
+>>> import tempfile
+>>> ws = Workspace.init(tempfile.mkdtemp())
+>>> ws.schema_version == SCHEMA_VERSION
+True
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from curate.workspace._sql import atomic_write_bytes
+from curate.workspace.cache import Cache, CacheKey, CacheStats
+from curate.workspace.catalog import Catalog, Source, SourceStatus, WorkspaceStatus
+from curate.workspace.runs import RunLog, RunNotFoundError, code_version
+from curate.workspace.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
+from curate.workspace.tables import SideTables
+
+__all__ = [
+    "SCHEMA_VERSION", "Cache", "CacheKey", "CacheStats", "Catalog", "RunLog", "RunNotFoundError",
+    "SchemaTooNewError", "SideTables", "Source", "SourceStatus", "Workspace", "WorkspaceNotFoundError",
+    "WorkspaceStatus", "code_version",
+]
+
+DATABASE_NAME = "curate.sqlite"
+BUSY_TIMEOUT_MS = 120_000
+
+
+class WorkspaceNotFoundError(FileNotFoundError):
+    """The folder holds no curate workspace."""
+
+
+class Workspace:
+    """A workspace folder: catalogue, runs, cache, side tables and blobs.
+
+    Connections are per thread; writes go through ``transaction()`` (``BEGIN IMMEDIATE``), so two
+    processes writing the same workspace queue up instead of corrupting it, and a crash mid-write
+    rolls the unfinished transaction back.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.database = self.root / DATABASE_NAME
+        self._local = threading.local()
+        self.runs = RunLog(self.connect, self.transaction)
+        self.catalog = Catalog(self.connect, self.transaction, self.runs)
+        self.cache = Cache(self.root / "cache", self.connect, self.transaction)
+        self.tables = SideTables(self.root / "tables")
+
+    @classmethod
+    def init(cls, path: str | Path) -> Workspace:
+        """Create a workspace (or open the one already there) and bring its schema up to date."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        for folder in ("blobs", "tables", "cache"):
+            (root / folder).mkdir(exist_ok=True)
+        workspace = cls(root)
+        conn = workspace.connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        migrate(conn)
+        return workspace
+
+    @classmethod
+    def open(cls, path: str | Path) -> Workspace:
+        """Open an existing workspace; migrate it if it was written by an older curate."""
+        root = Path(path)
+        if not (root / DATABASE_NAME).is_file():
+            raise WorkspaceNotFoundError(f"no curate workspace in {root} (create one with `curate init {root}`)")
+        workspace = cls(root)
+        migrate(workspace.connect())
+        return workspace
+
+    @property
+    def schema_version(self) -> int:
+        """The catalogue's schema version."""
+        return self.connect().execute("PRAGMA user_version").fetchone()[0]
+
+    def connect(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use ``transaction()`` to write)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.database, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed whole on success, rolled back on any error."""
+        conn = self.connect()
+        if conn.in_transaction:  # nested: join the outer transaction
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # blobs --------------------------------------------------------------------------------
+    def put_blob(self, item_id: str, data: bytes, suffix: str = "") -> str:
+        """Store image bytes by content hash (once); return the ``blob:`` uri."""
+        relative = f"{item_id[:2]}/{item_id}{suffix.lower()}"
+        target = self.root / "blobs" / relative
+        if not target.exists():
+            atomic_write_bytes(target, data)
+        return f"blob:{relative}"
+
+    def resolve_uri(self, uri: str) -> Path:
+        """The file that holds an item's bytes.
+
+        >>> import tempfile
+        >>> ws = Workspace.init(tempfile.mkdtemp())
+        >>> ws.resolve_uri("blob:ab/abcd.png") == ws.root / "blobs" / "ab" / "abcd.png"
+        True
+        """
+        if uri.startswith("blob:"):
+            return self.root / "blobs" / uri.removeprefix("blob:")
+        return Path(uri)
+
+    # status and exports -------------------------------------------------------------------
+    def status(self) -> WorkspaceStatus:
+        """Counts per class, per source, quarantined, and runs per stage."""
+        return self.catalog.status(sum(self.cache.stats().entries.values()), self.tables.names())
+
+    def export_items(self, path: str | Path) -> int:
+        """Write all items (with their first source and number of sources) to parquet or CSV.
+
+        The format follows the suffix (``.parquet`` or ``.csv``); rows stream in batches.
+        Returns the number of rows written.
+        """
+        target = Path(path)
+        if target.suffix not in (".parquet", ".csv"):
+            raise ValueError(f"export to .parquet or .csv, not {target.suffix or 'no suffix'!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([
+            ("item_id", pa.string()), ("uri", pa.string()), ("label", pa.string()), ("width", pa.int64()),
+            ("height", pa.int64()), ("mode", pa.string()), ("format", pa.string()),
+            ("size_bytes", pa.int64()), ("orientation", pa.int64()), ("n_frames", pa.int64()),
+            ("license", pa.string()), ("metadata", pa.string()), ("run_id", pa.string()),
+            ("created_at", pa.string()), ("first_source", pa.string()), ("n_sources", pa.int64()),
+        ])
+        tmp = target.with_name(f".{target.name}.tmp")
+        writer: pq.ParquetWriter | pa_csv.CSVWriter = (
+            pq.ParquetWriter(tmp, schema) if target.suffix == ".parquet" else pa_csv.CSVWriter(tmp, schema)
+        )
+        written = 0
+        try:
+            with writer:
+                for rows in self.catalog.export_rows():
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                    written += len(rows)
+                if written == 0:
+                    writer.write_table(schema.empty_table())
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return written

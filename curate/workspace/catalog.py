@@ -1,0 +1,295 @@
+"""The catalogue tables: sources, items, their source references, quarantine, evidence, verdicts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from curate.records import Evidence, EvidenceRole, Item, Quarantined, SourceRef, Verdict
+from curate.workspace._sql import digest, dumps, now
+from curate.workspace.runs import RunLog
+
+Connect = Callable[[], sqlite3.Connection]
+Transaction = Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A registered source: its kind, canonical location and the options it was read with."""
+
+    source_id: str
+    kind: str
+    location: str
+    options: dict[str, Any]
+
+    @staticmethod
+    def make_id(kind: str, location: str) -> str:
+        """Sources are identified by kind and location, so re-ingesting finds the same source."""
+        return f"{kind}-{digest([kind, location])[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """Counts for one source."""
+
+    source: Source
+    references: int
+    quarantined: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceStatus:
+    """What a workspace holds: items per class and source, quarantine, and runs per stage."""
+
+    items: int
+    per_class: dict[str, int]
+    sources: list[SourceStatus]
+    quarantined: int
+    quarantine_reasons: dict[str, int]
+    label_conflicts: int
+    runs_per_stage: dict[str, dict[str, int]]
+    evidence: int
+    verdicts: int
+    cache_entries: int
+    side_tables: list[str] = field(default_factory=list)
+
+
+def _item_from_row(row: sqlite3.Row) -> Item:
+    return Item(
+        item_id=row["item_id"], uri=row["uri"], label=row["label"], width=row["width"],
+        height=row["height"], mode=row["mode"], format=row["format"], size_bytes=row["size_bytes"],
+        orientation=row["orientation"], n_frames=row["n_frames"], license=row["license"],
+        metadata=json.loads(row["metadata"]),
+    )
+
+
+class Catalog:
+    """Reads and writes of the catalogue tables. Writes happen in whole transactions."""
+
+    def __init__(self, connect: Connect, transaction: Transaction, runs: RunLog) -> None:
+        self._connect = connect
+        self._transaction = transaction
+        self._runs = runs
+
+    # sources ------------------------------------------------------------------------------
+    def register_source(self, kind: str, location: str, options: dict[str, Any]) -> Source:
+        """Add a source, or update the options of the one with this kind and location."""
+        source = Source(Source.make_id(kind, location), kind, location, options)
+        stamp = now()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO sources (source_id, kind, location, options, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(source_id) DO UPDATE SET options = excluded.options, "
+                "updated_at = excluded.updated_at",
+                (source.source_id, kind, location, dumps(options), stamp, stamp),
+            )
+        return source
+
+    def sources(self) -> list[Source]:
+        """All registered sources, oldest first."""
+        rows = self._connect().execute("SELECT * FROM sources ORDER BY created_at").fetchall()
+        return [Source(r["source_id"], r["kind"], r["location"], json.loads(r["options"])) for r in rows]
+
+    def source(self, source_id: str) -> Source:
+        """One source by id."""
+        for source in self.sources():
+            if source.source_id == source_id:
+                return source
+        raise KeyError(f"no source {source_id!r}")
+
+    def known_locators(self, source_id: str) -> dict[str, str]:
+        """locator -> fingerprint of every entry of a source already ingested or quarantined."""
+        conn = self._connect()
+        known = dict(conn.execute("SELECT locator, fingerprint FROM quarantine WHERE source_id = ?",
+                                  (source_id,)).fetchall())
+        known.update(conn.execute("SELECT locator, fingerprint FROM item_sources WHERE source_id = ?",
+                                  (source_id,)).fetchall())
+        return known
+
+    # ingest -------------------------------------------------------------------------------
+    def record_ingest_batch(self, run_id: str, found: Sequence[tuple[Item, SourceRef]],
+                            quarantined: Sequence[Quarantined], unchanged: int = 0) -> Counter[str]:
+        """Store one batch of ingest results and the run's counts in a single transaction.
+
+        Returns the counts added: ``new_items``, ``duplicates`` (bytes already known, new
+        reference), ``quarantined`` and ``quarantined:<reason>``, ``unchanged``.
+        """
+        counts: Counter[str] = Counter(unchanged=unchanged)
+        stamp = now()
+        with self._transaction() as conn:
+            for item, ref in found:
+                inserted = conn.execute(
+                    "INSERT INTO items (item_id, uri, label, width, height, mode, format, size_bytes, "
+                    "orientation, n_frames, license, metadata, run_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO NOTHING",
+                    (item.item_id, item.uri, item.label, item.width, item.height, item.mode, item.format,
+                     item.size_bytes, item.orientation, item.n_frames, item.license, dumps(item.metadata),
+                     run_id, stamp),
+                ).rowcount
+                counts["new_items" if inserted else "duplicates"] += 1
+                conn.execute(
+                    "INSERT INTO item_sources (source_id, locator, item_id, fingerprint, label, split, "
+                    "metadata, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source_id, locator) "
+                    "DO UPDATE SET item_id = excluded.item_id, fingerprint = excluded.fingerprint, "
+                    "label = excluded.label, split = excluded.split, metadata = excluded.metadata, "
+                    "run_id = excluded.run_id",
+                    (ref.source_id, ref.locator, ref.item_id, ref.fingerprint, ref.label, ref.split,
+                     dumps(ref.metadata), run_id),
+                )
+                conn.execute("DELETE FROM quarantine WHERE source_id = ? AND locator = ?",
+                             (ref.source_id, ref.locator))
+            for entry in quarantined:
+                conn.execute(
+                    "INSERT OR REPLACE INTO quarantine (source_id, locator, fingerprint, reason, detail, "
+                    "label, split, metadata, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.source_id, entry.locator, entry.fingerprint, entry.reason, entry.detail,
+                     entry.label, entry.split, dumps(entry.metadata), run_id, stamp),
+                )
+                conn.execute("DELETE FROM item_sources WHERE source_id = ? AND locator = ?",
+                             (entry.source_id, entry.locator))
+                counts["quarantined"] += 1
+                counts[f"quarantined:{entry.reason}"] += 1
+            self._runs.add_counts(conn, run_id, {k: v for k, v in counts.items() if v})
+        return counts
+
+    # items --------------------------------------------------------------------------------
+    def item(self, item_id: str) -> Item:
+        """One item by id."""
+        row = self._connect().execute("SELECT * FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no item {item_id!r}")
+        return _item_from_row(row)
+
+    def items(self, label: str | None = None, source_id: str | None = None,
+              batch_size: int = 1000) -> Iterator[Item]:
+        """Stream items (optionally of one class or one source) in ``item_id`` order."""
+        where, args = [], []
+        if label is not None:
+            where.append("label = ?")
+            args.append(label)
+        if source_id is not None:
+            where.append("item_id IN (SELECT item_id FROM item_sources WHERE source_id = ?)")
+            args.append(source_id)
+        clause = f" AND {' AND '.join(where)}" if where else ""
+        last = ""
+        conn = self._connect()
+        while True:
+            rows = conn.execute(f"SELECT * FROM items WHERE item_id > ?{clause} ORDER BY item_id LIMIT ?",
+                                (last, *args, batch_size)).fetchall()
+            if not rows:
+                return
+            yield from (_item_from_row(row) for row in rows)
+            last = rows[-1]["item_id"]
+
+    def references(self, item_id: str | None = None, source_id: str | None = None) -> list[SourceRef]:
+        """Where items were found (all places of one item, or all entries of one source)."""
+        where, args = [], []
+        for column, value in (("item_id", item_id), ("source_id", source_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._connect().execute(f"SELECT * FROM item_sources {clause} ORDER BY source_id, locator",
+                                       args).fetchall()
+        return [SourceRef(r["source_id"], r["locator"], r["item_id"], r["fingerprint"], r["label"],
+                          r["split"], json.loads(r["metadata"])) for r in rows]
+
+    def quarantined(self, source_id: str | None = None) -> list[Quarantined]:
+        """Entries that did not become items, with their reasons."""
+        clause, args = ("WHERE source_id = ?", (source_id,)) if source_id else ("", ())
+        rows = self._connect().execute(f"SELECT * FROM quarantine {clause} ORDER BY source_id, locator",
+                                       args).fetchall()
+        return [Quarantined(r["source_id"], r["locator"], r["reason"], r["detail"], r["fingerprint"],
+                            r["label"], r["split"], json.loads(r["metadata"])) for r in rows]
+
+    # evidence and verdicts ----------------------------------------------------------------
+    def add_evidence(self, rows: Iterable[Evidence]) -> int:
+        """Store evidence rows; the same key twice keeps the latest. Returns rows written."""
+        with self._transaction() as conn:
+            return sum(conn.execute(
+                "INSERT OR REPLACE INTO evidence (item_id, attribute, source, run_id, role, taxonomy_type, "
+                "score, boxes, model, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.item_id, e.attribute, e.source, e.run_id, e.role, e.taxonomy_type, e.score,
+                 dumps(e.boxes), e.model, e.model_version, dumps(e.extra)),
+            ).rowcount for e in rows)
+
+    def evidence(self, item_id: str | None = None, source: str | None = None,
+                 run_id: str | None = None) -> list[Evidence]:
+        """Evidence rows, filtered by item, proposer or run."""
+        where, args = [], []
+        for column, value in (("item_id", item_id), ("source", source), ("run_id", run_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._connect().execute(f"SELECT * FROM evidence {clause} ORDER BY item_id, attribute",
+                                       args).fetchall()
+        return [Evidence(r["item_id"], r["attribute"], r["source"], r["run_id"], EvidenceRole(r["role"]),
+                         r["taxonomy_type"], r["score"], json.loads(r["boxes"]), r["model"],
+                         r["model_version"], json.loads(r["extra"])) for r in rows]
+
+    def add_verdicts(self, rows: Iterable[Verdict]) -> int:
+        """Store verdicts; a verdict with the same key (item, attribute, annotator, round) replaces it."""
+        stamp = now()
+        with self._transaction() as conn:
+            return sum(conn.execute(
+                "INSERT OR REPLACE INTO verdicts (item_id, attribute, annotator, round, value, taxonomy_type, "
+                "extra, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (v.item_id, v.attribute, v.annotator, v.round, v.value, v.taxonomy_type, dumps(v.extra), stamp),
+            ).rowcount for v in rows)
+
+    def verdicts(self, round: str | None = None) -> list[Verdict]:
+        """Verdicts, optionally of one round."""
+        clause, args = ("WHERE round = ?", (round,)) if round else ("", ())
+        rows = self._connect().execute(f"SELECT * FROM verdicts {clause} ORDER BY item_id, attribute",
+                                       args).fetchall()
+        return [Verdict(r["item_id"], r["attribute"], r["annotator"], r["round"], r["value"],
+                        r["taxonomy_type"], json.loads(r["extra"])) for r in rows]
+
+    # status -------------------------------------------------------------------------------
+    def status(self, cache_entries: int, side_tables: list[str]) -> WorkspaceStatus:
+        """Counts per class, per source, quarantined and runs per stage."""
+        conn = self._connect()
+
+        def scalar(query: str) -> int:
+            return conn.execute(query).fetchone()[0]
+
+        per_class = {(r[0] if r[0] is not None else "<unlabelled>"): r[1] for r in conn.execute(
+            "SELECT label, COUNT(*) FROM items GROUP BY label ORDER BY label")}
+        refs = dict(conn.execute("SELECT source_id, COUNT(*) FROM item_sources GROUP BY source_id").fetchall())
+        held = dict(conn.execute("SELECT source_id, COUNT(*) FROM quarantine GROUP BY source_id").fetchall())
+        sources = [SourceStatus(s, refs.get(s.source_id, 0), held.get(s.source_id, 0)) for s in self.sources()]
+        reasons = dict(conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason"))
+        stages: dict[str, dict[str, int]] = {}
+        for run in self._runs.list():
+            stages.setdefault(run.stage, Counter())[run.status.value] += 1
+        return WorkspaceStatus(
+            items=scalar("SELECT COUNT(*) FROM items"), per_class=per_class, sources=sources,
+            quarantined=sum(held.values()), quarantine_reasons=reasons,
+            label_conflicts=scalar("SELECT COUNT(*) FROM (SELECT item_id FROM item_sources "
+                                   "WHERE label IS NOT NULL GROUP BY item_id HAVING COUNT(DISTINCT label) > 1)"),
+            runs_per_stage={stage: dict(counts) for stage, counts in stages.items()},
+            evidence=scalar("SELECT COUNT(*) FROM evidence"), verdicts=scalar("SELECT COUNT(*) FROM verdicts"),
+            cache_entries=cache_entries, side_tables=side_tables,
+        )
+
+    def export_rows(self, batch_size: int = 10_000) -> Iterator[list[dict[str, Any]]]:
+        """Items joined with their first source reference, in batches, for bulk exports."""
+        conn = self._connect()
+        last = ""
+        while True:
+            rows = conn.execute(
+                "SELECT i.*, (SELECT s.source_id || ':' || s.locator FROM item_sources s "
+                "WHERE s.item_id = i.item_id ORDER BY s.source_id, s.locator LIMIT 1) AS first_source, "
+                "(SELECT COUNT(*) FROM item_sources s WHERE s.item_id = i.item_id) AS n_sources "
+                "FROM items i WHERE i.item_id > ? ORDER BY i.item_id LIMIT ?", (last, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            yield [dict(row) for row in rows]
+            last = rows[-1]["item_id"]

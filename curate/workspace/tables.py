@@ -1,0 +1,79 @@
+"""Parquet side tables: bulk exports and large arrays (embeddings) beside the SQLite catalogue.
+
+A table is ``tables/NAME.parquet``, or a folder ``tables/NAME/`` of parts written one at a time
+(for results that stream in). Every file is written to a temporary name and renamed, so a crash
+never leaves half a file under a table's name.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from curate.workspace._sql import atomic_write_bytes
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class SideTables:
+    """Write, read and list the parquet side tables of a workspace.
+
+    >>> import tempfile, polars as pl
+    >>> tables = SideTables(Path(tempfile.mkdtemp()))
+    >>> _ = tables.write("scores", pl.DataFrame({"item_id": ["a"], "score": [0.5]}))
+    >>> tables.read("scores").shape
+    (1, 2)
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, name: str, frame: pl.DataFrame, part: str | None = None) -> Path:
+        """Write a whole table, or one ``part`` of a partitioned table; return the file."""
+        self._check(name)
+        if part is None:
+            target = self.root / f"{name}.parquet"
+        else:
+            self._check(part)
+            target = self.root / name / f"{part}.parquet"
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        atomic_write_bytes(target, buffer.getvalue())
+        return target
+
+    def scan(self, name: str) -> pl.LazyFrame:
+        """A lazy view of a table (all parts of a partitioned one)."""
+        self._check(name)
+        single, folder = self.root / f"{name}.parquet", self.root / name
+        if single.exists():
+            return pl.scan_parquet(single)
+        if folder.is_dir() and any(folder.glob("*.parquet")):
+            return pl.scan_parquet(folder / "*.parquet")
+        raise KeyError(f"no side table {name!r} in {self.root}")
+
+    def read(self, name: str) -> pl.DataFrame:
+        """The whole table in memory."""
+        return self.scan(name).collect()
+
+    def names(self) -> list[str]:
+        """Names of the tables that exist."""
+        if not self.root.exists():
+            return []
+        found = {p.stem for p in self.root.glob("*.parquet")}
+        found |= {p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))}
+        return sorted(found)
+
+    def delete(self, name: str) -> None:
+        """Remove a table and all its parts."""
+        self._check(name)
+        (self.root / f"{name}.parquet").unlink(missing_ok=True)
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    @staticmethod
+    def _check(name: str) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"table names use lowercase letters, digits, '_', '-' and '.': {name!r}")
