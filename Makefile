@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The install stamp changes whenever pyproject.toml does, so a changed dependency list reinstalls.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch and torchvision first and pinned, so nothing else pulls another build.
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	bash tools/demo.sh
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) tools/bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check curate annotation tests tools
+
+clean:
+	rm -rf $(VENV) demo-workspace .pytest_cache

@@ -1,0 +1,232 @@
+"""The ``curate`` command line: a thin typer layer, one call into the Python API per command.
+
+Every command prints a one-line summary last. The workspace is ``--workspace`` / ``-w``, the
+``CURATE_WORKSPACE`` variable, or the current folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curate.images import DEFAULT_MAX_PIXELS
+from curate.ingest import IngestOptions, SourceError, ingest, make_source
+from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace, WorkspaceNotFoundError
+
+app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset or group table.",
+                         no_args_is_help=True)
+runs_app = typer.Typer(help="List stored runs, or show one with `curate runs show ID`.")
+export_app = typer.Typer(help="Export workspace tables to parquet or CSV.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(runs_app, name="runs")
+app.add_typer(export_app, name="export")
+
+out = Console()
+err = Console(stderr=True)
+USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, KeyError, ValueError)
+
+WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
+                                               help="Workspace folder.")]
+LicenseOption = Annotated[str | None, typer.Option(help="Licence of the images (when rows name none).")]
+MaxPixelsOption = Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")]
+CopyOption = Annotated[bool, typer.Option("--copy", help="Also copy local image bytes into the workspace.")]
+WorkersOption = Annotated[int, typer.Option(help="Threads reading and decoding images.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn expected failures into one clear line and exit code 2, not a traceback."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        err.print(f"[red]error:[/red] {message}")
+        raise typer.Exit(2) from error
+
+
+def _summary(line: str) -> None:
+    out.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")]) -> None:
+    """Create a workspace (SQLite catalogue in WAL mode, blob store, side tables, cache)."""
+    with _user_errors():
+        workspace = Workspace.init(path)
+    _summary(f"workspace ready at {workspace.root} (schema v{workspace.schema_version})")
+
+
+def _run_ingest(workspace: Path, kind: str, location: Any, source_options: dict[str, Any],
+                license: str | None, max_pixels: int, copy: bool, workers: int, quiet: bool) -> None:
+    with _user_errors():
+        source = make_source(kind, location, **source_options)
+        options = IngestOptions(max_pixels=max_pixels, copy=copy, license=license, workers=workers)
+        result = ingest(Workspace.open(workspace), source, options, progress=not quiet)
+    _summary(result.summary())
+
+
+@ingest_app.command("folder")
+def ingest_folder(
+    path: Annotated[Path, typer.Argument(help="Folder with one subfolder per class.")],
+    workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest an image folder: the first subfolder under PATH is the class label."""
+    _run_ingest(workspace, "folder", path, {}, license, max_pixels, copy, workers, quiet)
+
+
+@ingest_app.command("manifest")
+def ingest_manifest(
+    path: Annotated[Path, typer.Argument(help="CSV, TSV, parquet or JSON-lines manifest.")],
+    path_column: Annotated[str, typer.Option(help="Column with the image path or http(s) URL.")] = "path",
+    label_column: Annotated[str | None, typer.Option(help="Column with the class label.")] = "label",
+    split_column: Annotated[str | None, typer.Option(help="Column with the split, if any.")] = None,
+    license_column: Annotated[str | None, typer.Option(help="Column with a per-row licence.")] = None,
+    metadata_column: Annotated[list[str] | None, typer.Option(
+        help="Keep only these columns as metadata (repeatable; default: all other columns).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Folder relative paths start from (default: the "
+                                                    "manifest's folder).")] = None,
+    allow_absolute: Annotated[bool, typer.Option("--allow-absolute", help="Accept absolute paths and "
+                                                 "paths that leave the root.")] = False,
+    workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest a manifest table: one row per image, with a path or URL and a label."""
+    options = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
+               "license_column": license_column, "root": root, "allow_absolute": allow_absolute,
+               "metadata_columns": tuple(metadata_column) if metadata_column else None}
+    _run_ingest(workspace, "manifest", path, options, license, max_pixels, copy, workers, quiet)
+
+
+@ingest_app.command("hf")
+def ingest_hf(
+    name: Annotated[str, typer.Argument(help="Folder saved with save_to_disk, a local dataset repo, or a hub id.")],
+    image_column: Annotated[str, typer.Option(help="Column holding the images.")] = "image",
+    label_column: Annotated[str | None, typer.Option(help="Column holding the labels.")] = "label",
+    split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeatable).")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+    workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, workers: WorkersOption = 2, quiet: QuietOption = False,
+) -> None:
+    """Ingest a Hugging Face dataset with image and label columns (bytes go into the workspace)."""
+    options = {"image_column": image_column, "label_column": label_column, "revision": revision,
+               "splits": tuple(split) if split else None}
+    _run_ingest(workspace, "hf", name, options, license, max_pixels, False, workers, quiet)
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    return tuple(part.strip() for part in value.split(",")) if value else None
+
+
+@ingest_app.command("groups")
+def ingest_groups(
+    path: Annotated[Path, typer.Argument(help="Group table (id, filename, split, y, a), e.g. metadata.csv.")],
+    images: Annotated[Path | None, typer.Option(help="Folder the filenames start from (default: the "
+                                                     "table's folder).")] = None,
+    id_column: Annotated[str, typer.Option(help="Row id column.")] = "id",
+    filename_column: Annotated[str, typer.Option(help="Image path column.")] = "filename",
+    split_column: Annotated[str, typer.Option(help="Split column.")] = "split",
+    y_column: Annotated[str, typer.Option(help="Class code column.")] = "y",
+    a_column: Annotated[str, typer.Option(help="Spurious attribute code column.")] = "a",
+    y_names: Annotated[str | None, typer.Option(help="Class names by code, comma-separated.")] = None,
+    a_names: Annotated[str | None, typer.Option(help="Attribute names by code, comma-separated.")] = None,
+    split_names: Annotated[str, typer.Option(help="Split names by code, comma-separated.")] = "train,val,test",
+    workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest a Waterbirds / SubpopBench-style group table, kept whole for later builders."""
+    options = {"images": images, "id_column": id_column, "filename_column": filename_column,
+               "split_column": split_column, "y_column": y_column, "a_column": a_column,
+               "y_names": _names(y_names), "a_names": _names(a_names), "split_names": _names(split_names)}
+    _run_ingest(workspace, "groups", path, options, license, max_pixels, copy, workers, quiet)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for index, column in enumerate(columns):
+        table.add_column(column, no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*(str(value) for value in row))
+    return table
+
+
+@app.command()
+def status(workspace: WorkspaceOption = Path(".")) -> None:
+    """Show counts per class, per source, quarantined, and runs per stage."""
+    with _user_errors():
+        state = Workspace.open(workspace).status()
+    out.print(_table("classes", ["class", "items"], [[k, v] for k, v in state.per_class.items()]))
+    out.print(_table("sources", ["source", "kind", "location", "references", "quarantined"],
+                     [[s.source.source_id, s.source.kind, s.source.location, s.references, s.quarantined]
+                      for s in state.sources]))
+    if state.quarantine_reasons:
+        out.print(_table("quarantine", ["reason", "entries"], [[k, v] for k, v in state.quarantine_reasons.items()]))
+    out.print(_table("stages", ["stage", "runs by status"],
+                     [[stage, ", ".join(f"{k} {v}" for k, v in sorted(c.items()))]
+                      for stage, c in state.runs_per_stage.items()]))
+    _summary(f"{state.items} items in {len(state.per_class)} classes from {len(state.sources)} sources; "
+             f"{state.quarantined} quarantined; {state.label_conflicts} with conflicting labels; "
+             f"{state.evidence} evidence rows; {state.verdicts} verdicts; {state.cache_entries} cached results")
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(ctx: typer.Context, stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
+         workspace: WorkspaceOption = Path(".")) -> None:
+    """List runs, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _user_errors():
+        listed = Workspace.open(workspace).runs.list(stage)
+    out.print(_table("runs", ["run", "stage", "status", "started", "attempts", "counts"],
+                     [[r.run_id, r.stage, r.status.value, r.started_at[:19], r.attempts,
+                       ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))] for r in listed]))
+    _summary(f"{len(listed)} runs")
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+              workspace: WorkspaceOption = Path(".")) -> None:
+    """Show one run: config, code version, models, counts, status."""
+    with _user_errors():
+        run = Workspace.open(workspace).runs.get(run_id)
+    fields = {"run_id": run.run_id, "stage": run.stage, "name": run.name, "status": run.status.value,
+              "attempts": run.attempts, "started_at": run.started_at, "finished_at": run.finished_at,
+              "code_version": run.code_version, "host": run.host, "pid": run.pid, "error": run.error,
+              "config": run.config, "models": run.models, "counts": run.counts}
+    out.print_json(json.dumps(fields))
+    _summary(f"run {run.run_id}: {run.stage} {run.status.value}")
+
+
+@app.command()
+def quarantine(source: Annotated[str | None, typer.Option(help="Only this source id.")] = None,
+               workspace: WorkspaceOption = Path(".")) -> None:
+    """List quarantined entries with their reasons."""
+    with _user_errors():
+        held = Workspace.open(workspace).catalog.quarantined(source)
+    out.print(_table("quarantined", ["source", "locator", "reason", "detail"],
+                     [[q.source_id, q.locator, q.reason, q.detail] for q in held]))
+    _summary(f"{len(held)} quarantined entries")
+
+
+@export_app.command("items")
+def export_items(target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file.")],
+                 workspace: WorkspaceOption = Path(".")) -> None:
+    """Export all items with their first source to parquet or CSV."""
+    started = time.perf_counter()
+    with _user_errors():
+        written = Workspace.open(workspace).export_items(target)
+    _summary(f"exported {written} items to {target} in {time.perf_counter() - started:.1f}s")

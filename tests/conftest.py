@@ -1,0 +1,81 @@
+"""Shared fixtures. The offline environment is set before anything else is imported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_OFFLINE_HOME = tempfile.mkdtemp(prefix="curate-tests-home-")
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HOME": os.path.join(_OFFLINE_HOME, "hf"),
+    "YOLO_OFFLINE": "1",
+    "YOLO_AUTOINSTALL": "false",
+    "YOLO_CONFIG_DIR": os.path.join(_OFFLINE_HOME, "yolo"),
+    "OPENAI_API_KEY": "sk-test-not-a-real-key",
+    "NO_PROXY": "127.0.0.1,localhost",
+})
+
+import io  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from curate.workspace import Workspace  # noqa: E402
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace.init(tmp_path / "ws")
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    """Encode a PIL image to bytes in ``fmt``."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def distinct_image(seed: int, size: tuple[int, int] = (16, 12)) -> Image.Image:
+    """A small RGB image whose pixels differ for every seed."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """Write a distinct image: ``write_image(path, seed, fmt="PNG")``."""
+
+    def write(path: Path, seed: int, fmt: str = "PNG", size: tuple[int, int] = (16, 12)) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(distinct_image(seed, size), fmt))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> dict[str, Path]:
+    """Real photographs that installed packages ship: scikit-image (public domain) and
+    scikit-learn's sample images (CC-BY 2.0), as files."""
+    import sklearn.datasets
+    from skimage import data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    found = {}
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        found[name] = folder / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(found[name])
+    sklearn_images = Path(sklearn.datasets.__file__).parent / "images"
+    for name in ("china", "flower"):
+        found[name] = folder / f"{name}.jpg"
+        shutil.copy(sklearn_images / f"{name}.jpg", found[name])
+    return found

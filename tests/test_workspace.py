@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.records import Evidence, EvidenceRole, RunStatus, Verdict
+from curate.workspace import (
+    SCHEMA_VERSION,
+    CacheKey,
+    RunNotFoundError,
+    SchemaTooNewError,
+    Workspace,
+    WorkspaceNotFoundError,
+    schema,
+)
+
+
+def test_init_creates_a_wal_catalogue_at_the_current_schema(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    assert ws.schema_version == SCHEMA_VERSION
+    assert ws.connect().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in ws.connect().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"items", "sources", "item_sources", "quarantine", "runs", "evidence", "verdicts", "cache"} <= tables
+    assert all((ws.root / folder).is_dir() for folder in ("blobs", "tables", "cache"))
+    assert Workspace.init(tmp_path / "ws").schema_version == SCHEMA_VERSION  # idempotent
+
+
+def test_open_refuses_a_folder_without_a_workspace(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceNotFoundError, match="curate init"):
+        Workspace.open(tmp_path)
+
+
+def test_open_refuses_a_workspace_from_a_newer_curate(workspace: Workspace) -> None:
+    workspace.connect().execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaTooNewError, match="upgrade curate"):
+        Workspace.open(workspace.root)
+
+
+def test_open_applies_new_migrations_once(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    added = "CREATE TABLE embeddings_index (item_id TEXT PRIMARY KEY, part TEXT NOT NULL)"
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, added))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    reopened = Workspace.open(workspace.root)
+    assert reopened.schema_version == SCHEMA_VERSION + 1
+    reopened.connect().execute("INSERT INTO embeddings_index VALUES ('a', 'p0')")
+    assert Workspace.open(workspace.root).schema_version == SCHEMA_VERSION + 1  # not applied twice
+
+
+def test_a_failing_migration_leaves_the_previous_version(workspace: Workspace,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = "CREATE TABLE half_done (x INTEGER); CREATE TABLE items (duplicate INTEGER)"
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(sqlite3.OperationalError):
+        Workspace.open(workspace.root)
+    conn = sqlite3.connect(workspace.database)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+
+
+def test_a_failed_transaction_writes_nothing(workspace: Workspace) -> None:
+    with pytest.raises(RuntimeError), workspace.transaction() as conn:
+        conn.execute("INSERT INTO meta VALUES ('k', 'v')")
+        raise RuntimeError("crash mid-write")
+    assert workspace.connect().execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 0
+
+
+# runs -------------------------------------------------------------------------------------------
+def test_runs_record_config_code_version_models_and_counts(workspace: Workspace) -> None:
+    run = workspace.runs.start("propose", "clip demo", {"model": "ViT-B-32", "batch": 8})
+    workspace.runs.set_models(run.run_id, {"ViT-B-32": "openai"})
+    with workspace.transaction() as conn:
+        workspace.runs.add_counts(conn, run.run_id, {"evidence": 5})
+        workspace.runs.add_counts(conn, run.run_id, {"evidence": 2, "failed": 1})
+    done = workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
+    assert done.status == RunStatus.COMPLETED and done.finished_at is not None
+    assert done.counts == {"evidence": 7, "failed": 1}
+    assert done.models == {"ViT-B-32": "openai"}
+    assert done.config == {"model": "ViT-B-32", "batch": 8}
+    assert done.code_version.startswith("0.")
+    assert workspace.runs.get(run.run_id[:-2]).run_id == run.run_id  # unique prefix
+    assert [r.run_id for r in workspace.runs.list("propose")] == [run.run_id]
+    assert workspace.runs.list("ingest") == []
+
+
+def test_an_unknown_run_id_is_a_clear_error(workspace: Workspace) -> None:
+    with pytest.raises(RunNotFoundError):
+        workspace.runs.get("ingest-nothing")
+
+
+def test_a_dead_run_reads_as_interrupted_and_the_same_config_resumes_it(workspace: Workspace) -> None:
+    run = workspace.runs.start("ingest", "x", {"path": "/data"})
+    with workspace.transaction() as conn:  # pretend its process died
+        conn.execute("UPDATE runs SET pid = 2147483646 WHERE run_id = ?", (run.run_id,))
+    assert workspace.runs.get(run.run_id).status == RunStatus.INTERRUPTED
+    other = workspace.runs.start("ingest", "x", {"path": "/elsewhere"})
+    assert other.run_id != run.run_id
+    resumed = workspace.runs.start("ingest", "x", {"path": "/data"})
+    assert resumed.run_id == run.run_id and resumed.attempts == 2
+    assert resumed.status == RunStatus.RUNNING
+
+
+def test_a_completed_run_is_not_resumed(workspace: Workspace) -> None:
+    first = workspace.runs.start("ingest", "x", {"path": "/data"})
+    workspace.runs.finish(first.run_id, RunStatus.COMPLETED)
+    assert workspace.runs.start("ingest", "x", {"path": "/data"}).run_id != first.run_id
+
+
+# cache ------------------------------------------------------------------------------------------
+def test_cache_keys_depend_on_model_version_params_and_input(workspace: Workspace) -> None:
+    key = CacheKey.make("llm", "gpt-4o-mini", "v1", {"temperature": 0}, "list cues for dog")
+    workspace.cache.put_json(key, {"cues": ["leash"]})
+    assert workspace.cache.get_json(key) == {"cues": ["leash"]}
+    for other in (
+        CacheKey.make("llm", "gpt-4o", "v1", {"temperature": 0}, "list cues for dog"),
+        CacheKey.make("llm", "gpt-4o-mini", "v2", {"temperature": 0}, "list cues for dog"),
+        CacheKey.make("llm", "gpt-4o-mini", "v1", {"temperature": 1}, "list cues for dog"),
+        CacheKey.make("llm", "gpt-4o-mini", "v1", {"temperature": 0}, "list cues for cat"),
+    ):
+        assert workspace.cache.get(other) is None
+    assert Workspace.open(workspace.root).cache.get_json(key) == {"cues": ["leash"]}  # persisted
+
+
+def test_large_cache_values_live_in_files_and_survive_reopen(workspace: Workspace) -> None:
+    key = CacheKey.make("clip", "ViT-B-32", "v1", {}, b"image")
+    blob = bytes(range(256)) * 1024
+    workspace.cache.put(key, blob)
+    assert any((workspace.root / "cache").rglob(key.digest))
+    assert Workspace.open(workspace.root).cache.get(key) == blob
+    assert workspace.cache.stats().entries == {"clip": 1}
+    assert workspace.cache.clear("clip") == 1 and workspace.cache.get(key) is None
+    assert not any((workspace.root / "cache").rglob(key.digest))
+
+
+# side tables ------------------------------------------------------------------------------------
+def test_side_tables_round_trip_whole_and_in_parts(workspace: Workspace) -> None:
+    frame = pl.DataFrame({"item_id": ["a", "b"], "embedding": [[0.1, 0.2], [0.3, 0.4]]})
+    workspace.tables.write("embeddings-whole", frame)
+    assert workspace.tables.read("embeddings-whole").equals(frame)
+    workspace.tables.write("embeddings", frame.head(1), part="run1-0000")
+    workspace.tables.write("embeddings", frame.tail(1), part="run1-0001")
+    assert workspace.tables.read("embeddings").sort("item_id").equals(frame)
+    assert workspace.tables.names() == ["embeddings", "embeddings-whole"]
+    assert not list((workspace.root / "tables").rglob("*.tmp"))
+    with pytest.raises(ValueError, match="table names"):
+        workspace.tables.write("../escape", frame)
+    with pytest.raises(KeyError):
+        workspace.tables.read("missing")
+
+
+# evidence and verdicts --------------------------------------------------------------------------
+def _add_item(workspace: Workspace, item_id: str) -> None:
+    with workspace.transaction() as conn:
+        conn.execute("INSERT INTO items (item_id, uri, width, height, mode, format, size_bytes, run_id, "
+                     "created_at) VALUES (?, '/x.png', 1, 1, 'RGB', 'PNG', 1, 'r', 'now')", (item_id,))
+
+
+def test_evidence_and_verdicts_are_stored_apart_and_keyed(workspace: Workspace) -> None:
+    _add_item(workspace, "i1")
+    claim = Evidence("i1", "water background", "detector", "propose-1", EvidenceRole.SPURIOUS,
+                     "Background", 0.8, [[0, 0, 4, 4, 0.8]], "yolov8s-worldv2", "8.4")
+    assert workspace.catalog.add_evidence([claim, claim]) == 2
+    assert workspace.catalog.evidence(item_id="i1") == [claim]  # the key holds one row
+    decision = Verdict("i1", "water background", "ann-1", "round-1", "spurious", "Background")
+    workspace.catalog.add_verdicts([decision])
+    assert workspace.catalog.verdicts("round-1") == [decision]
+    status = workspace.status()
+    assert (status.evidence, status.verdicts) == (1, 1)
+
+
+# two processes ----------------------------------------------------------------------------------
+def _write_many(root: str, worker: int, count: int) -> None:
+    ws = Workspace.open(root)
+    for index in range(count):
+        key = CacheKey.make("test", "m", "v", {"worker": worker}, str(index))
+        ws.cache.put_json(key, index)
+        run = ws.runs.start("test", f"w{worker}-{index}", {"worker": worker, "index": index})
+        ws.runs.finish(run.run_id, RunStatus.COMPLETED)
+
+
+def test_two_processes_writing_one_workspace_lose_nothing(workspace: Workspace) -> None:
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_many, args=(str(workspace.root), w, 60)) for w in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    assert workspace.cache.stats().entries == {"test": 120}
+    assert len(workspace.runs.list("test")) == 120
+    assert workspace.connect().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
