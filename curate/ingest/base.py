@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -182,9 +182,18 @@ def require_columns(frame: pl.DataFrame, where: Path, **columns: str | None) -> 
         raise SourceError(f"{where} has no column for {wanted}; its columns: {', '.join(frame.columns)}")
 
 
-def numbered_locators(values: Iterator[str]) -> Iterator[str]:
-    """Yield each value, with ``#2``, ``#3`` ... appended to repeats, so every row keeps a stable key."""
+def row_locators(values: Iterable[Any]) -> Iterator[str]:
+    """A stable key per table row: the path itself, ``#2``, ``#3`` ... appended to repeats, and
+    ``<row N: no path>`` for empty cells.
+
+    >>> list(row_locators(["a.png", "b.png", "a.png", None]))
+    ['a.png', 'b.png', 'a.png#2', '<row 3: no path>']
+    """
     seen: dict[str, int] = {}
-    for value in values:
+    for index, raw in enumerate(values):
+        value = "" if raw is None else str(raw).strip()
+        if not value:
+            yield f"<row {index}: no path>"
+            continue
         seen[value] = seen.get(value, 0) + 1
         yield value if seen[value] == 1 else f"{value}#{seen[value]}"

@@ -17,7 +17,7 @@ from curate.ingest.base import (
     Entry,
     IngestSource,
     SourceError,
-    numbered_locators,
+    row_locators,
     read_table,
     register_source,
     require_columns,
@@ -94,13 +94,13 @@ class GroupTableSource(IngestSource):
         frame = self._frame
         named = {self.id_column, self.filename_column, self.split_column, self.y_column, self.a_column}
         extra = [c for c in frame.columns if c not in named]
-        files = (str(v) if v is not None else "" for v in frame.get_column(self.filename_column))
-        for locator, row in zip(numbered_locators(files), frame.iter_rows(named=True), strict=True):
+        files = frame.get_column(self.filename_column)
+        for locator, row in zip(row_locators(files), frame.iter_rows(named=True), strict=True):
             split_code = row[self.split_column]
             split = (_name(self.split_names, split_code, self.split_column)
                      if isinstance(split_code, int) else str(split_code))
             metadata = {
-                "group_id": row[self.id_column], "y": row[self.y_column], "a": row[self.a_column],
+                "group_id": row[self.id_column], "filename": row[self.filename_column], "y": row[self.y_column], "a": row[self.a_column],
                 "a_name": _name(self.a_names, row[self.a_column], self.a_column),
                 "split_code": split_code, **{c: row[c] for c in extra},
             }
@@ -119,12 +119,12 @@ def group_table(workspace: Workspace, source_id: str) -> pl.DataFrame:
     if source.kind != "groups":
         raise SourceError(f"source {source_id} is a {source.kind!r} source, not a group table")
     rows = [
-        {"id": ref.metadata["group_id"], "filename": ref.locator.split("#")[0],
+        {"id": ref.metadata["group_id"], "filename": ref.metadata["filename"],
          "split": ref.metadata["split_code"], "y": ref.metadata["y"], "a": ref.metadata["a"],
          "item_id": ref.item_id, "quarantine_reason": None}
         for ref in workspace.catalog.references(source_id=source_id)
     ] + [
-        {"id": held.metadata["group_id"], "filename": held.locator.split("#")[0],
+        {"id": held.metadata["group_id"], "filename": held.metadata["filename"],
          "split": held.metadata["split_code"], "y": held.metadata["y"], "a": held.metadata["a"],
          "item_id": None, "quarantine_reason": held.reason}
         for held in workspace.catalog.quarantined(source_id=source_id)

@@ -15,7 +15,7 @@ from curate.ingest.base import (
     IngestSource,
     SourceError,
     file_entry,
-    numbered_locators,
+    row_locators,
     read_table,
     register_source,
     require_columns,
@@ -91,8 +91,8 @@ class ManifestSource(IngestSource):
     def entries(self) -> Iterator[Entry]:
         frame = self._frame
         metadata_columns = self._metadata_columns()
-        values = (str(v) if v is not None else "" for v in frame.get_column(self.path_column))
-        for locator, row in zip(numbered_locators(values), frame.iter_rows(named=True), strict=True):
+        paths = frame.get_column(self.path_column)
+        for locator, row in zip(row_locators(paths), frame.iter_rows(named=True), strict=True):
             yield self._entry(locator, row, {c: row[c] for c in metadata_columns})
 
     def _entry(self, locator: str, row: dict[str, Any], metadata: dict[str, Any]) -> Entry:

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from curate.ingest import GroupTableSource, SourceError, group_table, ingest
+from curate.workspace import Workspace
+
+# Waterbirds' published split / group sizes, keyed by (split code, y, a).
+WATERBIRDS_COUNTS = {
+    (0, 0, 0): 3498, (0, 0, 1): 184, (0, 1, 0): 56, (0, 1, 1): 1057,
+    (1, 0, 0): 467, (1, 0, 1): 466, (1, 1, 0): 133, (1, 1, 1): 133,
+    (2, 0, 0): 2255, (2, 0, 1): 2255, (2, 1, 0): 642, (2, 1, 1): 642,
+}
+
+
+def _waterbirds_like(root: Path) -> Path:
+    """A metadata.csv with Waterbirds' column names and group sizes, and one tiny image per row."""
+    rows = []
+    for (split, y, a), count in WATERBIRDS_COUNTS.items():
+        rows += [(split, y, a)] * count
+    folder = root / "images" / "birds"
+    folder.mkdir(parents=True)
+    records = []
+    for index, (split, y, a) in enumerate(rows):
+        name = f"birds/{index:05d}.png"
+        pixels = np.frombuffer(index.to_bytes(3, "big") * 4, dtype=np.uint8).reshape(2, 2, 3)
+        Image.fromarray(pixels, "RGB").save(root / "images" / name, compress_level=0)
+        records.append({"img_id": index + 1, "img_filename": name, "y": y, "split": split, "place": a,
+                        "place_filename": f"/places/{'water' if a else 'land'}.jpg"})
+    table = root / "metadata.csv"
+    pl.DataFrame(records).write_csv(table)
+    return table
+
+
+def test_waterbirds_style_table_keeps_its_splits_and_groups_exactly(workspace: Workspace, tmp_path: Path) -> None:
+    table = _waterbirds_like(tmp_path)
+    (tmp_path / "images" / "birds" / "00007.png").write_bytes(b"broken")
+    source = GroupTableSource(table, images=tmp_path / "images", id_column="img_id",
+                              filename_column="img_filename", a_column="place",
+                              y_names=("landbird", "waterbird"), a_names=("land", "water"))
+    result = ingest(workspace, source, progress=False)
+    assert result.counts == {"new_items": 11787, "quarantined": 1, "quarantined:not-an-image": 1}
+    kept = group_table(workspace, result.source.source_id)
+    original = pl.read_csv(table).rename({"img_id": "id", "img_filename": "filename", "place": "a"})
+    columns = ["id", "filename", "split", "y", "a"]
+    assert kept.select(columns).equals(original.select(columns).sort("id"))
+    counts = {tuple(k): v for *k, v in kept.group_by(["split", "y", "a"]).len().iter_rows()}
+    assert counts == WATERBIRDS_COUNTS
+    assert kept.filter(pl.col("item_id").is_null()).get_column("quarantine_reason").to_list() == ["not-an-image"]
+    waterbirds = sum(n for (_, y, _), n in WATERBIRDS_COUNTS.items() if y == 1)
+    assert workspace.status().per_class == {"landbird": 11788 - waterbirds - 1, "waterbird": waterbirds}
+    ref = workspace.catalog.references(source_id=result.source.source_id)[0]
+    assert (ref.split, ref.metadata["a_name"], ref.metadata["place_filename"]) == ("train", "land",
+                                                                                   "/places/land.jpg")
+
+
+def test_group_codes_without_a_name_are_refused(tmp_path: Path) -> None:
+    table = tmp_path / "groups.csv"
+    pl.DataFrame({"id": [1, 2], "filename": ["a.png", "b.png"], "split": [0, 0], "y": [0, 2],
+                  "a": [0, 1]}).write_csv(table)
+    with pytest.raises(SourceError, match="value 2 has no name"):
+        GroupTableSource(table, y_names=("landbird", "waterbird"))
+    text = tmp_path / "text.csv"
+    pl.DataFrame({"id": [1], "filename": ["a.png"], "split": [0], "y": ["bird"], "a": [0]}).write_csv(text)
+    with pytest.raises(SourceError, match="integer codes"):
+        GroupTableSource(text)
+
+
+def test_group_table_refuses_other_sources(workspace: Workspace, tmp_path: Path) -> None:
+    from curate.ingest import FolderSource
+
+    result = ingest(workspace, FolderSource(tmp_path), progress=False)
+    with pytest.raises(SourceError, match="not a group table"):
+        group_table(workspace, result.source.source_id)

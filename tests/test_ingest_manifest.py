@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.ingest import ManifestSource, SourceError, ingest
+from curate.workspace import Workspace
+
+
+@pytest.fixture
+def manifest_root(tmp_path: Path, write_image: Callable[..., Path]) -> Path:
+    root = tmp_path / "data"
+    for index in range(4):
+        write_image(root / "img" / f"{index}.png", index)
+    outside = write_image(tmp_path / "secret" / "outside.png", 50)
+    os.symlink(outside, root / "img" / "link-out.png")
+    return root
+
+
+def _rows() -> dict[str, list[object]]:
+    return {
+        "file": ["img/0.png", "img/1.png", "img/2.png", "img/3.png", "img/0.png", "../secret/outside.png",
+                 "/etc/hostname", "img/link-out.png", None],
+        "class": ["cat", "cat", "dog", "dog", "dog", "cat", "cat", "cat", "dog"],
+        "fold": ["train", "train", "test", "test", "train", "train", "train", "train", "train"],
+        "photographer": ["ann", "bob", "ann", "cy", "ann", "x", "x", "x", "x"],
+        "iso": [100, 200, 400, 800, 100, 0, 0, 0, 0],
+    }
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_manifest_formats_map_columns_and_keep_metadata(workspace: Workspace, manifest_root: Path,
+                                                        suffix: str) -> None:
+    manifest = manifest_root / f"manifest{suffix}"
+    frame = pl.DataFrame(_rows())
+    {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson}[suffix](manifest)
+    source = ManifestSource(manifest, path_column="file", label_column="class", split_column="fold")
+    result = ingest(workspace, source, progress=False)
+    assert result.counts == {"new_items": 4, "duplicates": 1, "quarantined": 4, "quarantined:bad-entry": 1,
+                             "quarantined:path-escape": 3}
+    refs = {r.locator: r for r in workspace.catalog.references()}
+    assert set(refs) == {"img/0.png", "img/1.png", "img/2.png", "img/3.png", "img/0.png#2"}
+    assert refs["img/2.png"].metadata == {"photographer": "ann", "iso": 400}
+    assert (refs["img/2.png"].label, refs["img/2.png"].split) == ("dog", "test")
+    assert refs["img/0.png#2"].label == "dog" and workspace.status().label_conflicts == 1
+    reasons = {q.locator: q.reason for q in workspace.catalog.quarantined()}
+    assert reasons == {"../secret/outside.png": "path-escape", "/etc/hostname": "path-escape",
+                       "img/link-out.png": "path-escape", "<row 8: no path>": "bad-entry"}
+
+
+def test_allow_absolute_accepts_absolute_paths_but_never_dotdot(workspace: Workspace, manifest_root: Path,
+                                                                tmp_path: Path) -> None:
+    manifest = manifest_root / "abs.csv"
+    outside = tmp_path / "secret" / "outside.png"
+    pl.DataFrame({"path": [str(outside), "img/link-out.png", "../secret/outside.png"],
+                  "label": ["a", "b", "c"]}).write_csv(manifest)
+    result = ingest(workspace, ManifestSource(manifest, allow_absolute=True), progress=False)
+    assert result.counts == {"new_items": 1, "duplicates": 1, "quarantined": 1, "quarantined:path-escape": 1}
+
+
+def test_metadata_columns_restrict_what_is_kept(workspace: Workspace, manifest_root: Path) -> None:
+    manifest = manifest_root / "m.csv"
+    pl.DataFrame({"path": ["img/1.png"], "label": ["cat"], "iso": [5], "junk": ["x"]}).write_csv(manifest)
+    ingest(workspace, ManifestSource(manifest, metadata_columns=("iso",)), progress=False)
+    assert workspace.catalog.references()[0].metadata == {"iso": 5}
+
+
+def test_a_missing_column_names_the_columns_there_are(manifest_root: Path) -> None:
+    manifest = manifest_root / "m.csv"
+    pl.DataFrame({"path": ["img/1.png"], "label": ["cat"]}).write_csv(manifest)
+    with pytest.raises(SourceError, match=r"label_column='species'.*its columns: path, label"):
+        ManifestSource(manifest, label_column="species")
+    spreadsheet = manifest.with_suffix(".xlsx")
+    spreadsheet.write_text("not supported")
+    with pytest.raises(SourceError, match="unknown table format"):
+        ManifestSource(spreadsheet)
+
+
+@pytest.fixture
+def image_server(manifest_root: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(manifest_root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_url_rows_are_downloaded_into_the_blob_store(workspace: Workspace, manifest_root: Path,
+                                                     image_server: str) -> None:
+    manifest = manifest_root / "urls.csv"
+    pl.DataFrame({"url": [f"{image_server}/img/1.png", f"{image_server}/img/missing.png"],
+                  "label": ["cat", "dog"]}).write_csv(manifest)
+    result = ingest(workspace, ManifestSource(manifest, path_column="url"), progress=False)
+    assert result.counts == {"new_items": 1, "quarantined": 1, "quarantined:unreadable": 1}
+    item = next(workspace.catalog.items())
+    assert item.uri.startswith("blob:")
+    assert workspace.resolve_uri(item.uri).read_bytes() == (manifest_root / "img" / "1.png").read_bytes()
+    assert "404" in workspace.catalog.quarantined()[0].detail
+    assert ingest(workspace, ManifestSource(manifest, path_column="url"), progress=False).counts == {
+        "unchanged": 2}
+
+
+def test_editing_a_label_in_the_manifest_updates_the_reference(workspace: Workspace, manifest_root: Path) -> None:
+    manifest = manifest_root / "m.csv"
+    pl.DataFrame({"path": ["img/1.png", "img/2.png"], "label": ["cat", "cat"]}).write_csv(manifest)
+    ingest(workspace, ManifestSource(manifest), progress=False)
+    pl.DataFrame({"path": ["img/1.png", "img/2.png"], "label": ["cat", "dog"]}).write_csv(manifest)
+    result = ingest(workspace, ManifestSource(manifest), progress=False)
+    assert result.counts == {"duplicates": 1, "unchanged": 1}
+    assert {r.locator: r.label for r in workspace.catalog.references()} == {"img/1.png": "cat", "img/2.png": "dog"}
