@@ -41,6 +41,8 @@ LicenseOption = Annotated[str | None, typer.Option(help="Licence of the images (
 MaxPixelsOption = Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")]
 CopyOption = Annotated[bool, typer.Option("--copy", help="Also copy local image bytes into the workspace.")]
 WorkersOption = Annotated[int, typer.Option(help="Threads reading and decoding images.")]
+BatchOption = Annotated[int, typer.Option(help="Entries stored per transaction (a killed run resumes "
+                                               "after the last whole batch).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -68,12 +70,19 @@ def init(path: Annotated[Path, typer.Argument(help="Folder to create the workspa
 
 
 def _run_ingest(workspace: Path, kind: str, location: Any, source_options: dict[str, Any],
-                license: str | None, max_pixels: int, copy: bool, workers: int, quiet: bool) -> None:
+                common: dict[str, Any]) -> None:
+    quiet = common.pop("quiet")
     with _user_errors():
         source = make_source(kind, location, **source_options)
-        options = IngestOptions(max_pixels=max_pixels, copy=copy, license=license, workers=workers)
+        options = IngestOptions(**common)
         result = ingest(Workspace.open(workspace), source, options, progress=not quiet)
     _summary(result.summary())
+
+
+def _common(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The options every ingest command shares, picked from its arguments."""
+    names = ("license", "max_pixels", "copy", "workers", "batch_size", "quiet")
+    return {name: arguments[name] for name in names if name in arguments}
 
 
 @ingest_app.command("folder")
@@ -81,10 +90,10 @@ def ingest_folder(
     path: Annotated[Path, typer.Argument(help="Folder with one subfolder per class.")],
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
-    quiet: QuietOption = False,
+    batch_size: BatchOption = 256, quiet: QuietOption = False,
 ) -> None:
     """Ingest an image folder: the first subfolder under PATH is the class label."""
-    _run_ingest(workspace, "folder", path, {}, license, max_pixels, copy, workers, quiet)
+    _run_ingest(workspace, "folder", path, {}, _common(locals()))
 
 
 @ingest_app.command("manifest")
@@ -102,13 +111,13 @@ def ingest_manifest(
                                                  "paths that leave the root.")] = False,
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
-    quiet: QuietOption = False,
+    batch_size: BatchOption = 256, quiet: QuietOption = False,
 ) -> None:
     """Ingest a manifest table: one row per image, with a path or URL and a label."""
     options = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
                "license_column": license_column, "root": root, "allow_absolute": allow_absolute,
                "metadata_columns": tuple(metadata_column) if metadata_column else None}
-    _run_ingest(workspace, "manifest", path, options, license, max_pixels, copy, workers, quiet)
+    _run_ingest(workspace, "manifest", path, options, _common(locals()))
 
 
 @ingest_app.command("hf")
@@ -119,12 +128,13 @@ def ingest_hf(
     split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeatable).")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
-    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, workers: WorkersOption = 2, quiet: QuietOption = False,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, workers: WorkersOption = 2, batch_size: BatchOption = 256,
+    quiet: QuietOption = False,
 ) -> None:
     """Ingest a Hugging Face dataset with image and label columns (bytes go into the workspace)."""
     options = {"image_column": image_column, "label_column": label_column, "revision": revision,
                "splits": tuple(split) if split else None}
-    _run_ingest(workspace, "hf", name, options, license, max_pixels, False, workers, quiet)
+    _run_ingest(workspace, "hf", name, options, _common(locals()))
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -146,13 +156,13 @@ def ingest_groups(
     split_names: Annotated[str, typer.Option(help="Split names by code, comma-separated.")] = "train,val,test",
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
-    quiet: QuietOption = False,
+    batch_size: BatchOption = 256, quiet: QuietOption = False,
 ) -> None:
     """Ingest a Waterbirds / SubpopBench-style group table, kept whole for later builders."""
     options = {"images": images, "id_column": id_column, "filename_column": filename_column,
                "split_column": split_column, "y_column": y_column, "a_column": a_column,
                "y_names": _names(y_names), "a_names": _names(a_names), "split_names": _names(split_names)}
-    _run_ingest(workspace, "groups", path, options, license, max_pixels, copy, workers, quiet)
+    _run_ingest(workspace, "groups", path, options, _common(locals()))
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -87,7 +87,7 @@ SOURCES: dict[str, type[IngestSource]] = {}
 def register_source(kind: str) -> Callable[[type[IngestSource]], type[IngestSource]]:
     """Class decorator adding a source kind to the registry.
 
-    >>> sorted(SOURCES)  # doctest: +SKIP
+    >>> sorted(SOURCES)
     ['folder', 'groups', 'hf', 'manifest']
     """
 

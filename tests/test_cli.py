@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from curate.cli import app
+
+runner = CliRunner()
+
+
+def _all_command_paths() -> list[list[str]]:
+    paths: list[list[str]] = []
+
+    def walk(command: object, prefix: list[str]) -> None:
+        paths.append(prefix)
+        if hasattr(command, "commands"):  # a group (typer vendors its own click)
+            for name, sub in command.commands.items():
+                walk(sub, [*prefix, name])
+
+    walk(get_command(app), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _all_command_paths(), ids=lambda p: " ".join(p) or "curate")
+def test_every_command_has_help(path: list[str]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_the_road_so_far_through_the_cli(tmp_path: Path, write_image: Callable[..., Path]) -> None:
+    ws = str(tmp_path / "ws")
+    write_image(tmp_path / "img" / "cat" / "1.png", 1)
+    write_image(tmp_path / "img" / "dog" / "2.png", 2)
+    (tmp_path / "img" / "dog" / "3.png").write_bytes(b"")
+    pl.DataFrame({"path": ["img/cat/1.png", "img/dog/2.png"], "label": ["cat", "dog"]}).write_csv(tmp_path / "m.csv")
+
+    init = runner.invoke(app, ["init", ws])
+    assert init.exit_code == 0 and "schema v1" in init.output
+    folder = runner.invoke(app, ["ingest", "folder", str(tmp_path / "img"), "-w", ws, "--license", "CC0-1.0"])
+    assert folder.exit_code == 0, folder.output
+    assert "2 new items" in folder.output and "1 quarantined (empty 1)" in folder.output
+    manifest = runner.invoke(app, ["ingest", "manifest", str(tmp_path / "m.csv"), "-w", ws])
+    assert manifest.exit_code == 0 and "2 duplicates" in manifest.output
+
+    status = runner.invoke(app, ["status", "-w", ws])
+    assert status.exit_code == 0
+    assert status.output.strip().splitlines()[-1].startswith("2 items in 2 classes from 2 sources; 1 quarantined")
+
+    runs = runner.invoke(app, ["runs", "-w", ws])
+    assert runs.exit_code == 0 and runs.output.strip().endswith("2 runs")
+    listed = runner.invoke(app, ["runs", "--stage", "ingest", "-w", ws])
+    first_id = next(line.split()[1] for line in listed.output.splitlines() if "ingest-" in line)
+    shown = runner.invoke(app, ["runs", "show", first_id, "-w", ws])
+    assert shown.exit_code == 0, shown.output
+    body = json.loads(shown.output[: shown.output.rindex("}") + 1])
+    assert body["stage"] == "ingest" and body["config"]["source"]["kind"] in ("folder", "manifest")
+
+    held = runner.invoke(app, ["quarantine", "-w", ws])
+    assert "dog/3.png" in held.output and held.output.strip().endswith("1 quarantined entries")
+    export = runner.invoke(app, ["export", "items", str(tmp_path / "items.parquet"), "-w", ws])
+    assert export.exit_code == 0 and pl.read_parquet(tmp_path / "items.parquet").height == 2
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["status", "-w", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "curate init" in missing.output
+    runner.invoke(app, ["init", str(tmp_path / "ws")])
+    bad_source = runner.invoke(app, ["ingest", "folder", str(tmp_path / "nope"), "-w", str(tmp_path / "ws")])
+    assert bad_source.exit_code == 2 and "no folder" in bad_source.output
+    bad_run = runner.invoke(app, ["runs", "show", "zzz", "-w", str(tmp_path / "ws")])
+    assert bad_run.exit_code == 2 and "no run matches" in bad_run.output
+    assert "Traceback" not in bad_source.output + bad_run.output
