@@ -58,7 +58,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _summary(line: str) -> None:
-    out.print(line, highlight=False, soft_wrap=True)
+    out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -201,8 +201,8 @@ def runs(ctx: typer.Context, stage: Annotated[str | None, typer.Option(help="Onl
         return
     with _user_errors():
         listed = Workspace.open(workspace).runs.list(stage)
-    out.print(_table("runs", ["run", "stage", "status", "started", "attempts", "counts"],
-                     [[r.run_id, r.stage, r.status.value, r.started_at[:19], r.attempts,
+    out.print(_table("runs", ["run", "status", "attempts", "counts"],
+                     [[r.run_id, r.status.value, r.attempts,
                        ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))] for r in listed]))
     _summary(f"{len(listed)} runs")
 

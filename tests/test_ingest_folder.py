@@ -9,7 +9,7 @@ import pytest
 from conftest import distinct_image, encode
 
 from curate.images import open_image
-from curate.ingest import FolderSource, IngestOptions, SourceError, ingest
+from curate.ingest import FolderSource, IngestOptions, ManifestSource, SourceError, ingest
 from curate.records import RunStatus
 from curate.workspace import Workspace
 
@@ -90,6 +90,18 @@ def test_pixel_limit_and_licence_options(workspace: Workspace, image_tree: Path)
     result = ingest(workspace, FolderSource(image_tree), options, progress=False)
     assert result.counts["quarantined:too-many-pixels"] == 2  # chelsea 451x300, flower 640x427
     assert {item.license for item in workspace.catalog.items()} == {"CC0-1.0"}
+
+
+def test_a_later_source_fills_the_licence_and_label_an_earlier_one_lacked(
+        workspace: Workspace, tmp_path: Path, write_image: Callable[..., Path]) -> None:
+    import polars as pl
+
+    write_image(tmp_path / "loose.png", 1)
+    ingest(workspace, FolderSource(tmp_path), progress=False)
+    pl.DataFrame({"path": ["loose.png"], "label": ["cat"], "licence": ["CC-BY-4.0"]}).write_csv(tmp_path / "m.csv")
+    ingest(workspace, ManifestSource(tmp_path / "m.csv", license_column="licence"), progress=False)
+    item = next(workspace.catalog.items())
+    assert (item.label, item.license) == ("cat", "CC-BY-4.0")
 
 
 def test_a_missing_folder_is_a_clear_error() -> None:

@@ -123,15 +123,20 @@ class Catalog:
         stamp = now()
         with self._transaction() as conn:
             for item, ref in found:
-                inserted = conn.execute(
-                    "INSERT INTO items (item_id, uri, label, width, height, mode, format, size_bytes, "
-                    "orientation, n_frames, license, metadata, run_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO NOTHING",
-                    (item.item_id, item.uri, item.label, item.width, item.height, item.mode, item.format,
-                     item.size_bytes, item.orientation, item.n_frames, item.license, dumps(item.metadata),
-                     run_id, stamp),
-                ).rowcount
-                counts["new_items" if inserted else "duplicates"] += 1
+                known = conn.execute("SELECT 1 FROM items WHERE item_id = ?", (item.item_id,)).fetchone()
+                if known:  # the same bytes again: fill what the first source did not know
+                    conn.execute("UPDATE items SET label = COALESCE(label, ?), license = COALESCE(license, ?) "
+                                 "WHERE item_id = ?", (item.label, item.license, item.item_id))
+                else:
+                    conn.execute(
+                        "INSERT INTO items (item_id, uri, label, width, height, mode, format, size_bytes, "
+                        "orientation, n_frames, license, metadata, run_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (item.item_id, item.uri, item.label, item.width, item.height, item.mode, item.format,
+                         item.size_bytes, item.orientation, item.n_frames, item.license, dumps(item.metadata),
+                         run_id, stamp),
+                    )
+                counts["duplicates" if known else "new_items"] += 1
                 conn.execute(
                     "INSERT INTO item_sources (source_id, locator, item_id, fingerprint, label, split, "
                     "metadata, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source_id, locator) "

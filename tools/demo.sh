@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make demo`: the road so far, on the bundled sample images (tools/demo_data), in ./demo-workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+curate() { .venv/bin/curate "$@"; }
+WS=demo-workspace
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+rm -rf "$WS"
+step "1. a workspace"
+curate init "$WS"
+step "2. ingest: a class folder (one file is truncated on purpose and gets quarantined)"
+curate ingest folder tools/demo_data/images -w "$WS"
+step "   the same images through a manifest with a licence column: duplicates, no new items"
+curate ingest manifest tools/demo_data/manifest.csv --license-column licence -w "$WS"
+step "   a Waterbirds-style group table (y = cat/rocket, a = indoor/outdoor)"
+curate ingest groups tools/demo_data/groups.csv --y-names cat,rocket --a-names indoor,outdoor -w "$WS"
+step "   ingest the folder again: nothing changes"
+curate ingest folder tools/demo_data/images -w "$WS"
+step "what the workspace holds"
+curate status -w "$WS"
+curate quarantine -w "$WS"
+curate runs -w "$WS"
+curate export items "$WS/exports/items.parquet" -w "$WS"
+step "not built yet: propose, analyze, verify (Label Studio), build, publish (see the open issues)"
