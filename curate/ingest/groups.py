@@ -17,10 +17,10 @@ from curate.ingest.base import (
     Entry,
     IngestSource,
     SourceError,
-    row_locators,
     read_table,
     register_source,
     require_columns,
+    row_locators,
 )
 from curate.ingest.manifest import path_entry
 from curate.workspace import Workspace
@@ -100,7 +100,8 @@ class GroupTableSource(IngestSource):
             split = (_name(self.split_names, split_code, self.split_column)
                      if isinstance(split_code, int) else str(split_code))
             metadata = {
-                "group_id": row[self.id_column], "filename": row[self.filename_column], "y": row[self.y_column], "a": row[self.a_column],
+                "group_id": row[self.id_column], "filename": row[self.filename_column],
+                "y": row[self.y_column], "a": row[self.a_column],
                 "a_name": _name(self.a_names, row[self.a_column], self.a_column),
                 "split_code": split_code, **{c: row[c] for c in extra},
             }

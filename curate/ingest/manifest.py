@@ -15,11 +15,11 @@ from curate.ingest.base import (
     IngestSource,
     SourceError,
     file_entry,
-    row_locators,
     read_table,
     register_source,
     require_columns,
     resolve_under_root,
+    row_locators,
 )
 
 DOWNLOAD_TIMEOUT_S = 30.0
