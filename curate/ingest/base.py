@@ -70,6 +70,20 @@ class IngestSource(ABC):
         return {k: _jsonable(v) for k, v in values.items()}
 
 
+class TableSource(IngestSource):
+    """A source read from one table file: ``path``, loaded whole into ``_frame`` (rows are small)."""
+
+    path: Path
+    _frame: pl.DataFrame
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def estimate(self) -> int:
+        return self._frame.height
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

@@ -15,8 +15,8 @@ import polars as pl
 
 from curate.ingest.base import (
     Entry,
-    IngestSource,
     SourceError,
+    TableSource,
     read_table,
     register_source,
     require_columns,
@@ -40,7 +40,7 @@ def _name(names: Sequence[str] | None, code: Any, what: str) -> str:
 
 @register_source("groups")
 @dataclass(frozen=True)
-class GroupTableSource(IngestSource):
+class GroupTableSource(TableSource):
     """A group-annotated table: each row an image with class ``y``, spurious attribute ``a`` and split.
 
     ``y_names`` / ``a_names`` name the integer codes (``y_names[y]`` becomes the item's label);
@@ -82,13 +82,6 @@ class GroupTableSource(IngestSource):
             for code in codes:
                 _name(names, code, column)
         object.__setattr__(self, "_frame", frame)
-
-    @property
-    def location(self) -> str:
-        return str(self.path)
-
-    def estimate(self) -> int:
-        return self._frame.height
 
     def entries(self) -> Iterator[Entry]:
         frame = self._frame

@@ -12,8 +12,8 @@ import httpx
 from curate.images import ImageRejected
 from curate.ingest.base import (
     Entry,
-    IngestSource,
     SourceError,
+    TableSource,
     file_entry,
     read_table,
     register_source,
@@ -40,7 +40,7 @@ def _text(value: Any) -> str | None:
 
 @register_source("manifest")
 @dataclass(frozen=True)
-class ManifestSource(IngestSource):
+class ManifestSource(TableSource):
     """One row per image: ``path_column`` holds a path (relative to ``root``) or an http(s) URL.
 
     ``root`` defaults to the manifest's folder; paths may not leave it (no ``..``, no absolute
@@ -74,13 +74,6 @@ class ManifestSource(IngestSource):
         for column in self.metadata_columns or ():
             require_columns(frame, path, metadata_columns=column)
         object.__setattr__(self, "_frame", frame)
-
-    @property
-    def location(self) -> str:
-        return str(self.path)
-
-    def estimate(self) -> int:
-        return self._frame.height
 
     def _metadata_columns(self) -> list[str]:
         if self.metadata_columns is not None:

@@ -59,6 +59,13 @@ class WorkspaceStatus:
     side_tables: list[str] = field(default_factory=list)
 
 
+def _where(**filters: str | None) -> tuple[str, list[str]]:
+    """A ``WHERE`` clause (or nothing) and its arguments for the filters that are set."""
+    chosen = {column: value for column, value in filters.items() if value is not None}
+    clause = " AND ".join(f"{column} = ?" for column in chosen)
+    return (f"WHERE {clause}" if clause else ""), list(chosen.values())
+
+
 def _item_from_row(row: sqlite3.Row) -> Item:
     return Item(
         item_id=row["item_id"], uri=row["uri"], label=row["label"], width=row["width"],
@@ -193,12 +200,7 @@ class Catalog:
 
     def references(self, item_id: str | None = None, source_id: str | None = None) -> list[SourceRef]:
         """Where items were found (all places of one item, or all entries of one source)."""
-        where, args = [], []
-        for column, value in (("item_id", item_id), ("source_id", source_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _where(item_id=item_id, source_id=source_id)
         rows = self._connect().execute(f"SELECT * FROM item_sources {clause} ORDER BY source_id, locator",
                                        args).fetchall()
         return [SourceRef(r["source_id"], r["locator"], r["item_id"], r["fingerprint"], r["label"],
@@ -206,7 +208,7 @@ class Catalog:
 
     def quarantined(self, source_id: str | None = None) -> list[Quarantined]:
         """Entries that did not become items, with their reasons."""
-        clause, args = ("WHERE source_id = ?", (source_id,)) if source_id else ("", ())
+        clause, args = _where(source_id=source_id)
         rows = self._connect().execute(f"SELECT * FROM quarantine {clause} ORDER BY source_id, locator",
                                        args).fetchall()
         return [Quarantined(r["source_id"], r["locator"], r["reason"], r["detail"], r["fingerprint"],
@@ -226,12 +228,7 @@ class Catalog:
     def evidence(self, item_id: str | None = None, source: str | None = None,
                  run_id: str | None = None) -> list[Evidence]:
         """Evidence rows, filtered by item, proposer or run."""
-        where, args = [], []
-        for column, value in (("item_id", item_id), ("source", source), ("run_id", run_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _where(item_id=item_id, source=source, run_id=run_id)
         rows = self._connect().execute(f"SELECT * FROM evidence {clause} ORDER BY item_id, attribute",
                                        args).fetchall()
         return [Evidence(r["item_id"], r["attribute"], r["source"], r["run_id"], EvidenceRole(r["role"]),
@@ -250,7 +247,7 @@ class Catalog:
 
     def verdicts(self, round: str | None = None) -> list[Verdict]:
         """Verdicts, optionally of one round."""
-        clause, args = ("WHERE round = ?", (round,)) if round else ("", ())
+        clause, args = _where(round=round)
         rows = self._connect().execute(f"SELECT * FROM verdicts {clause} ORDER BY item_id, attribute",
                                        args).fetchall()
         return [Verdict(r["item_id"], r["attribute"], r["annotator"], r["round"], r["value"],
