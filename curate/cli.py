@@ -6,6 +6,7 @@ Every command prints a one-line summary last. The workspace is ``--workspace`` /
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from rich.table import Table
 
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
+from curate.models import UnknownModelError, WeightsNotFoundError, get_spec, list_models
+from curate.propose import PROPOSERS, ProposeError, make_proposer, propose
+from curate.taxonomy import OffTaxonomyError
 from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace, WorkspaceNotFoundError
 
 app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
@@ -26,14 +30,13 @@ app = typer.Typer(help="Build, verify and publish benchmarks of spurious correla
 ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset or group table.",
                          no_args_is_help=True)
 runs_app = typer.Typer(help="List stored runs, or show one with `curate runs show ID`.")
-export_app = typer.Typer(help="Export workspace tables to parquet or CSV.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(runs_app, name="runs")
-app.add_typer(export_app, name="export")
 
 out = Console()
 err = Console(stderr=True)
-USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, KeyError, ValueError)
+USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, ProposeError,
+               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, KeyError, ValueError)
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
                                                help="Workspace folder.")]
@@ -174,6 +177,93 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     return table
 
 
+def _coerce(text: str, annotation: str) -> Any:
+    """Turn ``--set key=value`` text into the option's declared type."""
+    if text.lower() in ("none", "null") and "None" in annotation:
+        return None
+    if annotation.startswith("tuple"):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    for name, convert in (("bool", lambda t: t.lower() in ("1", "true", "yes", "on")), ("int", int),
+                          ("float", float)):
+        if annotation.split(" |")[0] == name:
+            return convert(text)
+    return text
+
+
+def _proposer_options(name: str, pairs: list[str]) -> dict[str, Any]:
+    if name not in PROPOSERS:
+        raise ProposeError(f"unknown proposer {name!r}; known: {', '.join(sorted(PROPOSERS))}")
+    declared = {f.name: str(f.type) for f in dataclasses.fields(PROPOSERS[name])}  # type: ignore[arg-type]
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ProposeError(f"--set wants key=value, got {pair!r}")
+        key = key.strip().replace("-", "_")
+        options[key] = _coerce(value.strip(), declared.get(key, "str"))
+    return options
+
+
+@app.command(name="propose")
+def propose_command(
+    proposer: Annotated[str, typer.Argument(help="priors, clip, detector, ... (see `curate propose --help`).")],
+    classes: Annotated[str | None, typer.Option(help="Only these classes, comma-separated.")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model name (see `curate models`).")] = None,
+    weights: Annotated[str | None, typer.Option(help="Weights: file, local-dir:, hf-hub:, tag or 'random'.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any proposer option as key=value "
+                                                   "(repeatable), e.g. --set conf=0.1.")] = None,
+    workspace: WorkspaceOption = Path("."), quiet: QuietOption = False,
+) -> None:
+    """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
+    what is missing."""
+    with _user_errors():
+        options = _proposer_options(proposer, set_ or [])
+        options |= {k: v for k, v in (("model", model), ("weights", weights)) if v is not None}
+        chosen = [c.strip() for c in classes.split(",")] if classes else None
+        result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
+    _summary(result.summary())
+
+
+@app.command()
+def evidence(
+    source: Annotated[str | None, typer.Option(help="Only this proposer.")] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run.")] = None,
+    item: Annotated[str | None, typer.Option(help="Only this item id.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Show evidence rows (export them with `curate export evidence FILE`)."""
+    with _user_errors():
+        rows = Workspace.open(workspace).catalog.evidence(item_id=item, source=source, run_id=run)
+    out.print(_table("evidence", ["item", "attribute", "type", "source", "score", "boxes", "model"],
+                     [[e.item_id[:12], e.attribute, e.taxonomy_type, e.source,
+                       "" if e.score is None else f"{e.score:.4f}", len(e.boxes), e.model] for e in rows[:limit]]))
+    _summary(f"{len(rows)} evidence rows" + (f" (showing {limit})" if len(rows) > limit else ""))
+
+
+@app.command()
+def cues(
+    class_label: Annotated[str | None, typer.Option("--class", help="Only this class.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only this proposer.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Show the candidate cues per class (from priors or an LLM)."""
+    with _user_errors():
+        rows = Workspace.open(workspace).catalog.cues(class_label=class_label, source=source)
+    out.print(_table("cues", ["class", "cue", "type", "source", "run"],
+                     [[c.class_label, c.attribute, c.taxonomy_type, c.source, c.run_id] for c in rows]))
+    _summary(f"{len(rows)} cues for {len({c.class_label for c in rows})} classes")
+
+
+@app.command()
+def models(family: Annotated[str | None, typer.Option(help="Only this family.")] = None) -> None:
+    """List the registered models and their default weights."""
+    specs = [get_spec(name) for name in list_models(family)]
+    out.print(_table("models", ["name", "family", "architecture", "weights", "text encoder"],
+                     [[m.name, m.family, m.architecture, m.weights, m.text_encoder or ""] for m in specs]))
+    _summary(f"{len(specs)} models")
+
+
 @app.command()
 def status(workspace: WorkspaceOption = Path(".")) -> None:
     """Show counts per class, per source, quarantined, and runs per stage."""
@@ -232,11 +322,15 @@ def quarantine(source: Annotated[str | None, typer.Option(help="Only this source
     _summary(f"{len(held)} quarantined entries")
 
 
-@export_app.command("items")
-def export_items(target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file.")],
-                 workspace: WorkspaceOption = Path(".")) -> None:
-    """Export all items with their first source to parquet or CSV."""
+@app.command()
+def export(table: Annotated[str, typer.Argument(help="items, evidence or cues.")],
+           target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file.")],
+           source: Annotated[str | None, typer.Option(help="Only rows of this proposer (evidence, cues).")] = None,
+           run: Annotated[str | None, typer.Option(help="Only rows of this run (evidence, cues).")] = None,
+           workspace: WorkspaceOption = Path(".")) -> None:
+    """Export a workspace table to parquet or CSV (streamed)."""
     started = time.perf_counter()
+    filters = {"source": source, "run_id": run} if table != "items" else {}
     with _user_errors():
-        written = Workspace.open(workspace).export_items(target)
-    _summary(f"exported {written} items to {target} in {time.perf_counter() - started:.1f}s")
+        written = Workspace.open(workspace).export(table, target, **filters)
+    _summary(f"exported {written} {table} rows to {target} in {time.perf_counter() - started:.1f}s")

@@ -1,7 +1,8 @@
 """The record types that travel between the stops of the road.
 
 Each stage reads the records of the stage before it and writes its own:
-``Item`` (ingest) -> ``Evidence`` (propose) -> ``Verdict`` (verify) -> release rows (build).
+``Item`` (ingest) -> ``Evidence`` (propose; class-level ``Cue`` rows inside it) -> ``Verdict``
+(verify) -> release rows (build).
 ``Run`` records every stage run; ``SourceRef`` and ``Quarantined`` are what ingest leaves
 beside the items.
 
@@ -113,6 +114,23 @@ class Evidence:
     boxes: list[list[float]] = field(default_factory=list)
     model: str | None = None
     model_version: str | None = None
+    extra: JsonDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Cue:
+    """A candidate attribute for a whole class (from an LLM or the built-in priors), before any
+    image is scored. Image-level proposers (detector, CLIP) turn cues into ``Evidence``.
+
+    Keyed by (``class_label``, ``attribute``, ``source``, ``run_id``).
+    """
+
+    class_label: str
+    attribute: str
+    source: str
+    run_id: str
+    taxonomy_type: str | None = None
+    role: EvidenceRole = EvidenceRole.CANDIDATE
     extra: JsonDict = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from curate.cli import app
+from curate.workspace import SCHEMA_VERSION
 
 runner = CliRunner()
 
@@ -42,7 +43,7 @@ def test_the_road_so_far_through_the_cli(tmp_path: Path, write_image: Callable[.
     pl.DataFrame({"path": ["img/cat/1.png", "img/dog/2.png"], "label": ["cat", "dog"]}).write_csv(tmp_path / "m.csv")
 
     init = runner.invoke(app, ["init", ws])
-    assert init.exit_code == 0 and "schema v1" in init.output
+    assert init.exit_code == 0 and f"schema v{SCHEMA_VERSION}" in init.output
     folder = runner.invoke(app, ["ingest", "folder", str(tmp_path / "img"), "-w", ws, "--license", "CC0-1.0"])
     assert folder.exit_code == 0, folder.output
     assert "2 new items" in folder.output and "1 quarantined (empty 1)" in folder.output

@@ -113,14 +113,14 @@ def test_export_items_streams_to_parquet_and_csv(workspace: Workspace, image_tre
     import polars as pl
 
     ingest(workspace, FolderSource(image_tree), progress=False)
-    assert workspace.export_items(tmp_path / "items.parquet") == 7
+    assert workspace.export("items", tmp_path / "items.parquet") == 7
     frame = pl.read_parquet(tmp_path / "items.parquet")
     assert frame.height == 7 and frame.filter(pl.col("n_sources") == 2).height == 1
-    assert workspace.export_items(tmp_path / "items.csv") == 7
+    assert workspace.export("items", tmp_path / "items.csv") == 7
     assert pl.read_csv(tmp_path / "items.csv").get_column("item_id").sort().equals(
         frame.get_column("item_id").sort())
     with pytest.raises(ValueError, match="parquet or .csv"):
-        workspace.export_items(tmp_path / "items.xlsx")
+        workspace.export("items", tmp_path / "items.xlsx")
 
 
 def _snapshot(workspace: Workspace) -> tuple[object, ...]:

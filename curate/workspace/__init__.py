@@ -21,13 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
-
 from curate.workspace._sql import atomic_write_bytes
 from curate.workspace.cache import Cache, CacheKey, CacheStats
 from curate.workspace.catalog import Catalog, Source, SourceStatus, WorkspaceStatus
+from curate.workspace.export import EXPORT_SCHEMAS, write_rows
 from curate.workspace.runs import RunLog, RunNotFoundError, code_version
 from curate.workspace.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
 from curate.workspace.tables import SideTables
@@ -151,36 +148,12 @@ class Workspace:
         """Counts per class, per source, quarantined, and runs per stage."""
         return self.catalog.status(sum(self.cache.stats().entries.values()), self.tables.names())
 
-    def export_items(self, path: str | Path) -> int:
-        """Write all items (with their first source and number of sources) to parquet or CSV.
+    def export(self, table: str, path: str | Path, **filters: str | None) -> int:
+        """Stream a catalogue table (``items``, ``evidence`` or ``cues``) to parquet or CSV.
 
-        The format follows the suffix (``.parquet`` or ``.csv``); rows stream in batches.
+        ``filters`` narrow evidence and cues by column (``source``, ``run_id``, ``class_label`` ...).
         Returns the number of rows written.
         """
-        target = Path(path)
-        if target.suffix not in (".parquet", ".csv"):
-            raise ValueError(f"export to .parquet or .csv, not {target.suffix or 'no suffix'!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        schema = pa.schema([
-            ("item_id", pa.string()), ("uri", pa.string()), ("label", pa.string()), ("width", pa.int64()),
-            ("height", pa.int64()), ("mode", pa.string()), ("format", pa.string()),
-            ("size_bytes", pa.int64()), ("orientation", pa.int64()), ("n_frames", pa.int64()),
-            ("license", pa.string()), ("metadata", pa.string()), ("run_id", pa.string()),
-            ("created_at", pa.string()), ("first_source", pa.string()), ("n_sources", pa.int64()),
-        ])
-        tmp = target.with_name(f".{target.name}.tmp")
-        writer: pq.ParquetWriter | pa_csv.CSVWriter = (
-            pq.ParquetWriter(tmp, schema) if target.suffix == ".parquet" else pa_csv.CSVWriter(tmp, schema)
-        )
-        written = 0
-        try:
-            with writer:
-                for rows in self.catalog.export_rows():
-                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                    written += len(rows)
-                if written == 0:
-                    writer.write_table(schema.empty_table())
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return written
+        if table not in EXPORT_SCHEMAS:
+            raise ValueError(f"cannot export {table!r}; tables: {', '.join(EXPORT_SCHEMAS)}")
+        return write_rows(Path(path), EXPORT_SCHEMAS[table], self.catalog.export_rows(table, **filters))

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.records import Evidence, EvidenceRole, Item, Quarantined, SourceRef, Verdict
+from curate.records import Cue, Evidence, EvidenceRole, Item, Quarantined, SourceRef, Verdict
 from curate.workspace._sql import digest, dumps, now
 from curate.workspace.runs import RunLog
 
 Connect = Callable[[], sqlite3.Connection]
 Transaction = Callable[[], AbstractContextManager[sqlite3.Connection]]
+RunCounts = tuple[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +215,18 @@ class Catalog:
         return [Quarantined(r["source_id"], r["locator"], r["reason"], r["detail"], r["fingerprint"],
                             r["label"], r["split"], json.loads(r["metadata"])) for r in rows]
 
-    # evidence and verdicts ----------------------------------------------------------------
-    def add_evidence(self, rows: Iterable[Evidence]) -> int:
-        """Store evidence rows; the same key twice keeps the latest. Returns rows written."""
+    # evidence, cues and verdicts ----------------------------------------------------------
+    def _count(self, conn: sqlite3.Connection, counts: RunCounts | None) -> None:
+        if counts is not None:
+            self._runs.add_counts(conn, *counts)
+
+    def add_evidence(self, rows: Iterable[Evidence], counts: RunCounts | None = None) -> int:
+        """Store evidence rows; the same key twice keeps the latest. Returns rows written.
+
+        ``counts`` (run id, counts) are added to that run in the same transaction.
+        """
         with self._transaction() as conn:
+            self._count(conn, counts)
             return sum(conn.execute(
                 "INSERT OR REPLACE INTO evidence (item_id, attribute, source, run_id, role, taxonomy_type, "
                 "score, boxes, model, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -234,6 +243,30 @@ class Catalog:
         return [Evidence(r["item_id"], r["attribute"], r["source"], r["run_id"], EvidenceRole(r["role"]),
                          r["taxonomy_type"], r["score"], json.loads(r["boxes"]), r["model"],
                          r["model_version"], json.loads(r["extra"])) for r in rows]
+
+    def add_cues(self, rows: Iterable[Cue], counts: RunCounts | None = None) -> int:
+        """Store class-level candidate cues; the same key twice keeps the latest (see ``add_evidence``)."""
+        with self._transaction() as conn:
+            self._count(conn, counts)
+            return sum(conn.execute(
+                "INSERT OR REPLACE INTO cues (class_label, attribute, source, run_id, taxonomy_type, role, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (c.class_label, c.attribute, c.source, c.run_id, c.taxonomy_type, c.role, dumps(c.extra)),
+            ).rowcount for c in rows)
+
+    def cues(self, class_label: str | None = None, source: str | None = None,
+             run_id: str | None = None) -> list[Cue]:
+        """Candidate cues, filtered by class, proposer or run."""
+        clause, args = _where(class_label=class_label, source=source, run_id=run_id)
+        rows = self._connect().execute(f"SELECT * FROM cues {clause} ORDER BY class_label, attribute, source",
+                                       args).fetchall()
+        return [Cue(r["class_label"], r["attribute"], r["source"], r["run_id"], r["taxonomy_type"],
+                    EvidenceRole(r["role"]), json.loads(r["extra"])) for r in rows]
+
+    def evidence_item_ids(self, run_id: str) -> set[str]:
+        """Items that already have evidence from a run (what a resumed run skips)."""
+        rows = self._connect().execute("SELECT DISTINCT item_id FROM evidence WHERE run_id = ?", (run_id,))
+        return {row[0] for row in rows}
 
     def add_verdicts(self, rows: Iterable[Verdict]) -> int:
         """Store verdicts; a verdict with the same key (item, attribute, annotator, round) replaces it."""
@@ -280,18 +313,27 @@ class Catalog:
             cache_entries=cache_entries, side_tables=side_tables,
         )
 
-    def export_rows(self, batch_size: int = 10_000) -> Iterator[list[dict[str, Any]]]:
-        """Items joined with their first source reference, in batches, for bulk exports."""
+    def export_rows(self, table: str, batch_size: int = 10_000,
+                    **filters: str | None) -> Iterator[list[dict[str, Any]]]:
+        """Raw rows of ``items`` (with first source and number of sources), ``evidence`` or ``cues``,
+        in batches by rowid, for bulk exports."""
+        clause, args = _where(**filters)
+        query = _EXPORT_QUERIES[table].format(where=f"{clause} AND" if clause else "WHERE")
         conn = self._connect()
-        last = ""
+        last = 0
         while True:
-            rows = conn.execute(
-                "SELECT i.*, (SELECT s.source_id || ':' || s.locator FROM item_sources s "
-                "WHERE s.item_id = i.item_id ORDER BY s.source_id, s.locator LIMIT 1) AS first_source, "
-                "(SELECT COUNT(*) FROM item_sources s WHERE s.item_id = i.item_id) AS n_sources "
-                "FROM items i WHERE i.item_id > ? ORDER BY i.item_id LIMIT ?", (last, batch_size),
-            ).fetchall()
+            rows = conn.execute(query, (*args, last, batch_size)).fetchall()
             if not rows:
                 return
-            yield [dict(row) for row in rows]
-            last = rows[-1]["item_id"]
+            yield [{k: v for k, v in dict(row).items() if k != "row_number"} for row in rows]
+            last = rows[-1]["row_number"]
+
+
+_EXPORT_QUERIES = {
+    "items": "SELECT i.rowid AS row_number, i.*, (SELECT s.source_id || ':' || s.locator FROM item_sources s "
+             "WHERE s.item_id = i.item_id ORDER BY s.source_id, s.locator LIMIT 1) AS first_source, "
+             "(SELECT COUNT(*) FROM item_sources s WHERE s.item_id = i.item_id) AS n_sources "
+             "FROM items i {where} i.rowid > ? ORDER BY i.rowid LIMIT ?",
+    "evidence": "SELECT rowid AS row_number, * FROM evidence {where} rowid > ? ORDER BY rowid LIMIT ?",
+    "cues": "SELECT rowid AS row_number, * FROM cues {where} rowid > ? ORDER BY rowid LIMIT ?",
+}

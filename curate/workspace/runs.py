@@ -91,15 +91,22 @@ class RunLog:
         self._transaction = transaction
 
     def start(self, stage: str, name: str, config: Mapping[str, Any],
-              models: Mapping[str, Any] | None = None, *, resume: bool = True) -> Run:
-        """Start a run, or resume the latest unfinished run of the same stage and config."""
+              models: Mapping[str, Any] | None = None, *, resume: bool = True,
+              extend_completed: bool = False) -> Run:
+        """Start a run, or resume the latest unfinished run of the same stage and config.
+
+        With ``extend_completed`` a completed run of the same config is taken up again too (for
+        stages that only add what is missing, so running twice stores the same rows once).
+        """
         fingerprint = digest({"stage": stage, "config": config})
         host, pid, stamp = socket.gethostname(), os.getpid(), now()
+        statuses = (*_RESUMABLE, RunStatus.COMPLETED) if extend_completed else _RESUMABLE
         with self._transaction() as conn:
             if resume:
+                marks = ", ".join("?" * len(statuses))
                 for row in conn.execute(
-                    "SELECT * FROM runs WHERE stage = ? AND fingerprint = ? AND status IN (?, ?, ?) "
-                    "ORDER BY started_at DESC", (stage, fingerprint, *_RESUMABLE),
+                    f"SELECT * FROM runs WHERE stage = ? AND fingerprint = ? AND status IN ({marks}) "
+                    "ORDER BY started_at DESC", (stage, fingerprint, *statuses),
                 ):
                     if not self._is_live(row):
                         conn.execute(

@@ -122,9 +122,23 @@ CREATE TABLE cache (
 CREATE INDEX cache_namespace ON cache(namespace, model);
 """
 
+_V2_CUES = """
+CREATE TABLE cues (
+    class_label TEXT NOT NULL,
+    attribute TEXT NOT NULL,
+    source TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    taxonomy_type TEXT,
+    role TEXT NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (class_label, attribute, source, run_id)
+);
+CREATE INDEX evidence_run ON evidence(run_id);
+"""
+
 # One SQL script per version. Scripts run statement by statement inside the caller's
 # transaction (sqlite3's executescript would commit half-way).
-MIGRATIONS: tuple[str, ...] = (_V1_CATALOGUE,)
+MIGRATIONS: tuple[str, ...] = (_V1_CATALOGUE, _V2_CUES)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -16,7 +16,7 @@ import polars as pl
 
 from curate.workspace._sql import atomic_write_bytes
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class SideTables:
@@ -76,4 +76,4 @@ class SideTables:
     @staticmethod
     def _check(name: str) -> None:
         if not _NAME.match(name):
-            raise ValueError(f"table names use lowercase letters, digits, '_', '-' and '.': {name!r}")
+            raise ValueError(f"table names use letters, digits, '_', '-' and '.': {name!r}")

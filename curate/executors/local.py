@@ -1,0 +1,87 @@
+"""Batches of decoded images, prepared in background threads while the model runs.
+
+Decoding and preprocessing overlap with the forward pass: a small pool decodes (Pillow releases
+the GIL while decoding) and a bounded queue keeps at most ``prefetch`` batches ready, so memory
+stays flat whatever the number of items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from curate.images import open_image
+from curate.records import Item
+from curate.workspace import Workspace
+
+_DONE = object()
+
+
+@dataclass(slots=True)
+class ImageBatch:
+    """Items whose images opened, their upright RGB images, the transform of each (when asked),
+    and the items whose files could not be opened any more, with the error."""
+
+    items: list[Item]
+    images: list[Image.Image]
+    transformed: list[Any] = field(default_factory=list)
+    failures: list[tuple[Item, str]] = field(default_factory=list)
+
+
+def _load(workspace: Workspace, item: Item, transform: Callable[[Image.Image], Any] | None) -> tuple[Any, ...]:
+    try:
+        image = open_image(workspace.resolve_uri(item.uri))
+    except (OSError, ValueError, SyntaxError) as error:
+        return item, None, None, f"{type(error).__name__}: {error}"
+    return item, image, transform(image) if transform else None, None
+
+
+def image_batches(workspace: Workspace, items: Sequence[Item], batch_size: int,
+                  transform: Callable[[Image.Image], Any] | None = None, workers: int = 2,
+                  prefetch: int = 2) -> Iterator[ImageBatch]:
+    """Yield ``ImageBatch``es of ``items`` in order, decoded ahead in background threads."""
+    ready: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for start in range(0, len(items), batch_size):
+                    if stop.is_set():
+                        return
+                    chunk = items[start:start + batch_size]
+                    batch = ImageBatch([], [])
+                    for item, image, transformed, error in pool.map(lambda i: _load(workspace, i, transform), chunk):
+                        if error is not None:
+                            batch.failures.append((item, error))
+                            continue
+                        batch.items.append(item)
+                        batch.images.append(image)
+                        if transform is not None:
+                            batch.transformed.append(transformed)
+                    ready.put(batch)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            ready.put(error)
+        finally:
+            ready.put(_DONE)
+
+    thread = threading.Thread(target=produce, name="curate-image-batches", daemon=True)
+    thread.start()
+    try:
+        while (batch := ready.get()) is not _DONE:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+        thread.join()

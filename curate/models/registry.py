@@ -1,0 +1,89 @@
+"""Named models as data, and one factory per model family.
+
+Built-in names live in ``models.json``; ``add_model`` adds more. A family (``open_clip``,
+``yolo-world``, ``yoloe``) is a loader registered with ``@register_family``.
+
+>>> "clip-vit-b-32" in list_models()
+True
+>>> get_spec("yolo-world-v2-s").text_encoder
+'clip-vit-b-32'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+_BUILTIN = Path(__file__).with_name("models.json")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A named model: its family, architecture, default weights and (for detectors) text encoder.
+
+    ``architecture`` is an open_clip model name (or a path to an open_clip JSON config), or an
+    ultralytics architecture name (its YAML builds it with random weights).
+    """
+
+    name: str
+    family: str
+    architecture: str
+    weights: str | None = None
+    text_encoder: str | None = None
+    description: str = ""
+
+
+Loader = Callable[[ModelSpec, str], Any]
+FAMILIES: dict[str, Loader] = {}
+_SPECS: dict[str, ModelSpec] = {
+    name: ModelSpec(name=name, **fields) for name, fields in json.loads(_BUILTIN.read_text()).items()
+}
+
+
+class UnknownModelError(KeyError):
+    """No model of that name, or no family to load it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_family(family: str) -> Callable[[Loader], Loader]:
+    """Decorator registering the loader of a model family: ``loader(spec, device) -> model``."""
+
+    def decorate(loader: Loader) -> Loader:
+        FAMILIES[family] = loader
+        return loader
+
+    return decorate
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names (of one family)."""
+    return sorted(name for name, spec in _SPECS.items() if family is None or spec.family == family)
+
+
+def add_model(spec: ModelSpec) -> None:
+    """Register a model (replacing one of the same name)."""
+    _SPECS[spec.name] = spec
+
+
+def get_spec(name: str, **overrides: str | None) -> ModelSpec:
+    """The spec of a registered model; overrides that are not None replace its fields
+    (``weights="random"``, ``text_encoder="my-clip"``)."""
+    if name not in _SPECS:
+        raise UnknownModelError(f"no model named {name!r}; known: {', '.join(list_models())}")
+    return replace(_SPECS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_model(name: str, weights: str | None = None, device: str = "cpu", **overrides: str | None) -> Any:
+    """Build a registered model; ``weights`` overrides the default (``"random"`` for tests).
+
+    Raises ``WeightsNotFoundError`` at once when the weights are not here.
+    """
+    spec = get_spec(name, weights=weights, **overrides)
+    if spec.family not in FAMILIES:
+        raise UnknownModelError(f"no loader for family {spec.family!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[spec.family](spec, device)

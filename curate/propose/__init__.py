@@ -1,0 +1,22 @@
+"""Propose: cues per class (priors, LLM) and evidence per item (CLIP, detector).
+
+>>> sorted(PROPOSERS)
+['clip', 'detector', 'priors']
+"""
+
+from curate.propose import clip, detector, priors  # noqa: F401  (registers the proposers)
+from curate.propose.base import (
+    PROPOSERS,
+    ProposeContext,
+    ProposeError,
+    Proposer,
+    ProposeResult,
+    make_proposer,
+    propose,
+    register_proposer,
+)
+
+__all__ = [
+    "PROPOSERS", "ProposeContext", "ProposeError", "ProposeResult", "Proposer", "make_proposer", "propose",
+    "register_proposer",
+]

@@ -1,0 +1,162 @@
+"""Proposers: the registry, the context they run in, and the run that records them.
+
+A proposer converts its model's output into ``Cue`` (per class) or ``Evidence`` (per item) rows at
+its own edge; nothing downstream knows the model. Adding one is a module with one
+``@register_proposer`` dataclass whose fields are its options.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from curate.records import Cue, Evidence, Item, Run, RunStatus
+from curate.workspace import Workspace
+
+
+class ProposeError(ValueError):
+    """A proposer cannot run as asked (unknown name, bad option, nothing to score)."""
+
+
+@dataclass
+class ProposeContext:
+    """What a proposer sees: the workspace, its run, the classes asked for, and writers that store
+    rows together with the run's counts (one transaction per batch). Proposers note the models they
+    load in ``models`` (name -> version); the run records them."""
+
+    workspace: Workspace
+    run: Run
+    classes: tuple[str, ...] | None
+    progress: bool = True
+    counts: Counter[str] = field(default_factory=Counter)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def class_labels(self) -> list[str]:
+        """The classes to work on: those asked for, else every labelled class in the workspace."""
+        present = [c for c in self.workspace.status().per_class if c != "<unlabelled>"]
+        if self.classes is None:
+            return present
+        missing = sorted(set(self.classes) - set(present))
+        if missing:
+            raise ProposeError(f"no items of class {', '.join(missing)}; classes here: {', '.join(present)}")
+        return list(self.classes)
+
+    def pending_classes(self) -> list[str]:
+        """Classes with no cues from this run yet (what a class-level proposer still has to do)."""
+        done = {cue.class_label for cue in self.workspace.catalog.cues(run_id=self.run.run_id)}
+        return [label for label in self.class_labels() if label not in done]
+
+    def pending_items(self, label: str) -> list[Item]:
+        """Items of a class with no evidence from this run yet (a resumed run skips the rest)."""
+        done = self.workspace.catalog.evidence_item_ids(self.run.run_id)
+        return [item for item in self.workspace.catalog.items(label=label) if item.item_id not in done]
+
+    def write_evidence(self, rows: Sequence[Evidence], **counts: int) -> None:
+        """Store a batch of evidence and count it (plus any extra counts) in this run."""
+        added = +Counter({"evidence": len(rows), **counts})
+        self.workspace.catalog.add_evidence(rows, (self.run.run_id, added))
+        self.counts.update(added)
+
+    def write_cues(self, rows: Sequence[Cue], **counts: int) -> None:
+        """Store a batch of class-level cues and count them in this run."""
+        added = +Counter({"cues": len(rows), **counts})
+        self.workspace.catalog.add_cues(rows, (self.run.run_id, added))
+        self.counts.update(added)
+
+    def count(self, **counts: int) -> None:
+        """Count something that wrote no rows (failures, skipped items)."""
+        counts = {k: v for k, v in counts.items() if v}
+        if not counts:
+            return
+        with self.workspace.transaction() as conn:
+            self.workspace.runs.add_counts(conn, self.run.run_id, counts)
+        self.counts.update(counts)
+
+
+class Proposer(ABC):
+    """A registered way of proposing attributes. Subclasses are dataclasses of their options."""
+
+    name: ClassVar[str]
+
+    def options(self) -> dict[str, Any]:
+        """The options, JSON-ready, recorded in the run config."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @abstractmethod
+    def run(self, context: ProposeContext) -> None:
+        """Propose for ``context.class_labels()``, writing through the context's writers."""
+
+
+PROPOSERS: dict[str, type[Proposer]] = {}
+
+
+def register_proposer(name: str) -> Callable[[type[Proposer]], type[Proposer]]:
+    """Class decorator adding a proposer to the registry."""
+
+    def decorate(cls: type[Proposer]) -> type[Proposer]:
+        if name in PROPOSERS:
+            raise ValueError(f"proposer {name!r} is already registered by {PROPOSERS[name].__name__}")
+        cls.name = name
+        PROPOSERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def make_proposer(name: str, **options: Any) -> Proposer:
+    """Build a registered proposer from its options; unknown names and options are clear errors."""
+    if name not in PROPOSERS:
+        raise ProposeError(f"unknown proposer {name!r}; known: {', '.join(sorted(PROPOSERS))}")
+    cls = PROPOSERS[name]
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ProposeError(f"proposer {name!r} has no option {', '.join(unknown)}; its options: "
+                           f"{', '.join(sorted(known))}")
+    return cls(**options)
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeResult:
+    """What one proposal did: this invocation's counts and the stored run."""
+
+    run: Run
+    counts: dict[str, int]
+    seconds: float
+
+    def summary(self) -> str:
+        """One line for the end of a command."""
+        shown = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items())) or "nothing new"
+        resumed = f", resumed (attempt {self.run.attempts})" if self.run.attempts > 1 else ""
+        return f"propose {self.run.config['proposer']}: {shown} in {self.seconds:.1f}s [run {self.run.run_id}{resumed}]"
+
+
+def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | None = None,
+            *, progress: bool = True) -> ProposeResult:
+    """Run a proposer as a recorded, resumable ``propose`` run.
+
+    >>> import tempfile
+    >>> ws = Workspace.init(tempfile.mkdtemp())
+    >>> propose(ws, make_proposer("priors"), progress=False).counts
+    {}
+    """
+    started = time.perf_counter()
+    chosen = tuple(sorted(set(classes))) if classes is not None else None
+    config = {"proposer": proposer.name, "options": proposer.options(), "classes": chosen}
+    run = workspace.runs.start("propose", proposer.name, config, extend_completed=True)
+    context = ProposeContext(workspace, run, chosen, progress)
+    try:
+        proposer.run(context)
+        workspace.runs.set_models(run.run_id, context.models)
+    except KeyboardInterrupt:
+        workspace.runs.finish(run.run_id, RunStatus.INTERRUPTED, "interrupted by the user")
+        raise
+    except BaseException as error:
+        workspace.runs.finish(run.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        raise
+    finished = workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
+    return ProposeResult(finished, dict(sorted(context.counts.items())), time.perf_counter() - started)

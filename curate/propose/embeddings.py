@@ -1,0 +1,87 @@
+"""Image embeddings stored once per workspace and model version, as a parquet side table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from curate.executors import image_batches
+from curate.models import ClipModel
+from curate.records import Item
+from curate.workspace import Workspace
+
+FLUSH_EVERY = 1024
+
+
+def embeddings_table(model_name: str) -> str:
+    """The side-table name holding a model's image embeddings.
+
+    >>> embeddings_table("clip-vit-b-32")
+    'image-embeddings.clip-vit-b-32'
+    """
+    return "image-embeddings." + re.sub(r"[^a-z0-9_-]+", "-", model_name.lower())
+
+
+@dataclass(slots=True)
+class EmbeddedBatch:
+    """Items with their (N, D) unit-length embeddings, and items whose image could not be opened."""
+
+    items: list[Item]
+    vectors: np.ndarray
+    failures: list[tuple[Item, str]]
+
+
+class EmbeddingStore:
+    """Reads the embeddings a model already computed in this workspace and computes the rest."""
+
+    def __init__(self, workspace: Workspace, clip: ClipModel, part_prefix: str) -> None:
+        self.workspace = workspace
+        self.clip = clip
+        self.table = embeddings_table(clip.name)
+        self.part_prefix = part_prefix
+        self.known: dict[str, np.ndarray] = {}
+        self._pending: list[dict[str, object]] = []
+        self._parts = 0
+        self.computed = 0
+        if self.table in workspace.tables.names():
+            frame = workspace.tables.scan(self.table).filter(pl.col("version") == clip.version).collect()
+            for item_id, vector in zip(frame["item_id"], frame["embedding"], strict=True):
+                self.known[item_id] = np.asarray(vector, dtype=np.float32)
+
+    def batches(self, items: Sequence[Item], batch_size: int) -> Iterator[EmbeddedBatch]:
+        """Embeddings of ``items`` in batches: stored ones first, then computed ones."""
+        stored = [item for item in items if item.item_id in self.known]
+        for start in range(0, len(stored), batch_size):
+            chunk = stored[start:start + batch_size]
+            yield EmbeddedBatch(chunk, np.stack([self.known[i.item_id] for i in chunk]), [])
+        missing = [item for item in items if item.item_id not in self.known]
+        for batch in image_batches(self.workspace, missing, batch_size, self.clip.preprocess_image):
+            vectors = (self.clip.encode_images(torch.stack(batch.transformed)) if batch.items
+                       else np.zeros((0, 0), dtype=np.float32))
+            self._remember(batch.items, vectors)
+            yield EmbeddedBatch(batch.items, vectors, batch.failures)
+        self.flush()
+
+    def _remember(self, items: Sequence[Item], vectors: np.ndarray) -> None:
+        for item, vector in zip(items, vectors, strict=True):
+            self.known[item.item_id] = vector
+            self._pending.append({"item_id": item.item_id, "model": self.clip.name, "version": self.clip.version,
+                                  "embedding": vector.tolist()})
+        self.computed += len(items)
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the embeddings computed since the last flush as one part of the side table."""
+        if not self._pending:
+            return
+        frame = pl.DataFrame(self._pending, schema={"item_id": pl.String, "model": pl.String, "version": pl.String,
+                                                    "embedding": pl.List(pl.Float32)})
+        self.workspace.tables.write(self.table, frame, part=f"{self.part_prefix}-{self._parts:05d}")
+        self._parts += 1
+        self._pending.clear()

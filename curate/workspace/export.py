@@ -1,0 +1,52 @@
+"""Streaming exports of catalogue tables to parquet or CSV (the format follows the suffix)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+_TEXT, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
+
+# Table name -> the columns an export writes, in order (JSON fields stay JSON text).
+EXPORT_SCHEMAS: dict[str, pa.Schema] = {
+    "items": pa.schema([
+        ("item_id", _TEXT), ("uri", _TEXT), ("label", _TEXT), ("width", _INT), ("height", _INT), ("mode", _TEXT),
+        ("format", _TEXT), ("size_bytes", _INT), ("orientation", _INT), ("n_frames", _INT), ("license", _TEXT),
+        ("metadata", _TEXT), ("run_id", _TEXT), ("created_at", _TEXT), ("first_source", _TEXT), ("n_sources", _INT),
+    ]),
+    "evidence": pa.schema([
+        ("item_id", _TEXT), ("attribute", _TEXT), ("source", _TEXT), ("run_id", _TEXT), ("role", _TEXT),
+        ("taxonomy_type", _TEXT), ("score", _FLOAT), ("boxes", _TEXT), ("model", _TEXT), ("model_version", _TEXT),
+        ("extra", _TEXT),
+    ]),
+    "cues": pa.schema([
+        ("class_label", _TEXT), ("attribute", _TEXT), ("source", _TEXT), ("run_id", _TEXT),
+        ("taxonomy_type", _TEXT), ("role", _TEXT), ("extra", _TEXT),
+    ]),
+}
+
+
+def write_rows(path: Path, schema: pa.Schema, batches: Iterable[list[dict[str, Any]]]) -> int:
+    """Write batches of row dicts to ``path`` (.parquet or .csv) atomically; return the row count."""
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"export to .parquet or .csv, not {path.suffix or 'no suffix'!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = pq.ParquetWriter(tmp, schema) if path.suffix == ".parquet" else pa_csv.CSVWriter(tmp, schema)
+    written = 0
+    try:
+        with writer:
+            for rows in batches:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                written += len(rows)
+            if written == 0:
+                writer.write_table(schema.empty_table())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
