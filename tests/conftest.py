@@ -30,6 +30,18 @@ from PIL import Image  # noqa: E402
 
 from curate.workspace import Workspace  # noqa: E402
 
+TINY_CLIP_CONFIG = Path(__file__).parent / "data" / "curate-tiny-clip.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> str:
+    """Registers ``tiny-clip``: a 3-million-parameter open_clip architecture with random weights and
+    512-d embeddings (what YOLO-World and YOLOE heads expect from their text encoder)."""
+    from curate.models import ModelSpec, add_model
+
+    add_model(ModelSpec("tiny-clip", "open_clip", str(TINY_CLIP_CONFIG), "random", description="test model"))
+    return "tiny-clip"
+
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:

@@ -78,3 +78,29 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     bad_run = runner.invoke(app, ["runs", "show", "zzz", "-w", str(tmp_path / "ws")])
     assert bad_run.exit_code == 2 and "no run matches" in bad_run.output
     assert "Traceback" not in bad_source.output + bad_run.output
+
+
+def test_propose_and_inspect_evidence_through_the_cli(tmp_path: Path, write_image: Callable[..., Path],
+                                                      tiny_clip: str) -> None:
+    ws = str(tmp_path / "ws")
+    for seed in range(3):
+        write_image(tmp_path / "img" / "cat" / f"{seed}.png", seed)
+    runner.invoke(app, ["init", ws])
+    runner.invoke(app, ["ingest", "folder", str(tmp_path / "img"), "-w", ws, "-q"])
+    priors = runner.invoke(app, ["propose", "priors", "--set", "types=Background,Lighting and Shadows", "-w", ws])
+    assert priors.exit_code == 0, priors.output
+    assert "propose priors: 20 cues" in priors.output
+    clip = runner.invoke(app, ["propose", "clip", "--model", tiny_clip, "--set", "batch_size=2", "-w", ws, "-q"])
+    assert clip.exit_code == 0, clip.output
+    assert "60 evidence, 3 items" in clip.output
+    shown = runner.invoke(app, ["evidence", "--source", "clip", "--limit", "5", "-w", ws])
+    assert shown.output.strip().endswith("60 evidence rows (showing 5)")
+    listed = runner.invoke(app, ["cues", "--class", "cat", "-w", ws])
+    assert listed.output.strip().endswith("20 cues for 1 classes")
+    export = runner.invoke(app, ["export", "evidence", str(tmp_path / "e.parquet"), "--source", "clip", "-w", ws])
+    assert export.exit_code == 0 and pl.read_parquet(tmp_path / "e.parquet").height == 60
+    assert runner.invoke(app, ["models", "--family", "yoloe"]).output.strip().endswith("2 models")
+    bad = runner.invoke(app, ["propose", "clip", "--set", "nonsense=1", "-w", ws])
+    assert bad.exit_code == 2 and "no option nonsense" in bad.output
+    offline = runner.invoke(app, ["propose", "clip", "-w", ws])
+    assert offline.exit_code == 2 and "hf download" in offline.output

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from curate.models.registry import ModelSpec, register_family
-from curate.models.weights import RANDOM, resolve_open_clip_weights
+from curate.models.weights import RANDOM, resolve_open_clip_weights, seeded
 from curate.workspace import Cache, CacheKey
 
 TEXT_BATCH = 64
@@ -95,6 +95,8 @@ def load_open_clip(spec: ModelSpec, device: str) -> ClipModel:
         model_name, pretrained = f"{resolved.kind}:{resolved.location}", None
     else:
         model_name, pretrained = architecture, (resolved.location or None) if resolved.kind != RANDOM else None
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    with seeded():
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
+                                                                     device=device)
     tokenizer = open_clip.get_tokenizer(model_name)
     return ClipModel(spec, model, preprocess, tokenizer, resolved.version, device)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from curate.models.clip import ClipModel
 from curate.models.registry import ModelSpec, load_model, register_family
-from curate.models.weights import RANDOM, ResolvedWeights, find_weight_file
+from curate.models.weights import RANDOM, ResolvedWeights, find_weight_file, seeded
 from curate.workspace import Cache
 
 # ultralytics must never install packages or phone home at run time; set before it is imported.
@@ -116,7 +116,8 @@ def _load_detector(spec: ModelSpec, device: str) -> OpenSetDetector:
     resolved = _resolve(spec)
     # A randomly initialised detector gets a randomly initialised text encoder: nothing is fetched.
     encoder = load_model(spec.text_encoder, weights=RANDOM if resolved.kind == RANDOM else None, device=device)
-    yolo = (YOLOE if spec.family == "yoloe" else YOLOWorld)(resolved.location)
+    with seeded():
+        yolo = (YOLOE if spec.family == "yoloe" else YOLOWorld)(resolved.location)
     yolo.model.to(device)
     return OpenSetDetector(spec, yolo, encoder, f"{resolved.version}+{encoder.version}")
 

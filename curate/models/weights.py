@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 RANDOM = "random"
+RANDOM_SEED = 0  # random initialisation is seeded, so "random" weights are the same on every load
 WEIGHTS_DIR_ENV = "CURATE_WEIGHTS_DIR"
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -34,6 +37,16 @@ class ResolvedWeights:
     kind: str
     location: str
     version: str
+
+
+@contextmanager
+def seeded(seed: int = RANDOM_SEED) -> Iterator[None]:
+    """Seed torch inside the block only, so randomly initialised models are reproducible."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def offline() -> bool:

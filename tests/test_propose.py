@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import distinct_image
+
+from curate.ingest import FolderSource, ingest
+from curate.models import load_model
+from curate.propose import ProposeError, make_proposer, propose
+from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipProposer
+from curate.propose.embeddings import embeddings_table
+from curate.records import RunStatus
+from curate.taxonomy import SPURIOUS_TYPES
+from curate.workspace import Workspace
+
+
+@pytest.fixture
+def animals(workspace: Workspace, tmp_path: Path, photos: dict[str, Path]) -> Workspace:
+    """cat: 3 images (one a real photo), dog: 2 images."""
+    root = tmp_path / "animals"
+    for label, seeds in (("cat", [1, 2]), ("dog", [3, 4])):
+        (root / label).mkdir(parents=True)
+        for seed in seeds:
+            distinct_image(seed, (48, 40)).save(root / label / f"{seed}.png")
+    (root / "cat" / "chelsea.png").write_bytes(photos["chelsea"].read_bytes())
+    ingest(workspace, FolderSource(root), progress=False)
+    return workspace
+
+
+def _background_priors(workspace: Workspace) -> None:
+    propose(workspace, make_proposer("priors", types=("Background",)), progress=False)
+
+
+def test_priors_give_every_class_typed_cues_once(animals: Workspace) -> None:
+    first = propose(animals, make_proposer("priors"), progress=False)
+    cues = animals.catalog.cues()
+    assert {c.class_label for c in cues} == {"cat", "dog"}
+    assert {c.taxonomy_type for c in cues} == set(SPURIOUS_TYPES)
+    assert first.counts == {"cues": len(cues)}
+    again = propose(animals, make_proposer("priors"), progress=False)
+    assert again.run.run_id == first.run.run_id and again.counts == {}
+    assert len(animals.catalog.cues()) == len(cues)
+
+
+def test_priors_refuse_an_off_taxonomy_list(animals: Workspace, tmp_path: Path) -> None:
+    bad = tmp_path / "priors.json"
+    bad.write_text(json.dumps({"Material": ["wood"]}))
+    with pytest.raises(ProposeError, match="'Material' is not one of the nine"):
+        propose(animals, make_proposer("priors", path=str(bad)), progress=False)
+    assert animals.runs.list("propose")[0].status == RunStatus.FAILED
+    assert animals.catalog.cues() == []
+
+
+def test_clip_scores_every_cue_of_the_class_and_stores_embeddings_once(animals: Workspace, tiny_clip: str) -> None:
+    _background_priors(animals)
+    n_cues = len(animals.catalog.cues(class_label="cat"))
+    result = propose(animals, make_proposer("clip", model=tiny_clip, batch_size=2), progress=False)
+    assert result.counts == {"embeddings_computed": 5, "evidence": 5 * n_cues, "items": 5}
+    assert animals.runs.get(result.run.run_id).models == {tiny_clip: "curate-tiny-clip@random"}
+    rows = animals.catalog.evidence(source="clip")
+    assert {(r.model, r.model_version) for r in rows} == {(tiny_clip, "curate-tiny-clip@random")}
+    assert all(0.0 < r.score < 1.0 and r.taxonomy_type == "Background" for r in rows)
+
+    # the stored numbers are what CLIP says: recompute one row by hand
+    clip = load_model(tiny_clip)
+    table = animals.tables.read(embeddings_table(tiny_clip))
+    assert table.height == 5
+    row = next(r for r in rows if r.attribute == "grass")
+    image = np.asarray(table.filter(table["item_id"] == row.item_id)["embedding"][0], dtype=np.float32)
+    label = animals.catalog.item(row.item_id).label
+    cue = clip.encode_texts([t.format(attribute="grass", label=label) for t in DEFAULT_TEMPLATES]).mean(0)
+    contrast = clip.encode_texts([t.format(label=label) for t in DEFAULT_CONTRAST]).mean(0)
+    similarity = float(image @ (cue / np.linalg.norm(cue)))
+    contrast_similarity = float(image @ (contrast / np.linalg.norm(contrast)))
+    assert row.extra["similarity"] == pytest.approx(similarity, abs=1e-5)
+    assert row.score == pytest.approx(1 / (1 + np.exp(-clip.logit_scale * (similarity - contrast_similarity))),
+                                      abs=1e-5)
+
+
+def test_rerunning_clip_adds_nothing_and_new_items_are_scored_alone(animals: Workspace, tiny_clip: str,
+                                                                    tmp_path: Path) -> None:
+    _background_priors(animals)
+    first = propose(animals, make_proposer("clip", model=tiny_clip), progress=False)
+    before = len(animals.catalog.evidence())
+    again = propose(animals, make_proposer("clip", model=tiny_clip), progress=False)
+    assert again.run.run_id == first.run.run_id and again.counts == {}
+    assert len(animals.catalog.evidence()) == before
+    (tmp_path / "more" / "dog").mkdir(parents=True)
+    distinct_image(99).save(tmp_path / "more" / "dog" / "new.png")
+    ingest(animals, FolderSource(tmp_path / "more"), progress=False)
+    third = propose(animals, make_proposer("clip", model=tiny_clip), progress=False)
+    assert third.counts["items"] == 1 and third.counts["embeddings_computed"] == 1
+
+
+def test_an_interrupted_clip_run_resumes_without_duplicates(animals: Workspace, tiny_clip: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _background_priors(animals)
+    from curate.propose.base import ProposeContext
+
+    real_write: Callable[..., None] = ProposeContext.write_evidence
+    calls = {"n": 0}
+
+    def crash_after_first_batch(self: ProposeContext, rows: list, **counts: int) -> None:
+        real_write(self, rows, **counts)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProposeContext, "write_evidence", crash_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        propose(animals, make_proposer("clip", model=tiny_clip, batch_size=2), progress=False)
+    [stopped] = [r for r in animals.runs.list("propose") if r.config["proposer"] == "clip"]
+    assert stopped.status == RunStatus.INTERRUPTED and stopped.counts["items"] == 2
+    monkeypatch.setattr(ProposeContext, "write_evidence", real_write)
+    resumed = propose(animals, make_proposer("clip", model=tiny_clip, batch_size=2), progress=False)
+    assert resumed.run.run_id == stopped.run_id and resumed.run.attempts == 2
+    assert resumed.counts["items"] == 3 and resumed.run.counts["items"] == 5
+    n_cues = len(animals.catalog.cues(class_label="cat"))
+    assert len(animals.catalog.evidence(source="clip")) == 5 * n_cues
+
+
+def test_clip_counts_items_of_classes_without_cues(animals: Workspace, tiny_clip: str) -> None:
+    propose(animals, make_proposer("priors", types=("Shape",)), ["cat"], progress=False)
+    result = propose(animals, make_proposer("clip", model=tiny_clip), progress=False)
+    assert result.counts["items_without_cues"] == 2 and result.counts["items"] == 3
+
+
+def test_detector_scores_are_the_best_box_of_each_cue(animals: Workspace, tiny_clip: str) -> None:
+    _background_priors(animals)
+    result = propose(animals, make_proposer("detector", weights="random", text_encoder=tiny_clip, conf=1e-9,
+                                            imgsz=160, batch_size=2), ["cat"], progress=False)
+    n_cues = len(animals.catalog.cues(class_label="cat"))
+    assert result.counts == {"evidence": 3 * n_cues, "items": 3}
+    rows = animals.catalog.evidence(source="detector")
+    assert any(r.boxes for r in rows)  # a random head still returns boxes at a tiny threshold
+    for row in rows:
+        if row.boxes:
+            assert row.score == pytest.approx(max(b[4] for b in row.boxes), abs=1e-2)
+            assert all(len(b) == 5 and b[0] <= b[2] and b[1] <= b[3] for b in row.boxes)
+        else:
+            assert row.score == 0.0
+    assert {r.model for r in rows} == {"yolo-world-v2-s"}
+
+
+def test_a_high_threshold_leaves_scores_at_zero(animals: Workspace, tiny_clip: str) -> None:
+    _background_priors(animals)
+    propose(animals, make_proposer("detector", model="yoloe-11s", weights="random", text_encoder=tiny_clip,
+                                   conf=0.99, imgsz=160), ["dog"], progress=False)
+    rows = animals.catalog.evidence(source="detector")
+    assert rows and all(r.score == 0.0 and r.boxes == [] for r in rows)
+
+
+def test_proposer_names_and_options_are_checked() -> None:
+    with pytest.raises(ProposeError, match="unknown proposer 'nope'.*clip, detector, priors"):
+        make_proposer("nope")
+    with pytest.raises(ProposeError, match="no option temperature"):
+        make_proposer("clip", temperature=0.1)
+    assert isinstance(make_proposer("clip", batch_size=4), ClipProposer)
+
+
+def test_unknown_classes_are_a_clear_error(animals: Workspace) -> None:
+    with pytest.raises(ProposeError, match="no items of class horse"):
+        propose(animals, make_proposer("priors"), ["horse"], progress=False)
