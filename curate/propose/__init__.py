@@ -1,10 +1,10 @@
 """Propose: cues per class (priors, LLM) and evidence per item (CLIP, detector).
 
 >>> sorted(PROPOSERS)
-['clip', 'detector', 'priors']
+['clip', 'detector', 'llm-cues', 'priors']
 """
 
-from curate.propose import clip, detector, priors  # noqa: F401  (registers the proposers)
+from curate.propose import clip, detector, llm_cues, priors  # noqa: F401  (registers the proposers)
 from curate.propose.base import (
     PROPOSERS,
     ProposeContext,
