@@ -13,7 +13,8 @@ from llm_standin import StandIn, standin
 
 from curate.ingest import FolderSource, ingest
 from curate.propose import make_proposer, propose
-from curate.propose.llm_cues import FAILURES_TABLE, clean_cues
+from curate.propose.llm_common import FAILURES_TABLE
+from curate.propose.llm_cues import clean_cues
 from curate.records import RunStatus
 from curate.workspace import Workspace
 
@@ -123,3 +124,31 @@ def test_the_api_key_never_reaches_the_workspace(pets: Workspace, server: StandI
 def test_clean_cues_normalises_and_drops_the_class_name() -> None:
     raw = {"list_objects": ["1. Red Balls", "- puppies", "Golden leash", "retriever toy", ""]}
     assert clean_cues("golden retriever", raw) == {"red ball": ["list_objects"], "puppy": ["list_objects"]}
+
+
+def vlm_brain(body: dict[str, Any]) -> dict[str, Any]:
+    parts = body["messages"][1]["content"]
+    url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+    assert url.startswith("data:image/jpeg;base64,")
+    if "shows a cat" in parts[0]["text"]:  # cats get an off-taxonomy type: asked again, then recorded
+        return {"core_attributes": ["whiskers"], "spurious_attributes": [{"attribute": "wooden floor",
+                                                                          "type": "Material"}]}
+    return {"core_attributes": ["floppy ears", "Snout"],
+            "spurious_attributes": [{"attribute": "Green grass", "type": "background"},
+                                    {"attribute": "red ball", "type": "Co-occurring Objects"}]}
+
+
+def test_vlm_attributes_per_image(pets: Workspace) -> None:
+    with standin(vlm_brain) as server:
+        options = {"base_url": server.base_url, "image_max_side": 64}
+        result = propose(pets, make_proposer("vlm-attributes", **options), progress=False)
+        asked = len(server.requests)
+        assert asked == 1 + 3  # the dog once, the cat three times
+        rerun = propose(pets, make_proposer("vlm-attributes", **options), progress=False)
+        assert len(server.requests) == asked and rerun.counts.get("llm_calls", 0) == 0
+    rows = {(r.attribute, r.role, r.taxonomy_type) for r in pets.catalog.evidence(source="vlm-attributes")}
+    assert rows == {("floppy ears", "core", None), ("snout", "core", None),
+                    ("green grass", "spurious", "Background"), ("red ball", "spurious", "Co-occurring Objects")}
+    assert result.counts["items"] == 1 and result.counts["llm_failures_recorded"] == 1
+    failures = pets.tables.read(FAILURES_TABLE)
+    assert failures["class_label"].to_list() == ["cat"] and "nine" in failures["error"][0]

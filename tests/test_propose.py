@@ -154,7 +154,7 @@ def test_a_high_threshold_leaves_scores_at_zero(animals: Workspace, tiny_clip: s
 
 
 def test_proposer_names_and_options_are_checked() -> None:
-    with pytest.raises(ProposeError, match="unknown proposer .nope.*clip, detector, llm-cues, priors"):
+    with pytest.raises(ProposeError, match="unknown proposer .nope.*clip, detector, llm-cues, priors, vlm"):
         make_proposer("nope")
     with pytest.raises(ProposeError, match="no option temperature"):
         make_proposer("clip", temperature=0.1)

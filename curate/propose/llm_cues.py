@@ -13,18 +13,17 @@ into the nine MM-SpuBench types.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-import polars as pl
 from pydantic import BaseModel, field_validator
 
-from curate.models.llm import LLMClient, LLMResult, LLMSettings, Messages
+from curate.models.llm import LLMClient, LLMResult, Messages
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
+from curate.propose.llm_common import LLMOptions, count_cost, record_failures, spent
 from curate.propose.prompts import PromptSet, load_prompts
 from curate.records import Cue, EvidenceRole
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
@@ -36,7 +35,6 @@ FILTERS = {  # template -> the answer that drops the cue
     "filter_part_of": "yes",
     "filter_all_cue_have": "yes",
 }
-FAILURES_TABLE = "llm-failures"
 _IRREGULAR = {"men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
               "mice": "mouse", "geese": "goose", "people": "person", "leaves": "leaf", "knives": "knife",
               "wolves": "wolf", "shelves": "shelf", "glasses": "glasses", "scissors": "scissors"}
@@ -62,10 +60,6 @@ class CueType(BaseModel):
     @classmethod
     def _nine_types(cls, value: str) -> str:
         return canonical_type(value)  # off-taxonomy answers fail validation and are asked again
-
-
-def _slug(label: str) -> str:
-    return hashlib.sha256(label.encode()).hexdigest()[:12]
 
 
 def singular(word: str) -> str:
@@ -114,28 +108,11 @@ def clean_cues(label: str, raw: dict[str, list[str]]) -> dict[str, list[str]]:
 
 @register_proposer("llm-cues")
 @dataclass
-class LLMCuesProposer(Proposer):
-    """Ask an OpenAI-compatible LLM for cues per class (``base_url`` for vLLM, Ollama ...)."""
+class LLMCuesProposer(LLMOptions, Proposer):
+    """Ask an OpenAI-compatible LLM for cues per class, by the SpurLens procedure."""
 
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
     prompts: str = "llm-cues-v1"
     n_items: int = 16
-    temperature: float = 0.0
-    concurrency: int = 4
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    max_malformed: int = 2
-    structured: bool = True
-    use_batch_api: bool = False
-
-    def settings(self) -> LLMSettings:
-        """The client settings these options describe."""
-        return LLMSettings(model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
-                           temperature=self.temperature, concurrency=self.concurrency, timeout_s=self.timeout_s,
-                           max_retries=self.max_retries, max_malformed=self.max_malformed,
-                           structured=self.structured, use_batch_api=self.use_batch_api)
 
     def run(self, context: ProposeContext) -> None:
         prompts = load_prompts(self.prompts)
@@ -146,19 +123,12 @@ class LLMCuesProposer(Proposer):
             for label in classes:
                 before = Counter(client.stats.counts)
                 cues, filtered_out, failures = self._class_cues(context, client, prompts, label)
-                spent = Counter(client.stats.counts)
-                spent.subtract(before)
-                counts = {f"llm_{k}": v for k, v in spent.items() if v}
-                counts |= {"cues_filtered_out": filtered_out, "llm_failures_recorded": len(failures),
-                           "untyped_cues": sum(1 for c in cues if c.taxonomy_type is None)}
-                if failures:  # recorded before the cues, so a crash in between re-asks (from the cache)
-                    context.workspace.tables.write(FAILURES_TABLE, pl.DataFrame(failures),
-                                                   part=f"{context.run.run_id}-{_slug(label)}")
-                context.write_cues(cues, **counts)
+                record_failures(context, label, failures)  # before the cues: a crash between re-asks nothing
+                context.write_cues(cues, **spent(client, before), cues_filtered_out=filtered_out,
+                                   llm_failures_recorded=len(failures),
+                                   untyped_cues=sum(1 for c in cues if c.taxonomy_type is None))
                 advance()
-        cost = client.cost_usd()
-        if cost is not None:
-            context.count(llm_cost_microusd=round(cost * 1e6))
+        count_cost(context, client)
 
     def _messages(self, prompts: PromptSet, template: str, **fields: object) -> Messages:
         return [{"role": "system", "content": prompts.render("system")},
