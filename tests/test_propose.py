@@ -154,7 +154,7 @@ def test_a_high_threshold_leaves_scores_at_zero(animals: Workspace, tiny_clip: s
 
 
 def test_proposer_names_and_options_are_checked() -> None:
-    with pytest.raises(ProposeError, match="unknown proposer .nope.*clip, detector, llm-cues, priors, vlm"):
+    with pytest.raises(ProposeError, match="unknown proposer .nope.*clip, clip.detector, detector, llm-cues"):
         make_proposer("nope")
     with pytest.raises(ProposeError, match="no option temperature"):
         make_proposer("clip", temperature=0.1)
@@ -164,3 +164,25 @@ def test_proposer_names_and_options_are_checked() -> None:
 def test_unknown_classes_are_a_clear_error(animals: Workspace) -> None:
     with pytest.raises(ProposeError, match="no items of class horse"):
         propose(animals, make_proposer("priors"), ["horse"], progress=False)
+
+
+def test_clip_and_detector_in_one_pass_decode_each_image_once(animals: Workspace, tiny_clip: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.executors.local as loader
+
+    _background_priors(animals)
+    opened: list[str] = []
+    real_open = loader.open_image
+    monkeypatch.setattr(loader, "open_image", lambda path: opened.append(str(path)) or real_open(path))
+    result = propose(animals, make_proposer("clip+detector", clip_model=tiny_clip, detector_weights="random",
+                                            text_encoder=tiny_clip, conf=1e-9, imgsz=160), progress=False)
+    n_cues = len(animals.catalog.cues(class_label="cat"))
+    assert sorted(opened) == sorted(set(opened)) and len(opened) == 5
+    assert result.counts == {"embeddings_computed": 5, "evidence": 2 * 5 * n_cues, "items": 5}
+    by_source = {s: animals.catalog.evidence(source=s, run_id=result.run.run_id) for s in ("clip", "detector")}
+    assert len(by_source["clip"]) == len(by_source["detector"]) == 5 * n_cues
+    assert set(animals.runs.get(result.run.run_id).models) == {tiny_clip, "yolo-world-v2-s"}
+    # the embeddings it stored serve a later clip run without decoding anything
+    opened.clear()
+    alone = propose(animals, make_proposer("clip", model=tiny_clip), progress=False)
+    assert opened == [] and "embeddings_computed" not in alone.counts and alone.counts["items"] == 5

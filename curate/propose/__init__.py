@@ -1,7 +1,7 @@
 """Propose: cues per class (priors, LLM) and evidence per item (CLIP, detector).
 
 >>> sorted(PROPOSERS)
-['clip', 'detector', 'llm-cues', 'priors', 'vlm-attributes']
+['clip', 'clip+detector', 'detector', 'llm-cues', 'priors', 'vlm-attributes']
 """
 
 from curate.propose import clip, detector, llm_cues, priors, vlm  # noqa: F401  (registers the proposers)

@@ -1,4 +1,5 @@
-"""``detector``: an open-set detector queried with every candidate cue of the item's class.
+"""``detector``: an open-set detector queried with every candidate cue of the item's class, and
+``clip+detector``: CLIP and the detector on the same decoded images.
 
 Per (item, cue): the highest box confidence (0 if no box above ``conf``, as in SpurLens) and the
 boxes, ``[x0, y0, x1, y1, confidence]`` in pixels of the upright image, best first.
@@ -8,20 +9,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from curate.executors import image_batches
-from curate.models import Detections, OpenSetDetector, load_model
-from curate.progress import progress_bar
+from curate.executors import ImageBatch
+from curate.models import OpenSetDetector, load_model
 from curate.propose.base import ProposeContext, Proposer, register_proposer
-from curate.propose.clip import unique_cues
-from curate.records import Cue, Evidence, EvidenceRole, Item
+from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipScorer
+from curate.propose.scoring import ImageScorer, score_images
+from curate.records import Cue, Evidence, EvidenceRole
 
 MAX_BOXES_KEPT = 10
+
+
+class DetectorScorer(ImageScorer):
+    """Best box per cue from YOLO-World / YOLOE, one vocabulary per class."""
+
+    source = "detector"
+
+    def __init__(self, context: ProposeContext, model: str, weights: str | None, text_encoder: str | None,
+                 device: str, conf: float, imgsz: int) -> None:
+        self.detector: OpenSetDetector = load_model(model, weights=weights, device=device, text_encoder=text_encoder)
+        context.models[self.detector.name] = self.detector.version
+        self.conf, self.imgsz = conf, imgsz
+        self.cues: list[Cue] = []
+
+    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue]) -> None:
+        self.cues = cues
+        self.detector.set_vocabulary([cue.attribute for cue in cues], context.workspace.cache)
+
+    def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
+        rows = []
+        for item, detections in zip(batch.items, self.detector.detect(batch.images, self.conf, self.imgsz),
+                                    strict=True):
+            for cue in self.cues:
+                score, boxes = detections.best(cue.attribute)
+                rows.append(Evidence(item.item_id, cue.attribute, self.source, context.run.run_id,
+                                     EvidenceRole.CANDIDATE, cue.taxonomy_type, score,
+                                     boxes[:MAX_BOXES_KEPT].round(2).tolist(), self.detector.name,
+                                     self.detector.version, {"conf_threshold": self.conf, "n_boxes": int(len(boxes)),
+                                                             "cue_source": cue.source}))
+        return rows
 
 
 @register_proposer("detector")
 @dataclass
 class DetectorProposer(Proposer):
-    """Localise cues with YOLO-World v2 or YOLOE (``model``), one vocabulary per class."""
+    """Localise cues with YOLO-World v2 or YOLOE (``model``)."""
 
     model: str = "yolo-world-v2-s"
     weights: str | None = None
@@ -33,32 +64,35 @@ class DetectorProposer(Proposer):
     device: str = "cpu"
 
     def run(self, context: ProposeContext) -> None:
-        detector: OpenSetDetector = load_model(self.model, weights=self.weights, device=self.device,
-                                               text_encoder=self.text_encoder)
-        context.models[detector.name] = detector.version
-        for label in context.class_labels():
-            cues = unique_cues(context.workspace.catalog.cues(class_label=label, source=self.cue_source))
-            items = context.pending_items(label)
-            if not cues:
-                context.count(items_without_cues=len(items))
-                continue
-            detector.set_vocabulary([cue.attribute for cue in cues], context.workspace.cache)
-            with progress_bar(f"detector {label}", len(items), context.progress) as advance:
-                for batch in image_batches(context.workspace, items, self.batch_size):
-                    found = detector.detect(batch.images, self.conf, self.imgsz) if batch.items else []
-                    rows = [row for item, detections in zip(batch.items, found, strict=True)
-                            for row in self._evidence(context, detector, cues, item, detections)]
-                    context.write_evidence(rows, items=len(batch.items), unreadable=len(batch.failures))
-                    for _ in range(len(batch.items) + len(batch.failures)):
-                        advance()
+        scorer = DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
+                                self.imgsz)
+        score_images(context, [scorer], self.batch_size, self.cue_source, "detector")
 
-    def _evidence(self, context: ProposeContext, detector: OpenSetDetector, cues: list[Cue], item: Item,
-                  detections: Detections) -> list[Evidence]:
-        rows = []
-        for cue in cues:
-            score, boxes = detections.best(cue.attribute)
-            rows.append(Evidence(item.item_id, cue.attribute, self.name, context.run.run_id, EvidenceRole.CANDIDATE,
-                                 cue.taxonomy_type, score, boxes[:MAX_BOXES_KEPT].round(2).tolist(), detector.name,
-                                 detector.version, {"conf_threshold": self.conf, "n_boxes": int(len(boxes)),
-                                                    "cue_source": cue.source}))
-        return rows
+
+@register_proposer("clip+detector")
+@dataclass
+class ClipDetectorProposer(Proposer):
+    """CLIP scores and detector boxes in one pass: each image is decoded once for both models.
+
+    Evidence rows keep their own sources (``clip``, ``detector``) under this run's id.
+    """
+
+    clip_model: str = "clip-vit-b-32"
+    clip_weights: str | None = None
+    detector_model: str = "yolo-world-v2-s"
+    detector_weights: str | None = None
+    text_encoder: str | None = None
+    cue_source: str | None = None
+    conf: float = 0.05
+    imgsz: int = 640
+    batch_size: int = 8
+    device: str = "cpu"
+
+    def run(self, context: ProposeContext) -> None:
+        clip = ClipScorer(context, self.clip_model, self.clip_weights, self.device, DEFAULT_TEMPLATES,
+                          DEFAULT_CONTRAST)
+        detector = DetectorScorer(context, self.detector_model, self.detector_weights, self.text_encoder,
+                                  self.device, self.conf, self.imgsz)
+        score_images(context, [clip, detector], self.batch_size, self.cue_source, "clip+detector")
+        clip.store.flush()
+        context.count(embeddings_computed=clip.store.computed)

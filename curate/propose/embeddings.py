@@ -63,11 +63,12 @@ class EmbeddingStore:
         for batch in image_batches(self.workspace, missing, batch_size, self.clip.preprocess_image):
             vectors = (self.clip.encode_images(torch.stack(batch.transformed)) if batch.items
                        else np.zeros((0, 0), dtype=np.float32))
-            self._remember(batch.items, vectors)
+            self.remember(batch.items, vectors)
             yield EmbeddedBatch(batch.items, vectors, batch.failures)
         self.flush()
 
-    def _remember(self, items: Sequence[Item], vectors: np.ndarray) -> None:
+    def remember(self, items: Sequence[Item], vectors: np.ndarray) -> None:
+        """Keep fresh embeddings; they are written as a side-table part every ``FLUSH_EVERY``."""
         for item, vector in zip(items, vectors, strict=True):
             self.known[item.item_id] = vector
             self._pending.append({"item_id": item.item_id, "model": self.clip.name, "version": self.clip.version,
