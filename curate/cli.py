@@ -191,8 +191,6 @@ def _coerce(text: str, annotation: str) -> Any:
 
 
 def _proposer_options(name: str, pairs: list[str]) -> dict[str, Any]:
-    if name not in PROPOSERS:
-        raise ProposeError(f"unknown proposer {name!r}; known: {', '.join(sorted(PROPOSERS))}")
     declared = {f.name: str(f.type) for f in dataclasses.fields(PROPOSERS[name])}  # type: ignore[arg-type]
     options: dict[str, Any] = {}
     for pair in pairs:

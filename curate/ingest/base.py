@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import polars as pl
 
 from curate.images import ImageRejected
+from curate.registry import Registry
 
 JsonDict = dict[str, Any]
 
@@ -95,24 +96,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-SOURCES: dict[str, type[IngestSource]] = {}
-
-
-def register_source(kind: str) -> Callable[[type[IngestSource]], type[IngestSource]]:
-    """Class decorator adding a source kind to the registry.
-
-    >>> sorted(SOURCES)
-    ['folder', 'groups', 'hf', 'manifest']
-    """
-
-    def decorate(cls: type[IngestSource]) -> type[IngestSource]:
-        if kind in SOURCES:
-            raise ValueError(f"source kind {kind!r} is already registered by {SOURCES[kind].__name__}")
-        cls.kind = kind
-        SOURCES[kind] = cls
-        return cls
-
-    return decorate
+SOURCES: Registry[type[IngestSource]] = Registry("source kind", SourceError, attribute="kind")
+register_source = SOURCES.register
 
 
 def make_source(kind: str, *args: Any, **options: Any) -> IngestSource:
@@ -123,8 +108,6 @@ def make_source(kind: str, *args: Any, **options: Any) -> IngestSource:
     ...
     curate.ingest.base.SourceError: unknown source kind 'nope'; known: folder, groups, hf, manifest
     """
-    if kind not in SOURCES:
-        raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(sorted(SOURCES))}")
     return SOURCES[kind](*args, **options)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from curate.images import DEFAULT_MAX_PIXELS, ImageRejected, inspect_image
 from curate.ingest.base import Entry, IngestSource
 from curate.progress import progress_bar
-from curate.records import Item, Quarantined, Run, RunStatus, SourceRef
+from curate.records import Item, Quarantined, Run, SourceRef
 from curate.workspace import Source, Workspace
 from curate.workspace._sql import digest
 
@@ -117,7 +117,6 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
     registered = workspace.catalog.register_source(source.kind, source.location, source.options())
     config = {"source": {"kind": source.kind, "location": source.location, "options": source.options()},
               "ingest": options.recorded()}
-    run = workspace.runs.start("ingest", f"{source.kind} {source.location}", config)
     known = workspace.catalog.known_locators(registered.source_id)
     totals: Counter[str] = Counter()
 
@@ -134,30 +133,23 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
     def work(entry: Entry, fingerprint: str) -> tuple[Item, SourceRef] | Quarantined:
         return _process(workspace, registered.source_id, entry, fingerprint, options)
 
-    def flush(found: list[tuple[Item, SourceRef]], held: list[Quarantined]) -> None:
+    def flush(run_id: str, found: list[tuple[Item, SourceRef]], held: list[Quarantined]) -> None:
         unchanged = totals.pop("unchanged", 0)
-        added = workspace.catalog.record_ingest_batch(run.run_id, found, held, unchanged)
+        added = workspace.catalog.record_ingest_batch(run_id, found, held, unchanged)
         totals.update(added)
         found.clear()
         held.clear()
 
-    try:
-        with progress_bar(f"ingest {source.kind}", source.estimate(), enabled=progress) as advance, \
-                ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-            found: list[tuple[Item, SourceRef]] = []
-            held: list[Quarantined] = []
-            for result in _bounded_map(pool, fresh_entries(advance), 4 * max(1, options.workers), work):
-                (held.append(result) if isinstance(result, Quarantined) else found.append(result))
-                advance()
-                if len(found) + len(held) >= options.batch_size:
-                    flush(found, held)
-            flush(found, held)
-    except KeyboardInterrupt:
-        workspace.runs.finish(run.run_id, RunStatus.INTERRUPTED, "interrupted by the user")
-        raise
-    except BaseException as error:
-        workspace.runs.finish(run.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
-        raise
-    finished = workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
-    return IngestResult(finished, registered, {k: v for k, v in sorted(totals.items()) if v},
-                        time.perf_counter() - started)
+    with workspace.runs.track("ingest", f"{source.kind} {source.location}", config) as run, \
+            progress_bar(f"ingest {source.kind}", source.estimate(), enabled=progress) as advance, \
+            ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        found: list[tuple[Item, SourceRef]] = []
+        held: list[Quarantined] = []
+        for result in _bounded_map(pool, fresh_entries(advance), 4 * max(1, options.workers), work):
+            (held.append(result) if isinstance(result, Quarantined) else found.append(result))
+            advance()
+            if len(found) + len(held) >= options.batch_size:
+                flush(run.run_id, found, held)
+        flush(run.run_id, found, held)
+    return IngestResult(workspace.runs.get(run.run_id), registered,
+                        {k: v for k, v in sorted(totals.items()) if v}, time.perf_counter() - started)

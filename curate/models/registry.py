@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from curate.registry import Registry
+
 _BUILTIN = Path(__file__).with_name("models.json")
 
 
@@ -37,7 +39,6 @@ class ModelSpec:
 
 
 Loader = Callable[[ModelSpec, str], Any]
-FAMILIES: dict[str, Loader] = {}
 _SPECS: dict[str, ModelSpec] = {
     name: ModelSpec(name=name, **fields) for name, fields in json.loads(_BUILTIN.read_text()).items()
 }
@@ -50,14 +51,8 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-def register_family(family: str) -> Callable[[Loader], Loader]:
-    """Decorator registering the loader of a model family: ``loader(spec, device) -> model``."""
-
-    def decorate(loader: Loader) -> Loader:
-        FAMILIES[family] = loader
-        return loader
-
-    return decorate
+FAMILIES: Registry[Loader] = Registry("model family", UnknownModelError)
+register_family = FAMILIES.register
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -84,6 +79,4 @@ def load_model(name: str, weights: str | None = None, device: str = "cpu", **ove
     Raises ``WeightsNotFoundError`` at once when the weights are not here.
     """
     spec = get_spec(name, weights=weights, **overrides)
-    if spec.family not in FAMILIES:
-        raise UnknownModelError(f"no loader for family {spec.family!r}; known: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[spec.family](spec, device)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from curate.records import Cue, Evidence, Item, Run, RunStatus
+from curate.records import Cue, Evidence, Item, Run
+from curate.registry import Registry
 from curate.workspace import Workspace
 
 
@@ -91,26 +92,12 @@ class Proposer(ABC):
         """Propose for ``context.class_labels()``, writing through the context's writers."""
 
 
-PROPOSERS: dict[str, type[Proposer]] = {}
-
-
-def register_proposer(name: str) -> Callable[[type[Proposer]], type[Proposer]]:
-    """Class decorator adding a proposer to the registry."""
-
-    def decorate(cls: type[Proposer]) -> type[Proposer]:
-        if name in PROPOSERS:
-            raise ValueError(f"proposer {name!r} is already registered by {PROPOSERS[name].__name__}")
-        cls.name = name
-        PROPOSERS[name] = cls
-        return cls
-
-    return decorate
+PROPOSERS: Registry[type[Proposer]] = Registry("proposer", ProposeError, attribute="name")
+register_proposer = PROPOSERS.register
 
 
 def make_proposer(name: str, **options: Any) -> Proposer:
     """Build a registered proposer from its options; unknown names and options are clear errors."""
-    if name not in PROPOSERS:
-        raise ProposeError(f"unknown proposer {name!r}; known: {', '.join(sorted(PROPOSERS))}")
     cls = PROPOSERS[name]
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(options) - known)
@@ -147,16 +134,9 @@ def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | N
     started = time.perf_counter()
     chosen = tuple(sorted(set(classes))) if classes is not None else None
     config = {"proposer": proposer.name, "options": proposer.options(), "classes": chosen}
-    run = workspace.runs.start("propose", proposer.name, config, extend_completed=True)
-    context = ProposeContext(workspace, run, chosen, progress)
-    try:
+    with workspace.runs.track("propose", proposer.name, config, extend_completed=True) as run:
+        context = ProposeContext(workspace, run, chosen, progress)
         proposer.run(context)
         workspace.runs.set_models(run.run_id, context.models)
-    except KeyboardInterrupt:
-        workspace.runs.finish(run.run_id, RunStatus.INTERRUPTED, "interrupted by the user")
-        raise
-    except BaseException as error:
-        workspace.runs.finish(run.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
-        raise
-    finished = workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
-    return ProposeResult(finished, dict(sorted(context.counts.items())), time.perf_counter() - started)
+    return ProposeResult(workspace.runs.get(run.run_id), dict(sorted(context.counts.items())),
+                         time.perf_counter() - started)

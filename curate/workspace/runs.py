@@ -12,8 +12,8 @@ import secrets
 import socket
 import sqlite3
 import subprocess
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -123,6 +123,22 @@ class RunLog:
                  dumps(dict(models or {})), RunStatus.RUNNING, stamp, stamp, pid, host),
             )
             return self._get(conn, run_id)
+
+    @contextmanager
+    def track(self, stage: str, name: str, config: Mapping[str, Any], *,
+              extend_completed: bool = False) -> Iterator[Run]:
+        """Start (or resume) a run for the block: completed when it ends, ``interrupted`` on Ctrl-C,
+        ``failed`` with the error on any other exception (which propagates)."""
+        run = self.start(stage, name, config, extend_completed=extend_completed)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            self.finish(run.run_id, RunStatus.INTERRUPTED, "interrupted by the user")
+            raise
+        except BaseException as error:
+            self.finish(run.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+            raise
+        self.finish(run.run_id, RunStatus.COMPLETED)
 
     def add_counts(self, conn: sqlite3.Connection, run_id: str, delta: Mapping[str, int]) -> None:
         """Add ``delta`` to a run's counts inside the caller's transaction (so counts match rows)."""
