@@ -204,7 +204,9 @@ def _proposer_options(name: str, pairs: list[str]) -> dict[str, Any]:
 
 @app.command(name="propose")
 def propose_command(
-    proposer: Annotated[str, typer.Argument(help="priors, clip, detector, ... (see `curate propose --help`).")],
+    name: Annotated[str | None, typer.Argument(help="The proposer (same as --proposer).")] = None,
+    proposer: Annotated[str | None, typer.Option("--proposer", "-p", help=(
+        "priors, llm-cues, vlm-attributes, clip, detector or clip+detector."))] = None,
     classes: Annotated[str | None, typer.Option(help="Only these classes, comma-separated.")] = None,
     model: Annotated[str | None, typer.Option(help="Registered model name (see `curate models`).")] = None,
     weights: Annotated[str | None, typer.Option(help="Weights: file, local-dir:, hf-hub:, tag or 'random'.")] = None,
@@ -215,6 +217,9 @@ def propose_command(
     """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
     what is missing."""
     with _user_errors():
+        proposer = proposer or name
+        if proposer is None or (name is not None and name != proposer):
+            raise ProposeError("name one proposer, as an argument or with --proposer")
         options = _proposer_options(proposer, set_ or [])
         options |= {k: v for k, v in (("model", model), ("weights", weights)) if v is not None}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
@@ -331,4 +336,4 @@ def export(table: Annotated[str, typer.Argument(help="items, evidence or cues.")
     filters = {"source": source, "run_id": run} if table != "items" else {}
     with _user_errors():
         written = Workspace.open(workspace).export(table, target, **filters)
-    _summary(f"exported {written} {table} rows to {target} in {time.perf_counter() - started:.1f}s")
+    _summary(f"exported {written} rows of {table} to {target} in {time.perf_counter() - started:.1f}s")

@@ -90,7 +90,8 @@ def test_propose_and_inspect_evidence_through_the_cli(tmp_path: Path, write_imag
     priors = runner.invoke(app, ["propose", "priors", "--set", "types=Background,Lighting and Shadows", "-w", ws])
     assert priors.exit_code == 0, priors.output
     assert "propose priors: 20 cues" in priors.output
-    clip = runner.invoke(app, ["propose", "clip", "--model", tiny_clip, "--set", "batch_size=2", "-w", ws, "-q"])
+    clip = runner.invoke(app, ["propose", "--proposer", "clip", "--model", tiny_clip, "--set", "batch_size=2",
+                               "-w", ws, "-q"])
     assert clip.exit_code == 0, clip.output
     assert "60 evidence, 3 items" in clip.output
     shown = runner.invoke(app, ["evidence", "--source", "clip", "--limit", "5", "-w", ws])

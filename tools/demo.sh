@@ -2,7 +2,7 @@
 # `make demo`: the road so far, on the bundled sample images (tools/demo_data), in ./demo-workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 YOLO_CONFIG_DIR="$PWD/.demo-ultralytics"
 curate() { .venv/bin/curate "$@"; }
 WS=demo-workspace
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -18,9 +18,15 @@ step "   a Waterbirds-style group table (y = cat/rocket, a = indoor/outdoor)"
 curate ingest groups tools/demo_data/groups.csv --y-names cat,rocket --a-names indoor,outdoor -w "$WS"
 step "   ingest the folder again: nothing changes"
 curate ingest folder tools/demo_data/images -w "$WS"
+step "3. propose: built-in candidate cues per taxonomy type, then CLIP and YOLO-World in one pass"
+echo "(random weights: this machine cannot download real ones; put them where \`curate models\` says and drop --set ...weights=random)"
+curate propose priors --set types=Background -w "$WS"
+curate propose clip+detector --set clip_weights=random --set detector_weights=random --set imgsz=320 -w "$WS"
+curate evidence --source detector --limit 5 -w "$WS"
 step "what the workspace holds"
 curate status -w "$WS"
 curate quarantine -w "$WS"
 curate runs -w "$WS"
 curate export items "$WS/exports/items.parquet" -w "$WS"
-step "not built yet: propose, analyze, verify (Label Studio), build, publish (see the open issues)"
+curate export evidence "$WS/exports/evidence.parquet" -w "$WS"
+step "not built yet: analyze, verify (Label Studio), build, publish (see the open issues)"
