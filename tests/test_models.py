@@ -27,7 +27,8 @@ from curate.workspace import Workspace
 def test_the_registry_holds_clip_and_both_detector_families() -> None:
     assert {"clip-vit-b-32", "mobileclip-b", "yolo-world-v2-s", "yoloe-11s"} <= set(list_models())
     assert get_spec("yolo-world-v2-s").text_encoder == "clip-vit-b-32"
-    assert get_spec("yoloe-11s").text_encoder == "mobileclip-b"
+    assert get_spec("yoloe-11s").text_encoder == "mobileclip-b-lt"
+    assert get_spec("mobileclip-b-lt").weights == "datacompdr_lt"
     assert get_spec("clip-vit-b-32", weights="random").weights == "random"
     with pytest.raises(UnknownModelError, match="no model named 'nope'"):
         get_spec("nope")
