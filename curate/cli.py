@@ -7,6 +7,7 @@ Every command prints a one-line summary last. The workspace is ``--workspace`` /
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
 from curate.models import UnknownModelError, WeightsNotFoundError, get_spec, list_models
@@ -36,7 +38,7 @@ app.add_typer(runs_app, name="runs")
 out = Console()
 err = Console(stderr=True)
 USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, ProposeError,
-               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, KeyError, ValueError)
+               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, EvaluateError, KeyError, ValueError)
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
                                                help="Workspace folder.")]
@@ -190,13 +192,13 @@ def _coerce(text: str, annotation: str) -> Any:
     return text
 
 
-def _proposer_options(name: str, pairs: list[str]) -> dict[str, Any]:
-    declared = {f.name: str(f.type) for f in dataclasses.fields(PROPOSERS[name])}  # type: ignore[arg-type]
+def _options(declared: dict[str, str], pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs as typed options (types as declared by the plugin)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ProposeError(f"--set wants key=value, got {pair!r}")
+            raise ValueError(f"--set wants key=value, got {pair!r}")
         key = key.strip().replace("-", "_")
         options[key] = _coerce(value.strip(), declared.get(key, "str"))
     return options
@@ -220,10 +222,31 @@ def propose_command(
         proposer = proposer or name
         if proposer is None or (name is not None and name != proposer):
             raise ProposeError("name one proposer, as an argument or with --proposer")
-        options = _proposer_options(proposer, set_ or [])
+        declared = {f.name: str(f.type) for f in dataclasses.fields(PROPOSERS[proposer])}  # type: ignore[arg-type]
+        options = _options(declared, set_ or [])
         options |= {k: v for k, v in (("model", model), ("weights", weights)) if v is not None}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
+    _summary(result.summary())
+
+
+@app.command(name="evaluate")
+def evaluate_command(
+    kind: Annotated[str, typer.Argument(help="groups, mcq, focus or spurious-imagenet.")],
+    predictions: Annotated[Path, typer.Argument(help="Predictions table (.parquet, .csv, .jsonl).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Evaluator option as key=value (repeatable), "
+                                                   "e.g. --set eval_split=val.")] = None,
+    metrics_file: Annotated[Path | None, typer.Option("--out", help="Also write the metrics to a JSON file.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Compute the metrics of a model's predictions on a benchmark (a recorded run)."""
+    with _user_errors():
+        declared = {name: str(p.annotation) for name, p in inspect.signature(EVALUATORS[kind]).parameters.items()}
+        result = evaluate(Workspace.open(workspace), kind, predictions, **_options(declared, set_ or []))
+    out.print(_table("metrics", ["metric", "value"],
+                     [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in result.metrics.items()]))
+    if metrics_file is not None:
+        metrics_file.write_text(json.dumps(result.metrics, indent=2))
     _summary(result.summary())
 
 

@@ -105,3 +105,17 @@ def test_propose_and_inspect_evidence_through_the_cli(tmp_path: Path, write_imag
     assert bad.exit_code == 2 and "no option nonsense" in bad.output
     offline = runner.invoke(app, ["propose", "clip", "-w", ws])
     assert offline.exit_code == 2 and "hf download" in offline.output
+
+
+def test_evaluate_through_the_cli(tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    runner.invoke(app, ["init", ws])
+    pl.DataFrame({"y": [0, 0, 1, 1], "a": [0, 1, 0, 1], "pred": [0, 1, 1, 1], "split": ["val"] * 4}).write_csv(
+        tmp_path / "p.csv")
+    result = runner.invoke(app, ["evaluate", "groups", str(tmp_path / "p.csv"), "--set", "eval_split=val",
+                                 "--out", str(tmp_path / "m.json"), "-w", ws])
+    assert result.exit_code == 0, result.output
+    assert "evaluate groups: acc_avg 0.7500, acc_wg 0.0000" in result.output
+    assert json.loads((tmp_path / "m.json").read_text())["acc_y:0_a:1"] == 0.0
+    wrong = runner.invoke(app, ["evaluate", "groups", str(tmp_path / "p.csv"), "-w", ws])
+    assert wrong.exit_code == 2 and "no rows with split == 'test'" in wrong.output

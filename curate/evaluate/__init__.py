@@ -1,0 +1,133 @@
+"""Evaluate: metrics of a model's predictions on a benchmark, as recorded runs.
+
+Evaluators are a registry (``groups``, ``mcq``, ``focus``, ``spurious-imagenet``); each reads a
+predictions table and returns named metrics (see ``curate.evaluate.metrics``). Every evaluation is
+an ``evaluate`` run whose metrics are kept in the ``evaluations`` side table.
+
+>>> sorted(EVALUATORS)
+['focus', 'groups', 'mcq', 'spurious-imagenet']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.evaluate.metrics import Metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
+from curate.ingest.base import read_table
+from curate.records import Run
+from curate.registry import Registry
+from curate.workspace import Workspace
+
+EVALUATIONS_TABLE = "evaluations"
+
+
+class EvaluateError(ValueError):
+    """The predictions cannot be evaluated as asked (missing column, empty split ...)."""
+
+
+Evaluator = Callable[..., Metrics]
+EVALUATORS: Registry[Evaluator] = Registry("evaluation", EvaluateError)
+register_evaluator = EVALUATORS.register
+
+
+def _require(frame: pl.DataFrame, *columns: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise EvaluateError(f"the predictions have no column {', '.join(missing)}; columns: {', '.join(frame.columns)}")
+
+
+@register_evaluator("groups")
+def evaluate_groups(frame: pl.DataFrame, y: str = "y", pred: str = "pred", group_fields: tuple[str, ...] = ("y", "a"),
+                    split_column: str = "split", eval_split: str = "test", train_split: str = "train") -> Metrics:
+    """Group metrics on the ``eval_split`` rows; training-group counts from the ``train_split`` rows
+    (those rows need no predictions). Without a split column every row is evaluated."""
+    _require(frame, y, *group_fields)
+    train_counts = None
+    if split_column in frame.columns:
+        splits = frame[split_column].cast(pl.String)
+        train = frame.filter(splits == train_split)
+        if train.height:
+            train_counts = {tuple(k): n for *k, n in train.group_by(list(group_fields)).len().iter_rows()}
+        frame = frame.filter(splits == eval_split)
+        if frame.is_empty():
+            raise EvaluateError(f"no rows with {split_column} == {eval_split!r}")
+    _require(frame, pred)
+    return group_metrics(frame, y, pred, group_fields, train_counts)
+
+
+@register_evaluator("mcq")
+def evaluate_mcq(frame: pl.DataFrame, answer: str = "answer", prediction: str = "prediction",
+                 types: str = "spurious_correlation_type") -> Metrics:
+    """Accuracy of multiple-choice answers, overall and per taxonomy type."""
+    _require(frame, answer, prediction, types)
+    return mcq_metrics(frame, answer, prediction, types)
+
+
+@register_evaluator("focus")
+def evaluate_focus(frame: pl.DataFrame, correct: str = "correct", n_uncommon: str = "n_uncommon") -> Metrics:
+    """Accuracy per number of uncommon attributes and the gap per attribute."""
+    _require(frame, correct, n_uncommon)
+    return focus_metrics(frame, correct, n_uncommon)
+
+
+@register_evaluator("spurious-imagenet")
+def evaluate_spurious_imagenet(frame: pl.DataFrame, label: str = "class_label", score: str = "score",
+                               kind: str = "kind") -> Metrics:
+    """Per class: AP and ROC AUC separating real images (``kind == "real"``) from spurious-feature
+    images (``kind == "spurious"``) by the model's score for the class; means over classes."""
+    _require(frame, label, score, kind)
+    metrics: Metrics = {}
+    aps, aucs = [], []
+    for (name,), rows in frame.group_by([label], maintain_order=True):
+        result = spurious_score(rows.filter(pl.col(kind) == "real")[score].to_list(),
+                                rows.filter(pl.col(kind) == "spurious")[score].to_list())
+        metrics[f"ap_class:{name}"], metrics[f"roc_auc_class:{name}"] = result["ap"], result["roc_auc"]
+        aps.append(result["ap"])
+        aucs.append(result["roc_auc"])
+    metrics["ap_mean"], metrics["roc_auc_mean"] = sum(aps) / len(aps), sum(aucs) / len(aucs)
+    return metrics
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateResult:
+    """The metrics of one evaluation and its stored run."""
+
+    run: Run
+    metrics: Metrics
+    seconds: float
+
+    def summary(self) -> str:
+        """One line for the end of a command."""
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()
+                          if k.startswith(("acc_avg", "acc_wg", "ap_mean", "roc_auc_mean")) and isinstance(v, float))
+        return f"evaluate {self.run.config['kind']}: {shown} [run {self.run.run_id}]"
+
+
+def evaluate(workspace: Workspace, kind: str, predictions: str | Path, **options: Any) -> EvaluateResult:
+    """Evaluate a predictions table (CSV, parquet, JSON lines) as a recorded ``evaluate`` run."""
+    started = time.perf_counter()
+    evaluator = EVALUATORS[kind]
+    path = Path(predictions).resolve()
+    frame = read_table(path)
+    config = {"kind": kind, "predictions": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+              "options": options}
+    with workspace.runs.track("evaluate", kind, config, extend_completed=True) as run:
+        try:
+            metrics = evaluator(frame, **options)
+        except TypeError as error:
+            raise EvaluateError(f"evaluation {kind!r}: {error}") from error
+        workspace.tables.write(EVALUATIONS_TABLE, pl.DataFrame(
+            {"run_id": [run.run_id], "kind": [kind], "metrics": [json.dumps(metrics, sort_keys=True)]}),
+            part=run.run_id)
+    return EvaluateResult(workspace.runs.get(run.run_id), metrics, time.perf_counter() - started)
+
+
+__all__ = ["EVALUATORS", "EvaluateError", "EvaluateResult", "Metrics", "evaluate", "register_evaluator"]

@@ -1,0 +1,110 @@
+"""Every metric against values worked out by hand on small tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.evaluate import EVALUATIONS_TABLE, EvaluateError, evaluate
+from curate.evaluate.metrics import focus_metrics, group_metrics, mcq_metrics, spurious_score
+from curate.workspace import Workspace
+
+
+def _groups_table() -> pl.DataFrame:
+    train = [(0, 0)] * 6 + [(0, 1)] * 2 + [(1, 0)] + [(1, 1)]
+    test = {(0, 0): [1, 1, 1, 0], (0, 1): [1, 0], (1, 0): [0, 0], (1, 1): [1, 1]}  # 1 = correct
+    rows = [{"split": "train", "y": y, "a": a, "pred": None} for y, a in train]
+    for (y, a), outcomes in test.items():
+        rows += [{"split": "test", "y": y, "a": a, "pred": y if ok else 1 - y} for ok in outcomes]
+    return pl.DataFrame(rows)
+
+
+def test_group_metrics_by_hand(tmp_path: Path, workspace: Workspace) -> None:
+    table = _groups_table()
+    test = table.filter(pl.col("split") == "test")
+    metrics = group_metrics(test, train_counts={(0, 0): 6, (0, 1): 2, (1, 0): 1, (1, 1): 1},
+                            value_names={"y": ["landbird", "waterbird"], "a": ["land", "water"]})
+    assert metrics["acc_avg"] == pytest.approx(0.6)
+    assert metrics["acc_wg"] == 0.0
+    assert metrics["acc_group_balanced"] == pytest.approx((0.75 + 0.5 + 0.0 + 1.0) / 4)
+    assert metrics["acc_train_adjusted"] == pytest.approx(0.75 * 0.6 + 0.5 * 0.2 + 0.0 * 0.1 + 1.0 * 0.1)
+    assert metrics["acc_class_balanced"] == pytest.approx((4 / 6 + 2 / 4) / 2)
+    assert metrics["acc_y:landbird_a:land"] == 0.75 and metrics["count_y:landbird_a:land"] == 4
+    assert metrics["acc_y:waterbird_a:land"] == 0.0 and metrics["count_y:waterbird_a:water"] == 2
+
+    # the same through the registry, with training counts read from the train rows
+    path = tmp_path / "predictions.parquet"
+    table.write_parquet(path)
+    result = evaluate(workspace, "groups", path)
+    assert result.metrics["acc_train_adjusted"] == pytest.approx(0.65)
+    assert result.metrics["acc_y:0_a:1"] == 0.5
+    stored = json.loads(workspace.tables.read(EVALUATIONS_TABLE)["metrics"][0])
+    assert stored == pytest.approx(result.metrics)
+    assert "acc_wg 0.0000" in result.summary()
+
+
+def test_group_metrics_refuse_missing_groups_and_columns(tmp_path: Path, workspace: Workspace) -> None:
+    test = _groups_table().filter(pl.col("split") == "test")
+    with pytest.raises(ValueError, match="no test predictions"):
+        group_metrics(test, train_counts={(0, 0): 1, (2, 0): 5})
+    path = tmp_path / "p.csv"
+    test.drop("pred").write_csv(path)
+    with pytest.raises(EvaluateError, match="no column pred"):
+        evaluate(workspace, "groups", path)
+    with pytest.raises(EvaluateError, match="unknown evaluation 'nope'"):
+        evaluate(workspace, "nope", path)
+
+
+def test_mcq_metrics_by_hand() -> None:
+    frame = pl.DataFrame({
+        "answer": ["A", "B", "D"],
+        "prediction": ["A. the ears", "c", " d"],
+        "spurious_correlation_type": [["Background", "Shape"], ["Background", "Orientation"],
+                                      ["Texture and Noise", "Shape"]],
+    })
+    metrics = mcq_metrics(frame)
+    assert metrics["acc_avg"] == pytest.approx(2 / 3)
+    assert metrics["acc_type:Background"] == 0.5 and metrics["count_type:Background"] == 2
+    assert metrics["acc_type:Shape"] == 1.0 and metrics["acc_type:Orientation"] == 0.0
+    assert metrics["acc_type:Texture and Noise"] == 1.0
+
+
+def test_focus_metrics_by_hand() -> None:
+    frame = pl.DataFrame({
+        "correct": [1, 1, 0, 1, 0, 1], "n_uncommon": [0, 0, 1, 1, 2, 3],
+        "uncommon_time": [False, False, True, False, True, True],
+        "uncommon_weather": [False, False, False, True, False, True],
+        "uncommon_locations": [False, False, False, False, True, True],
+    })
+    metrics = focus_metrics(frame)
+    assert [metrics[f"acc_uncommon:{n}"] for n in range(4)] == [1.0, 0.5, 0.0, 1.0]
+    assert [metrics[f"count_uncommon:{n}"] for n in range(4)] == [2, 2, 1, 1]
+    assert metrics["gap_time"] == pytest.approx(1 / 3 - 1.0)
+    assert metrics["gap_weather"] == pytest.approx(1.0 - 0.5)
+    assert metrics["gap_locations"] == pytest.approx(0.5 - 0.75)
+
+
+def test_spurious_imagenet_reports_ap_and_auc_by_hand(tmp_path: Path, workspace: Workspace) -> None:
+    assert spurious_score([0.9, 0.8], [0.1, 0.85]) == {"ap": pytest.approx((1 + 2 / 3) / 2), "roc_auc": 0.75,
+                                                       "n_positive": 2, "n_negative": 2}
+    path = tmp_path / "scores.jsonl"
+    pl.DataFrame({"class_label": ["k1"] * 4 + ["k2"] * 3, "score": [0.9, 0.8, 0.1, 0.85, 0.7, 0.2, 0.3],
+                  "kind": ["real", "real", "spurious", "spurious", "real", "spurious", "spurious"]}).write_ndjson(path)
+    metrics = evaluate(workspace, "spurious-imagenet", path).metrics
+    assert metrics["ap_class:k2"] == 1.0 and metrics["roc_auc_class:k1"] == 0.75
+    assert metrics["ap_mean"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    assert metrics["roc_auc_mean"] == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="at least one positive"):
+        spurious_score([], [0.1])
+
+
+def test_evaluating_the_same_file_twice_is_one_run(tmp_path: Path, workspace: Workspace) -> None:
+    path = tmp_path / "p.parquet"
+    _groups_table().write_parquet(path)
+    first = evaluate(workspace, "groups", path)
+    second = evaluate(workspace, "groups", path)
+    assert first.run.run_id == second.run.run_id
+    assert workspace.tables.read(EVALUATIONS_TABLE).height == 1
