@@ -15,10 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import polars as pl
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from curate.analyze import analyze_cues
+from curate.analyze.report import build_report
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
@@ -228,6 +231,45 @@ def propose_command(
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
     _summary(result.summary())
+
+
+@app.command(name="analyze")
+def analyze_command(
+    source: Annotated[str, typer.Option(help="Evidence of this proposer (detector, clip ...).")] = "detector",
+    run: Annotated[str | None, typer.Option(help="Only evidence of this propose run.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Presence threshold on the score (default: 0.05 for "
+                                                         "the detector, 0.5 otherwise).")] = None,
+    verdicts: Annotated[bool, typer.Option("--verdicts", help="Use human verdicts instead of evidence.")] = False,
+    round_: Annotated[str | None, typer.Option("--round", help="With --verdicts: only this round.")] = None,
+    top: Annotated[int, typer.Option(help="Cues shown per class.")] = 3,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Cue statistics per (class, cue): P(cue|class), P(class|cue), lift, PMI, NMI, predictivity, with plots."""
+    with _user_errors():
+        result = analyze_cues(Workspace.open(workspace), source, run, threshold, round_, verdicts)
+    shown = result.stats.filter(pl.col("rank") <= top)
+    out.print(_table("top cues per class", ["class", "rank", "cue", "type", "P(cue|class)", "P(class|cue)", "lift"],
+                     [[r["class_label"], r["rank"], r["attribute"], r["taxonomy_type"] or "-",
+                       _fmt(r["p_cue_given_class"]), _fmt(r["p_class_given_cue"]), _fmt(r["lift"])]
+                      for r in shown.iter_rows(named=True)]))
+    _summary(result.summary())
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@app.command()
+def report(
+    fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Where to write it (default: reports/ in the "
+                                                                "workspace).")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Write a report of the workspace: data, runs, cue statistics with plots, evaluations."""
+    with _user_errors():
+        written = build_report(Workspace.open(workspace), fmt, out_path)
+    _summary(f"report written to {written}")
 
 
 @app.command(name="evaluate")

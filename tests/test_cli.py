@@ -119,3 +119,22 @@ def test_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m.json").read_text())["acc_y:0_a:1"] == 0.0
     wrong = runner.invoke(app, ["evaluate", "groups", str(tmp_path / "p.csv"), "-w", ws])
     assert wrong.exit_code == 2 and "no rows with split == 'test'" in wrong.output
+
+
+def test_analyze_and_report_through_the_cli(tmp_path: Path, write_image: Callable[..., Path],
+                                            tiny_clip: str) -> None:
+    ws = str(tmp_path / "ws")
+    for label in ("cat", "dog"):
+        for seed in range(3):
+            write_image(tmp_path / "img" / label / f"{seed}.png", seed + (10 if label == "dog" else 0))
+    runner.invoke(app, ["init", ws])
+    runner.invoke(app, ["ingest", "folder", str(tmp_path / "img"), "-w", ws, "-q"])
+    runner.invoke(app, ["propose", "priors", "--set", "types=Background", "-w", ws])
+    runner.invoke(app, ["propose", "clip", "--model", tiny_clip, "-w", ws, "-q"])
+    analyzed = runner.invoke(app, ["analyze", "--source", "clip", "--top", "2", "-w", ws])
+    assert analyzed.exit_code == 0, analyzed.output
+    assert "analyze machine:clip: 30 (class, cue) rows for 2 classes, 3 pictures" in analyzed.output
+    written = runner.invoke(app, ["report", "--format", "html", "-w", ws])
+    assert written.exit_code == 0 and (tmp_path / "ws" / "reports" / "report.html").is_file()
+    nothing = runner.invoke(app, ["analyze", "--source", "detector", "-w", ws])
+    assert nothing.exit_code == 2 and "no evidence from 'detector'" in nothing.output

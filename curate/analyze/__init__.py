@@ -1,0 +1,104 @@
+"""Analyze: how spurious each cue is, from machine evidence or human verdicts, with pictures.
+
+``analyze_cues`` is a recorded ``analyze`` run: its statistics go to the ``cue-stats`` side table
+and its PNGs to ``reports/<run id>/`` in the workspace, where reports and dataset cards find them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from curate.analyze.cues import cue_statistics, presence_from_evidence, presence_from_verdicts
+from curate.analyze.plots import image_strips, lift_heatmap
+from curate.images import open_image
+from curate.records import Run
+from curate.workspace import Workspace
+
+STATS_TABLE = "cue-stats"
+DEFAULT_THRESHOLDS = {"detector": 0.05, "clip": 0.5}  # SpurLens' detector threshold; CLIP presence probability
+RANKING_SEED = 0
+
+
+def rank_by_score(scores: dict[str, float], seed: int = RANKING_SEED) -> list[str]:
+    """Item ids from the highest score to the lowest; ties broken by a seeded shuffle (SpurLens).
+
+    >>> rank_by_score({"a": 0.2, "b": 0.9, "c": 0.2, "d": 0.0}, seed=0)[:2]
+    ['b', 'c']
+    """
+    ids = list(scores)
+    shuffled = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    return sorted(shuffled, key=lambda item_id: -scores[item_id])
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzeResult:
+    """Cue statistics of one analysis, the pictures it drew, and its run."""
+
+    run: Run
+    stats: pl.DataFrame
+    pictures: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the end of a command."""
+        classes = self.stats["class_label"].n_unique() if self.stats.height else 0
+        return (f"analyze {self.run.config['evidence']}: {self.stats.height} (class, cue) rows for {classes} classes, "
+                f"{len(self.pictures)} pictures in {self.seconds:.1f}s [run {self.run.run_id}]")
+
+
+def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | None = None,
+                 threshold: float | None = None, verdict_round: str | None = None, use_verdicts: bool = False,
+                 strip_k: int = 5, heatmap_top: int = 12) -> AnalyzeResult:
+    """Cue statistics per (class, cue), a lift heatmap, and top-K / bottom-K strips of each class's
+    highest-ranked cue. With ``use_verdicts`` presence comes from human verdicts (of
+    ``verdict_round``, or all rounds) instead of ``source``'s evidence."""
+    started = time.perf_counter()
+    items = {item.item_id: item for item in workspace.catalog.items()}
+    if use_verdicts:
+        kind = f"human:{verdict_round or 'all rounds'}"
+        presence = presence_from_verdicts(workspace.catalog.verdicts(verdict_round), items)
+        threshold = None
+    else:
+        threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
+        kind = f"machine:{source}"
+        presence = presence_from_evidence(workspace.catalog.evidence(source=source, run_id=run_id), items, threshold)
+    if presence.is_empty():
+        raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
+                         + (f" in run {run_id}" if run_id else ""))
+    config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
+    with workspace.runs.track("analyze", kind, config, extend_completed=True) as run:
+        stats = cue_statistics(presence, kind)
+        workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
+        folder = workspace.root / "reports" / run.run_id
+        pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top)]
+        for row in stats.filter(pl.col("rank") == 1).iter_rows(named=True):
+            scored = presence.filter((pl.col("class_label") == row["class_label"])
+                                     & (pl.col("attribute") == row["attribute"]))
+            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)))
+            k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
+            top, bottom = order[:k], order[::-1][:k]
+            thumbs = {i: _thumbnail(workspace, items[i].uri) for i in {*top, *bottom}}
+            name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
+            pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
+                                         f"{row['class_label']}: '{row['attribute']}' ({kind})"))
+        with workspace.transaction() as conn:
+            workspace.runs.add_counts(conn, run.run_id, {"rows": stats.height, "pictures": len(pictures)})
+    return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
+
+
+def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> object:
+    image = open_image(workspace.resolve_uri(uri))
+    image.thumbnail((side, side))
+    return image
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40]
+
+
+__all__ = ["STATS_TABLE", "AnalyzeResult", "analyze_cues", "cue_statistics", "rank_by_score"]

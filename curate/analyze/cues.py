@@ -1,0 +1,130 @@
+"""How spurious is each cue? Co-occurrence statistics per (class, cue).
+
+Presence comes either from machine evidence (a score at or above a threshold: detector box
+confidence, CLIP presence probability) or from human verdicts; the two are never mixed, and every
+row says which it is (``evidence``). Statistics of a cue are computed over the items that were
+scored for that cue, whatever their class:
+
+- ``p_cue_given_class`` = P(cue | class), ``p_class_given_cue`` = P(class | cue), each with a 95%
+  Wilson interval;
+- ``lift`` = P(class | cue) / P(class); ``pmi`` = log2(lift);
+- ``nmi``: normalised mutual information between "is this class" and "has this cue";
+- ``predictivity_gain``: cleanlab-style, the cross-validated accuracy of a Gaussian naive Bayes
+  classifier predicting the class from the cue's score alone, minus the majority-class accuracy
+  (per cue, repeated on each of its rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from curate.records import Evidence, Item, Verdict
+
+Z_95 = 1.959963984540054
+VERDICT_PRESENT = {"core": True, "spurious": True, "present": True, "not present": False, "absent": False}
+STAT_COLUMNS = ("class_label", "attribute", "evidence", "taxonomy_type", "n_scored", "n_class", "n_cue", "n_both",
+                "p_cue_given_class", "p_cue_given_class_low", "p_cue_given_class_high", "p_class_given_cue",
+                "p_class_given_cue_low", "p_class_given_cue_high", "lift", "pmi", "nmi", "predictivity_acc",
+                "majority_acc", "predictivity_gain", "n_classes_scored", "rank")
+
+
+def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (``(nan, nan)`` for no trials).
+
+    >>> [round(v, 4) for v in wilson(8, 10)]
+    [0.4902, 0.9433]
+    """
+    if trials == 0:
+        return math.nan, math.nan
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def presence_from_evidence(evidence: Iterable[Evidence], items: dict[str, Item], threshold: float) -> pl.DataFrame:
+    """``item_id, class_label, attribute, taxonomy_type, score, present`` from machine evidence."""
+    rows = [{"item_id": e.item_id, "class_label": items[e.item_id].label, "attribute": e.attribute,
+             "taxonomy_type": e.taxonomy_type, "score": float(e.score or 0.0),
+             "present": float(e.score or 0.0) >= threshold}
+            for e in evidence if e.item_id in items and items[e.item_id].label is not None]
+    return _frame(rows)
+
+
+def presence_from_verdicts(verdicts: Iterable[Verdict], items: dict[str, Item]) -> pl.DataFrame:
+    """The same table from human verdicts (``unsure`` and unknown values are left out)."""
+    rows = [{"item_id": v.item_id, "class_label": items[v.item_id].label, "attribute": v.attribute,
+             "taxonomy_type": v.taxonomy_type, "score": float(VERDICT_PRESENT[v.value]),
+             "present": VERDICT_PRESENT[v.value]}
+            for v in verdicts if v.value in VERDICT_PRESENT and v.item_id in items and items[v.item_id].label]
+    return _frame(rows)
+
+
+def _frame(rows: list[dict[str, object]]) -> pl.DataFrame:
+    schema = {"item_id": pl.String, "class_label": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
+              "score": pl.Float64, "present": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema).unique(["item_id", "attribute"], keep="first", maintain_order=True)
+
+
+def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
+    """(cross-validated Gaussian naive Bayes accuracy from one score, majority-class accuracy).
+
+    >>> acc, base = predictivity(np.r_[np.zeros(10), np.ones(10)], np.array(["a"] * 10 + ["b"] * 10))
+    >>> acc, base
+    (1.0, 0.5)
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.naive_bayes import GaussianNB
+
+    values, counts = np.unique(labels, return_counts=True)
+    majority = float(counts.max() / counts.sum())
+    n_splits = min(folds, int(counts.min()))
+    if len(values) < 2 or n_splits < 2:
+        return majority, majority
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    accuracy = cross_val_score(GaussianNB(), scores.reshape(-1, 1), labels, cv=splitter, scoring="accuracy")
+    return float(accuracy.mean()), majority
+
+
+def cue_statistics(presence: pl.DataFrame, evidence_kind: str) -> pl.DataFrame:
+    """One row per (class, cue) with the statistics above, ranked within each class by lift, then
+    P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    rows = []
+    for (attribute,), scored in presence.group_by(["attribute"], maintain_order=True):
+        labels = scored["class_label"].to_numpy()
+        present = scored["present"].to_numpy()
+        acc, majority = predictivity(scored["score"].to_numpy(), labels)
+        n_scored, n_cue = len(labels), int(present.sum())
+        classes = np.unique(labels)
+        for label in classes:
+            is_class = labels == label
+            n_class, n_both = int(is_class.sum()), int((is_class & present).sum())
+            p_cue_given_class = n_both / n_class
+            p_class_given_cue = n_both / n_cue if n_cue else math.nan
+            lift = p_class_given_cue / (n_class / n_scored) if n_cue else math.nan
+            rows.append({
+                "class_label": str(label), "attribute": str(attribute), "evidence": evidence_kind,
+                "taxonomy_type": scored.filter(pl.col("class_label") == label)["taxonomy_type"][0],
+                "n_scored": n_scored, "n_class": n_class, "n_cue": n_cue, "n_both": n_both,
+                "p_cue_given_class": p_cue_given_class,
+                **dict(zip(("p_cue_given_class_low", "p_cue_given_class_high"), wilson(n_both, n_class), strict=True)),
+                "p_class_given_cue": p_class_given_cue,
+                **dict(zip(("p_class_given_cue_low", "p_class_given_cue_high"), wilson(n_both, n_cue), strict=True)),
+                "lift": lift, "pmi": math.log2(lift) if lift and not math.isnan(lift) else math.nan,
+                "nmi": float(normalized_mutual_info_score(is_class, present)) if len(classes) > 1 else math.nan,
+                "predictivity_acc": acc, "majority_acc": majority, "predictivity_gain": acc - majority,
+                "n_classes_scored": len(classes),
+            })
+    if not rows:
+        return pl.DataFrame(schema={c: pl.String for c in STAT_COLUMNS})
+    frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col(pl.Float64).fill_nan(None))
+    ranked = frame.sort(["class_label", "lift", "p_cue_given_class"], descending=[False, True, True],
+                        nulls_last=True)
+    return ranked.with_columns(pl.int_range(1, pl.len() + 1).over("class_label").alias("rank")).select(STAT_COLUMNS)

@@ -1,0 +1,116 @@
+"""Cue statistics against hand-worked values, and the analyze run with its pictures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import distinct_image
+from PIL import Image
+
+from curate.analyze import STATS_TABLE, analyze_cues, rank_by_score
+from curate.analyze.cues import cue_statistics, wilson
+from curate.ingest import FolderSource, ingest
+from curate.records import Evidence, EvidenceRole, Verdict
+from curate.workspace import Workspace
+
+DOG_SCORES = [0.9, 0.8, 0.7, 0.01]
+CAT_SCORES = [0.6, 0.04, 0.0, 0.02]
+
+
+def _presence() -> pl.DataFrame:
+    rows = [{"item_id": f"{label}{i}", "class_label": label, "attribute": "grass", "taxonomy_type": "Background",
+             "score": score, "present": score >= 0.05}
+            for label, scores in (("dog", DOG_SCORES), ("cat", CAT_SCORES)) for i, score in enumerate(scores)]
+    return pl.DataFrame(rows)
+
+
+def test_cue_statistics_by_hand() -> None:
+    stats = {row["class_label"]: row for row in cue_statistics(_presence(), "machine:test").iter_rows(named=True)}
+    dog, cat = stats["dog"], stats["cat"]
+    assert (dog["n_scored"], dog["n_class"], dog["n_cue"], dog["n_both"]) == (8, 4, 4, 3)
+    assert dog["p_cue_given_class"] == 0.75 and dog["p_class_given_cue"] == 0.75
+    assert (dog["p_cue_given_class_low"], dog["p_cue_given_class_high"]) == pytest.approx(wilson(3, 4))
+    assert dog["lift"] == pytest.approx(1.5) and dog["pmi"] == pytest.approx(math.log2(1.5))
+    assert cat["lift"] == pytest.approx(0.5) and cat["pmi"] == pytest.approx(-1.0)
+    mutual = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)  # nats; both marginals are 1/2
+    assert dog["nmi"] == pytest.approx(mutual / math.log(2)) and cat["nmi"] == pytest.approx(dog["nmi"])
+    assert dog["majority_acc"] == 0.5
+    assert dog["predictivity_gain"] == pytest.approx(dog["predictivity_acc"] - 0.5)
+    assert dog["rank"] == 1 and dog["evidence"] == "machine:test"
+
+
+def test_wilson_interval_known_values() -> None:
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_ranking_breaks_ties_with_a_seeded_shuffle() -> None:
+    scores = {f"i{n}": 0.5 for n in range(20)} | {"top": 0.9, "bottom": 0.0}
+    first, again = rank_by_score(scores), rank_by_score(scores)
+    assert first == again and first[0] == "top" and first[-1] == "bottom"
+    assert first != ["top"] + [f"i{n}" for n in range(20)] + ["bottom"]  # ties are shuffled, not in insertion order
+    assert rank_by_score(scores, seed=1) != first
+
+
+@pytest.fixture
+def scored(workspace: Workspace, tmp_path: Path) -> Workspace:
+    for label, scores in (("dog", DOG_SCORES), ("cat", CAT_SCORES)):
+        for index, _ in enumerate(scores):
+            (tmp_path / "img" / label).mkdir(parents=True, exist_ok=True)
+            distinct_image(hash((label, index)) % 10_000).save(tmp_path / "img" / label / f"{index}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    by_path = {ref.locator: ref.item_id for ref in workspace.catalog.references()}
+    rows = [Evidence(by_path[f"{label}/{i}.png"], "grass", "detector", "propose-x", EvidenceRole.CANDIDATE,
+                     "Background", score)
+            for label, scores in (("dog", DOG_SCORES), ("cat", CAT_SCORES)) for i, score in enumerate(scores)]
+    workspace.catalog.add_evidence(rows)
+    return workspace
+
+
+def test_analyze_run_stores_statistics_and_pictures(scored: Workspace) -> None:
+    result = analyze_cues(scored, source="detector", strip_k=2)
+    assert result.stats.height == 2 and result.run.stage == "analyze"
+    assert scored.tables.read(STATS_TABLE).filter(pl.col("class_label") == "dog")["lift"][0] == pytest.approx(1.5)
+    names = sorted(p.name for p in result.pictures)
+    assert names == ["lift-heatmap.png", "strip-cat-grass.png", "strip-dog-grass.png"]
+    for picture in result.pictures:
+        assert picture.is_relative_to(scored.root / "reports") and Image.open(picture).size[0] > 100
+    assert result.run.counts == {"rows": 2, "pictures": 3}
+
+
+def test_human_verdicts_are_analyzed_apart(scored: Workspace) -> None:
+    dog_items = [i.item_id for i in scored.catalog.items(label="dog")]
+    cat_items = [i.item_id for i in scored.catalog.items(label="cat")]
+    scored.catalog.add_verdicts(
+        [Verdict(i, "grass", "ann", "round-1", "spurious", "Background") for i in dog_items]
+        + [Verdict(i, "grass", "ann", "round-1", "not present", "Background") for i in cat_items[:3]]
+        + [Verdict(cat_items[3], "grass", "ann", "round-1", "unsure")])
+    result = analyze_cues(scored, use_verdicts=True, verdict_round="round-1")
+    dog = result.stats.filter(pl.col("class_label") == "dog").row(0, named=True)
+    assert dog["evidence"] == "human:round-1" and dog["n_scored"] == 7  # "unsure" is left out
+    assert dog["p_cue_given_class"] == 1.0 and dog["p_class_given_cue"] == 1.0
+    with pytest.raises(ValueError, match="no evidence from 'clip'"):
+        analyze_cues(scored, source="clip")
+
+
+def test_report_links_every_picture_and_figure(scored: Workspace, tmp_path: Path) -> None:
+    from curate.analyze.report import build_report
+    from curate.evaluate import evaluate
+
+    analyze_cues(scored, source="detector", strip_k=2)
+    predictions = tmp_path / "p.csv"
+    pl.DataFrame({"y": [0, 0, 1, 1], "a": [0, 1, 0, 1], "pred": [0, 0, 1, 0]}).write_csv(predictions)
+    evaluate(scored, "groups", predictions)
+    text = build_report(scored).read_text()
+    assert "| dog | 1 | grass | Background | 75% [30%, 95%] | 75% | 1.500 |" in text
+    assert "| acc_wg | 0.000 |" in text and "| acc_avg | 0.750 |" in text
+    links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
+    assert len(links) == 4  # heatmap, two strips, accuracy per group
+    report_dir = scored.root / "reports"
+    assert all((report_dir / link).is_file() for link in links)
+    page = build_report(scored, "html").read_text()
+    assert page.count("<img") == 4 and "<table>" in page and "<td>grass</td>" in page
