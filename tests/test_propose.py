@@ -133,8 +133,10 @@ def test_detector_scores_are_the_best_box_of_each_cue(animals: Workspace, tiny_c
     result = propose(animals, make_proposer("detector", weights="random", text_encoder=tiny_clip, conf=1e-9,
                                             imgsz=160, batch_size=2), ["cat"], progress=False)
     n_cues = len(animals.catalog.cues(class_label="cat"))
-    assert result.counts == {"evidence": 3 * n_cues, "items": 3}
+    assert result.counts == {"evidence": 3 * (n_cues + 1), "items": 3}  # every cue, and the class itself
     rows = animals.catalog.evidence(source="detector")
+    assert {r.role for r in rows if r.attribute == "cat"} == {"core"}
+    assert {r.role for r in rows if r.attribute != "cat"} == {"candidate"}
     assert any(r.boxes for r in rows)  # a random head still returns boxes at a tiny threshold
     for row in rows:
         if row.boxes:
@@ -148,7 +150,7 @@ def test_detector_scores_are_the_best_box_of_each_cue(animals: Workspace, tiny_c
 def test_a_high_threshold_leaves_scores_at_zero(animals: Workspace, tiny_clip: str) -> None:
     _background_priors(animals)
     propose(animals, make_proposer("detector", model="yoloe-11s", weights="random", text_encoder=tiny_clip,
-                                   conf=0.99, imgsz=160), ["dog"], progress=False)
+                                   conf=0.99, imgsz=160, include_class=False), ["dog"], progress=False)
     rows = animals.catalog.evidence(source="detector")
     assert rows and all(r.score == 0.0 and r.boxes == [] for r in rows)
 
@@ -178,9 +180,9 @@ def test_clip_and_detector_in_one_pass_decode_each_image_once(animals: Workspace
                                             text_encoder=tiny_clip, conf=1e-9, imgsz=160), progress=False)
     n_cues = len(animals.catalog.cues(class_label="cat"))
     assert sorted(opened) == sorted(set(opened)) and len(opened) == 5
-    assert result.counts == {"embeddings_computed": 5, "evidence": 2 * 5 * n_cues, "items": 5}
+    assert result.counts == {"embeddings_computed": 5, "evidence": 5 * n_cues + 5 * (n_cues + 1), "items": 5}
     by_source = {s: animals.catalog.evidence(source=s, run_id=result.run.run_id) for s in ("clip", "detector")}
-    assert len(by_source["clip"]) == len(by_source["detector"]) == 5 * n_cues
+    assert len(by_source["clip"]) == 5 * n_cues and len(by_source["detector"]) == 5 * (n_cues + 1)
     assert set(animals.runs.get(result.run.run_id).models) == {tiny_clip, "yolo-world-v2-s"}
     # the embeddings it stored serve a later clip run without decoding anything
     opened.clear()

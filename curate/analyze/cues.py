@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from curate.records import Evidence, Item, Verdict
+from curate.records import Evidence, EvidenceRole, Item, Verdict
 
 Z_95 = 1.959963984540054
 VERDICT_PRESENT = {"core": True, "spurious": True, "present": True, "not present": False, "absent": False}
@@ -48,11 +48,13 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
 
 
 def presence_from_evidence(evidence: Iterable[Evidence], items: dict[str, Item], threshold: float) -> pl.DataFrame:
-    """``item_id, class_label, attribute, taxonomy_type, score, present`` from machine evidence."""
+    """``item_id, class_label, attribute, taxonomy_type, score, present`` from machine evidence
+    about cues (evidence about the class object itself, role ``core``, is left out)."""
     rows = [{"item_id": e.item_id, "class_label": items[e.item_id].label, "attribute": e.attribute,
              "taxonomy_type": e.taxonomy_type, "score": float(e.score or 0.0),
              "present": float(e.score or 0.0) >= threshold}
-            for e in evidence if e.item_id in items and items[e.item_id].label is not None]
+            for e in evidence
+            if e.role != EvidenceRole.CORE and e.item_id in items and items[e.item_id].label is not None]
     return _frame(rows)
 
 

@@ -2,7 +2,9 @@
 ``clip+detector``: CLIP and the detector on the same decoded images.
 
 Per (item, cue): the highest box confidence (0 if no box above ``conf``, as in SpurLens) and the
-boxes, ``[x0, y0, x1, y1, confidence]`` in pixels of the upright image, best first.
+boxes, ``[x0, y0, x1, y1, confidence]`` in pixels of the upright image, best first. With
+``include_class`` (the default) the class name is queried too and stored with role ``core``: the
+spurious-gap analysis blacks those boxes out.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ class DetectorScorer(ImageScorer):
     source = "detector"
 
     def __init__(self, context: ProposeContext, model: str, weights: str | None, text_encoder: str | None,
-                 device: str, conf: float, imgsz: int) -> None:
+                 device: str, conf: float, imgsz: int, include_class: bool = True) -> None:
         self.detector: OpenSetDetector = load_model(model, weights=weights, device=device, text_encoder=text_encoder)
         context.models[self.detector.name] = self.detector.version
-        self.conf, self.imgsz = conf, imgsz
+        self.conf, self.imgsz, self.include_class = conf, imgsz, include_class
         self.cues: list[Cue] = []
 
     def begin_class(self, context: ProposeContext, label: str, cues: list[Cue]) -> None:
-        self.cues = cues
-        self.detector.set_vocabulary([cue.attribute for cue in cues], context.workspace.cache)
+        # the class object itself is localised too (role "core"): the spurious gap masks it out
+        own = [Cue(label, label, "class", context.run.run_id, None, EvidenceRole.CORE)] if self.include_class else []
+        self.cues = [*cues, *own] if label not in {c.attribute for c in cues} else cues
+        self.detector.set_vocabulary([cue.attribute for cue in self.cues], context.workspace.cache)
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
         rows = []
@@ -42,7 +46,7 @@ class DetectorScorer(ImageScorer):
             for cue in self.cues:
                 score, boxes = detections.best(cue.attribute)
                 rows.append(Evidence(item.item_id, cue.attribute, self.source, context.run.run_id,
-                                     EvidenceRole.CANDIDATE, cue.taxonomy_type, score,
+                                     cue.role, cue.taxonomy_type, score,
                                      boxes[:MAX_BOXES_KEPT].round(2).tolist(), self.detector.name,
                                      self.detector.version, {"conf_threshold": self.conf, "n_boxes": int(len(boxes)),
                                                              "cue_source": cue.source}))
@@ -62,10 +66,11 @@ class DetectorProposer(Proposer):
     imgsz: int = 640
     batch_size: int = 8
     device: str = "cpu"
+    include_class: bool = True
 
     def run(self, context: ProposeContext) -> None:
         scorer = DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
-                                self.imgsz)
+                                self.imgsz, self.include_class)
         score_images(context, [scorer], self.batch_size, self.cue_source, "detector")
 
 
@@ -87,12 +92,13 @@ class ClipDetectorProposer(Proposer):
     imgsz: int = 640
     batch_size: int = 8
     device: str = "cpu"
+    include_class: bool = True
 
     def run(self, context: ProposeContext) -> None:
         clip = ClipScorer(context, self.clip_model, self.clip_weights, self.device, DEFAULT_TEMPLATES,
                           DEFAULT_CONTRAST)
         detector = DetectorScorer(context, self.detector_model, self.detector_weights, self.text_encoder,
-                                  self.device, self.conf, self.imgsz)
+                                  self.device, self.conf, self.imgsz, self.include_class)
         score_images(context, [clip, detector], self.batch_size, self.cue_source, "clip+detector")
         clip.store.flush()
         context.count(embeddings_computed=clip.store.computed)
