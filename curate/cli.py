@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate.analyze import analyze_cues
+from curate.analyze import analyze_cues, measure_gaps
 from curate.analyze.report import build_report
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
@@ -253,6 +253,32 @@ def analyze_command(
                        _fmt(r["p_cue_given_class"]), _fmt(r["p_class_given_cue"]), _fmt(r["lift"])]
                       for r in shown.iter_rows(named=True)]))
     _summary(result.summary())
+
+
+@app.command()
+def gap(
+    kind: Annotated[str, typer.Argument(help="The model under test: table, clip or vlm.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Its options as key=value (repeatable): "
+                                                   "path=answers.csv, model=clip-vit-b-32, base_url=...")] = None,
+    source: Annotated[str, typer.Option(help="Cue scores from this proposer.")] = "detector",
+    run: Annotated[str | None, typer.Option(help="Only evidence of this propose run.")] = None,
+    k: Annotated[int, typer.Option(help="Images in the top and bottom groups.")] = 50,
+    classes: Annotated[str | None, typer.Option(help="Only these classes, comma-separated.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Spurious gap of a model per (class, cue): natural, masked (class object blacked out) and their mean."""
+    from curate.analyze.gap import MODELS_UNDER_TEST
+
+    with _user_errors():
+        signature = inspect.signature(MODELS_UNDER_TEST[kind].__init__)
+        declared = {n: str(p.annotation) for n, p in signature.parameters.items() if n not in ("self", "workspace")}
+        chosen = [c.strip() for c in classes.split(",")] if classes else None
+        result_run, table = measure_gaps(Workspace.open(workspace), kind, _options(declared, set_ or []), source,
+                                         run, k, classes=chosen)
+    out.print(_table("spurious gap", ["class", "cue", "natural", "masked", "score"],
+                     [[r["class_label"], r["attribute"], _fmt(r["natural_gap"]), _fmt(r["masked_gap"]),
+                       _fmt(r["score"])] for r in table.iter_rows(named=True)]))
+    _summary(f"gap {kind}: {table.height} (class, cue) rows [run {result_run.run_id}]")
 
 
 def _fmt(value: float | None) -> str:

@@ -91,6 +91,32 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
+GAPS_TABLE = "spurious-gaps"
+
+
+def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | None = None,
+                 source: str = "detector", run_id: str | None = None, k: int = 50, seed: int = RANKING_SEED,
+                 classes: list[str] | None = None) -> tuple[Run, pl.DataFrame]:
+    """Spurious gaps of a model under test (``table``, ``clip`` or ``vlm`` with its ``options``) as a
+    recorded ``analyze`` run; the table goes to the ``spurious-gaps`` side table."""
+    from curate.analyze.gap import MODELS_UNDER_TEST, VLMYesNo, spurious_gaps
+
+    factory = MODELS_UNDER_TEST[kind]
+    extra = {"workspace": workspace} if factory is VLMYesNo else {}
+    model = factory(**(options or {}), **extra)  # type: ignore[arg-type]
+    config = {"gap": kind, "options": options or {}, "evidence": source, "evidence_run": run_id, "k": k, "seed": seed,
+              "classes": classes}
+    with workspace.runs.track("analyze", f"gap {kind}", config, extend_completed=True) as run:
+        workspace.runs.set_models(run.run_id, {model.name: model.version})
+        result = spurious_gaps(workspace, model, source, run_id, k, seed, classes)
+        workspace.tables.write(GAPS_TABLE, result.table.with_columns(pl.lit(run.run_id).alias("run_id")),
+                               part=run.run_id)
+        with workspace.transaction() as conn:
+            workspace.runs.add_counts(conn, run.run_id, {"rows": result.table.height,
+                                                         "images_without_object_boxes": result.skipped_without_boxes})
+    return workspace.runs.get(run.run_id), result.table
+
+
 def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> object:
     image = open_image(workspace.resolve_uri(uri))
     image.thumbnail((side, side))
@@ -101,4 +127,5 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40]
 
 
-__all__ = ["STATS_TABLE", "AnalyzeResult", "analyze_cues", "cue_statistics", "rank_by_score"]
+__all__ = ["GAPS_TABLE", "STATS_TABLE", "AnalyzeResult", "analyze_cues", "cue_statistics", "measure_gaps",
+           "rank_by_score"]
