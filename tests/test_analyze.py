@@ -100,8 +100,13 @@ def test_human_verdicts_are_analyzed_apart(scored: Workspace) -> None:
 def test_report_links_every_picture_and_figure(scored: Workspace, tmp_path: Path) -> None:
     from curate.analyze.report import build_report
     from curate.evaluate import evaluate
+    from curate.ingest import GroupTableSource
 
     analyze_cues(scored, source="detector", strip_k=2)
+    images = Path(next(scored.catalog.items()).uri).parent.parent
+    pl.DataFrame({"id": [1, 2, 3], "filename": ["dog/0.png", "dog/1.png", "cat/0.png"], "split": [0, 0, 2],
+                  "y": [1, 1, 0], "a": [0, 1, 1]}).write_csv(images / "groups.csv")
+    ingest(scored, GroupTableSource(images / "groups.csv"), progress=False)
     predictions = tmp_path / "p.csv"
     pl.DataFrame({"y": [0, 0, 1, 1], "a": [0, 1, 0, 1], "pred": [0, 0, 1, 0]}).write_csv(predictions)
     evaluate(scored, "groups", predictions)
@@ -109,8 +114,9 @@ def test_report_links_every_picture_and_figure(scored: Workspace, tmp_path: Path
     assert "| dog | 1 | grass | Background | 75% [30%, 95%] | 75% | 1.500 |" in text
     assert "| acc_wg | 0.000 |" in text and "| acc_avg | 0.750 |" in text
     links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
-    assert len(links) == 4  # heatmap, two strips, accuracy per group
+    assert "| split 0: y=1, a=0 | 1 |" in text and "| split 2: y=0, a=1 | 1 |" in text
+    assert len(links) == 5  # group sizes, heatmap, two strips, accuracy per group
     report_dir = scored.root / "reports"
     assert all((report_dir / link).is_file() for link in links)
     page = build_report(scored, "html").read_text()
-    assert page.count("<img") == 4 and "<table>" in page and "<td>grass</td>" in page
+    assert page.count("<img") == 5 and "<table>" in page and "<td>grass</td>" in page

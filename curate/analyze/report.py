@@ -14,8 +14,9 @@ import polars as pl
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from curate.analyze import STATS_TABLE
-from curate.analyze.plots import accuracy_per_group
+from curate.analyze.plots import accuracy_per_group, group_sizes
 from curate.evaluate import EVALUATIONS_TABLE
+from curate.ingest import group_table
 from curate.workspace import Workspace, code_version
 from curate.workspace._sql import now
 
@@ -87,11 +88,20 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
                 path = workspace.root / "reports" / row["run_id"] / "accuracy-per-group.png"
                 picture = _relative(accuracy_per_group(metrics, path), target)
             evaluations.append({"kind": row["kind"], "run_id": row["run_id"], "metrics": metrics, "picture": picture})
+    groups = []
+    for source in (s for s in workspace.catalog.sources() if s.kind == "groups"):
+        table = group_table(workspace, source.source_id)
+        counts = {f"split {split}: y={y}, a={a}": n for split, y, a, n in
+                  table.group_by(["split", "y", "a"]).len().sort(["split", "y", "a"]).iter_rows()}
+        path = group_sizes(counts, workspace.root / "reports" / "groups" / f"{source.source_id}.png",
+                           f"group sizes of {Path(source.location).name}")
+        groups.append({"location": Path(source.location).name, "picture": _relative(path, target),
+                       "counts": counts})
     environment = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
     environment.filters.update(num=_number, pct=_percent)
     text = environment.get_template("report.md.j2").render(
         name=workspace.root.name, written=now(), code_version=code_version(), status=workspace.status(), runs=runs,
-        analyses=analyses, evaluations=evaluations)
+        analyses=analyses, evaluations=evaluations, groups=groups)
     target.write_text(text if fmt == "md" else _markdown_to_html(text))
     return target
 
