@@ -264,9 +264,10 @@ def gap(
     run: Annotated[str | None, typer.Option(help="Only evidence of this propose run.")] = None,
     k: Annotated[int, typer.Option(help="Images in the top and bottom groups.")] = 50,
     classes: Annotated[str | None, typer.Option(help="Only these classes, comma-separated.")] = None,
+    mask: Annotated[str, typer.Option(help="Black out the class 'object' (SpurLens) or the 'cue'.")] = "object",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Spurious gap of a model per (class, cue): natural, masked (class object blacked out) and their mean."""
+    """Spurious gap of a model per (class, cue): natural, masked and their mean."""
     from curate.analyze.gap import MODELS_UNDER_TEST
 
     with _user_errors():
@@ -274,7 +275,7 @@ def gap(
         declared = {n: str(p.annotation) for n, p in signature.parameters.items() if n not in ("self", "workspace")}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result_run, table = measure_gaps(Workspace.open(workspace), kind, _options(declared, set_ or []), source,
-                                         run, k, classes=chosen)
+                                         run, k, classes=chosen, mask=mask)
     out.print(_table("spurious gap", ["class", "cue", "natural", "masked", "score"],
                      [[r["class_label"], r["attribute"], _fmt(r["natural_gap"]), _fmt(r["masked_gap"]),
                        _fmt(r["score"])] for r in table.iter_rows(named=True)]))

@@ -116,3 +116,18 @@ def test_gap_through_the_cli(dogs: tuple[Workspace, dict[str, str]], tmp_path: P
     assert "gap table: 1 (class, cue) rows" in result.output
     bad = CliRunner().invoke(app, ["gap", "oracle", "-w", str(workspace.root)])
     assert bad.exit_code == 2 and "unknown model under test 'oracle'" in bad.output
+
+
+def test_masking_the_cue_keeps_x_as_the_right_answer(dogs: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
+    workspace, ids = dogs
+    workspace.catalog.add_evidence([Evidence(ids[n], "grass", "detector", "p1", EvidenceRole.CANDIDATE, "Background",
+                                             s, BOX) for n, s in GRASS.items()])
+    path = tmp_path / "a.csv"
+    says = {"0.png": 0, "1.png": 0, "2.png": 1, "3.png": 1}  # without grass, the top images are missed
+    pl.DataFrame([{"item_id": ids[n], "variant": v, "present": 1 if v == "natural" else p}
+                  for n, p in says.items() for v in ("natural", "masked")]).write_csv(path)
+    row = spurious_gaps(workspace, PredictionTable(path), k=2, mask="cue").table.row(0, named=True)
+    assert row["masked_top_acc"] == 0.0 and row["masked_bottom_acc"] == 1.0 and row["masked_gap"] == 1.0
+    assert row["natural_gap"] == 0.0 and row["score"] == 0.5
+    with pytest.raises(ValueError, match="mask is"):
+        spurious_gaps(workspace, PredictionTable(path), mask="everything")

@@ -96,7 +96,7 @@ GAPS_TABLE = "spurious-gaps"
 
 def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | None = None,
                  source: str = "detector", run_id: str | None = None, k: int = 50, seed: int = RANKING_SEED,
-                 classes: list[str] | None = None) -> tuple[Run, pl.DataFrame]:
+                 classes: list[str] | None = None, mask: str = "object") -> tuple[Run, pl.DataFrame]:
     """Spurious gaps of a model under test (``table``, ``clip`` or ``vlm`` with its ``options``) as a
     recorded ``analyze`` run; the table goes to the ``spurious-gaps`` side table."""
     from curate.analyze.gap import MODELS_UNDER_TEST, VLMYesNo, spurious_gaps
@@ -105,10 +105,10 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
     extra = {"workspace": workspace} if factory is VLMYesNo else {}
     model = factory(**(options or {}), **extra)  # type: ignore[arg-type]
     config = {"gap": kind, "options": options or {}, "evidence": source, "evidence_run": run_id, "k": k, "seed": seed,
-              "classes": classes}
+              "classes": classes, "mask": mask}
     with workspace.runs.track("analyze", f"gap {kind}", config, extend_completed=True) as run:
         workspace.runs.set_models(run.run_id, {model.name: model.version})
-        result = spurious_gaps(workspace, model, source, run_id, k, seed, classes)
+        result = spurious_gaps(workspace, model, source, run_id, k, seed, classes, mask)
         workspace.tables.write(GAPS_TABLE, result.table.with_columns(pl.lit(run.run_id).alias("run_id")),
                                part=run.run_id)
         with workspace.transaction() as conn:

@@ -159,13 +159,20 @@ class GapResult:
 
 
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
-                  k: int = 50, seed: int = 0, classes: Sequence[str] | None = None) -> GapResult:
-    """The natural, masked and combined spurious gap of ``model`` for every (class, cue)."""
+                  k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object") -> GapResult:
+    """The natural, masked and combined spurious gap of ``model`` for every (class, cue).
+
+    ``mask="object"`` (SpurLens) blacks out the class object, so a right answer is "no X";
+    ``mask="cue"`` blacks out the cue's own boxes instead, and a right answer stays "X".
+    """
+    if mask not in ("object", "cue"):
+        raise ValueError(f"mask is 'object' or 'cue', not {mask!r}")
     from curate.analyze import rank_by_score
 
     items = {item.item_id: item for item in workspace.catalog.items()}
     evidence = workspace.catalog.evidence(source=source, run_id=run_id)
-    object_boxes = {(e.item_id, e.attribute): e.boxes for e in evidence if e.role == EvidenceRole.CORE}
+    boxes_of = {(e.item_id, e.attribute): e.boxes for e in evidence
+                if (e.role == EvidenceRole.CORE) == (mask == "object")}
     presence = presence_from_evidence(evidence, items, threshold=0.0)
     all_classes = sorted({i.label for i in items.values() if i.label})
     wanted = set(classes) if classes else set(all_classes)
@@ -182,12 +189,13 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
                                             label, "natural", all_classes) for name, group in (("top", top),
                                                                                               ("bottom", bottom))}
         masked: dict[str, list[float]] = {}
+        target = label if mask == "object" else attribute
         for name, group in (("top", top), ("bottom", bottom)):
-            maskable = [i for i in group if object_boxes.get((i.item_id, label))]
+            maskable = [i for i in group if boxes_of.get((i.item_id, target))]
             skipped += len(group) - len(maskable)
-            images = [masked_image(workspace, i, object_boxes[(i.item_id, label)]) for i in maskable]
-            masked[name] = [1.0 - p for p in model.says_present(maskable, images, label, "masked", all_classes)
-                            ] if maskable else []
+            images = [masked_image(workspace, i, boxes_of[(i.item_id, target)]) for i in maskable]
+            answers = model.says_present(maskable, images, label, "masked", all_classes) if maskable else []
+            masked[name] = [1.0 - p for p in answers] if mask == "object" else answers
         natural_gap = float(np.mean(natural["top"]) - np.mean(natural["bottom"]))
         has_masked = bool(masked["top"] and masked["bottom"])
         masked_gap = float(np.mean(masked["bottom"]) - np.mean(masked["top"])) if has_masked else None
