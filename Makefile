@@ -8,9 +8,15 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+LABEL_STUDIO := .label-studio/venv/bin/label-studio
+
 .PHONY: install demo test bench lint clean
 
 install: $(STAMP)
+
+# Label Studio lives in a venv of its own (it pins its dependencies tightly); the tests start it.
+$(LABEL_STUDIO): | $(STAMP)
+	$(PY) tools/label_studio.py install
 
 # torch and torchvision go first and pinned, so nothing else pulls another build.
 $(STAMP): pyproject.toml
@@ -23,7 +29,7 @@ $(STAMP): pyproject.toml
 demo: install
 	bash tools/demo.sh
 
-test: install
+test: install $(LABEL_STUDIO)
 	$(PY) -m pytest -q
 
 bench: install
@@ -33,4 +39,4 @@ lint: install
 	$(VENV)/bin/ruff check curate annotation tests tools
 
 clean:
-	rm -rf $(VENV) demo-workspace .pytest_cache
+	rm -rf $(VENV) .label-studio demo-workspace .pytest_cache

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from annotation import rounds
+from annotation import server as label_studio
+from annotation.server import LabelStudioServer, ServerError
 from curate.analyze import analyze_cues, measure_gaps
 from curate.analyze.report import build_report
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
@@ -34,14 +38,17 @@ app = typer.Typer(help="Build, verify and publish benchmarks of spurious correla
                   pretty_exceptions_enable=False)
 ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset or group table.",
                          no_args_is_help=True)
+annotate_app = typer.Typer(help="Human verification rounds in a real Label Studio server.", no_args_is_help=True)
 runs_app = typer.Typer(help="List stored runs, or show one with `curate runs show ID`.")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(runs_app, name="runs")
+app.add_typer(annotate_app, name="annotate")
 
 out = Console()
 err = Console(stderr=True)
 USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, ProposeError,
-               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, EvaluateError, KeyError, ValueError)
+               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, EvaluateError, rounds.BridgeError,
+               ServerError, KeyError, ValueError)
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
                                                help="Workspace folder.")]
@@ -231,6 +238,87 @@ def propose_command(
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
     _summary(result.summary())
+
+
+ServerOption = Annotated[Path, typer.Option("--server", help="Data folder of a server started with "
+                                                            "`curate annotate serve`.")]
+UrlOption = Annotated[str | None, typer.Option(help="URL of another Label Studio (token in $LABEL_STUDIO_API_KEY).")]
+RoundName = Annotated[str, typer.Argument(help="The round's name, e.g. round-1.")]
+SourceOption = Annotated[str, typer.Option(help="Verify evidence of this proposer.")]
+EvidenceRunOption = Annotated[str | None, typer.Option("--run", help="Only evidence of this propose run.")]
+BudgetOption = Annotated[int, typer.Option(help="At most this many items.")]
+ThresholdOption = Annotated[float, typer.Option(help="Decision threshold: scores nearest it go first.")]
+DEFAULT_SERVER = Path(".label-studio/data")
+
+
+def _server(data_dir: Path, url: str | None) -> LabelStudioServer:
+    if url is None:
+        return LabelStudioServer.load(data_dir)
+    token = os.environ.get("LABEL_STUDIO_API_KEY")
+    if not token:
+        raise ValueError("set LABEL_STUDIO_API_KEY to the token of the Label Studio at --url")
+    return LabelStudioServer(url.rstrip("/"), token, "", "", str(data_dir), 0)
+
+
+@annotate_app.command("serve")
+def annotate_serve(data_dir: ServerOption = DEFAULT_SERVER,
+                   port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None) -> None:
+    """Start Label Studio on 127.0.0.1 (installed in its own venv by `make test` or
+    `python tools/label_studio.py install`) and print where to log in."""
+    with _user_errors():
+        running = label_studio.start(data_dir, port=port)
+    _summary(f"Label Studio at {running.url}: log in as {running.username} / {running.password} "
+             f"(token {running.token}); stop with `curate annotate stop`")
+
+
+@annotate_app.command("stop")
+def annotate_stop(data_dir: ServerOption = DEFAULT_SERVER) -> None:
+    """Stop the server started with `curate annotate serve`."""
+    with _user_errors():
+        label_studio.stop(LabelStudioServer.load(data_dir))
+    _summary("Label Studio stopped")
+
+
+def _round_call(action: Callable[..., Any], name: str, source: str, run: str | None, budget: int,
+                threshold: float, server_dir: Path, url: str | None, workspace: Path) -> Any:
+    spec = rounds.RoundSpec(name=name, source=source, evidence_run=run, budget=budget, threshold=threshold)
+    with _user_errors():
+        return action(Workspace.open(workspace), _server(server_dir, url), spec)
+
+
+@annotate_app.command("push")
+def annotate_push(name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
+                  budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
+                  server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+                  workspace: WorkspaceOption = Path(".")) -> None:
+    """Send items to verify as tasks (uncertain first, classes in turn); pushing again adds only new ones."""
+    report = _round_call(rounds.push, name, source, run, budget, threshold, server_dir, url, workspace)
+    _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed, {report.counts['already_there']} "
+             f"already there (project {report.project_id}) [run {report.run_id}]")
+
+
+@annotate_app.command("pull")
+def annotate_pull(name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
+                  budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
+                  server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+                  workspace: WorkspaceOption = Path(".")) -> None:
+    """Read the round's annotations back as verdicts, with agreement."""
+    report = _round_call(rounds.pull, name, source, run, budget, threshold, server_dir, url, workspace)
+    alpha = report.agreement["krippendorff_alpha"]
+    _summary(f"round {name}: {report.counts['verdicts']} verdicts from {report.counts['annotated_tasks']} tasks, "
+             f"{report.counts['rejected_annotations']} annotations rejected; Krippendorff's alpha "
+             f"{'n/a' if alpha != alpha else f'{alpha:.3f}'}, {int(report.agreement['to_adjudicate'])} to adjudicate")
+
+
+@annotate_app.command("status")
+def annotate_status(name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
+                    budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
+                    server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+                    workspace: WorkspaceOption = Path(".")) -> None:
+    """Progress of a round: tasks, annotated tasks, annotations, agreement of pulled verdicts."""
+    figures = _round_call(rounds.status, name, source, run, budget, threshold, server_dir, url, workspace)
+    out.print(_table(f"round {name}", ["figure", "value"], [[k, _fmt(v)] for k, v in figures.items()]))
+    _summary(f"round {name}: {int(figures['annotated_tasks'])} of {int(figures['tasks'])} tasks annotated")
 
 
 @app.command(name="analyze")

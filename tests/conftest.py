@@ -21,8 +21,9 @@ os.environ.update({
 
 import io  # noqa: E402
 import shutil  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -91,3 +92,22 @@ def photos(tmp_path: Path) -> dict[str, Path]:
         found[name] = folder / f"{name}.jpg"
         shutil.copy(sklearn_images / f"{name}.jpg", found[name])
     return found
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real Label Studio server for the whole test session (installed by `make test`), with a
+    second real annotator."""
+    from annotation import server
+
+    data = tmp_path_factory.mktemp("label-studio")
+    running = server.start(data, venv=REPO_ROOT / server.DEFAULT_VENV)
+    try:
+        server.add_user(running, "bob@localhost", "bob-password-1", "bob" + "0" * 37,
+                        venv=REPO_ROOT / server.DEFAULT_VENV)
+        yield running
+    finally:
+        server.stop(running)

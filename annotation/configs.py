@@ -1,0 +1,95 @@
+"""Labeling configs for verification tasks, checked with Label Studio's ``LabelInterface``.
+
+Attribute verification holds a variable number of attributes per task: two per-task taxonomies
+(``verdicts``: attribute -> core / spurious / not present / unsure; ``types``: attribute -> one of
+the nine types) and free text for attributes the proposers missed. Control names differ from the
+task data keys, so exports never overwrite data values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from curate.taxonomy import SPURIOUS_TYPES
+
+VERDICT_VALUES = ("core", "spurious", "not present", "unsure")
+
+ATTRIBUTE_VERIFICATION = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <Header value="Class: $class_label"/>
+  <Header value="For each attribute: is it a core feature of the class, a spurious one, or not in the image?"/>
+  <Taxonomy name="verdicts" toName="image" value="$verdict_tree" leafsOnly="true" placeholder="Verdicts"/>
+  <Header value="Correct the type of spurious attributes when it is wrong:"/>
+  <Taxonomy name="types" toName="image" value="$type_tree" leafsOnly="true" placeholder="Types"/>
+  <TextArea name="missed" toName="image" placeholder="Attributes the proposers missed, one per line"
+            editable="true" maxSubmissions="1"/>
+</View>"""
+
+
+class ConfigError(ValueError):
+    """A labeling config or a result does not fit what the config allows."""
+
+
+def checked(config: str, controls: Sequence[str]) -> LabelInterface:
+    """Parse ``config`` with ``LabelInterface`` and make sure it has the ``controls`` we read back."""
+    try:
+        interface = LabelInterface(config)
+    except Exception as error:  # the SDK raises several parser errors
+        raise ConfigError(f"Label Studio cannot parse the labeling config: {error}") from error
+    names = {control.name for control in interface.controls}
+    missing = sorted(set(controls) - names)
+    if missing:
+        raise ConfigError(f"the labeling config lacks the controls {missing}")
+    return interface
+
+
+def attribute_task_data(item_id: str, image_url: str, class_label: str | None,
+                        attributes: Sequence[tuple[str, str | None]]) -> dict[str, Any]:
+    """Task data for one image: the attributes to judge, each with its current type."""
+    return {
+        "item_id": item_id, "image": image_url, "class_label": class_label or "(no class)",
+        "verdict_tree": [{"value": name, "children": [{"value": v} for v in VERDICT_VALUES]} for name, _ in attributes],
+        "type_tree": [{"value": name, "children": [{"value": t} for t in SPURIOUS_TYPES]} for name, _ in attributes],
+        "attribute_types": {name: kind for name, kind in attributes},
+    }
+
+
+def prefill(attributes: Sequence[tuple[str, str | None, float]], threshold: float) -> list[dict[str, Any]]:
+    """A prediction result from machine scores: at or above ``threshold`` "spurious", else "not
+    present", with the proposed types."""
+    verdicts = [[name, "spurious" if score >= threshold else "not present"] for name, _, score in attributes]
+    types = [[name, kind] for name, kind, _ in attributes if kind]
+    result = [{"from_name": "verdicts", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": verdicts}}]
+    if types:
+        result.append({"from_name": "types", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": types}})
+    return result
+
+
+def read_attribute_result(result: Sequence[dict[str, Any]], data: dict[str, Any]
+                          ) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """(attribute -> verdict, attribute -> type, missed attributes) from one annotation, checked
+    against the task's own attributes and the allowed values; raises ``ConfigError``."""
+    allowed = {node["value"] for node in data.get("verdict_tree", [])}
+    verdicts: dict[str, str] = {}
+    types: dict[str, str] = {}
+    missed: list[str] = []
+    for region in result:
+        name, value = region.get("from_name"), region.get("value", {})
+        if name in ("verdicts", "types"):
+            for path in value.get("taxonomy", []):
+                if len(path) != 2 or path[0] not in allowed:
+                    raise ConfigError(f"{name}: {path!r} is not an attribute of this task")
+                if name == "verdicts" and path[1] not in VERDICT_VALUES:
+                    raise ConfigError(f"verdict {path[1]!r} for {path[0]!r} is not one of {VERDICT_VALUES}")
+                if name == "types" and path[1] not in SPURIOUS_TYPES:
+                    raise ConfigError(f"type {path[1]!r} for {path[0]!r} is not one of the nine types")
+                (verdicts if name == "verdicts" else types)[path[0]] = path[1]
+        elif name == "missed":
+            missed += [line.strip().lower() for text in value.get("text", []) for line in str(text).splitlines()
+                       if line.strip()]
+        else:
+            raise ConfigError(f"unknown control {name!r} in the annotation")
+    return verdicts, types, missed

@@ -1,0 +1,240 @@
+"""Verification rounds: route items to people, push them to Label Studio, pull verdicts back.
+
+A round is a recorded ``verify`` run named after the round. Tasks carry the stable ``item_id`` and
+point at the image through Label Studio's local-files storage (never uploaded bytes); predictions
+carry ``model_version`` = the proposal run id and its score. Pushing again adds only what is new;
+pulling reads an export snapshot, checks every annotation against the config and the task's own
+attributes, and stores Verdicts by ``item_id`` (never by position). A task nobody annotated never
+becomes a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from annotation.agreement import consensus, krippendorff_alpha
+from annotation.configs import (
+    ATTRIBUTE_VERIFICATION,
+    ConfigError,
+    attribute_task_data,
+    checked,
+    prefill,
+    read_attribute_result,
+)
+from annotation.server import LabelStudioServer
+from curate.records import Evidence, EvidenceRole, Item, Verdict
+from curate.workspace import Workspace
+
+PUSH_CHUNK = 500
+FILES_FOLDER = "annotation-files"
+
+
+class BridgeError(RuntimeError):
+    """Label Studio refused or could not be reached; nothing was lost, run the command again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSpec:
+    """What a round verifies: evidence of ``source`` (one run, or all), at most ``budget`` items,
+    uncertain ones first (scores nearest ``threshold``), classes served in turn, at most
+    ``max_attributes`` per task."""
+
+    name: str
+    source: str = "detector"
+    evidence_run: str | None = None
+    budget: int = 1000
+    threshold: float = 0.05
+    max_attributes: int = 10
+
+    def project_title(self, workspace: Workspace) -> str:
+        return f"curate {workspace.root.name} {self.name}"
+
+
+@dataclass(slots=True)
+class RoundReport:
+    """What a push or a pull did."""
+
+    run_id: str
+    project_id: int
+    counts: dict[str, int] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+
+
+def client(server: LabelStudioServer, timeout_s: float = 60) -> LabelStudio:
+    """An SDK client for a server (legacy token)."""
+    return LabelStudio(base_url=server.url, api_key=server.token, timeout=timeout_s)
+
+
+def route(workspace: Workspace, spec: RoundSpec) -> list[tuple[Item, list[Evidence]]]:
+    """The items to show, with their evidence: most uncertain first, classes taking turns."""
+    by_item: dict[str, list[Evidence]] = defaultdict(list)
+    for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
+        if row.role != EvidenceRole.CORE:
+            by_item[row.item_id].append(row)
+    queues: dict[str | None, list[tuple[float, str]]] = defaultdict(list)
+    for item_id, rows in by_item.items():
+        uncertainty = min(abs((r.score or 0.0) - spec.threshold) for r in rows)
+        queues[workspace.catalog.item(item_id).label].append((uncertainty, item_id))
+    for queue in queues.values():
+        queue.sort()
+    chosen: list[str] = []
+    while len(chosen) < spec.budget and any(queues.values()):
+        for label in sorted(queues, key=str):
+            if queues[label] and len(chosen) < spec.budget:
+                chosen.append(queues[label].pop(0)[1])
+    return [(workspace.catalog.item(i), sorted(by_item[i], key=lambda r: -(r.score or 0.0))[:spec.max_attributes])
+            for i in chosen]
+
+
+def _files_folder(workspace: Workspace) -> Path:
+    folder = workspace.root / FILES_FOLDER
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _image_url(workspace: Workspace, item: Item) -> str:
+    """Link the image into the workspace's served folder; its local-files URL."""
+    source = workspace.resolve_uri(item.uri).resolve()
+    link = _files_folder(workspace) / f"{item.item_id}{source.suffix.lower()}"
+    if not link.exists():
+        os.symlink(source, link)
+    return "/data/local-files/?d=" + str(link.absolute()).lstrip("/")
+
+
+def _call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return function(*args, **kwargs)
+    except ApiError as error:
+        if error.status_code == 401:
+            raise BridgeError(f"{what}: Label Studio refused the token (401)") from None
+        raise BridgeError(f"{what}: Label Studio answered {error.status_code}: {str(error.body)[:300]}") from None
+    except httpx.HTTPError as error:
+        raise BridgeError(f"{what}: cannot reach Label Studio ({type(error).__name__}: {error}); nothing was lost, "
+                          "run the command again when the server is back") from None
+
+
+def project(ls: LabelStudio, workspace: Workspace, spec: RoundSpec) -> int:
+    """The round's project (created once, with its checked config and local-files storage)."""
+    title = spec.project_title(workspace)
+    for existing in _call("list projects", ls.projects.list, title=title):
+        if existing.title == title:
+            return int(existing.id)
+    checked(ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed"))
+    created = _call("create project", ls.projects.create, title=title, label_config=ATTRIBUTE_VERIFICATION,
+                    show_collab_predictions=True, model_version=spec.evidence_run or spec.source)
+    _call("attach local files", ls.import_storage.local.create, project=created.id,
+          path=str(_files_folder(workspace).absolute()), title="curate images", use_blob_urls=False)
+    return int(created.id)
+
+
+def _existing_item_ids(ls: LabelStudio, project_id: int) -> set[str]:
+    tasks = _call("list tasks", ls.tasks.list, project=project_id, fields="all", page_size=1000)
+    return {task.data.get("item_id") for task in tasks}
+
+
+def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> RoundReport:
+    """Send the routed items as tasks with predictions; items already in the project are skipped,
+    so a push that died half-way is resumed by pushing again."""
+    ls = client(server)
+    with workspace.runs.track("verify", spec.name, {"round": spec.name, "kind": "attributes", "spec": vars_of(spec)},
+                              extend_completed=True) as run:
+        project_id = project(ls, workspace, spec)
+        present = _existing_item_ids(ls, project_id)
+        tasks = []
+        for item, rows in route(workspace, spec):
+            if item.item_id in present:
+                continue
+            attributes = [(r.attribute, r.taxonomy_type, float(r.score or 0.0)) for r in rows]
+            data = attribute_task_data(item.item_id, _image_url(workspace, item), item.label,
+                                       [(name, kind) for name, kind, _ in attributes])
+            score = max((s for _, _, s in attributes), default=0.0)
+            tasks.append({"data": data, "meta": {"item_id": item.item_id, "round": spec.name},
+                          "predictions": [{"model_version": rows[0].run_id, "score": score,
+                                           "result": prefill(attributes, spec.threshold)}]})
+        for chunk in _chunks(tasks, PUSH_CHUNK):
+            _call("import tasks", ls.projects.import_tasks, id=project_id, request=list(chunk), return_task_ids=True)
+            with workspace.transaction() as conn:
+                workspace.runs.add_counts(conn, run.run_id, {"tasks_pushed": len(chunk)})
+    return RoundReport(run.run_id, project_id, {"tasks_pushed": len(tasks), "already_there": len(present)})
+
+
+def vars_of(spec: RoundSpec) -> dict[str, Any]:
+    """A round spec as plain data, for run configs."""
+    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+
+
+def pull(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> RoundReport:
+    """Read the round's annotations back from an export snapshot and store them as Verdicts."""
+    ls = client(server)
+    project_id = project(ls, workspace, spec)
+    users = {user.id: user.email or user.username for user in _call("list users", ls.users.list)}
+    export = _call("create export", ls.projects.exports.create, id=project_id, title=f"curate pull {spec.name}")
+    raw = b"".join(_call("download export", ls.projects.exports.download, id=project_id, export_pk=export.id,
+                         export_type="JSON"))
+    verdicts: list[Verdict] = []
+    rejected: list[dict[str, str]] = []
+    annotated_tasks = 0
+    for task in json.loads(raw):
+        data = task.get("data", {})
+        item_id = data.get("item_id")
+        annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        if not item_id or not annotations:
+            continue
+        annotated_tasks += 1
+        for annotation in annotations:
+            annotator = users.get(annotation.get("completed_by"), f"user-{annotation.get('completed_by')}")
+            try:
+                chosen, types, missed = read_attribute_result(annotation.get("result", []), data)
+            except ConfigError as error:
+                rejected.append({"item_id": item_id, "annotator": annotator, "reason": str(error)})
+                continue
+            proposed_types = data.get("attribute_types", {})
+            verdicts += [Verdict(item_id, name, annotator, spec.name, value, types.get(name, proposed_types.get(name)),
+                                 {"task_id": task["id"], "annotation_id": annotation["id"]})
+                         for name, value in chosen.items()]
+            verdicts += [Verdict(item_id, name, annotator, spec.name, "added", None,
+                                 {"task_id": task["id"], "annotation_id": annotation["id"]}) for name in missed]
+    with workspace.runs.track("verify", spec.name, {"round": spec.name, "kind": "attributes", "spec": vars_of(spec)},
+                              extend_completed=True) as run:
+        workspace.catalog.add_verdicts(verdicts)
+        counts = {"annotated_tasks": annotated_tasks, "verdicts": len(verdicts),
+                  "rejected_annotations": len(rejected)}
+        with workspace.transaction() as conn:
+            workspace.runs.add_counts(conn, run.run_id, {f"last_pull_{k}": v for k, v in counts.items()})
+    return RoundReport(run.run_id, project_id, counts, round_agreement(workspace, spec.name))
+
+
+def status(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> dict[str, float]:
+    """Progress of a round: tasks in the project, tasks annotated, annotations, and the stored
+    verdicts' agreement."""
+    ls = client(server)
+    tasks = list(_call("list tasks", ls.tasks.list, project=project(ls, workspace, spec), page_size=1000))
+    annotations = [int(getattr(task, "total_annotations", 0) or 0) for task in tasks]
+    return {"tasks": float(len(tasks)), "annotated_tasks": float(sum(1 for n in annotations if n)),
+            "annotations": float(sum(annotations)), **round_agreement(workspace, spec.name)}
+
+
+def round_agreement(workspace: Workspace, round_name: str) -> dict[str, float]:
+    """Krippendorff's alpha over the round's (item, attribute) units, and consensus counts."""
+    ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for verdict in workspace.catalog.verdicts(round_name):
+        if verdict.value != "added":
+            ratings[(verdict.item_id, verdict.attribute)][verdict.annotator] = verdict.value
+    result = consensus(ratings, min_raters=1)
+    return {"krippendorff_alpha": krippendorff_alpha(ratings), "units": float(len(ratings)),
+            "decided": float(len(result.decided)), "to_adjudicate": float(len(result.to_adjudicate))}

@@ -1,0 +1,176 @@
+"""The Label Studio bridge against a real server on 127.0.0.1 (started once per test session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import distinct_image
+from label_studio_sdk import LabelStudio
+
+from annotation import rounds
+from annotation.configs import ATTRIBUTE_VERIFICATION, ConfigError, checked, read_attribute_result
+from annotation.rounds import BridgeError, RoundSpec, pull, push
+from annotation.server import LabelStudioServer
+from curate.ingest import FolderSource, ingest
+from curate.records import Evidence, EvidenceRole
+from curate.workspace import Workspace
+
+BOB_TOKEN = "bob" + "0" * 37
+SCORES = {"grass": 0.06, "leash": 0.9, "sofa": 0.0}
+
+
+@pytest.fixture
+def proposed(workspace: Workspace, tmp_path: Path) -> Workspace:
+    for label, seeds in (("dog", [1, 2, 3]), ("cat", [4, 5])):
+        for seed in seeds:
+            (tmp_path / "img" / label).mkdir(parents=True, exist_ok=True)
+            distinct_image(seed, (40, 30)).save(tmp_path / "img" / label / f"{seed}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    rows = [Evidence(item.item_id, cue, "detector", "propose-run-1", EvidenceRole.CANDIDATE, "Background", score)
+            for item in workspace.catalog.items() for cue, score in SCORES.items()]
+    workspace.catalog.add_evidence(rows)
+    return workspace
+
+
+def _spec(name: str, **options: Any) -> RoundSpec:
+    return RoundSpec(name=name, **options)
+
+
+def _tasks(server: LabelStudioServer, project_id: int) -> list[Any]:
+    return list(LabelStudio(base_url=server.url, api_key=server.token).tasks.list(project=project_id, fields="all"))
+
+
+def test_the_config_is_checked_by_label_interface() -> None:
+    checked(ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed"))
+    with pytest.raises(ConfigError, match="lacks the controls"):
+        checked(ATTRIBUTE_VERIFICATION, ("verdicts", "boxes"))
+
+
+def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace,
+                                                             label_studio: LabelStudioServer) -> None:
+    spec = _spec("push-once", budget=4)
+    report = push(proposed, label_studio, spec)
+    assert report.counts == {"tasks_pushed": 4, "already_there": 0}
+    tasks = _tasks(label_studio, report.project_id)
+    assert len(tasks) == 4
+    labels = [proposed.catalog.item(t.data["item_id"]).label for t in tasks]
+    assert sorted(labels) == ["cat", "cat", "dog", "dog"]  # classes take turns within the budget
+    task = tasks[0]
+    assert task.data["image"].startswith("/data/local-files/?d=")
+    assert Path("/" + task.data["image"].split("?d=")[1]).is_file()
+    assert [node["value"] for node in task.data["verdict_tree"]] == ["leash", "grass", "sofa"]
+    again = push(proposed, label_studio, _spec("push-once", budget=5))
+    assert again.counts == {"tasks_pushed": 1, "already_there": 4}
+    assert len(_tasks(label_studio, report.project_id)) == 5
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    predictions = list(ls.predictions.list(task=tasks[0].id))
+    assert predictions[0].model_version == "propose-run-1" and predictions[0].score == pytest.approx(0.9)
+
+
+def _annotate(server: LabelStudioServer, token: str, task_id: int, verdicts: list[list[str]],
+              types: list[list[str]] | None = None, missed: str | None = None) -> None:
+    ls = LabelStudio(base_url=server.url, api_key=token)
+    result = [{"from_name": "verdicts", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": verdicts}}]
+    if types:
+        result.append({"from_name": "types", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": types}})
+    if missed:
+        result.append({"from_name": "missed", "to_name": "image", "type": "textarea", "value": {"text": [missed]}})
+    ls.annotations.create(id=task_id, result=result, completed_by=ls.users.whoami().id)
+
+
+def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, label_studio: LabelStudioServer) -> None:
+    spec = _spec("pull-round", budget=3)
+    report = push(proposed, label_studio, spec)
+    first, second, untouched = _tasks(label_studio, report.project_id)
+    _annotate(label_studio, label_studio.token, first.id, [["leash", "spurious"], ["grass", "not present"]],
+              types=[["leash", "Co-occurring Objects"]], missed="red collar")
+    _annotate(label_studio, BOB_TOKEN, first.id, [["leash", "spurious"], ["grass", "spurious"]])
+    _annotate(label_studio, BOB_TOKEN, second.id, [["sofa", "core"]])
+    pulled = pull(proposed, label_studio, spec)
+    assert pulled.counts == {"annotated_tasks": 2, "verdicts": 6, "rejected_annotations": 0}
+    verdicts = {(v.item_id, v.attribute, v.annotator): v for v in proposed.catalog.verdicts("pull-round")}
+    leash = verdicts[(first.data["item_id"], "leash", "curate@localhost")]
+    assert leash.value == "spurious" and leash.taxonomy_type == "Co-occurring Objects"
+    assert verdicts[(first.data["item_id"], "leash", "bob@localhost")].taxonomy_type == "Background"
+    assert verdicts[(first.data["item_id"], "red collar", "curate@localhost")].value == "added"
+    assert not [v for v in verdicts.values() if v.item_id == untouched.data["item_id"]]
+    # units: leash agreed, grass split, sofa rated once (not pairable). By hand: coincidences
+    # (sp, sp) = 2, (np, sp) = (sp, np) = 1; n = 4, D_o = 2/4, D_e = (3*1 + 1*3) / (4*3) -> alpha = 0
+    assert pulled.agreement["units"] == 3 and pulled.agreement["decided"] == 2
+    assert pulled.agreement["to_adjudicate"] == 1
+    assert pulled.agreement["krippendorff_alpha"] == pytest.approx(0.0)
+    assert pull(proposed, label_studio, spec).counts["verdicts"] == 6  # pulling again stores the same rows
+    assert len(proposed.catalog.verdicts("pull-round")) == 6
+
+
+def test_annotations_outside_the_config_are_rejected_not_stored(proposed: Workspace,
+                                                               label_studio: LabelStudioServer) -> None:
+    spec = _spec("bad-values", budget=1)
+    report = push(proposed, label_studio, spec)
+    [task] = _tasks(label_studio, report.project_id)
+    _annotate(label_studio, label_studio.token, task.id, [["leash", "probably"]])  # the server stores it silently
+    pulled = pull(proposed, label_studio, spec)
+    assert pulled.counts["rejected_annotations"] == 1 and proposed.catalog.verdicts("bad-values") == []
+    with pytest.raises(ConfigError, match="not an attribute of this task"):
+        read_attribute_result([{"from_name": "verdicts", "value": {"taxonomy": [["moon", "core"]]}}], task.data)
+
+
+def test_a_wrong_token_is_a_clear_error(proposed: Workspace, label_studio: LabelStudioServer) -> None:
+    wrong = LabelStudioServer(label_studio.url, "not-the-token", "x", "y", label_studio.data_dir, 0)
+    with pytest.raises(BridgeError, match="refused the token"):
+        push(proposed, wrong, _spec("wrong-token"))
+
+
+def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace, label_studio: LabelStudioServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec("cut-off", budget=5)
+    monkeypatch.setattr(rounds, "PUSH_CHUNK", 2)
+    real_import = LabelStudio(base_url=label_studio.url, api_key=label_studio.token).projects.import_tasks
+    calls = {"n": 0}
+
+    def dies_after_one_chunk(self: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise httpx.ConnectError("the server went away")
+        return real_import(**kwargs)
+
+    from label_studio_sdk.projects.client import ProjectsClient
+
+    monkeypatch.setattr(ProjectsClient, "import_tasks", dies_after_one_chunk)
+    with pytest.raises(BridgeError, match="nothing was lost"):
+        push(proposed, label_studio, spec)
+    monkeypatch.undo()
+    report = push(proposed, label_studio, spec)
+    assert report.counts == {"tasks_pushed": 3, "already_there": 2}
+    item_ids = [t.data["item_id"] for t in _tasks(label_studio, report.project_id)]
+    assert len(item_ids) == len(set(item_ids)) == 5
+
+
+def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioServer,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    runner = CliRunner()
+    ws = ["-w", str(proposed.root), "--url", label_studio.url]
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    no_token = runner.invoke(app, ["annotate", "push", "cli-round", "--budget", "2", *ws])
+    assert no_token.exit_code == 2 and "LABEL_STUDIO_API_KEY" in no_token.output
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    pushed = runner.invoke(app, ["annotate", "push", "cli-round", "--budget", "2", *ws])
+    assert pushed.exit_code == 0, pushed.output
+    assert "round cli-round: 2 tasks pushed, 0 already there" in pushed.output
+    project_id = int(pushed.output.split("(project ")[1].split(")")[0])
+    task = _tasks(label_studio, project_id)[0]
+    _annotate(label_studio, label_studio.token, task.id, [["leash", "core"]])
+    pulled = runner.invoke(app, ["annotate", "pull", "cli-round", "--budget", "2", *ws])
+    assert "1 verdicts from 1 tasks, 0 annotations rejected; Krippendorff's alpha n/a" in pulled.output
+    shown = runner.invoke(app, ["annotate", "status", "cli-round", "--budget", "2", *ws])
+    assert shown.output.strip().endswith("round cli-round: 1 of 2 tasks annotated")
+    gone = runner.invoke(app, ["annotate", "push", "cli-round", "-w", str(proposed.root), "--url",
+                               "http://127.0.0.1:9"])
+    assert gone.exit_code == 2 and "cannot reach Label Studio" in gone.output
