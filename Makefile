@@ -32,7 +32,7 @@ demo: install
 test: install $(LABEL_STUDIO)
 	$(PY) -m pytest -q
 
-bench: install
+bench: install $(LABEL_STUDIO)
 	$(PY) tools/bench/run.py
 
 lint: install
