@@ -10,7 +10,9 @@ becomes a verdict.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -19,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from annotation.agreement import consensus, krippendorff_alpha
+from annotation.agreement import cohen_kappa, consensus, fleiss_kappa, gold_accuracy, krippendorff_alpha
 from annotation.configs import (
     ATTRIBUTE_VERIFICATION,
+    VERDICT_VALUES,
     ConfigError,
     attribute_task_data,
     checked,
@@ -37,6 +41,7 @@ from curate.workspace import Workspace
 
 PUSH_CHUNK = 500
 FILES_FOLDER = "annotation-files"
+FIGURES_TABLE = "round-figures"
 
 
 class BridgeError(RuntimeError):
@@ -46,8 +51,14 @@ class BridgeError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class RoundSpec:
     """What a round verifies: evidence of ``source`` (one run, or all), at most ``budget`` items,
-    uncertain ones first (scores nearest ``threshold``), classes served in turn, at most
-    ``max_attributes`` per task."""
+    uncertain ones first (scores nearest ``threshold``), classes served in turn (so small classes
+    are verified in full first), at most ``max_attributes`` per task.
+
+    ``overlap`` is the share of tasks meant for ``overlap_k`` annotators (the project accepts that
+    many annotations per task). ``gold_round`` names an earlier round whose consensus answers make
+    ``gold_count`` gold tasks, pre-filled with the *wrong* answer, so people who accept predictions
+    without looking show up in their gold accuracy. ``only_items`` restricts the round (adjudication).
+    """
 
     name: str
     source: str = "detector"
@@ -55,6 +66,11 @@ class RoundSpec:
     budget: int = 1000
     threshold: float = 0.05
     max_attributes: int = 10
+    overlap: float = 0.0
+    overlap_k: int = 2
+    gold_round: str | None = None
+    gold_count: int = 0
+    only_items: tuple[str, ...] | None = None
 
     def project_title(self, workspace: Workspace) -> str:
         return f"curate {workspace.root.name} {self.name}"
@@ -75,11 +91,14 @@ def client(server: LabelStudioServer, timeout_s: float = 60) -> LabelStudio:
     return LabelStudio(base_url=server.url, api_key=server.token, timeout=timeout_s)
 
 
-def route(workspace: Workspace, spec: RoundSpec) -> list[tuple[Item, list[Evidence]]]:
-    """The items to show, with their evidence: most uncertain first, classes taking turns."""
+def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = frozenset()
+          ) -> list[tuple[Item, list[Evidence]]]:
+    """The items to show (not ``exclude``d), with their evidence: most uncertain first, classes
+    taking turns, at most ``spec.budget``."""
     by_item: dict[str, list[Evidence]] = defaultdict(list)
+    allowed = set(spec.only_items) if spec.only_items is not None else None
     for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
-        if row.role != EvidenceRole.CORE:
+        if row.role != EvidenceRole.CORE and row.item_id not in exclude and (allowed is None or row.item_id in allowed):
             by_item[row.item_id].append(row)
     queues: dict[str | None, list[tuple[float, str]]] = defaultdict(list)
     for item_id, rows in by_item.items():
@@ -94,6 +113,30 @@ def route(workspace: Workspace, spec: RoundSpec) -> list[tuple[Item, list[Eviden
                 chosen.append(queues[label].pop(0)[1])
     return [(workspace.catalog.item(i), sorted(by_item[i], key=lambda r: -(r.score or 0.0))[:spec.max_attributes])
             for i in chosen]
+
+
+def gold_answers(workspace: Workspace, round_name: str) -> dict[tuple[str, str], str]:
+    """(item, attribute) -> the consensus answer of an earlier round (its decided units)."""
+    ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for verdict in workspace.catalog.verdicts(round_name):
+        if verdict.value in VERDICT_VALUES and verdict.value != "unsure":
+            ratings[(verdict.item_id, verdict.attribute)][verdict.annotator] = verdict.value
+    return {unit: value for unit, value in consensus(ratings).decided.items()}  # type: ignore[misc]
+
+
+def _trap(value: str) -> str:
+    """The wrong pre-filled answer of a gold attribute."""
+    return "not present" if value in ("core", "spurious") else "spurious"
+
+
+def adjudication_items(workspace: Workspace, round_name: str) -> tuple[str, ...]:
+    """Items with a unit the round's consensus could not decide (ties, weak majorities)."""
+    ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for verdict in workspace.catalog.verdicts(round_name):
+        if verdict.value != "added":
+            ratings[(verdict.item_id, verdict.attribute)][verdict.annotator] = verdict.value
+    pending = consensus(ratings, min_raters=2).to_adjudicate
+    return tuple(sorted({item_id for item_id, _ in pending}))  # type: ignore[misc]
 
 
 def _files_folder(workspace: Workspace) -> Path:
@@ -131,7 +174,8 @@ def project(ls: LabelStudio, workspace: Workspace, spec: RoundSpec) -> int:
             return int(existing.id)
     checked(ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed"))
     created = _call("create project", ls.projects.create, title=title, label_config=ATTRIBUTE_VERIFICATION,
-                    show_collab_predictions=True, model_version=spec.evidence_run or spec.source)
+                    show_collab_predictions=True, model_version=spec.evidence_run or spec.source,
+                    maximum_annotations=spec.overlap_k if spec.overlap > 0 else 1)
     _call("attach local files", ls.import_storage.local.create, project=created.id,
           path=str(_files_folder(workspace).absolute()), title="curate images", use_blob_urls=False)
     return int(created.id)
@@ -155,22 +199,54 @@ def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> Ro
                               extend_completed=True) as run:
         project_id = project(ls, workspace, spec)
         present = _existing_item_ids(ls, project_id)
+        gold = _gold_tasks(workspace, spec, present)
+        gold_ids = {task["meta"]["item_id"] for task in gold}
+        routed = route(workspace, spec, frozenset(gold_ids))
+        n_overlap = math.ceil(spec.overlap * len(routed))
         tasks = []
-        for item, rows in route(workspace, spec):
+        for index, (item, rows) in enumerate(routed):
             if item.item_id in present:
                 continue
             attributes = [(r.attribute, r.taxonomy_type, float(r.score or 0.0)) for r in rows]
-            data = attribute_task_data(item.item_id, _image_url(workspace, item), item.label,
-                                       [(name, kind) for name, kind, _ in attributes])
-            score = max((s for _, _, s in attributes), default=0.0)
-            tasks.append({"data": data, "meta": {"item_id": item.item_id, "round": spec.name},
-                          "predictions": [{"model_version": rows[0].run_id, "score": score,
-                                           "result": prefill(attributes, spec.threshold)}]})
+            meta = {"item_id": item.item_id, "round": spec.name, "overlap": spec.overlap_k if index < n_overlap else 1}
+            tasks.append(_task(workspace, item, attributes, rows[0].run_id, prefill(attributes, spec.threshold), meta))
+        tasks += gold
         for chunk in _chunks(tasks, PUSH_CHUNK):
             _call("import tasks", ls.projects.import_tasks, id=project_id, request=list(chunk), return_task_ids=True)
             with workspace.transaction() as conn:
                 workspace.runs.add_counts(conn, run.run_id, {"tasks_pushed": len(chunk)})
-    return RoundReport(run.run_id, project_id, {"tasks_pushed": len(tasks), "already_there": len(present)})
+    return RoundReport(run.run_id, project_id, {"tasks_pushed": len(tasks), "already_there": len(present),
+                                                "gold_tasks": len(gold)})
+
+
+def _task(workspace: Workspace, item: Item, attributes: list[tuple[str, str | None, float]], model_version: str,
+          result: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    data = attribute_task_data(item.item_id, _image_url(workspace, item), item.label,
+                               [(name, kind) for name, kind, _ in attributes])
+    score = max((s for _, _, s in attributes), default=0.0)
+    return {"data": data, "meta": meta, "predictions": [{"model_version": model_version, "score": score,
+                                                         "result": result}]}
+
+
+def _gold_tasks(workspace: Workspace, spec: RoundSpec, taken: set[str]) -> list[dict[str, Any]]:
+    """Gold tasks from an earlier round's consensus (not yet in the project), pre-filled with the
+    wrong answers."""
+    if not spec.gold_round or spec.gold_count <= 0:
+        return []
+    by_item: dict[str, dict[str, str]] = defaultdict(dict)
+    for (item_id, attribute), value in gold_answers(workspace, spec.gold_round).items():
+        by_item[item_id][attribute] = value
+    tasks = []
+    for item_id in sorted(by_item)[:spec.gold_count]:
+        if item_id in taken:
+            continue
+        answers = by_item[item_id]
+        attributes = [(name, None, 0.0) for name in sorted(answers)]
+        wrong = [{"from_name": "verdicts", "to_name": "image", "type": "taxonomy",
+                  "value": {"taxonomy": [[name, _trap(value)] for name, value in sorted(answers.items())]}}]
+        tasks.append(_task(workspace, workspace.catalog.item(item_id), attributes, f"gold:{spec.gold_round}", wrong,
+                           {"item_id": item_id, "round": spec.name, "gold": True}))
+    return tasks
 
 
 def vars_of(spec: RoundSpec) -> dict[str, Any]:
@@ -216,7 +292,10 @@ def pull(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> Ro
                   "rejected_annotations": len(rejected)}
         with workspace.transaction() as conn:
             workspace.runs.add_counts(conn, run.run_id, {f"last_pull_{k}": v for k, v in counts.items()})
-    return RoundReport(run.run_id, project_id, counts, round_agreement(workspace, spec.name))
+    figures = round_agreement(workspace, spec.name, spec.gold_round)
+    workspace.tables.write(FIGURES_TABLE, pl.DataFrame({"round": [spec.name], "run_id": [run.run_id],
+                                                        "figures": [json.dumps(figures)]}), part=run.run_id)
+    return RoundReport(run.run_id, project_id, counts, figures)
 
 
 def status(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> dict[str, float]:
@@ -229,12 +308,25 @@ def status(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> 
             "annotations": float(sum(annotations)), **round_agreement(workspace, spec.name)}
 
 
-def round_agreement(workspace: Workspace, round_name: str) -> dict[str, float]:
-    """Krippendorff's alpha over the round's (item, attribute) units, and consensus counts."""
+def round_agreement(workspace: Workspace, round_name: str, gold_round: str | None = None) -> dict[str, float]:
+    """The round's figures: Krippendorff's alpha overall and per attribute, Fleiss' kappa, Cohen's
+    kappa per pair of annotators, gold accuracy per annotator, consensus counts."""
     ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for verdict in workspace.catalog.verdicts(round_name):
         if verdict.value != "added":
             ratings[(verdict.item_id, verdict.attribute)][verdict.annotator] = verdict.value
     result = consensus(ratings, min_raters=1)
-    return {"krippendorff_alpha": krippendorff_alpha(ratings), "units": float(len(ratings)),
-            "decided": float(len(result.decided)), "to_adjudicate": float(len(result.to_adjudicate))}
+    figures = {"krippendorff_alpha": krippendorff_alpha(ratings), "fleiss_kappa": fleiss_kappa(ratings),
+               "units": float(len(ratings)), "decided": float(len(result.decided)),
+               "to_adjudicate": float(len(result.to_adjudicate))}
+    for attribute in sorted({a for _, a in ratings}):
+        figures[f"alpha_attribute:{attribute}"] = krippendorff_alpha(
+            {unit: r for unit, r in ratings.items() if unit[1] == attribute})
+    annotators = sorted({a for r in ratings.values() for a in r})
+    for first, second in itertools.combinations(annotators, 2):
+        figures[f"cohen_kappa:{first}|{second}"] = cohen_kappa(ratings, first, second)
+    if gold_round:
+        gold = gold_answers(workspace, gold_round)
+        for annotator, accuracy in gold_accuracy(ratings, gold).items():  # type: ignore[arg-type]
+            figures[f"gold_accuracy:{annotator}"] = accuracy
+    return figures

@@ -53,7 +53,7 @@ def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace
                                                              label_studio: LabelStudioServer) -> None:
     spec = _spec("push-once", budget=4)
     report = push(proposed, label_studio, spec)
-    assert report.counts == {"tasks_pushed": 4, "already_there": 0}
+    assert report.counts == {"tasks_pushed": 4, "already_there": 0, "gold_tasks": 0}
     tasks = _tasks(label_studio, report.project_id)
     assert len(tasks) == 4
     labels = [proposed.catalog.item(t.data["item_id"]).label for t in tasks]
@@ -63,7 +63,7 @@ def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace
     assert Path("/" + task.data["image"].split("?d=")[1]).is_file()
     assert [node["value"] for node in task.data["verdict_tree"]] == ["leash", "grass", "sofa"]
     again = push(proposed, label_studio, _spec("push-once", budget=5))
-    assert again.counts == {"tasks_pushed": 1, "already_there": 4}
+    assert again.counts == {"tasks_pushed": 1, "already_there": 4, "gold_tasks": 0}
     assert len(_tasks(label_studio, report.project_id)) == 5
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     predictions = list(ls.predictions.list(task=tasks[0].id))
@@ -144,7 +144,7 @@ def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace,
         push(proposed, label_studio, spec)
     monkeypatch.undo()
     report = push(proposed, label_studio, spec)
-    assert report.counts == {"tasks_pushed": 3, "already_there": 2}
+    assert report.counts == {"tasks_pushed": 3, "already_there": 2, "gold_tasks": 0}
     item_ids = [t.data["item_id"] for t in _tasks(label_studio, report.project_id)]
     assert len(item_ids) == len(set(item_ids)) == 5
 
@@ -174,3 +174,44 @@ def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioSe
     gone = runner.invoke(app, ["annotate", "push", "cli-round", "-w", str(proposed.root), "--url",
                                "http://127.0.0.1:9"])
     assert gone.exit_code == 2 and "cannot reach Label Studio" in gone.output
+
+
+def test_gold_tasks_catch_rubber_stamping_and_ties_go_to_adjudication(proposed: Workspace,
+                                                                      label_studio: LabelStudioServer) -> None:
+    from annotation.rounds import adjudication_items
+
+    first = push(proposed, label_studio, _spec("gold-source", budget=2))
+    one, two = _tasks(label_studio, first.project_id)
+    _annotate(label_studio, label_studio.token, one.id, [["leash", "spurious"], ["grass", "not present"]])
+    _annotate(label_studio, BOB_TOKEN, one.id, [["leash", "spurious"], ["grass", "not present"]])
+    _annotate(label_studio, label_studio.token, two.id, [["sofa", "core"]])
+    _annotate(label_studio, BOB_TOKEN, two.id, [["sofa", "not present"]])
+    source = pull(proposed, label_studio, _spec("gold-source", budget=2))
+    assert source.agreement["decided"] == 2 and source.agreement["to_adjudicate"] == 1
+    assert adjudication_items(proposed, "gold-source") == (two.data["item_id"],)
+
+    spec = _spec("with-gold", budget=3, gold_round="gold-source", gold_count=1, overlap=0.5)
+    report = push(proposed, label_studio, spec)
+    assert report.counts["gold_tasks"] == 1 and report.counts["tasks_pushed"] == 4
+    tasks = _tasks(label_studio, report.project_id)
+    gold = next(t for t in tasks if t.meta.get("gold"))
+    assert gold.data["item_id"] == one.data["item_id"]
+    assert sum(1 for t in tasks if t.meta.get("overlap") == 2) == 2  # half of the 3 routed, rounded up
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    [trap] = list(ls.predictions.list(task=gold.id))
+    assert sorted(trap.result[0]["value"]["taxonomy"]) == [["grass", "spurious"], ["leash", "not present"]]
+    # the curate user accepts the wrong pre-fill; bob looks at the image
+    _annotate(label_studio, label_studio.token, gold.id, trap.result[0]["value"]["taxonomy"])
+    _annotate(label_studio, BOB_TOKEN, gold.id, [["leash", "spurious"], ["grass", "not present"]])
+    figures = pull(proposed, label_studio, spec).agreement
+    assert figures["gold_accuracy:curate@localhost"] == 0.0 and figures["gold_accuracy:bob@localhost"] == 1.0
+    # one leash unit, two raters who disagree: D_o = D_e = 1, so alpha is 0
+    assert figures["alpha_attribute:leash"] == pytest.approx(0.0)
+    assert "cohen_kappa:bob@localhost|curate@localhost" in figures
+    stored = proposed.tables.read(rounds.FIGURES_TABLE)
+    assert "with-gold" in stored["round"].to_list()
+
+    adjudication = push(proposed, label_studio, _spec("adjudicate-1", only_items=adjudication_items(
+        proposed, "gold-source")))
+    assert adjudication.counts["tasks_pushed"] == 1
+    assert [t.data["item_id"] for t in _tasks(label_studio, adjudication.project_id)] == [two.data["item_id"]]
