@@ -249,6 +249,17 @@ def _gold_tasks(workspace: Workspace, spec: RoundSpec, taken: set[str]) -> list[
     return tasks
 
 
+def stored_spec(workspace: Workspace, name: str) -> RoundSpec:
+    """The spec a round was pushed with (pull and status need only its name)."""
+    for run in workspace.runs.list("verify"):
+        if run.name == name and "spec" in run.config:
+            fields = dict(run.config["spec"])
+            if fields.get("only_items") is not None:
+                fields["only_items"] = tuple(fields["only_items"])
+            return RoundSpec(**fields)
+    raise BridgeError(f"no round {name!r} was pushed from this workspace")
+
+
 def vars_of(spec: RoundSpec) -> dict[str, Any]:
     """A round spec as plain data, for run configs."""
     return {name: getattr(spec, name) for name in spec.__dataclass_fields__}

@@ -246,7 +246,7 @@ UrlOption = Annotated[str | None, typer.Option(help="URL of another Label Studio
 RoundName = Annotated[str, typer.Argument(help="The round's name, e.g. round-1.")]
 SourceOption = Annotated[str, typer.Option(help="Verify evidence of this proposer.")]
 EvidenceRunOption = Annotated[str | None, typer.Option("--run", help="Only evidence of this propose run.")]
-BudgetOption = Annotated[int, typer.Option(help="At most this many items.")]
+BudgetOption = Annotated[int, typer.Option(help="At most this many items (gold tasks come on top).")]
 ThresholdOption = Annotated[float, typer.Option(help="Decision threshold: scores nearest it go first.")]
 DEFAULT_SERVER = Path(".label-studio/data")
 
@@ -279,31 +279,42 @@ def annotate_stop(data_dir: ServerOption = DEFAULT_SERVER) -> None:
     _summary("Label Studio stopped")
 
 
-def _round_call(action: Callable[..., Any], name: str, source: str, run: str | None, budget: int,
-                threshold: float, server_dir: Path, url: str | None, workspace: Path) -> Any:
-    spec = rounds.RoundSpec(name=name, source=source, evidence_run=run, budget=budget, threshold=threshold)
+def _round_call(action: Callable[..., Any], spec: Any, server_dir: Path, url: str | None, workspace: Path) -> Any:
     with _user_errors():
-        return action(Workspace.open(workspace), _server(server_dir, url), spec)
+        opened = Workspace.open(workspace)
+        return action(opened, _server(server_dir, url), spec(opened) if callable(spec) else spec)
 
 
 @annotate_app.command("push")
-def annotate_push(name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
-                  budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
-                  server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
-                  workspace: WorkspaceOption = Path(".")) -> None:
+def annotate_push(
+    name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
+    budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
+    max_attributes: Annotated[int, typer.Option(help="Attributes per task, highest scores first.")] = 10,
+    overlap: Annotated[float, typer.Option(help="Share of tasks for several annotators.")] = 0.0,
+    overlap_k: Annotated[int, typer.Option(help="Annotators per overlap task.")] = 2,
+    gold_round: Annotated[str | None, typer.Option(help="Earlier round whose consensus gives gold tasks.")] = None,
+    gold_count: Annotated[int, typer.Option(help="Gold tasks to mix in (pre-filled wrongly).")] = 0,
+    adjudicate: Annotated[str | None, typer.Option(help="Only the items this earlier round could not "
+                                                        "decide.")] = None,
+    server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None, workspace: WorkspaceOption = Path("."),
+) -> None:
     """Send items to verify as tasks (uncertain first, classes in turn); pushing again adds only new ones."""
-    report = _round_call(rounds.push, name, source, run, budget, threshold, server_dir, url, workspace)
-    _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed, {report.counts['already_there']} "
-             f"already there (project {report.project_id}) [run {report.run_id}]")
+
+    def spec(opened: Workspace) -> rounds.RoundSpec:
+        only = rounds.adjudication_items(opened, adjudicate) if adjudicate else None
+        return rounds.RoundSpec(name, source, run, budget, threshold, max_attributes, overlap, overlap_k, gold_round,
+                                gold_count, only)
+
+    report = _round_call(rounds.push, spec, server_dir, url, workspace)
+    _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold), "
+             f"{report.counts['already_there']} already there (project {report.project_id}) [run {report.run_id}]")
 
 
 @annotate_app.command("pull")
-def annotate_pull(name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
-                  budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
-                  server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
                   workspace: WorkspaceOption = Path(".")) -> None:
-    """Read the round's annotations back as verdicts, with agreement."""
-    report = _round_call(rounds.pull, name, source, run, budget, threshold, server_dir, url, workspace)
+    """Read the round's annotations back as verdicts, with agreement and gold accuracy."""
+    report = _round_call(rounds.pull, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
     alpha = report.agreement["krippendorff_alpha"]
     _summary(f"round {name}: {report.counts['verdicts']} verdicts from {report.counts['annotated_tasks']} tasks, "
              f"{report.counts['rejected_annotations']} annotations rejected; Krippendorff's alpha "
@@ -311,12 +322,10 @@ def annotate_pull(name: RoundName, source: SourceOption = "detector", run: Evide
 
 
 @annotate_app.command("status")
-def annotate_status(name: RoundName, source: SourceOption = "detector", run: EvidenceRunOption = None,
-                    budget: BudgetOption = 1000, threshold: ThresholdOption = 0.05,
-                    server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+def annotate_status(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
                     workspace: WorkspaceOption = Path(".")) -> None:
-    """Progress of a round: tasks, annotated tasks, annotations, agreement of pulled verdicts."""
-    figures = _round_call(rounds.status, name, source, run, budget, threshold, server_dir, url, workspace)
+    """Progress of a round: tasks, annotated tasks, annotations, and the pulled verdicts' figures."""
+    figures = _round_call(rounds.status, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
     out.print(_table(f"round {name}", ["figure", "value"], [[k, _fmt(v)] for k, v in figures.items()]))
     _summary(f"round {name}: {int(figures['annotated_tasks'])} of {int(figures['tasks'])} tasks annotated")
 

@@ -163,17 +163,19 @@ def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioSe
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
     pushed = runner.invoke(app, ["annotate", "push", "cli-round", "--budget", "2", *ws])
     assert pushed.exit_code == 0, pushed.output
-    assert "round cli-round: 2 tasks pushed, 0 already there" in pushed.output
+    assert "round cli-round: 2 tasks pushed (0 gold), 0 already there" in pushed.output
     project_id = int(pushed.output.split("(project ")[1].split(")")[0])
     task = _tasks(label_studio, project_id)[0]
     _annotate(label_studio, label_studio.token, task.id, [["leash", "core"]])
-    pulled = runner.invoke(app, ["annotate", "pull", "cli-round", "--budget", "2", *ws])
+    pulled = runner.invoke(app, ["annotate", "pull", "cli-round", *ws])
     assert "1 verdicts from 1 tasks, 0 annotations rejected; Krippendorff's alpha n/a" in pulled.output
-    shown = runner.invoke(app, ["annotate", "status", "cli-round", "--budget", "2", *ws])
+    shown = runner.invoke(app, ["annotate", "status", "cli-round", *ws])
     assert shown.output.strip().endswith("round cli-round: 1 of 2 tasks annotated")
     gone = runner.invoke(app, ["annotate", "push", "cli-round", "-w", str(proposed.root), "--url",
                                "http://127.0.0.1:9"])
     assert gone.exit_code == 2 and "cannot reach Label Studio" in gone.output
+    never = runner.invoke(app, ["annotate", "pull", "never-pushed", *ws])
+    assert never.exit_code == 2 and "no round 'never-pushed'" in never.output
 
 
 def test_gold_tasks_catch_rubber_stamping_and_ties_go_to_adjudication(proposed: Workspace,
