@@ -1,5 +1,9 @@
 """Labeling configs for verification tasks, checked with Label Studio's ``LabelInterface``.
 
+``CONFIGS`` holds one per kind of review: attribute verification, box review of detector evidence
+(pre-filled rectangles), MCQ items, FOCUS-style settings and logos. Push and pull exist for
+attribute verification; the others are checked here and wait for the builders that feed them.
+
 Attribute verification holds a variable number of attributes per task: two per-task taxonomies
 (``verdicts``: attribute -> core / spurious / not present / unsure; ``types``: attribute -> one of
 the nine types) and free text for attributes the proposers missed. Control names differ from the
@@ -27,6 +31,70 @@ ATTRIBUTE_VERIFICATION = """<View>
   <TextArea name="missed" toName="image" placeholder="Attributes the proposers missed, one per line"
             editable="true" maxSubmissions="1"/>
 </View>"""
+
+
+BOX_REVIEW = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <Header value="Fix the boxes of: $attribute (class $class_label). Delete wrong boxes, draw missed ones."/>
+  <RectangleLabels name="boxes" toName="image">
+    <Label value="cue"/>
+  </RectangleLabels>
+  <Choices name="box_verdict" toName="image" choice="single-radio" showInline="true">
+    <Choice value="boxes correct"/>
+    <Choice value="boxes fixed"/>
+    <Choice value="cue not in image"/>
+  </Choices>
+</View>"""
+
+MCQ_REVIEW = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <Header value="$question"/>
+  <Text name="choice_list" value="$choices_text"/>
+  <Header value="Proposed answer: $answer"/>
+  <Choices name="answer_right" toName="image" choice="single-radio" showInline="true">
+    <Choice value="answer right"/>
+    <Choice value="answer wrong"/>
+  </Choices>
+  <Choices name="ambiguous" toName="image" choice="single-radio" showInline="true">
+    <Choice value="clear"/>
+    <Choice value="ambiguous"/>
+  </Choices>
+  <TextArea name="comment" toName="image" placeholder="What is wrong?" maxSubmissions="1"/>
+</View>"""
+
+SETTING_REVIEW = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <Header value="Class: $class_label. Check the setting of the image."/>
+  <Choices name="time" toName="image" choice="single-radio" showInline="true">
+    <Choice value="day"/><Choice value="night"/><Choice value="none"/>
+  </Choices>
+  <Choices name="weather" toName="image" choice="single-radio" showInline="true">
+    <Choice value="cloudy"/><Choice value="foggy"/><Choice value="partly cloudy"/><Choice value="raining"/>
+    <Choice value="snowing"/><Choice value="sunny"/><Choice value="none"/>
+  </Choices>
+  <Choices name="locations" toName="image" choice="multiple" showInline="true">
+    <Choice value="forest"/><Choice value="grass"/><Choice value="indoors"/><Choice value="rocks"/>
+    <Choice value="sand"/><Choice value="street"/><Choice value="snow"/><Choice value="water"/><Choice value="none"/>
+  </Choices>
+</View>"""
+
+LOGO_REVIEW = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <Choices name="is_logo" toName="image" choice="single-radio" showInline="true">
+    <Choice value="logo"/>
+    <Choice value="not a logo"/>
+  </Choices>
+  <TextArea name="brand" toName="image" placeholder="Which brand?" maxSubmissions="1"/>
+</View>"""
+
+# kind -> (config, the controls pull reads back)
+CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "attributes": (ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed")),
+    "boxes": (BOX_REVIEW, ("boxes", "box_verdict")),
+    "mcq": (MCQ_REVIEW, ("answer_right", "ambiguous", "comment")),
+    "setting": (SETTING_REVIEW, ("time", "weather", "locations")),
+    "logo": (LOGO_REVIEW, ("is_logo", "brand")),
+}
 
 
 class ConfigError(ValueError):

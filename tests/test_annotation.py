@@ -11,7 +11,7 @@ from conftest import distinct_image
 from label_studio_sdk import LabelStudio
 
 from annotation import rounds
-from annotation.configs import ATTRIBUTE_VERIFICATION, ConfigError, checked, read_attribute_result
+from annotation.configs import ATTRIBUTE_VERIFICATION, CONFIGS, ConfigError, checked, read_attribute_result
 from annotation.rounds import BridgeError, RoundSpec, pull, push
 from annotation.server import LabelStudioServer
 from curate.ingest import FolderSource, ingest
@@ -217,3 +217,31 @@ def test_gold_tasks_catch_rubber_stamping_and_ties_go_to_adjudication(proposed: 
         proposed, "gold-source")))
     assert adjudication.counts["tasks_pushed"] == 1
     assert [t.data["item_id"] for t in _tasks(label_studio, adjudication.project_id)] == [two.data["item_id"]]
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_every_review_config_is_accepted_by_label_interface_and_the_server(kind: str,
+                                                                           label_studio: LabelStudioServer) -> None:
+    config, controls = CONFIGS[kind]
+    interface = checked(config, controls)
+    assert {c.name for c in interface.controls} >= set(controls)
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    created = ls.projects.create(title=f"config check {kind}", label_config=config)
+    assert created.id
+
+
+def test_a_task_the_server_rejects_is_a_clear_error(proposed: Workspace, label_studio: LabelStudioServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rounds.attribute_task_data
+
+    def without_image(*args: Any) -> dict[str, Any]:
+        data = real(*args)
+        del data["image"]  # the config's $image is missing: Label Studio answers 400
+        return data
+
+    monkeypatch.setattr(rounds, "attribute_task_data", without_image)
+    with pytest.raises(BridgeError, match="answered 400"):
+        push(proposed, label_studio, _spec("rejected-task", budget=1))
+    monkeypatch.undo()
+    report = push(proposed, label_studio, _spec("rejected-task", budget=1))
+    assert report.counts["tasks_pushed"] == 1  # nothing half-stored: the good push goes through
