@@ -51,8 +51,8 @@ class BridgeError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class RoundSpec:
     """What a round verifies: evidence of ``source`` (one run, or all), at most ``budget`` items,
-    uncertain ones first (scores nearest ``threshold``), classes served in turn (so small classes
-    are verified in full first), at most ``max_attributes`` per task.
+    uncertain ones first (scores nearest ``threshold``), classes (or class x attribute groups) served
+    in turn, so small ones are verified in full first; at most ``max_attributes`` per task.
 
     ``overlap`` is the share of tasks meant for ``overlap_k`` annotators (the project accepts that
     many annotations per task). ``gold_round`` names an earlier round whose consensus answers make
@@ -93,24 +93,28 @@ def client(server: LabelStudioServer, timeout_s: float = 60) -> LabelStudio:
 
 def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = frozenset()
           ) -> list[tuple[Item, list[Evidence]]]:
-    """The items to show (not ``exclude``d), with their evidence: most uncertain first, classes
-    taking turns, at most ``spec.budget``."""
+    """The items to show (not ``exclude``d), with their evidence: most uncertain first, strata taking
+    turns, at most ``spec.budget``. A stratum is a class, or a (class, spurious attribute) group for
+    items of a group table, so small groups are verified in full before large ones run out."""
     by_item: dict[str, list[Evidence]] = defaultdict(list)
     allowed = set(spec.only_items) if spec.only_items is not None else None
     for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
         if row.role != EvidenceRole.CORE and row.item_id not in exclude and (allowed is None or row.item_id in allowed):
             by_item[row.item_id].append(row)
-    queues: dict[str | None, list[tuple[float, str]]] = defaultdict(list)
+    groups = {ref.item_id: ref.metadata["a_name"] for ref in workspace.catalog.references()
+              if "a_name" in ref.metadata}
+    queues: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
     for item_id, rows in by_item.items():
         uncertainty = min(abs((r.score or 0.0) - spec.threshold) for r in rows)
-        queues[workspace.catalog.item(item_id).label].append((uncertainty, item_id))
+        stratum = (str(workspace.catalog.item(item_id).label), str(groups.get(item_id, "")))
+        queues[stratum].append((uncertainty, item_id))
     for queue in queues.values():
         queue.sort()
     chosen: list[str] = []
     while len(chosen) < spec.budget and any(queues.values()):
-        for label in sorted(queues, key=str):
-            if queues[label] and len(chosen) < spec.budget:
-                chosen.append(queues[label].pop(0)[1])
+        for stratum in sorted(queues):
+            if queues[stratum] and len(chosen) < spec.budget:
+                chosen.append(queues[stratum].pop(0)[1])
     return [(workspace.catalog.item(i), sorted(by_item[i], key=lambda r: -(r.score or 0.0))[:spec.max_attributes])
             for i in chosen]
 

@@ -245,3 +245,22 @@ def test_a_task_the_server_rejects_is_a_clear_error(proposed: Workspace, label_s
     monkeypatch.undo()
     report = push(proposed, label_studio, _spec("rejected-task", budget=1))
     assert report.counts["tasks_pushed"] == 1  # nothing half-stored: the good push goes through
+
+
+def test_routing_serves_minority_groups_in_full(workspace: Workspace, tmp_path: Path) -> None:
+    import polars as pl
+
+    from curate.ingest import GroupTableSource
+
+    rows = []
+    for index in range(12):  # waterbirds-like: 10 land-on-land, 2 land-on-water
+        distinct_image(100 + index, (20, 20)).save(tmp_path / f"{index}.png")
+        rows.append({"id": index, "filename": f"{index}.png", "split": 0, "y": 0, "a": int(index >= 10)})
+    pl.DataFrame(rows).write_csv(tmp_path / "metadata.csv")
+    ingest(workspace, GroupTableSource(tmp_path / "metadata.csv", y_names=("landbird",), a_names=("land", "water")),
+           progress=False)
+    workspace.catalog.add_evidence(Evidence(item.item_id, "water", "detector", "p", EvidenceRole.CANDIDATE,
+                                            "Background", 0.05) for item in workspace.catalog.items())
+    routed = rounds.route(workspace, _spec("groups", budget=4))
+    groups = {ref.item_id: ref.metadata["a_name"] for ref in workspace.catalog.references()}
+    assert sorted(groups[item.item_id] for item, _ in routed) == ["land", "land", "water", "water"]
