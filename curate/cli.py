@@ -20,6 +20,7 @@ import polars as pl
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from annotation import rounds
 from annotation import server as label_studio
@@ -68,7 +69,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        err.print(f"[red]error:[/red] {message}")
+        err.print(Text.assemble(("error: ", "red"), str(message)))
         raise typer.Exit(2) from error
 
 

@@ -138,3 +138,12 @@ def test_analyze_and_report_through_the_cli(tmp_path: Path, write_image: Callabl
     assert written.exit_code == 0 and (tmp_path / "ws" / "reports" / "report.html").is_file()
     nothing = runner.invoke(app, ["analyze", "--source", "detector", "-w", ws])
     assert nothing.exit_code == 2 and "no evidence from 'detector'" in nothing.output
+
+
+def test_error_messages_with_brackets_are_printed_whole(tmp_path: Path) -> None:
+    runner.invoke(app, ["init", str(tmp_path / "ws")])
+    manifest = tmp_path / "m.csv"
+    pl.DataFrame({"path": ["a.png"]}).write_csv(manifest)
+    result = runner.invoke(app, ["ingest", "manifest", str(manifest), "--label-column", "[species]",
+                                 "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 2 and "label_column='[species]'" in result.output
