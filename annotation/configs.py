@@ -118,7 +118,7 @@ def attribute_task_data(item_id: str, image_url: str, class_label: str | None,
                         attributes: Sequence[tuple[str, str | None]]) -> dict[str, Any]:
     """Task data for one image: the attributes to judge, each with its current type."""
     return {
-        "item_id": item_id, "image": image_url, "class_label": class_label or "(no class)",
+        "item_id": item_id, "unit": item_id, "image": image_url, "class_label": class_label or "(no class)",
         "verdict_tree": [{"value": name, "children": [{"value": v} for v in VERDICT_VALUES]} for name, _ in attributes],
         "type_tree": [{"value": name, "children": [{"value": t} for t in SPURIOUS_TYPES]} for name, _ in attributes],
         "attribute_types": {name: kind for name, kind in attributes},
@@ -134,6 +134,52 @@ def prefill(attributes: Sequence[tuple[str, str | None, float]], threshold: floa
     if types:
         result.append({"from_name": "types", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": types}})
     return result
+
+
+BOX_VERDICTS = ("boxes correct", "boxes fixed", "cue not in image")
+
+
+def box_task_data(item_id: str, image_url: str, class_label: str | None, attribute: str, size: tuple[int, int]
+                  ) -> dict[str, Any]:
+    """Task data for reviewing the boxes of one cue on one image."""
+    return {"item_id": item_id, "unit": f"{item_id}|{attribute}", "image": image_url,
+            "class_label": class_label or "(no class)", "attribute": attribute, "width": size[0], "height": size[1]}
+
+
+def box_prefill(boxes: Sequence[Sequence[float]], size: tuple[int, int]) -> list[dict[str, Any]]:
+    """Pre-filled rectangles (Label Studio's percent coordinates) from pixel boxes ``[x0, y0, x1, y1, ...]``."""
+    width, height = size
+    return [{"from_name": "boxes", "to_name": "image", "type": "rectanglelabels", "original_width": width,
+             "original_height": height, "image_rotation": 0,
+             "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
+                       "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": ["cue"]}}
+            for x0, y0, x1, y1, *_ in boxes]
+
+
+def read_box_result(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> tuple[str, list[list[float]]]:
+    """(verdict, boxes in pixels) from one box review, checked against the config; raises ``ConfigError``."""
+    width, height = float(data["width"]), float(data["height"])
+    verdict, boxes = None, []
+    for region in result:
+        name, value = region.get("from_name"), region.get("value", {})
+        if name == "box_verdict":
+            chosen = value.get("choices", [])
+            if len(chosen) != 1 or chosen[0] not in BOX_VERDICTS:
+                raise ConfigError(f"box verdict {chosen!r} is not one of {BOX_VERDICTS}")
+            verdict = chosen[0]
+        elif name == "boxes":
+            if value.get("rectanglelabels") != ["cue"]:
+                raise ConfigError(f"rectangle labels {value.get('rectanglelabels')!r} are not ['cue']")
+            x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+            if not (0 <= x <= 100 and 0 <= y <= 100 and 0 <= x + w <= 100.5 and 0 <= y + h <= 100.5):
+                raise ConfigError(f"a rectangle lies outside the image: {value}")
+            boxes.append([round(x * width / 100, 2), round(y * height / 100, 2), round((x + w) * width / 100, 2),
+                          round((y + h) * height / 100, 2)])
+        else:
+            raise ConfigError(f"unknown control {name!r} in the annotation")
+    if verdict is None:
+        raise ConfigError("no box verdict was chosen")
+    return verdict, boxes
 
 
 def read_attribute_result(result: Sequence[dict[str, Any]], data: dict[str, Any]

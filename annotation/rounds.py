@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,24 @@ from label_studio_sdk.core.api_error import ApiError
 
 from annotation.agreement import cohen_kappa, consensus, fleiss_kappa, gold_accuracy, krippendorff_alpha
 from annotation.configs import (
-    ATTRIBUTE_VERIFICATION,
+    CONFIGS,
     VERDICT_VALUES,
     ConfigError,
     attribute_task_data,
+    box_prefill,
+    box_task_data,
     checked,
     prefill,
     read_attribute_result,
+    read_box_result,
 )
 from annotation.server import LabelStudioServer
 from curate.records import Evidence, EvidenceRole, Item, Verdict
+from curate.registry import Registry
 from curate.workspace import Workspace
 
+Task = dict[str, Any]
+Reading = tuple[str, str, str | None, dict[str, Any]]  # attribute, value, type, extra
 PUSH_CHUNK = 500
 FILES_FOLDER = "annotation-files"
 FIGURES_TABLE = "round-figures"
@@ -58,6 +64,8 @@ class RoundSpec:
     many annotations per task). ``gold_round`` names an earlier round whose consensus answers make
     ``gold_count`` gold tasks, pre-filled with the *wrong* answer, so people who accept predictions
     without looking show up in their gold accuracy. ``only_items`` restricts the round (adjudication).
+    ``kind`` is ``attributes`` (one task per image, every attribute judged) or ``boxes`` (one task
+    per (image, cue) with pre-filled rectangles to correct).
     """
 
     name: str
@@ -71,6 +79,7 @@ class RoundSpec:
     gold_round: str | None = None
     gold_count: int = 0
     only_items: tuple[str, ...] | None = None
+    kind: str = "attributes"
 
     def project_title(self, workspace: Workspace) -> str:
         return f"curate {workspace.root.name} {self.name}"
@@ -176,8 +185,9 @@ def project(ls: LabelStudio, workspace: Workspace, spec: RoundSpec) -> int:
     for existing in _call("list projects", ls.projects.list, title=title):
         if existing.title == title:
             return int(existing.id)
-    checked(ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed"))
-    created = _call("create project", ls.projects.create, title=title, label_config=ATTRIBUTE_VERIFICATION,
+    config, controls = CONFIGS[spec.kind]
+    checked(config, controls)
+    created = _call("create project", ls.projects.create, title=title, label_config=config,
                     show_collab_predictions=True, model_version=spec.evidence_run or spec.source,
                     maximum_annotations=spec.overlap_k if spec.overlap > 0 else 1)
     _call("attach local files", ls.import_storage.local.create, project=created.id,
@@ -185,9 +195,9 @@ def project(ls: LabelStudio, workspace: Workspace, spec: RoundSpec) -> int:
     return int(created.id)
 
 
-def _existing_item_ids(ls: LabelStudio, project_id: int) -> set[str]:
+def _existing_units(ls: LabelStudio, project_id: int) -> set[str]:
     tasks = _call("list tasks", ls.tasks.list, project=project_id, fields="all", page_size=1000)
-    return {task.data.get("item_id") for task in tasks}
+    return {task.data.get("unit", task.data.get("item_id")) for task in tasks}
 
 
 def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -196,31 +206,80 @@ def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> RoundReport:
-    """Send the routed items as tasks with predictions; items already in the project are skipped,
+    """Send the routed units as tasks with predictions; units already in the project are skipped,
     so a push that died half-way is resumed by pushing again."""
     ls = client(server)
-    with workspace.runs.track("verify", spec.name, {"round": spec.name, "kind": "attributes", "spec": vars_of(spec)},
-                              extend_completed=True) as run:
+    kind = ROUND_KINDS[spec.kind]
+    with workspace.runs.track("verify", spec.name, _config(spec), extend_completed=True) as run:
         project_id = project(ls, workspace, spec)
-        present = _existing_item_ids(ls, project_id)
-        gold = _gold_tasks(workspace, spec, present)
-        gold_ids = {task["meta"]["item_id"] for task in gold}
-        routed = route(workspace, spec, frozenset(gold_ids))
-        n_overlap = math.ceil(spec.overlap * len(routed))
-        tasks = []
-        for index, (item, rows) in enumerate(routed):
-            if item.item_id in present:
-                continue
-            attributes = [(r.attribute, r.taxonomy_type, float(r.score or 0.0)) for r in rows]
-            meta = {"item_id": item.item_id, "round": spec.name, "overlap": spec.overlap_k if index < n_overlap else 1}
-            tasks.append(_task(workspace, item, attributes, rows[0].run_id, prefill(attributes, spec.threshold), meta))
-        tasks += gold
+        present = _existing_units(ls, project_id)
+        tasks, gold = kind.build(workspace, spec, present)
         for chunk in _chunks(tasks, PUSH_CHUNK):
             _call("import tasks", ls.projects.import_tasks, id=project_id, request=list(chunk), return_task_ids=True)
             with workspace.transaction() as conn:
                 workspace.runs.add_counts(conn, run.run_id, {"tasks_pushed": len(chunk)})
     return RoundReport(run.run_id, project_id, {"tasks_pushed": len(tasks), "already_there": len(present),
-                                                "gold_tasks": len(gold)})
+                                                "gold_tasks": gold})
+
+
+def _config(spec: RoundSpec) -> dict[str, Any]:
+    return {"round": spec.name, "kind": spec.kind, "spec": vars_of(spec)}
+
+
+def _attribute_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> tuple[list[Task], int]:
+    gold = _gold_tasks(workspace, spec, present)
+    routed = route(workspace, spec, frozenset(task["meta"]["item_id"] for task in gold))
+    n_overlap = math.ceil(spec.overlap * len(routed))
+    tasks = []
+    for index, (item, rows) in enumerate(routed):
+        if item.item_id in present:
+            continue
+        attributes = [(r.attribute, r.taxonomy_type, float(r.score or 0.0)) for r in rows]
+        meta = {"item_id": item.item_id, "round": spec.name, "overlap": spec.overlap_k if index < n_overlap else 1}
+        tasks.append(_task(workspace, item, attributes, rows[0].run_id, prefill(attributes, spec.threshold), meta))
+    return tasks + gold, len(gold)
+
+
+def _box_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> tuple[list[Task], int]:
+    """One task per (image, cue) with boxes, scores nearest the threshold first."""
+    rows = [r for r in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run)
+            if r.boxes and r.role != EvidenceRole.CORE and (spec.only_items is None or r.item_id in spec.only_items)]
+    rows.sort(key=lambda r: (abs((r.score or 0.0) - spec.threshold), r.item_id, r.attribute))
+    tasks = []
+    for row in rows[:spec.budget]:
+        if f"{row.item_id}|{row.attribute}" in present:
+            continue
+        item = workspace.catalog.item(row.item_id)
+        data = box_task_data(item.item_id, _image_url(workspace, item), item.label, row.attribute, item.display_size)
+        tasks.append({"data": data, "meta": {"item_id": item.item_id, "round": spec.name},
+                      "predictions": [{"model_version": row.run_id, "score": float(row.score or 0.0),
+                                       "result": box_prefill(row.boxes, item.display_size)}]})
+    return tasks, 0
+
+
+def _read_attributes(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+    chosen, types, missed = read_attribute_result(result, data)
+    proposed = data.get("attribute_types", {})
+    return ([(name, value, types.get(name, proposed.get(name)), {}) for name, value in chosen.items()]
+            + [(name, "added", None, {}) for name in missed])
+
+
+def _read_boxes(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+    verdict, boxes = read_box_result(result, data)
+    return [(data["attribute"], verdict, None, {"boxes": boxes})]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundKind:
+    """How one kind of round makes tasks and reads annotations back."""
+
+    build: Callable[[Workspace, RoundSpec, set[str]], tuple[list[Task], int]]
+    read: Callable[[Sequence[dict[str, Any]], dict[str, Any]], list[Reading]]
+
+
+ROUND_KINDS: Registry[RoundKind] = Registry("round kind", BridgeError)
+ROUND_KINDS.register("attributes")(RoundKind(_attribute_tasks, _read_attributes))
+ROUND_KINDS.register("boxes")(RoundKind(_box_tasks, _read_boxes))
 
 
 def _task(workspace: Workspace, item: Item, attributes: list[tuple[str, str | None, float]], model_version: str,
@@ -272,6 +331,7 @@ def vars_of(spec: RoundSpec) -> dict[str, Any]:
 def pull(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> RoundReport:
     """Read the round's annotations back from an export snapshot and store them as Verdicts."""
     ls = client(server)
+    kind = ROUND_KINDS[spec.kind]
     project_id = project(ls, workspace, spec)
     users = {user.id: user.email or user.username for user in _call("list users", ls.users.list)}
     export = _call("create export", ls.projects.exports.create, id=project_id, title=f"curate pull {spec.name}")
@@ -290,18 +350,14 @@ def pull(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> Ro
         for annotation in annotations:
             annotator = users.get(annotation.get("completed_by"), f"user-{annotation.get('completed_by')}")
             try:
-                chosen, types, missed = read_attribute_result(annotation.get("result", []), data)
+                readings = kind.read(annotation.get("result", []), data)
             except ConfigError as error:
                 rejected.append({"item_id": item_id, "annotator": annotator, "reason": str(error)})
                 continue
-            proposed_types = data.get("attribute_types", {})
-            verdicts += [Verdict(item_id, name, annotator, spec.name, value, types.get(name, proposed_types.get(name)),
-                                 {"task_id": task["id"], "annotation_id": annotation["id"]})
-                         for name, value in chosen.items()]
-            verdicts += [Verdict(item_id, name, annotator, spec.name, "added", None,
-                                 {"task_id": task["id"], "annotation_id": annotation["id"]}) for name in missed]
-    with workspace.runs.track("verify", spec.name, {"round": spec.name, "kind": "attributes", "spec": vars_of(spec)},
-                              extend_completed=True) as run:
+            where = {"task_id": task["id"], "annotation_id": annotation["id"]}
+            verdicts += [Verdict(item_id, name, annotator, spec.name, value, kind_of_type, {**where, **extra})
+                         for name, value, kind_of_type, extra in readings]
+    with workspace.runs.track("verify", spec.name, _config(spec), extend_completed=True) as run:
         workspace.catalog.add_verdicts(verdicts)
         counts = {"annotated_tasks": annotated_tasks, "verdicts": len(verdicts),
                   "rejected_annotations": len(rejected)}

@@ -297,6 +297,8 @@ def annotate_push(
     gold_count: Annotated[int, typer.Option(help="Gold tasks to mix in (pre-filled wrongly).")] = 0,
     adjudicate: Annotated[str | None, typer.Option(help="Only the items this earlier round could not "
                                                         "decide.")] = None,
+    kind: Annotated[str, typer.Option(help="attributes (every attribute of an image) or boxes (the boxes of "
+                                           "one cue).")] = "attributes",
     server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None, workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Send items to verify as tasks (uncertain first, classes in turn); pushing again adds only new ones."""
@@ -304,7 +306,7 @@ def annotate_push(
     def spec(opened: Workspace) -> rounds.RoundSpec:
         only = rounds.adjudication_items(opened, adjudicate) if adjudicate else None
         return rounds.RoundSpec(name, source, run, budget, threshold, max_attributes, overlap, overlap_k, gold_round,
-                                gold_count, only)
+                                gold_count, only, kind)
 
     report = _round_call(rounds.push, spec, server_dir, url, workspace)
     _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold), "

@@ -264,3 +264,32 @@ def test_routing_serves_minority_groups_in_full(workspace: Workspace, tmp_path: 
     routed = rounds.route(workspace, _spec("groups", budget=4))
     groups = {ref.item_id: ref.metadata["a_name"] for ref in workspace.catalog.references()}
     assert sorted(groups[item.item_id] for item, _ in routed) == ["land", "land", "water", "water"]
+
+
+def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Workspace,
+                                                                    label_studio: LabelStudioServer) -> None:
+    item = next(proposed.catalog.items(label="dog"))  # 40 x 30 pixels
+    proposed.catalog.add_evidence([Evidence(item.item_id, "leash", "detector", "propose-run-1",
+                                            EvidenceRole.CANDIDATE, "Co-occurring Objects", 0.9,
+                                            [[4.0, 3.0, 24.0, 18.0, 0.9]])])
+    spec = _spec("boxes-1", kind="boxes")
+    report = push(proposed, label_studio, spec)
+    assert report.counts["tasks_pushed"] == 1
+    [task] = _tasks(label_studio, report.project_id)
+    assert task.data["unit"] == f"{item.item_id}|leash" and (task.data["width"], task.data["height"]) == (40, 30)
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    [prediction] = list(ls.predictions.list(task=task.id))
+    box = prediction.result[0]["value"]
+    assert (box["x"], box["y"], box["width"], box["height"]) == pytest.approx((10.0, 10.0, 50.0, 50.0))
+    fixed = [{"from_name": "boxes", "to_name": "image", "type": "rectanglelabels", "original_width": 40,
+              "original_height": 30, "value": {"x": 25.0, "y": 20.0, "width": 50.0, "height": 40.0, "rotation": 0,
+                                               "rectanglelabels": ["cue"]}},
+             {"from_name": "box_verdict", "to_name": "image", "type": "choices",
+              "value": {"choices": ["boxes fixed"]}}]
+    ls.annotations.create(id=task.id, result=fixed, completed_by=ls.users.whoami().id)
+    pulled = pull(proposed, label_studio, spec)
+    assert pulled.counts == {"annotated_tasks": 1, "verdicts": 1, "rejected_annotations": 0}
+    [verdict] = proposed.catalog.verdicts("boxes-1")
+    assert (verdict.attribute, verdict.value) == ("leash", "boxes fixed")
+    assert verdict.extra["boxes"] == [[10.0, 6.0, 30.0, 18.0]]
+    assert push(proposed, label_studio, spec).counts["tasks_pushed"] == 0
