@@ -205,16 +205,17 @@ def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[start:start + size]
 
 
-def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> RoundReport:
-    """Send the routed units as tasks with predictions; units already in the project are skipped,
-    so a push that died half-way is resumed by pushing again."""
+def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec, chunk_size: int | None = None
+         ) -> RoundReport:
+    """Send the routed units as tasks with predictions, ``chunk_size`` tasks a request; units
+    already in the project are skipped, so a push that died half-way is resumed by pushing again."""
     ls = client(server)
     kind = ROUND_KINDS[spec.kind]
     with workspace.runs.track("verify", spec.name, _config(spec), extend_completed=True) as run:
         project_id = project(ls, workspace, spec)
         present = _existing_units(ls, project_id)
         tasks, gold = kind.build(workspace, spec, present)
-        for chunk in _chunks(tasks, PUSH_CHUNK):
+        for chunk in _chunks(tasks, chunk_size or PUSH_CHUNK):
             _call("import tasks", ls.projects.import_tasks, id=project_id, request=list(chunk), return_task_ids=True)
             with workspace.transaction() as conn:
                 workspace.runs.add_counts(conn, run.run_id, {"tasks_pushed": len(chunk)})

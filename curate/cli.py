@@ -7,6 +7,7 @@ Every command prints a one-line summary last. The workspace is ``--workspace`` /
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -299,6 +300,7 @@ def annotate_push(
                                                         "decide.")] = None,
     kind: Annotated[str, typer.Option(help="attributes (every attribute of an image) or boxes (the boxes of "
                                            "one cue).")] = "attributes",
+    chunk_size: Annotated[int, typer.Option(help="Tasks per request.")] = rounds.PUSH_CHUNK,
     server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None, workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Send items to verify as tasks (uncertain first, classes in turn); pushing again adds only new ones."""
@@ -308,7 +310,7 @@ def annotate_push(
         return rounds.RoundSpec(name, source, run, budget, threshold, max_attributes, overlap, overlap_k, gold_round,
                                 gold_count, only, kind)
 
-    report = _round_call(rounds.push, spec, server_dir, url, workspace)
+    report = _round_call(functools.partial(rounds.push, chunk_size=chunk_size), spec, server_dir, url, workspace)
     _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold), "
              f"{report.counts['already_there']} already there (project {report.project_id}) [run {report.run_id}]")
 

@@ -293,3 +293,45 @@ def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Wo
     assert (verdict.attribute, verdict.value) == ("leash", "boxes fixed")
     assert verdict.extra["boxes"] == [[10.0, 6.0, 30.0, 18.0]]
     assert push(proposed, label_studio, spec).counts["tasks_pushed"] == 0
+
+
+def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_path: Path,
+                                                     label_studio: LabelStudioServer) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    total = 400
+    for index in range(total):
+        (tmp_path / "many" / "dog").mkdir(parents=True, exist_ok=True)
+        distinct_image(1000 + index, (8, 8)).save(tmp_path / "many" / "dog" / f"{index}.png")
+    ingest(workspace, FolderSource(tmp_path / "many"), progress=False)
+    workspace.catalog.add_evidence(Evidence(item.item_id, "grass", "detector", "p", EvidenceRole.CANDIDATE,
+                                            "Background", 0.1) for item in workspace.catalog.items())
+    command = [sys.executable, "-m", "curate", "annotate", "push", "killed", "--budget", str(total),
+               "--chunk-size", "10", "--url", label_studio.url, "-w", str(workspace.root)]
+    process = subprocess.Popen(command, env={**os.environ, "LABEL_STUDIO_API_KEY": label_studio.token},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    deadline = time.monotonic() + 120
+    project_id = None
+    while True:
+        assert process.poll() is None, process.stderr.read() if process.stderr else "push ended early"
+        assert time.monotonic() < deadline, "the push made no progress"
+        if project_id is None:
+            found = [p for p in ls.projects.list() if p.title.endswith(" killed")]
+            project_id = found[0].id if found else None
+        if project_id is not None and len(_tasks(label_studio, project_id)) >= 20:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    landed = len(_tasks(label_studio, project_id))
+    assert 20 <= landed < total, "the kill came too late to test resuming"
+    report = push(workspace, label_studio, _spec("killed", budget=total))
+    assert report.counts["already_there"] == landed and report.counts["tasks_pushed"] == total - landed
+    assert workspace.runs.get(report.run_id).attempts == 2  # the killed round's run, resumed
+    item_ids = [t.data["item_id"] for t in _tasks(label_studio, project_id)]
+    assert len(item_ids) == len(set(item_ids)) == total
