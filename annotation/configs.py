@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from xml.etree import ElementTree
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -180,6 +181,38 @@ def read_box_result(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> t
     if verdict is None:
         raise ConfigError("no box verdict was chosen")
     return verdict, boxes
+
+
+def allowed_choices(config: str) -> dict[str, tuple[str, ...]]:
+    """Every ``<Choices>`` control of a config with the values it allows, read from the XML itself.
+
+    >>> allowed_choices(LOGO_REVIEW)
+    {'is_logo': ('logo', 'not a logo')}
+    """
+    root = ElementTree.fromstring(config)
+    return {node.get("name", ""): tuple(choice.get("value", "") for choice in node.iter("Choice"))
+            for node in root.iter("Choices")}
+
+
+def read_choices_result(result: Sequence[dict[str, Any]], config: str) -> dict[str, list[str]]:
+    """control -> chosen values (or texts) of one annotation, each checked against ``config``;
+    raises ``ConfigError`` for a value or control the config does not have."""
+    allowed = allowed_choices(config)
+    texts = {node.get("name", "") for node in ElementTree.fromstring(config).iter("TextArea")}
+    read: dict[str, list[str]] = {}
+    for region in result:
+        name, value = region.get("from_name"), region.get("value", {})
+        if name in allowed:
+            chosen = [str(v) for v in value.get("choices", [])]
+            wrong = [v for v in chosen if v not in allowed[name]]
+            if wrong:
+                raise ConfigError(f"{name}: {wrong} not among {allowed[name]}")
+            read[name] = chosen
+        elif name in texts:
+            read[name] = [str(t).strip() for t in value.get("text", []) if str(t).strip()]
+        else:
+            raise ConfigError(f"unknown control {name!r} in the annotation")
+    return read
 
 
 def read_attribute_result(result: Sequence[dict[str, Any]], data: dict[str, Any]

@@ -10,6 +10,8 @@ becomes a verdict.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import itertools
 import json
 import math
@@ -37,8 +39,10 @@ from annotation.configs import (
     prefill,
     read_attribute_result,
     read_box_result,
+    read_choices_result,
 )
 from annotation.server import LabelStudioServer
+from curate.ingest.base import read_table
 from curate.records import Evidence, EvidenceRole, Item, Verdict
 from curate.registry import Registry
 from curate.workspace import Workspace
@@ -64,8 +68,9 @@ class RoundSpec:
     many annotations per task). ``gold_round`` names an earlier round whose consensus answers make
     ``gold_count`` gold tasks, pre-filled with the *wrong* answer, so people who accept predictions
     without looking show up in their gold accuracy. ``only_items`` restricts the round (adjudication).
-    ``kind`` is ``attributes`` (one task per image, every attribute judged) or ``boxes`` (one task
-    per (image, cue) with pre-filled rectangles to correct).
+    ``kind`` is ``attributes`` (one task per image, every attribute judged), ``boxes`` (one task
+    per (image, cue) with pre-filled rectangles to correct), or ``mcq``, ``setting`` or ``logo``,
+    whose units come from the table at ``units`` (what the builders write; see ``TABLE_KINDS``).
     """
 
     name: str
@@ -80,6 +85,7 @@ class RoundSpec:
     gold_count: int = 0
     only_items: tuple[str, ...] | None = None
     kind: str = "attributes"
+    units: str | None = None
 
     def project_title(self, workspace: Workspace) -> str:
         return f"curate {workspace.root.name} {self.name}"
@@ -270,6 +276,82 @@ def _read_boxes(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[
     return [(data["attribute"], verdict, None, {"boxes": boxes})]
 
 
+def _mcq_data(row: dict[str, Any]) -> dict[str, Any]:
+    choices = row["choices"] if isinstance(row["choices"], list) else ast.literal_eval(str(row["choices"]))
+    key = hashlib.sha256(str(row["question"]).encode()).hexdigest()[:10]
+    return {"unit": f"{row['item_id']}|{key}", "question": row["question"], "choices_text": "\n".join(choices),
+            "answer": row["answer"]}
+
+
+def _choices_prefill(values: dict[str, list[str]]) -> list[dict[str, Any]]:
+    return [{"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": chosen}}
+            for name, chosen in values.items() if chosen]
+
+
+def _setting_prefill(row: dict[str, Any]) -> list[dict[str, Any]]:
+    locations = row.get("locations") or []
+    locations = locations if isinstance(locations, list) else [v.strip() for v in str(locations).split(",")]
+    return _choices_prefill({"time": [row["time"]] if row.get("time") else [],
+                             "weather": [row["weather"]] if row.get("weather") else [], "locations": locations})
+
+
+@dataclass(frozen=True, slots=True)
+class TableKind:
+    """A review fed by a units table: required columns, extra task data, and pre-filled answers."""
+
+    columns: tuple[str, ...]
+    data: Callable[[dict[str, Any]], dict[str, Any]]
+    prefill: Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+TABLE_KINDS = {
+    "mcq": TableKind(("item_id", "question", "choices", "answer"), _mcq_data, lambda row: []),
+    "setting": TableKind(("item_id", "time", "weather", "locations"), lambda row: {"unit": row["item_id"]},
+                         _setting_prefill),
+    "logo": TableKind(("item_id",), lambda row: {"unit": row["item_id"]},
+                      lambda row: _choices_prefill({"is_logo": ["logo"]})),
+}
+
+
+def _table_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> tuple[list[Task], int]:
+    """Tasks for the first ``budget`` rows of the units table (MCQ items, settings, logos)."""
+    if not spec.units:
+        raise BridgeError(f"a {spec.kind} round needs a units table (units=...)")
+    table_kind = TABLE_KINDS[spec.kind]
+    frame = read_table(Path(spec.units))
+    missing = [c for c in table_kind.columns if c not in frame.columns]
+    if missing:
+        raise BridgeError(f"{spec.units} has no column {', '.join(missing)} for a {spec.kind} round")
+    tasks = []
+    for row in frame.head(spec.budget).iter_rows(named=True):
+        item = workspace.catalog.item(row["item_id"])
+        data = {"item_id": item.item_id, "image": _image_url(workspace, item), "class_label": item.label or "",
+                **table_kind.data(row)}
+        if data["unit"] in present:
+            continue
+        tasks.append({"data": data, "meta": {"item_id": item.item_id, "round": spec.name},
+                      "predictions": [{"model_version": f"units:{Path(spec.units).name}", "score": 0.0,
+                                       "result": table_kind.prefill(row)}]})
+    return tasks, 0
+
+
+def _table_reader(kind: str) -> Callable[[Sequence[dict[str, Any]], dict[str, Any]], list[Reading]]:
+    config = CONFIGS[kind][0]
+
+    def read(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+        chosen = read_choices_result(result, config)
+        notes = {name: values for name, values in chosen.items() if name in ("comment", "brand")}
+        extra: dict[str, Any] = {"question": data["question"]} if "question" in data else {}
+        extra |= {name: "\n".join(values) for name, values in notes.items()}
+        readings = [(name, ", ".join(sorted(values)), None, extra) for name, values in chosen.items()
+                    if name not in notes and values]
+        if not readings:
+            raise ConfigError("the annotation chose nothing")
+        return readings
+
+    return read
+
+
 @dataclass(frozen=True, slots=True)
 class RoundKind:
     """How one kind of round makes tasks and reads annotations back."""
@@ -281,6 +363,8 @@ class RoundKind:
 ROUND_KINDS: Registry[RoundKind] = Registry("round kind", BridgeError)
 ROUND_KINDS.register("attributes")(RoundKind(_attribute_tasks, _read_attributes))
 ROUND_KINDS.register("boxes")(RoundKind(_box_tasks, _read_boxes))
+for _table_kind in TABLE_KINDS:
+    ROUND_KINDS.register(_table_kind)(RoundKind(_table_tasks, _table_reader(_table_kind)))
 
 
 def _task(workspace: Workspace, item: Item, attributes: list[tuple[str, str | None, float]], model_version: str,

@@ -298,8 +298,9 @@ def annotate_push(
     gold_count: Annotated[int, typer.Option(help="Gold tasks to mix in (pre-filled wrongly).")] = 0,
     adjudicate: Annotated[str | None, typer.Option(help="Only the items this earlier round could not "
                                                         "decide.")] = None,
-    kind: Annotated[str, typer.Option(help="attributes (every attribute of an image) or boxes (the boxes of "
-                                           "one cue).")] = "attributes",
+    kind: Annotated[str, typer.Option(help="attributes (every attribute of an image), boxes (the boxes of "
+                                           "one cue), or mcq, setting, logo (with --units).")] = "attributes",
+    units: Annotated[Path | None, typer.Option(help="Units table for mcq / setting / logo rounds.")] = None,
     chunk_size: Annotated[int, typer.Option(help="Tasks per request.")] = rounds.PUSH_CHUNK,
     server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None, workspace: WorkspaceOption = Path("."),
 ) -> None:
@@ -308,7 +309,7 @@ def annotate_push(
     def spec(opened: Workspace) -> rounds.RoundSpec:
         only = rounds.adjudication_items(opened, adjudicate) if adjudicate else None
         return rounds.RoundSpec(name, source, run, budget, threshold, max_attributes, overlap, overlap_k, gold_round,
-                                gold_count, only, kind)
+                                gold_count, only, kind, str(units.resolve()) if units else None)
 
     report = _round_call(functools.partial(rounds.push, chunk_size=chunk_size), spec, server_dir, url, workspace)
     _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold), "

@@ -335,3 +335,61 @@ def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_p
     assert workspace.runs.get(report.run_id).attempts == 2  # the killed round's run, resumed
     item_ids = [t.data["item_id"] for t in _tasks(label_studio, project_id)]
     assert len(item_ids) == len(set(item_ids)) == total
+
+
+def _choose(server: LabelStudioServer, token: str, task_id: int, choices: dict[str, list[str]],
+            texts: dict[str, str] | None = None) -> None:
+    ls = LabelStudio(base_url=server.url, api_key=token)
+    result = [{"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": values}}
+              for name, values in choices.items()]
+    result += [{"from_name": name, "to_name": "image", "type": "textarea", "value": {"text": [text]}}
+               for name, text in (texts or {}).items()]
+    ls.annotations.create(id=task_id, result=result, completed_by=ls.users.whoami().id)
+
+
+def test_mcq_setting_and_logo_reviews_from_units_tables(proposed: Workspace, label_studio: LabelStudioServer,
+                                                        tmp_path: Path) -> None:
+    import polars as pl
+
+    dog, cat = next(proposed.catalog.items(label="dog")), next(proposed.catalog.items(label="cat"))
+    mcq = tmp_path / "mcq.parquet"
+    pl.DataFrame({"item_id": [dog.item_id], "question": ["Which feature best indicates the identity of the animal?"],
+                  "choices": [["A. floppy ears", "B. green grass", "C. a red ball", "D. a leash"]],
+                  "answer": ["A"]}).write_parquet(mcq)
+    report = push(proposed, label_studio, _spec("mcq-1", kind="mcq", units=str(mcq)))
+    [task] = _tasks(label_studio, report.project_id)
+    assert task.data["choices_text"].splitlines()[1] == "B. green grass" and task.data["answer"] == "A"
+    _choose(label_studio, label_studio.token, task.id, {"answer_right": ["answer right"], "ambiguous": ["ambiguous"]},
+            {"comment": "B is also visible"})
+    assert pull(proposed, label_studio, _spec("mcq-1", kind="mcq", units=str(mcq))).counts["verdicts"] == 2
+    verdicts = {v.attribute: v for v in proposed.catalog.verdicts("mcq-1")}
+    assert verdicts["answer_right"].value == "answer right" and verdicts["ambiguous"].value == "ambiguous"
+    assert verdicts["ambiguous"].extra["comment"] == "B is also visible"
+
+    settings = tmp_path / "settings.csv"
+    pl.DataFrame({"item_id": [dog.item_id, cat.item_id], "time": ["day", "night"], "weather": ["sunny", "none"],
+                  "locations": ["grass, street", "indoors"]}).write_csv(settings)
+    spec = _spec("setting-1", kind="setting", units=str(settings))
+    report = push(proposed, label_studio, spec)
+    first, second = sorted(_tasks(label_studio, report.project_id), key=lambda t: t.data["item_id"] != dog.item_id)
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    [prefilled] = list(ls.predictions.list(task=first.id))
+    assert {r["from_name"]: r["value"]["choices"] for r in prefilled.result}["locations"] == ["grass", "street"]
+    _choose(label_studio, label_studio.token, first.id, {"time": ["day"], "weather": ["cloudy"],
+                                                         "locations": ["street", "grass"]})
+    _choose(label_studio, label_studio.token, second.id, {"time": ["night"], "weather": ["tornado"]})
+    pulled = pull(proposed, label_studio, spec)
+    assert pulled.counts["rejected_annotations"] == 1  # "tornado" is not in the config
+    assert {v.attribute: v.value for v in proposed.catalog.verdicts("setting-1")} == {
+        "time": "day", "weather": "cloudy", "locations": "grass, street"}
+
+    logos = tmp_path / "logos.jsonl"
+    pl.DataFrame({"item_id": [cat.item_id]}).write_ndjson(logos)
+    report = push(proposed, label_studio, _spec("logo-1", kind="logo", units=str(logos)))
+    [task] = _tasks(label_studio, report.project_id)
+    _choose(label_studio, BOB_TOKEN, task.id, {"is_logo": ["logo"]}, {"brand": "Acme"})
+    pull(proposed, label_studio, _spec("logo-1", kind="logo", units=str(logos)))
+    [logo] = proposed.catalog.verdicts("logo-1")
+    assert (logo.value, logo.extra["brand"], logo.annotator) == ("logo", "Acme", "bob@localhost")
+    with pytest.raises(BridgeError, match="needs a units table"):
+        push(proposed, label_studio, _spec("logo-2", kind="logo"))
