@@ -428,15 +428,21 @@ def evidence(
     run: Annotated[str | None, typer.Option(help="Only this run.")] = None,
     item: Annotated[str | None, typer.Option(help="Only this item id.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    export_to: Annotated[Path | None, typer.Option("--out", help="Also export the matching rows to .parquet "
+                                                                 "or .csv.")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Show evidence rows (export them with `curate export evidence FILE`)."""
+    """Query evidence rows by proposer, run or item; show them and optionally export them."""
     with _user_errors():
-        rows = Workspace.open(workspace).catalog.evidence(item_id=item, source=source, run_id=run)
+        opened = Workspace.open(workspace)
+        rows = opened.catalog.evidence(item_id=item, source=source, run_id=run)
+        if export_to is not None:
+            opened.export("evidence", export_to, item_id=item, source=source, run_id=run)
     out.print(_table("evidence", ["item", "attribute", "type", "source", "score", "boxes", "model"],
                      [[e.item_id[:12], e.attribute, e.taxonomy_type, e.source,
                        "" if e.score is None else f"{e.score:.4f}", len(e.boxes), e.model] for e in rows[:limit]]))
-    _summary(f"{len(rows)} evidence rows" + (f" (showing {limit})" if len(rows) > limit else ""))
+    _summary(f"{len(rows)} evidence rows" + (f" (showing {limit})" if len(rows) > limit else "")
+             + (f", exported to {export_to}" if export_to else ""))
 
 
 @app.command()

@@ -96,6 +96,8 @@ def test_propose_and_inspect_evidence_through_the_cli(tmp_path: Path, write_imag
     assert "60 evidence, 3 items" in clip.output
     shown = runner.invoke(app, ["evidence", "--source", "clip", "--limit", "5", "-w", ws])
     assert shown.output.strip().endswith("60 evidence rows (showing 5)")
+    queried = runner.invoke(app, ["evidence", "--source", "clip", "--out", str(tmp_path / "q.csv"), "-w", ws])
+    assert queried.exit_code == 0 and pl.read_csv(tmp_path / "q.csv").height == 60
     listed = runner.invoke(app, ["cues", "--class", "cat", "-w", ws])
     assert listed.output.strip().endswith("20 cues for 1 classes")
     export = runner.invoke(app, ["export", "evidence", str(tmp_path / "e.parquet"), "--source", "clip", "-w", ws])
