@@ -28,6 +28,7 @@ from annotation import server as label_studio
 from annotation.server import LabelStudioServer, ServerError
 from curate.analyze import analyze_cues, measure_gaps
 from curate.analyze.report import build_report
+from curate.build import BUILDERS, BuildError, build, make_builder
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
@@ -49,7 +50,7 @@ app.add_typer(annotate_app, name="annotate")
 out = Console()
 err = Console(stderr=True)
 USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, ProposeError,
-               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, EvaluateError, rounds.BridgeError,
+               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, EvaluateError, BuildError, rounds.BridgeError,
                ServerError, KeyError, ValueError)
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
@@ -400,6 +401,21 @@ def report(
     with _user_errors():
         written = build_report(Workspace.open(workspace), fmt, out_path)
     _summary(f"report written to {written}")
+
+
+@app.command(name="build")
+def build_command(
+    builder: Annotated[str, typer.Argument(help="The builder: groups.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Release folder to write.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Builder option as key=value (repeatable), e.g. "
+                                                   "--set attribute=water --set train_correlation=0.95.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Build a release folder (tables per split, exports, release.json) with a registered builder."""
+    with _user_errors():
+        declared = {f.name: str(f.type) for f in dataclasses.fields(BUILDERS[builder])}  # type: ignore[arg-type]
+        result = build(Workspace.open(workspace), make_builder(builder, **_options(declared, set_ or [])), out_dir)
+    _summary(result.summary())
 
 
 @app.command(name="evaluate")

@@ -14,8 +14,9 @@ KeyError: "unknown shape 'circle'; known: square"
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -45,6 +46,16 @@ class Registry(Generic[T]):
             return plugin
 
         return decorate
+
+    def create(self, name: str, **options: Any) -> Any:
+        """Instantiate a registered dataclass plugin; an option it does not declare is a clear error."""
+        plugin = self[name]
+        known = {f.name for f in dataclasses.fields(plugin)}  # type: ignore[arg-type]
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise self.error(f"{self.what} {name!r} has no option {', '.join(unknown)}; its options: "
+                             f"{', '.join(sorted(known))}")
+        return plugin(**options)  # type: ignore[operator]
 
     def __getitem__(self, name: str) -> T:
         if name not in self._entries:

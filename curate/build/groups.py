@@ -1,0 +1,208 @@
+"""``groups``: group-annotated splits, class y x spurious attribute a (Waterbirds, SubpopBench style).
+
+Two ways in:
+
+- ``group_source``: an ingested group table (``curate ingest groups``) is reproduced exactly: its
+  ids, splits, y and a (rows whose image was quarantined are left out and counted);
+- ``attribute``: a is whether the attribute is present, from human verdicts (the round's majority;
+  ties and "unsure" leave the item out). Machine evidence fills in only with ``allow_machine``, and
+  the release records how many labels came from it. Splits are then made: validation and test
+  balanced (within each class by default, like Waterbirds; or across all groups), and training at
+  ``train_correlation`` (the share of each class's training items in its majority group).
+
+Encoding (documented in the release): ``g = n_a * y + a`` as in group_DRO and SubpopBench, with y
+and a published as explicit columns beside g.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.ingest import group_table
+from curate.workspace import Workspace
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+PRESENT = {"core", "spurious", "present"}
+ABSENT = {"not present", "absent"}
+ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
+
+
+def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict[str, object]:
+    """SubpopBench's metadata table and WILDS-style metadata, as file writers."""
+
+    def subpopbench(path: Path) -> None:
+        rows.select(pl.col("id"), pl.col("filename"), pl.col("split").replace_strict(SPLIT_CODES, default=None),
+                    pl.col("y"), pl.col("a")).sort("id").write_csv(path)
+
+    def wilds(path: Path) -> None:
+        ordered = rows.sort("id")
+        path.write_text(json.dumps({
+            "metadata_fields": ["a", "y"], "metadata_map": {"a": a_names, "y": y_names},
+            "metadata_array": ordered.select("a", "y").rows(), "item_id": ordered["item_id"].to_list(),
+            "grouper": "CombinatorialGrouper(['a', 'y']): the first field is fastest, group = a + n_a * y",
+        }))
+
+    return {"metadata.csv": subpopbench, "wilds_metadata.json": wilds}
+
+
+@register_builder("groups")
+@dataclass
+class GroupsBuilder(Builder):
+    """Group splits from an ingested group table, or from verdicts on one spurious attribute."""
+
+    group_source: str | None = None
+    attribute: str | None = None
+    verdict_round: str | None = None
+    allow_machine: bool = False
+    evidence_source: str = "detector"
+    threshold: float = 0.05
+    classes: tuple[str, ...] | None = None
+    majority: tuple[int, ...] | None = None
+    train_correlation: float = 0.95
+    eval_fraction: float = 0.2
+    val_per_group: int | None = None
+    test_per_group: int | None = None
+    balance: str = "within_class"
+    min_group_size: int = 1
+    seed: int = 0
+
+    def build(self, workspace: Workspace) -> Release:
+        if (self.group_source is None) == (self.attribute is None):
+            raise BuildError("give either group_source (an ingested group table) or attribute (a spurious attribute)")
+        return self._from_table(workspace) if self.group_source else self._from_attribute(workspace)
+
+    # an ingested group table, reproduced ------------------------------------------------------
+    def _from_table(self, workspace: Workspace) -> Release:
+        source = workspace.catalog.source(self.group_source)  # type: ignore[arg-type]
+        table = group_table(workspace, source.source_id)
+        kept = table.filter(pl.col("item_id").is_not_null())
+        options = source.options
+        split_names = list(options.get("split_names") or SPLIT_CODES)
+        y_values = sorted(kept["y"].unique().to_list())
+        a_values = sorted(kept["a"].unique().to_list())
+        y_names = list(options.get("y_names") or [str(v) for v in range(max(y_values) + 1)])
+        a_names = list(options.get("a_names") or [str(v) for v in range(max(a_values) + 1)])
+        uris = {item.item_id: item.uri for item in workspace.catalog.items(source_id=source.source_id)}
+        rows = kept.with_columns(
+            pl.col("split").map_elements(lambda s: split_names[int(s)] if str(s).isdigit() else str(s),
+                                         return_dtype=pl.String),
+            pl.col("item_id").replace_strict(uris, default=None).alias("uri"),
+        )
+        return self._release(rows, y_names, a_names, {
+            "labels_from": f"group table {Path(source.location).name} ({source.source_id})",
+            "quarantined_rows_left_out": table.height - kept.height})
+
+    # verdicts on an attribute, split by us ------------------------------------------------------
+    def _presence(self, workspace: Workspace, item_ids: set[str]) -> tuple[dict[str, int], Counter[str]]:
+        votes: dict[str, Counter[str]] = {}
+        for verdict in workspace.catalog.verdicts(self.verdict_round):
+            if verdict.attribute == self.attribute and verdict.item_id in item_ids:
+                votes.setdefault(verdict.item_id, Counter())[verdict.value] += 1
+        presence: dict[str, int] = {}
+        sources: Counter[str] = Counter()
+        for item_id, counts in votes.items():
+            present = sum(n for v, n in counts.items() if v in PRESENT)
+            absent = sum(n for v, n in counts.items() if v in ABSENT)
+            if present != absent:
+                presence[item_id] = int(present > absent)
+                sources["human"] += 1
+            else:
+                sources["undecided"] += 1
+        if self.allow_machine:
+            for row in workspace.catalog.evidence(source=self.evidence_source):
+                if row.attribute == self.attribute and row.item_id in item_ids and row.item_id not in presence \
+                        and row.item_id not in votes:
+                    presence[row.item_id] = int((row.score or 0.0) >= self.threshold)
+                    sources["machine"] += 1
+        return presence, sources
+
+    def _from_attribute(self, workspace: Workspace) -> Release:
+        items = [i for i in workspace.catalog.items() if i.label is not None]
+        y_names = list(self.classes or sorted({i.label for i in items}))  # type: ignore[arg-type]
+        items = [i for i in items if i.label in y_names]
+        presence, sources = self._presence(workspace, {i.item_id for i in items})
+        if not presence:
+            raise BuildError(f"no item has a verdict on {self.attribute!r}"
+                             + ("" if self.allow_machine else " (allow_machine uses machine evidence)"))
+        a_names = [f"no {self.attribute}", str(self.attribute)]
+        majority = list(self.majority or [min(y, 1) for y in range(len(y_names))])
+        rng = np.random.default_rng(self.seed)
+        pools: dict[tuple[int, int], list[str]] = {}
+        for item in sorted(items, key=lambda i: i.item_id):
+            if item.item_id in presence:
+                pools.setdefault((y_names.index(item.label), presence[item.item_id]), []).append(item.item_id)  # type: ignore[arg-type]
+        for key in pools:
+            pools[key] = [pools[key][i] for i in rng.permutation(len(pools[key]))]
+        assigned = self._split(pools, len(y_names), majority)
+        present = Counter((split, y, a) for _, y, a, split in assigned)
+        for split in SPLIT_CODES:
+            for y in range(len(y_names)):
+                for a in (0, 1):
+                    if present[(split, y, a)] < self.min_group_size:
+                        raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has {present[(split, y, a)]} "
+                                         f"items, fewer than min_group_size {self.min_group_size}")
+        uris = {i.item_id: i.uri for i in items}
+        rows = pl.DataFrame([{"id": n + 1, "item_id": item_id, "filename": uris[item_id], "uri": uris[item_id],
+                              "y": y, "a": a, "split": split}
+                             for n, (item_id, y, a, split) in enumerate(assigned)])
+        return self._release(rows, y_names, a_names, {
+            "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
+                            "human": sources["human"], "machine": sources["machine"],
+                            "undecided_left_out": sources["undecided"],
+                            "machine_evidence": f"{self.evidence_source} score >= {self.threshold}"
+                            if self.allow_machine else "not used"},
+            "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed})
+
+    def _split(self, pools: dict[tuple[int, int], list[str]], n_classes: int,
+               majority: list[int]) -> list[tuple[str, int, int, str]]:
+        groups = [(y, a) for y in range(n_classes) for a in (0, 1)]
+        sizes = {g: len(pools.get(g, [])) for g in groups}
+        assigned: list[tuple[str, int, int, str]] = []
+        per_group: dict[tuple[int, int], int] = {}
+        for y, a in groups:
+            scope = groups if self.balance == "all" else [(y, b) for b in (0, 1)]
+            smallest = min(sizes[g] for g in scope)
+            per_group[(y, a)] = math.floor(smallest * self.eval_fraction / 2)
+        for (y, a), pool in sorted(pools.items()):
+            val = self.val_per_group if self.val_per_group is not None else per_group[(y, a)]
+            test = self.test_per_group if self.test_per_group is not None else per_group[(y, a)]
+            if val + test > len(pool):
+                raise BuildError(f"group y={y}, a={a} has {len(pool)} items, fewer than val {val} + test {test}")
+            assigned += [(i, y, a, "val") for i in pool[:val]] + [(i, y, a, "test") for i in pool[val:val + test]]
+            pools[(y, a)] = pool[val + test:]
+        ratio = (1 - self.train_correlation) / self.train_correlation  # minority items per majority item
+        for y in range(n_classes):
+            major, minor = pools.get((y, majority[y]), []), pools.get((y, 1 - majority[y]), [])
+            wanted_minor = math.floor(len(major) * ratio)
+            if len(minor) >= wanted_minor:  # enough minority items: keep every majority item
+                n_major, n_minor = len(major), wanted_minor
+            else:  # minority items are scarce: fewer majority items keep the correlation exact
+                n_minor = len(minor)
+                n_major = min(len(major), math.floor(n_minor / ratio)) if ratio > 0 else len(major)
+            assigned += [(i, y, majority[y], "train") for i in major[:n_major]]
+            assigned += [(i, y, 1 - majority[y], "train") for i in minor[:n_minor]]
+        return assigned
+
+    def _release(self, rows: pl.DataFrame, y_names: list[str], a_names: list[str], how: dict[str, object]) -> Release:
+        n_a = len(a_names)
+        rows = rows.with_columns((pl.col("y") * n_a + pl.col("a")).alias("g"),
+                                 pl.col("y").map_elements(lambda v: y_names[v], return_dtype=pl.String).alias("y_name"),
+                                 pl.col("a").map_elements(lambda v: a_names[v], return_dtype=pl.String).alias("a_name"))
+        counts = {f"{split}|y={y}|a={a}": n for split, y, a, n in
+                  rows.group_by(["split", "y", "a"]).len().sort(["split", "y", "a"]).iter_rows()}
+        for key, n in counts.items():
+            if n < self.min_group_size:
+                raise BuildError(f"group {key} has {n} items, fewer than min_group_size {self.min_group_size}")
+        columns = ["id", "item_id", "uri", "filename", "y", "y_name", "a", "a_name", "g", "split"]
+        tables = {split: rows.filter(pl.col("split") == split).select(columns).sort("id")
+                  for split in sorted(rows["split"].unique().to_list(), key=lambda s: SPLIT_CODES.get(s, 9))}
+        metadata = {"encoding": ENCODING, "y_names": y_names, "a_names": a_names, "group_counts": counts, **how}
+        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names))  # type: ignore[arg-type]

@@ -1,0 +1,123 @@
+"""The groups builder: a Waterbirds-style round trip with the published counts, and splits by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import distinct_image
+from test_ingest_groups import WATERBIRDS_COUNTS, _waterbirds_like
+
+from curate.build import BuildError, build, make_builder
+from curate.ingest import FolderSource, GroupTableSource, ingest
+from curate.records import Evidence, EvidenceRole, Verdict
+from curate.workspace import Workspace
+
+
+def test_a_waterbirds_table_is_exported_again_with_its_split_and_group_counts(workspace: Workspace,
+                                                                             tmp_path: Path) -> None:
+    table = _waterbirds_like(tmp_path)
+    source = GroupTableSource(table, images=tmp_path / "images", id_column="img_id", filename_column="img_filename",
+                              a_column="place", y_names=("landbird", "waterbird"), a_names=("land", "water"))
+    ingested = ingest(workspace, source, progress=False)
+    result = build(workspace, make_builder("groups", group_source=ingested.source.source_id), tmp_path / "release")
+    exported = pl.read_csv(tmp_path / "release" / "metadata.csv")
+    assert exported.columns == ["id", "filename", "split", "y", "a"]
+    counts = {tuple(k): n for *k, n in exported.group_by(["split", "y", "a"]).len().iter_rows()}
+    assert counts == WATERBIRDS_COUNTS
+    original = pl.read_csv(table)
+    assert exported.select("id", "filename").equals(original.select(pl.col("img_id").alias("id"),
+                                                                    pl.col("img_filename").alias("filename")))
+    train = pl.read_parquet(tmp_path / "release" / "data" / "train.parquet")
+    assert train.height == 4795 and set(train["y_name"]) == {"landbird", "waterbird"}
+    assert (train["g"] == 2 * train["y"] + train["a"]).all()
+    manifest = json.loads((tmp_path / "release" / "release.json").read_text())
+    assert manifest["counts"] == {"train": 4795, "val": 1199, "test": 5794}
+    assert "g = n_a * y + a" in manifest["encoding"]
+    wilds = json.loads((tmp_path / "release" / "wilds_metadata.json").read_text())
+    assert wilds["metadata_fields"] == ["a", "y"] and wilds["metadata_map"]["a"] == ["land", "water"]
+    assert len(wilds["metadata_array"]) == 11788 and result.run.stage == "build"
+
+
+POOLS = {("dog", 0): 40, ("dog", 1): 10, ("cat", 1): 30, ("cat", 0): 20}  # (class, water present): items
+
+
+@pytest.fixture
+def judged(workspace: Workspace, tmp_path: Path) -> Workspace:
+    seed = 0
+    for (label, water), count in POOLS.items():
+        for _ in range(count):
+            seed += 1
+            folder = tmp_path / "img" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            distinct_image(seed, (6, 6)).save(folder / f"{water}-{seed}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    water_of = {ref.item_id: int(ref.locator.split("/")[1][0]) for ref in workspace.catalog.references()}
+    workspace.catalog.add_verdicts(
+        Verdict(item_id, "water", annotator, "round-1", "spurious" if water else "not present")
+        for item_id, water in water_of.items() for annotator in ("ann", "bob"))
+    return workspace
+
+
+def test_splits_from_verdicts_by_hand(judged: Workspace, tmp_path: Path) -> None:
+    builder = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.9)
+    release = builder.build(judged)
+    counts = release.metadata["group_counts"]
+    # dog: smallest group 10 -> 1 per group in val and test; cat: smallest 20 -> 2 per group
+    assert counts["val|y=0|a=0"] == counts["val|y=0|a=1"] == 1 == counts["test|y=0|a=1"]
+    assert counts["val|y=1|a=0"] == counts["val|y=1|a=1"] == 2 == counts["test|y=1|a=0"]
+    # training at 90%: dog keeps its 38 majority items and floor(38 / 9) = 4 minority items
+    assert counts["train|y=0|a=0"] == 38 and counts["train|y=0|a=1"] == 4
+    assert counts["train|y=1|a=1"] == 26 and counts["train|y=1|a=0"] == 2
+    assert release.metadata["labels_from"]["human"] == 100
+    again = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.9).build(judged)
+    assert all(again.tables[s].equals(release.tables[s]) for s in release.tables)  # deterministic for a seed
+    other = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.9, seed=1)
+    assert not other.build(judged).tables["val"].equals(release.tables["val"])
+
+
+def test_scarce_minority_items_shrink_the_majority_to_keep_the_correlation(judged: Workspace) -> None:
+    release = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.5,
+                           val_per_group=1, test_per_group=1).build(judged)
+    counts = release.metadata["group_counts"]
+    assert counts["train|y=0|a=1"] == 8 and counts["train|y=0|a=0"] == 8  # 8 minority items left: 8 majority
+
+
+def test_machine_evidence_only_when_allowed_and_recorded(workspace: Workspace, tmp_path: Path) -> None:
+    for index in range(8):
+        (tmp_path / "m" / ("dog" if index < 4 else "cat")).mkdir(parents=True, exist_ok=True)
+        distinct_image(500 + index, (6, 6)).save(tmp_path / "m" / ("dog" if index < 4 else "cat") / f"{index}.png")
+    ingest(workspace, FolderSource(tmp_path / "m"), progress=False)
+    workspace.catalog.add_evidence(Evidence(item.item_id, "water", "detector", "p", EvidenceRole.CANDIDATE,
+                                            "Background", 0.9 if n % 2 else 0.0)
+                                   for n, item in enumerate(workspace.catalog.items()))
+    with pytest.raises(BuildError, match="allow_machine"):
+        make_builder("groups", attribute="water").build(workspace)
+    release = make_builder("groups", attribute="water", allow_machine=True, val_per_group=0, test_per_group=0,
+                           train_correlation=0.5, min_group_size=0).build(workspace)
+    assert release.metadata["labels_from"]["machine"] == 8
+    assert "detector score >= 0.05" in release.metadata["labels_from"]["machine_evidence"]
+
+
+def test_too_small_groups_and_bad_options_are_clear_errors(judged: Workspace) -> None:
+    with pytest.raises(BuildError, match="fewer than min_group_size 3"):
+        make_builder("groups", attribute="water", classes=("dog", "cat"), min_group_size=3).build(judged)
+    with pytest.raises(BuildError, match="either group_source"):
+        make_builder("groups").build(judged)
+    with pytest.raises(BuildError, match="no option ratio"):
+        make_builder("groups", ratio=0.9)
+
+
+def test_build_through_the_cli(judged: Workspace, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    result = CliRunner().invoke(app, ["build", "groups", "--out", str(tmp_path / "rel"), "--set", "attribute=water",
+                                      "--set", "classes=dog,cat", "--set", "train_correlation=0.9",
+                                      "-w", str(judged.root)])
+    assert result.exit_code == 0, result.output
+    assert "build groups: train 70, val 6, test 6" in result.output
+    assert (tmp_path / "rel" / "metadata.csv").is_file()
