@@ -1,10 +1,12 @@
 """Build: release tables from the workspace, one registered builder per kind of benchmark.
 
 >>> sorted(BUILDERS)
-['groups']
+['groups', 'mmspubench']
 """
 
-from curate.build import groups  # noqa: F401  (registers the builder)
+from curate.build import groups, mmspubench  # noqa: F401  (registers the builders)
 from curate.build.base import BUILDERS, Builder, BuildError, BuildResult, Release, build, make_builder, register_builder
+from curate.build.mmspubench import import_mmspubench, validate_item
 
-__all__ = ["BUILDERS", "BuildError", "BuildResult", "Builder", "Release", "build", "make_builder", "register_builder"]
+__all__ = ["BUILDERS", "BuildError", "BuildResult", "Builder", "Release", "build", "import_mmspubench", "make_builder",
+           "register_builder", "validate_item"]
