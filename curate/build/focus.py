@@ -1,0 +1,135 @@
+"""``focus``: objects in common and uncommon settings (FOCUS).
+
+Each image gets a time, a weather and a set of locations: from the majority of human verdicts of a
+setting round (``curate annotate push --kind setting``) and, only with ``allow_machine``, from the
+``focus-settings`` proposer's CLIP scores. The per-class "uncommon" table is data
+(``data/focus_uncommon.json``, FOCUS's own; pass ``uncommon_table`` to use yours). The number of
+uncommon attributes (0-3) = uncommon time + uncommon weather + any uncommon location, and it names
+the partitions. The release also holds FOCUS's SQLite layout:
+``annotations(file_name, category, time, weather, locations, humans)``, locations a sorted
+", "-joined string (``humans`` is not annotated here and is left NULL).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.workspace import Workspace
+
+DEFAULT_UNCOMMON = Path(__file__).with_name("data") / "focus_uncommon.json"
+ATTRIBUTES = ("time", "weather", "locations")
+
+
+def load_uncommon(path: Path = DEFAULT_UNCOMMON) -> dict[str, Any]:
+    """The uncommon table: per attribute its values and, per class (or ``*``), the uncommon ones.
+
+    >>> table = load_uncommon()
+    >>> is_uncommon(table, "time", "frog", "night"), is_uncommon(table, "weather", "cat", "foggy")
+    (False, True)
+    """
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BuildError(f"cannot read the uncommon table {path}: {error}") from error
+    for attribute in ATTRIBUTES:
+        if attribute not in table or "uncommon" not in table[attribute]:
+            raise BuildError(f"the uncommon table {path} lacks {attribute!r} with an 'uncommon' mapping")
+    return table
+
+
+def is_uncommon(table: dict[str, Any], attribute: str, label: str, value: str) -> bool:
+    """Whether ``value`` of ``attribute`` is uncommon for class ``label``."""
+    per_class = table[attribute]["uncommon"]
+    return value in per_class.get(label, per_class.get("*", []))
+
+
+@register_builder("focus")
+@dataclass
+class FocusBuilder(Builder):
+    """Images with their setting, the number of uncommon attributes, and the partitions."""
+
+    verdict_round: str | None = None
+    allow_machine: bool = False
+    evidence_source: str = "focus-settings"
+    location_threshold: float = 0.5
+    uncommon_table: str | None = None
+
+    def _from_verdicts(self, workspace: Workspace) -> dict[str, dict[str, Any]]:
+        votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        for verdict in workspace.catalog.verdicts(self.verdict_round):
+            if verdict.attribute in ATTRIBUTES:
+                votes[(verdict.item_id, verdict.attribute)][verdict.value] += 1
+        settings: dict[str, dict[str, Any]] = defaultdict(dict)
+        for (item_id, attribute), counts in votes.items():
+            ranked = counts.most_common()
+            if len(ranked) == 1 or ranked[0][1] > ranked[1][1]:
+                value = ranked[0][0]
+                settings[item_id][attribute] = sorted(v.strip() for v in value.split(",")) \
+                    if attribute == "locations" else value
+        return {item_id: s for item_id, s in settings.items() if len(s) == len(ATTRIBUTES)}
+
+    def _from_evidence(self, workspace: Workspace) -> dict[str, dict[str, Any]]:
+        scores: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+        for row in workspace.catalog.evidence(source=self.evidence_source):
+            kind, _, value = row.attribute.partition(":")
+            if kind in ("time", "weather", "location"):
+                scores[row.item_id][kind][value] = float(row.score or 0.0)
+        settings = {}
+        for item_id, by_kind in scores.items():
+            if {"time", "weather", "location"} <= set(by_kind):
+                locations = sorted(v for v, s in by_kind["location"].items() if s >= self.location_threshold)
+                settings[item_id] = {"time": max(by_kind["time"], key=by_kind["time"].get),
+                                     "weather": max(by_kind["weather"], key=by_kind["weather"].get),
+                                     "locations": locations or ["none"]}
+        return settings
+
+    def build(self, workspace: Workspace) -> Release:
+        table = load_uncommon(Path(self.uncommon_table) if self.uncommon_table else DEFAULT_UNCOMMON)
+        human = self._from_verdicts(workspace)
+        machine = {k: v for k, v in self._from_evidence(workspace).items() if k not in human} \
+            if self.allow_machine else {}
+        settings = {**machine, **human}
+        if not settings:
+            raise BuildError("no image has a verified setting (time, weather and locations)"
+                             + ("" if self.allow_machine else "; allow_machine uses focus-settings evidence"))
+        rows, unknown = [], Counter()
+        for number, item_id in enumerate(sorted(settings)):
+            item = workspace.catalog.item(item_id)
+            label, setting = str(item.label), settings[item_id]
+            if label not in table["locations"]["uncommon"] and "*" not in table["locations"]["uncommon"]:
+                unknown[label] += 1
+                continue
+            flags = {"uncommon_time": is_uncommon(table, "time", label, setting["time"]),
+                     "uncommon_weather": is_uncommon(table, "weather", label, setting["weather"]),
+                     "uncommon_locations": any(is_uncommon(table, "locations", label, v) for v in setting["locations"])}
+            rows.append({"item_id": item_id, "uri": item.uri, "file_name": f"{number:06d}.png", "category": label,
+                         "time": setting["time"], "weather": setting["weather"], "locations": setting["locations"],
+                         **flags, "n_uncommon": sum(flags.values()),
+                         "labels_from": "human" if item_id in human else "machine"})
+        if not rows:
+            raise BuildError(f"no class is in the uncommon table (classes here: {sorted(unknown)})")
+        frame = pl.DataFrame(rows)
+        partitions = {int(n): c for n, c in frame.group_by("n_uncommon").len().sort("n_uncommon").iter_rows()}
+        metadata = {"partitions": partitions, "uncommon_table": table.get("source", str(self.uncommon_table)),
+                    "labels_from": dict(Counter(frame["labels_from"])), "classes_not_in_table": dict(unknown)}
+        return Release(self.name, {"test": frame}, metadata, {"focus.sqlite": lambda path: _write_sqlite(frame, path)})
+
+
+def _write_sqlite(frame: pl.DataFrame, path: Path) -> None:
+    """FOCUS's released layout: ``annotations(file_name, category, time, weather, locations, humans)``."""
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE annotations (file_name TEXT, category TEXT, time TEXT, weather TEXT, "
+                     "locations TEXT, humans TEXT)")
+        conn.executemany("INSERT INTO annotations VALUES (?, ?, ?, ?, ?, NULL)",
+                         [(r["file_name"], r["category"], r["time"], r["weather"], ", ".join(sorted(r["locations"])))
+                          for r in frame.iter_rows(named=True)])
+    conn.close()
