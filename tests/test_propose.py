@@ -12,10 +12,10 @@ from curate.ingest import FolderSource, ingest
 from curate.models import load_model
 from curate.propose import ProposeError, make_proposer, propose
 from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipProposer
-from curate.propose.embeddings import embeddings_table
 from curate.records import RunStatus
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
+from curate.workspace.tables import embeddings_table
 
 
 @pytest.fixture

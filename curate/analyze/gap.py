@@ -94,14 +94,21 @@ class ClipZeroShot(ModelUnderTest):
         self.clip = load_model(model, weights=weights, device=device)
         self.name, self.version, self.template = model, self.clip.version, template
 
-    def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
-                     classes: Sequence[str]) -> list[float]:
+    def predict(self, images: Sequence[Image.Image], classes: Sequence[str], batch_size: int = 32) -> list[str]:
+        """The winning class of each image."""
         import torch
 
         texts = self.clip.encode_texts([self.template.format(label=c) for c in classes])
-        vectors = self.clip.encode_images(torch.stack([self.clip.preprocess_image(i) for i in images]))
-        winners = (vectors @ texts.T).argmax(axis=1)
-        return [float(classes[w] == label) for w in winners]
+        winners: list[str] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            vectors = self.clip.encode_images(torch.stack([self.clip.preprocess_image(i) for i in chunk]))
+            winners += [classes[w] for w in (vectors @ texts.T).argmax(axis=1)]
+        return winners
+
+    def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
+                     classes: Sequence[str]) -> list[float]:
+        return [float(winner == label) for winner in self.predict(images, classes)]
 
 
 @MODELS_UNDER_TEST.register("vlm")

@@ -1,10 +1,10 @@
 """Build: release tables from the workspace, one registered builder per kind of benchmark.
 
 >>> sorted(BUILDERS)
-['focus', 'groups', 'mmspubench']
+['focus', 'groups', 'logobank', 'mmspubench']
 """
 
-from curate.build import focus, groups, mmspubench  # noqa: F401  (registers the builders)
+from curate.build import focus, groups, logobank, mmspubench  # noqa: F401  (registers the builders)
 from curate.build.base import BUILDERS, Builder, BuildError, BuildResult, Release, build, make_builder, register_builder
 from curate.build.mmspubench import import_mmspubench, validate_item
 

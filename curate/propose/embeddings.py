@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -14,17 +13,9 @@ from curate.executors import image_batches
 from curate.models import ClipModel
 from curate.records import Item
 from curate.workspace import Workspace
+from curate.workspace.tables import embeddings_table
 
 FLUSH_EVERY = 1024
-
-
-def embeddings_table(model_name: str) -> str:
-    """The side-table name holding a model's image embeddings.
-
-    >>> embeddings_table("clip-vit-b-32")
-    'image-embeddings.clip-vit-b-32'
-    """
-    return "image-embeddings." + re.sub(r"[^a-z0-9_-]+", "-", model_name.lower())
 
 
 @dataclass(slots=True)

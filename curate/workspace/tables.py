@@ -19,6 +19,15 @@ from curate.workspace._sql import atomic_write_bytes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def embeddings_table(model_name: str) -> str:
+    """The side table holding a model's image embeddings.
+
+    >>> embeddings_table("clip-vit-b-32")
+    'image-embeddings.clip-vit-b-32'
+    """
+    return "image-embeddings." + re.sub(r"[^a-z0-9_-]+", "-", model_name.lower())
+
+
 class SideTables:
     """Write, read and list the parquet side tables of a workspace.
 
