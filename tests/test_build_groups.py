@@ -22,7 +22,8 @@ def test_a_waterbirds_table_is_exported_again_with_its_split_and_group_counts(wo
     source = GroupTableSource(table, images=tmp_path / "images", id_column="img_id", filename_column="img_filename",
                               a_column="place", y_names=("landbird", "waterbird"), a_names=("land", "water"))
     ingested = ingest(workspace, source, progress=False)
-    result = build(workspace, make_builder("groups", group_source=ingested.source.source_id), tmp_path / "release")
+    assert ingested.source.source_id.startswith("groups-")
+    result = build(workspace, make_builder("groups", group_source="metadata.csv"), tmp_path / "release")
     exported = pl.read_csv(tmp_path / "release" / "metadata.csv")
     assert exported.columns == ["id", "filename", "split", "y", "a"]
     counts = {tuple(k): n for *k, n in exported.group_by(["split", "y", "a"]).len().iter_rows()}
@@ -106,6 +107,8 @@ def test_too_small_groups_and_bad_options_are_clear_errors(judged: Workspace) ->
         make_builder("groups", attribute="water", classes=("dog", "cat"), min_group_size=3).build(judged)
     with pytest.raises(BuildError, match="either group_source"):
         make_builder("groups").build(judged)
+    with pytest.raises(BuildError, match="no ingested group table 'metadata.csv'; group tables here: none"):
+        make_builder("groups", group_source="metadata.csv").build(judged)
     with pytest.raises(BuildError, match="no option ratio"):
         make_builder("groups", ratio=0.9)
 

@@ -117,3 +117,20 @@ def test_builders_import_neither_torch_nor_ultralytics_nor_openai() -> None:
             "print(sorted(m for m in ('torch', 'ultralytics', 'openai') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_logos_are_cropped_to_the_detectors_box(pool: tuple[Workspace, dict[str, str]], tiny_clip: str,
+                                                tmp_path: Path) -> None:
+    workspace, ids = pool
+    found = propose(workspace, make_proposer("detector", weights="random", text_encoder=tiny_clip, conf=1e-9,
+                                             imgsz=160, vocabulary=("logo",)), progress=False)
+    assert found.counts["items"] == 9  # the unlabelled logos too
+    boxes = {r.item_id: r.boxes for r in workspace.catalog.evidence(source="detector") if r.attribute == "logo"}
+    assert set(boxes) == set(ids.values())
+    _bank_ready(workspace, ids)
+    result = build(workspace, make_builder("logobank", stage="bank", mining_source="hand-scores", keep_fraction=1.0,
+                                           verdict_round="logos-1", crop_source="detector"), tmp_path / "bank")
+    row = result.release.tables["bank"].row(0, named=True)
+    assert row["source"] == "pool" and len(row["crop"]) == 4
+    x0, y0, x1, y1 = (round(v) for v in row["crop"])
+    assert Image.open(tmp_path / "bank" / "logos" / "logo-0000.png").size == (x1 - x0, y1 - y0)

@@ -27,7 +27,7 @@ import polars as pl
 
 from curate.build.base import Builder, BuildError, Release, register_builder
 from curate.ingest import group_table
-from curate.workspace import Workspace
+from curate.workspace import Source, Workspace
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 PRESENT = {"core", "spurious", "present"}
@@ -58,7 +58,7 @@ def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict
 class GroupsBuilder(Builder):
     """Group splits from an ingested group table, or from verdicts on one spurious attribute."""
 
-    group_source: str | None = None
+    group_source: str | None = None  # a groups source id, or its table's path or file name
     attribute: str | None = None
     verdict_round: str | None = None
     allow_machine: bool = False
@@ -80,8 +80,17 @@ class GroupsBuilder(Builder):
         return self._from_table(workspace) if self.group_source else self._from_attribute(workspace)
 
     # an ingested group table, reproduced ------------------------------------------------------
+    def _source(self, workspace: Workspace) -> Source:
+        """The group source named by id, or by the path or file name of its table."""
+        sources = [s for s in workspace.catalog.sources() if s.kind == "groups"]
+        for source in sources:
+            if self.group_source in (source.source_id, source.location, Path(source.location).name):
+                return source
+        known = ", ".join(f"{s.source_id} ({Path(s.location).name})" for s in sources) or "none"
+        raise BuildError(f"no ingested group table {self.group_source!r}; group tables here: {known}")
+
     def _from_table(self, workspace: Workspace) -> Release:
-        source = workspace.catalog.source(self.group_source)  # type: ignore[arg-type]
+        source = self._source(workspace)
         table = group_table(workspace, source.source_id)
         kept = table.filter(pl.col("item_id").is_not_null())
         options = source.options

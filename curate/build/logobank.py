@@ -28,6 +28,7 @@ from PIL import Image
 
 from curate.analyze.cues import wilson
 from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.build.mmspubench import source_name
 from curate.images import open_image
 from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
@@ -102,10 +103,13 @@ class LogoBankBuilder(Builder):
                 continue
             kept.append(item_id)
         crops = self._crops(workspace)
+        sources = {i: source_name(workspace, i) for i in kept}
         return pl.DataFrame({"item_id": kept, "uri": [workspace.catalog.item(i).uri for i in kept],
-                             "logo_score": [scores[i] for i in kept], "crop": [crops.get(i) for i in kept]},
-                            schema={"item_id": pl.String, "uri": pl.String, "logo_score": pl.Float64,
-                                    "crop": pl.List(pl.Float64)}).with_columns(pl.lit(dropped).alias("_dropped"))
+                             "source": [sources[i] for i in kept], "logo_score": [scores[i] for i in kept],
+                             "crop": [crops.get(i) for i in kept]},
+                            schema={"item_id": pl.String, "uri": pl.String, "source": pl.String,
+                                    "logo_score": pl.Float64, "crop": pl.List(pl.Float64)},
+                            ).with_columns(pl.lit(dropped).alias("_dropped"))
 
     def _embeddings(self, workspace: Workspace) -> dict[str, np.ndarray]:
         name = embeddings_table(self.embeddings_model)

@@ -163,7 +163,7 @@ class MMSpuBenchBuilder(Builder):
                 "spurious_correlation_type": two_types, "question": question,
                 "choices": [f"{letter}. {text}" for letter, text in zip(LETTERS, options, strict=True)],
                 "answer": answer, "image": f"{number:06d}.png", "class_label": item.label,
-                "source_dataset": self.source_dataset or _source_name(workspace, item_id), "item_id": item_id,
+                "source_dataset": self.source_dataset or source_name(workspace, item_id), "item_id": item_id,
                 "uri": item.uri,
             })
         table = pl.DataFrame(rows)
@@ -177,6 +177,7 @@ class MMSpuBenchBuilder(Builder):
             table.select(*SCHEMA_FIELDS, "class_label", "source_dataset").to_dicts(), indent=1))})
 
 
-def _source_name(workspace: Workspace, item_id: str) -> str:
+def source_name(workspace: Workspace, item_id: str) -> str:
+    """The folder or file name of the first source an item came from."""
     refs = workspace.catalog.references(item_id=item_id)
     return Path(workspace.catalog.source(refs[0].source_id).location).name if refs else "unknown"

@@ -35,7 +35,8 @@ class DetectorScorer(ImageScorer):
 
     def begin_class(self, context: ProposeContext, label: str, cues: list[Cue]) -> None:
         # the class object itself is localised too (role "core"): the spurious gap masks it out
-        own = [Cue(label, label, "class", context.run.run_id, None, EvidenceRole.CORE)] if self.include_class else []
+        own = [Cue(label, label, "class", context.run.run_id, None, EvidenceRole.CORE)] \
+            if self.include_class and label != "*" else []
         self.cues = [*cues, *own] if label not in {c.attribute for c in cues} else cues
         self.detector.set_vocabulary([cue.attribute for cue in self.cues], context.workspace.cache)
 
@@ -56,7 +57,8 @@ class DetectorScorer(ImageScorer):
 @register_proposer("detector")
 @dataclass
 class DetectorProposer(Proposer):
-    """Localise cues with YOLO-World v2 or YOLOE (``model``)."""
+    """Localise cues with YOLO-World v2 or YOLOE (``model``). With a ``vocabulary`` (e.g. ``logo``)
+    every item of the workspace, labelled or not, is queried with those words instead."""
 
     model: str = "yolo-world-v2-s"
     weights: str | None = None
@@ -67,11 +69,12 @@ class DetectorProposer(Proposer):
     batch_size: int = 8
     device: str = "cpu"
     include_class: bool = True
+    vocabulary: tuple[str, ...] | None = None
 
     def run(self, context: ProposeContext) -> None:
         scorer = DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
                                 self.imgsz, self.include_class)
-        score_images(context, [scorer], self.batch_size, self.cue_source, "detector")
+        score_images(context, [scorer], self.batch_size, self.cue_source, "detector", self.vocabulary)
 
 
 @register_proposer("clip+detector")

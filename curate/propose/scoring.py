@@ -16,7 +16,7 @@ from PIL import Image
 from curate.executors import ImageBatch, image_batches
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext
-from curate.records import Cue, Evidence
+from curate.records import Cue, Evidence, Item
 
 
 def unique_cues(cues: list[Cue]) -> list[Cue]:
@@ -44,22 +44,36 @@ def class_cues(context: ProposeContext, label: str, cue_source: str | None) -> l
 
 
 def score_images(context: ProposeContext, scorers: Sequence[ImageScorer], batch_size: int,
-                 cue_source: str | None, title: str) -> None:
-    """Run ``scorers`` over the pending items of every class, writing each batch in one transaction."""
+                 cue_source: str | None, title: str, vocabulary: Sequence[str] | None = None) -> None:
+    """Run ``scorers`` over the pending items of every class with the class's cues, or, with a fixed
+    ``vocabulary``, over every pending item of the workspace (labelled or not) with those words.
+    Each batch is written in one transaction."""
     transforms = [s.transform for s in scorers if s.transform is not None]
     if len(transforms) > 1:
         raise ValueError("at most one scorer may preprocess images in the loader")
+    transform = transforms[0] if transforms else None
+    if vocabulary:
+        done = context.workspace.catalog.evidence_item_ids(context.run.run_id)
+        items = [item for item in context.workspace.catalog.items() if item.item_id not in done]
+        cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
+        _score(context, scorers, "*", cues, items, batch_size, transform, title)
+        return
     for label in context.class_labels():
         cues = class_cues(context, label, cue_source)
         items = context.pending_items(label)
         if not cues:
             context.count(items_without_cues=len(items))
             continue
-        for scorer in scorers:
-            scorer.begin_class(context, label, cues)
-        with progress_bar(f"{title} {label}", len(items), context.progress) as advance:
-            for batch in image_batches(context.workspace, items, batch_size, transforms[0] if transforms else None):
-                rows = [row for scorer in scorers for row in (scorer.score(context, batch) if batch.items else [])]
-                context.write_evidence(rows, items=len(batch.items), unreadable=len(batch.failures))
-                for _ in range(len(batch.items) + len(batch.failures)):
-                    advance()
+        _score(context, scorers, label, cues, items, batch_size, transform, f"{title} {label}")
+
+
+def _score(context: ProposeContext, scorers: Sequence[ImageScorer], label: str, cues: list[Cue], items: list[Item],
+           batch_size: int, transform: Callable[[Image.Image], Any] | None, title: str) -> None:
+    for scorer in scorers:
+        scorer.begin_class(context, label, cues)
+    with progress_bar(title, len(items), context.progress) as advance:
+        for batch in image_batches(context.workspace, items, batch_size, transform):
+            rows = [row for scorer in scorers for row in (scorer.score(context, batch) if batch.items else [])]
+            context.write_evidence(rows, items=len(batch.items), unreadable=len(batch.failures))
+            for _ in range(len(batch.items) + len(batch.failures)):
+                advance()
