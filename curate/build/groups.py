@@ -159,8 +159,8 @@ class GroupsBuilder(Builder):
                         raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has {present[(split, y, a)]} "
                                          f"items, fewer than min_group_size {self.min_group_size}")
         uris = {i.item_id: i.uri for i in items}
-        rows = pl.DataFrame([{"id": n + 1, "item_id": item_id, "filename": uris[item_id], "uri": uris[item_id],
-                              "y": y, "a": a, "split": split}
+        rows = pl.DataFrame([{"id": n + 1, "item_id": item_id, "uri": uris[item_id], "y": y, "a": a, "split": split,
+                              "filename": f"images/{item_id}{Path(uris[item_id]).suffix}"}
                              for n, (item_id, y, a, split) in enumerate(assigned)])
         return self._release(rows, y_names, a_names, {
             "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
