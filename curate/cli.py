@@ -32,10 +32,11 @@ from curate.build import BUILDERS, BuildError, build, make_builder
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
-from curate.models import UnknownModelError, WeightsNotFoundError, get_spec, list_models
+from curate.models import UnknownModelError, get_spec, list_models
 from curate.propose import PROPOSERS, ProposeError, make_proposer, propose
+from curate.publish import PublishError, publish
 from curate.taxonomy import OffTaxonomyError
-from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace, WorkspaceNotFoundError
+from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace
 
 app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -49,9 +50,9 @@ app.add_typer(annotate_app, name="annotate")
 
 out = Console()
 err = Console(stderr=True)
-USER_ERRORS = (SourceError, WorkspaceNotFoundError, RunNotFoundError, SchemaTooNewError, ProposeError,
-               UnknownModelError, WeightsNotFoundError, OffTaxonomyError, EvaluateError, BuildError, rounds.BridgeError,
-               ServerError, KeyError, ValueError)
+USER_ERRORS = (SourceError, RunNotFoundError, SchemaTooNewError, ProposeError, UnknownModelError, OffTaxonomyError,
+               EvaluateError, BuildError, PublishError, rounds.BridgeError, ServerError, FileNotFoundError, KeyError,
+               ValueError)  # FileNotFoundError covers WorkspaceNotFoundError and WeightsNotFoundError
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
                                                help="Workspace folder.")]
@@ -415,6 +416,20 @@ def build_command(
     with _user_errors():
         declared = {f.name: str(f.type) for f in dataclasses.fields(BUILDERS[builder])}  # type: ignore[arg-type]
         result = build(Workspace.open(workspace), make_builder(builder, **_options(declared, set_ or [])), out_dir)
+    _summary(result.summary())
+
+
+@app.command(name="publish")
+def publish_command(
+    release: Annotated[Path, typer.Argument(help="A release folder written by `curate build`.")],
+    to: Annotated[str, typer.Option(help="folder:PATH (Hub layout with a dataset card).")],
+    license: LicenseOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render, write nothing.")] = False,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Publish a release: parquet shards per config and split, images embedded, README.md card."""
+    with _user_errors():
+        result = publish(Workspace.open(workspace), release, to, license, dry_run)
     _summary(result.summary())
 
 

@@ -15,9 +15,11 @@ ImageInfo(width=4, height=3, mode='RGB', format='PNG', orientation=1, n_frames=1
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -65,6 +67,19 @@ class ImageInfo:
     n_frames: int = 1
 
 
+def pil_open(source: Any) -> Image.Image:
+    """Pillow's own ``Image.open``. ultralytics replaces ``PIL.Image.open`` with a wrapper that, on
+    any file Pillow cannot identify, tries to install and import ``pi-heif``; unwrapping it keeps a
+    non-image a clean ``UnidentifiedImageError`` whatever was imported before."""
+    opener = Image.open
+    while getattr(opener, "__module__", "PIL.Image") != "PIL.Image":
+        inner = getattr(sys.modules.get(opener.__module__), "_image_open", None)
+        if inner is None or inner is opener:
+            break
+        opener = inner
+    return opener(source)
+
+
 def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Decode ``data`` completely and describe it, or raise ``ImageRejected``."""
     if not data:
@@ -72,8 +87,8 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError as error:
+            image = pil_open(io.BytesIO(data))
+        except (UnidentifiedImageError, ImportError) as error:
             raise ImageRejected("not-an-image", "no installed image decoder recognises the bytes") from error
         except Image.DecompressionBombError as error:
             raise ImageRejected("too-many-pixels", str(error)) from error
@@ -129,6 +144,6 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
 def open_image(source: bytes | str | Path) -> Image.Image:
     """Open image bytes or a file as the upright RGB view (see ``to_rgb``)."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as image:
+    with pil_open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as image:
         image.load()
         return to_rgb(image)

@@ -97,3 +97,15 @@ def test_palette_with_transparency_and_alpha_are_composited_on_white() -> None:
 def test_unknown_reason_codes_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown rejection reason"):
         ImageRejected("bad-vibes", "no")
+
+
+def test_non_images_stay_clean_rejections_after_ultralytics_patched_pillow() -> None:
+    import PIL.Image
+    from ultralytics.utils import patches  # noqa: F401
+
+    import curate.models.detector  # noqa: F401  (imports ultralytics, which wraps PIL.Image.open)
+
+    assert PIL.Image.open.__module__ != "PIL.Image"  # the wrapper is in place
+    with pytest.raises(ImageRejected) as caught:
+        inspect_image(b"plain text is not an image")
+    assert caught.value.reason == "not-an-image"

@@ -28,7 +28,7 @@ import polars as pl
 from PIL import Image, ImageDraw
 
 from curate.analyze.cues import presence_from_evidence
-from curate.images import open_image
+from curate.images import open_image, pil_open
 from curate.records import EvidenceRole, Item
 from curate.registry import Registry
 from curate.workspace import Workspace
@@ -147,7 +147,7 @@ def masked_image(workspace: Workspace, item: Item, boxes: list[list[float]]) -> 
     key = hashlib.sha256(json.dumps([item.item_id, boxes]).encode()).hexdigest()[:16]
     path = workspace.root / "derived" / "masked" / f"{item.item_id[:16]}-{key}.png"
     if path.is_file():
-        return Image.open(path).convert("RGB")
+        return pil_open(path).convert("RGB")
     image = open_image(workspace.resolve_uri(item.uri))
     draw = ImageDraw.Draw(image)
     for x0, y0, x1, y1, *_ in boxes:

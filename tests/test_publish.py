@@ -1,0 +1,70 @@
+"""Publishing a release as a Hub-layout folder that the real `datasets` loader reads back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pytest
+from test_build_groups import POOLS, judged  # noqa: F401  (fixture)
+from test_build_mmspubench import verified  # noqa: F401  (fixture)
+
+from curate.build import build, make_builder
+from curate.publish import PublishError, publish
+from curate.publish.folder import write_table
+from curate.workspace import Workspace
+
+
+def test_a_groups_release_loads_back_with_its_features_and_counts(judged: Workspace, tmp_path: Path) -> None:  # noqa: F811
+    release = build(judged, make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.9),
+                    tmp_path / "release")
+    result = publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
+    loaded = datasets.load_dataset(str(tmp_path / "hub"))
+    assert {split: loaded[split].num_rows for split in loaded} == release.release.counts()
+    features = loaded["train"].features
+    assert features["y"].names == ["dog", "cat"] and features["a"].names == ["no water", "water"]
+    assert features["g"].names == ["y:dog|a:no water", "y:dog|a:water", "y:cat|a:no water", "y:cat|a:water"]
+    assert isinstance(features["image"], datasets.Image) and "uri" not in features
+    row = loaded["val"][0]
+    assert row["g"] == 2 * row["y"] + row["a"] and row["image"].size == (6, 6)
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert card.startswith("---\nlicense: cc0-1.0\n") and "g = n_a * y + a" in card
+    assert str(tmp_path) not in card and str(judged.root) not in card and "| train, y=0, a=0 | 38 |" in card
+    assert sum(POOLS.values()) >= sum(release.release.counts().values())
+    again = publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
+    assert again.changed == [] and again.run.run_id == result.run.run_id  # unchanged: nothing rewritten
+
+
+def test_mcq_items_keep_their_types_as_class_labels(verified: Workspace, tmp_path: Path) -> None:  # noqa: F811
+    build(verified, make_builder("mmspubench", verdict_round="r1", source_dataset="bottles"), tmp_path / "r")
+    publish(verified, tmp_path / "r", f"folder:{tmp_path / 'hub'}")
+    loaded = datasets.load_dataset(str(tmp_path / "hub"), split="test")
+    names = loaded.features["spurious_correlation_type"].feature.names
+    assert "Co-occurring Objects" in names and loaded.num_rows == 8
+    assert all(len(row["choices"]) == 4 for row in loaded)
+
+
+def test_dry_run_writes_nothing_and_bad_targets_are_refused(judged: Workspace, tmp_path: Path) -> None:  # noqa: F811
+    build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    publish(judged, tmp_path / "release", f"folder:{tmp_path / 'dry'}", dry_run=True)
+    assert not (tmp_path / "dry").exists()
+    with pytest.raises(PublishError, match="folder:PATH"):
+        publish(judged, tmp_path / "release", "s3://bucket")
+    with pytest.raises(FileNotFoundError, match="not a release folder"):
+        publish(judged, tmp_path, f"folder:{tmp_path / 'x'}")
+
+
+def test_shards_are_size_bounded(judged: Workspace, tmp_path: Path) -> None:  # noqa: F811
+    release = make_builder("groups", attribute="water", classes=("dog", "cat")).build(judged)
+    from curate.publish.folder import features_for
+
+    table = release.tables["train"]
+    assert table.height == 67  # 38 + 2 dogs, 26 + 1 cats at 95%
+    features = features_for(table, release.metadata)
+    shards = write_table(judged, table, features, tmp_path / "shards", "train", max_shard_rows=20, batch_rows=10)
+    assert len(shards) == 4  # 20 rows a shard: 20, 20, 20, 7
+    shards = write_table(judged, table, features, tmp_path / "shards", "train", max_shard_bytes=1, batch_rows=10)
+    assert len(shards) == 7 and shards[-1].name == "train-00006-of-00007.parquet"
+    assert len(list((tmp_path / "shards").glob("*.parquet"))) == 7  # the earlier shards were replaced
+    reloaded = datasets.load_dataset("parquet", data_files=[str(p) for p in shards], split="train")
+    assert reloaded.num_rows == table.height
