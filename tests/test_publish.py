@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -31,6 +32,13 @@ def test_a_groups_release_loads_back_with_its_features_and_counts(judged: Worksp
     assert card.startswith("---\nlicense: cc0-1.0\n") and "g = n_a * y + a" in card
     assert str(tmp_path) not in card and str(judged.root) not in card and "| train, y=0, a=0 | 38 |" in card
     assert sum(POOLS.values()) >= sum(release.release.counts().values())
+    from curate.publish.croissant import validate
+
+    validate(tmp_path / "hub" / "croissant.json")  # offline, with mlcroissant
+    document = json.loads((tmp_path / "hub" / "croissant.json").read_text())
+    fields = {f["name"]: f for f in document["recordSet"][0]["field"]}
+    assert fields["image"]["dataType"] == "sc:ImageObject" and set(fields) >= {"y", "a", "g"}
+    assert document["license"] == "cc0-1.0" and str(tmp_path) not in json.dumps(document)
     again = publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
     assert again.changed == [] and again.run.run_id == result.run.run_id  # unchanged: nothing rewritten
 

@@ -21,6 +21,8 @@ import datasets
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from curate.publish.croissant import croissant
+from curate.publish.croissant import validate as validate_croissant
 from curate.publish.folder import (
     configs_of,
     features_for,
@@ -148,9 +150,10 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
         before = {str(p.relative_to(target)): file_digest(p) for p in target.rglob("*") if p.is_file()} \
             if target.exists() else {}
         written: list[dict[str, Any]] = []
-        yaml_configs, infos = [], []
+        yaml_configs, infos, croissant_configs = [], [], {}
         for name, splits in configs.items():
             features = features_for(next(iter(tables[t] for t in splits.values())), manifest)
+            croissant_configs[name] = (features, list(splits))
             for split, table_name in splits.items():
                 if not dry_run:
                     write_table(workspace, tables[table_name], features, target / "data" / name, split)
@@ -171,8 +174,13 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
         body = render_card(workspace, manifest, written, list(configs), target.name, dict(item_licences), pictures)
         card = f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}"
         _check_card(card, workspace)
+        metadata = croissant(f"{manifest['builder']}-benchmark", f"A {manifest['builder']} benchmark of spurious "
+                             "correlations built with curate; see README.md.", front["license"],
+                             f"https://huggingface.co/datasets/ORG/{target.name}", "1.0.0", croissant_configs)
         if not dry_run:
             (target / "README.md").write_text(card)
+            (target / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
+            validate_croissant(target / "croissant.json")
         after = {str(p.relative_to(target)): file_digest(p) for p in target.rglob("*") if p.is_file()} \
             if target.exists() else {}
         changed = sorted(k for k, v in after.items() if before.get(k) != v)
