@@ -28,6 +28,7 @@ from curate.publish.folder import (
     features_for,
     file_digest,
     load_release,
+    row_count,
     size_category,
     write_table,
 )
@@ -140,10 +141,11 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     manifest, tables = load_release(Path(release))
     target = Path(location)
     configs = configs_of(tables)
-    uris = [uri for table in tables.values() if "uri" in table.columns for uri in table["uri"].to_list()]
-    item_licences = Counter()
+    uris = {uri for table in tables.values() if "uri" in table.collect_schema()
+            for uri in table.select("uri").collect()["uri"]}
+    item_licences: Counter[str] = Counter()
     for item in workspace.catalog.items():
-        if item.uri in set(uris):
+        if item.uri in uris:
             item_licences[item.license or license or "unknown (set --license)"] += 1
     config = {"release": manifest.get("run_id"), "to": to, "license": license}
     with workspace.runs.track("publish", f"{manifest['builder']} -> {to}", config, extend_completed=True) as run:
@@ -157,12 +159,12 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
             for split, table_name in splits.items():
                 if not dry_run:
                     write_table(workspace, tables[table_name], features, target / "data" / name, split)
-                written.append({"config": name, "split": split, "rows": tables[table_name].height})
+                written.append({"config": name, "split": split, "rows": row_count(tables[table_name])})
             yaml_configs.append({"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
                                                                     for s in splits]})
             info = datasets.DatasetInfo(features=features)._to_yaml_dict()
             infos.append({"config_name": name, **info, "splits": [
-                {"name": s, "num_examples": tables[t].height,
+                {"name": s, "num_examples": row_count(tables[t]),
                  "num_bytes": sum(p.stat().st_size for p in (target / "data" / name).glob(f"{s}-*.parquet"))}
                 for s, t in splits.items()]})
         total = sum(t["rows"] for t in written)

@@ -38,7 +38,7 @@ class PublishedTable:
     files: list[str] = field(default_factory=list)
 
 
-def configs_of(tables: dict[str, pl.DataFrame]) -> dict[str, dict[str, str]]:
+def configs_of(tables: dict[str, Any]) -> dict[str, dict[str, str]]:
     """config -> split -> table name: split-named tables form ``default``; any other table is a
     config of its own with a ``test`` split.
 
@@ -68,13 +68,22 @@ def _value(dtype: pl.DataType) -> Any:
     return datasets.Value("string")
 
 
-def features_for(table: pl.DataFrame, metadata: dict[str, Any]) -> datasets.Features:
+Table = pl.DataFrame | pl.LazyFrame
+
+
+def row_count(table: Table) -> int:
+    """Rows of a table, without loading a lazy one."""
+    return table.height if isinstance(table, pl.DataFrame) else int(table.select(pl.len()).collect().item())
+
+
+def features_for(table: Table, metadata: dict[str, Any]) -> datasets.Features:
     """Declared features: names from the release metadata become ``ClassLabel``s."""
     y_names, a_names = metadata.get("y_names"), metadata.get("a_names")
     features: dict[str, Any] = {}
-    if "uri" in table.columns:
+    schema = table.collect_schema()
+    if "uri" in schema:
         features["image"] = datasets.Image()
-    for column, dtype in table.schema.items():
+    for column, dtype in schema.items():
         if column in HIDDEN_COLUMNS:
             continue
         if column == "y" and y_names:
@@ -90,10 +99,11 @@ def features_for(table: pl.DataFrame, metadata: dict[str, Any]) -> datasets.Feat
     return datasets.Features(features)
 
 
-def _encoded_batches(workspace: Workspace, table: pl.DataFrame, features: datasets.Features,
+def _encoded_batches(workspace: Workspace, table: Table, features: datasets.Features,
                      batch_rows: int = 256) -> Iterator[tuple[pa.Table, int]]:
-    for start in range(0, table.height, batch_rows):
-        chunk = table.slice(start, batch_rows)
+    lazy = table.lazy()
+    for start in range(0, row_count(table), batch_rows):
+        chunk = lazy.slice(start, batch_rows).collect()
         columns = {name: chunk[name].to_list() for name in features if name in chunk.columns}
         size = 0
         if "image" in features:
@@ -111,7 +121,7 @@ def _encoded_batches(workspace: Workspace, table: pl.DataFrame, features: datase
         yield pa.Table.from_pydict(encoded, schema=features.arrow_schema), size + chunk.estimated_size()
 
 
-def write_table(workspace: Workspace, table: pl.DataFrame, features: datasets.Features, folder: Path,
+def write_table(workspace: Workspace, table: Table, features: datasets.Features, folder: Path,
                 split: str, max_shard_bytes: int = MAX_SHARD_BYTES, max_shard_rows: int = MAX_SHARD_ROWS,
                 batch_rows: int = 256) -> list[Path]:
     """Stream a table into size-bounded shards ``<split>-0000i-of-0000n.parquet`` (whole batches of
@@ -164,13 +174,13 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_release(path: Path) -> tuple[dict[str, Any], dict[str, pl.DataFrame]]:
-    """A release folder's manifest and tables."""
+def load_release(path: Path) -> tuple[dict[str, Any], dict[str, pl.LazyFrame]]:
+    """A release folder's manifest and its tables, scanned lazily (publishing streams them)."""
     manifest_path = path / "release.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} is not a release folder (no release.json); write one with `curate build`")
     manifest = json.loads(manifest_path.read_text())
     order = {name: n for n, name in enumerate(SPLIT_NAMES)}
     files = sorted((path / "data").glob("*.parquet"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
-    tables = {p.stem: pl.read_parquet(p) for p in files}
+    tables = {p.stem: pl.scan_parquet(p) for p in files}
     return manifest, tables
