@@ -1,1 +1,3 @@
-"""The Label Studio bridge: projects, rounds (route / push / pull) and agreement. Filled by a later issue."""
+"""The Label Studio bridge: the server in its own venv (``server``), checked labeling configs
+(``configs``), verification rounds that route, push and pull (``rounds``), and agreement
+(``agreement``)."""
