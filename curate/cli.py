@@ -422,14 +422,18 @@ def build_command(
 @app.command(name="publish")
 def publish_command(
     release: Annotated[Path, typer.Argument(help="A release folder written by `curate build`.")],
-    to: Annotated[str, typer.Option(help="folder:PATH (Hub layout with a dataset card).")],
+    to: Annotated[str, typer.Option(help="folder:PATH, or hub:ORG/NAME (token in $HF_TOKEN).")],
     license: LicenseOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render, write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write and upload nothing; list what would "
+                                                             "change.")] = False,
+    private: Annotated[bool, typer.Option("--private/--public", help="Visibility of a new Hub repo.")] = True,
+    tag: Annotated[str | None, typer.Option(help="Tag the Hub revision (e.g. v1.0).")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Publish a release: parquet shards per config and split, images embedded, README.md card."""
+    """Publish a release: parquet shards per config and split, images embedded, README.md card,
+    Croissant; to a folder or a Hugging Face Hub dataset repo."""
     with _user_errors():
-        result = publish(Workspace.open(workspace), release, to, license, dry_run)
+        result = publish(Workspace.open(workspace), release, to, license, dry_run, private, tag)
     _summary(result.summary())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -76,3 +78,58 @@ def test_shards_are_size_bounded(judged: Workspace, tmp_path: Path) -> None:  # 
     assert len(list((tmp_path / "shards").glob("*.parquet"))) == 7  # the earlier shards were replaced
     reloaded = datasets.load_dataset("parquet", data_files=[str(p) for p in shards], split="train")
     assert reloaded.num_rows == table.height
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The stand-in Hub on 127.0.0.1; huggingface_hub's offline switch is lifted for loopback only."""
+    from hub_standin import hub_standin
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_0123456789")
+    with hub_standin() as server:
+        yield server
+
+
+def test_hub_upload_is_private_tagged_merged_and_idempotent(judged: Workspace, tmp_path: Path,  # noqa: F811
+                                                            hub: Any) -> None:
+    build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    dry = publish(judged, tmp_path / "release", "hub:org/waterish", dry_run=True, endpoint=hub.endpoint)
+    assert "README.md" in dry.changed and "org/waterish" not in hub.repos  # a dry run creates nothing
+    first = publish(judged, tmp_path / "release", "hub:org/waterish", tag="v1.0", endpoint=hub.endpoint)
+    repo = hub.repos["org/waterish"]
+    assert repo["private"] and repo["tags"] == ["v1.0"] and len(repo["commits"]) == 1
+    assert set(first.changed) == set(repo["files"]) and "data/default/train-00000-of-00001.parquet" in repo["lfs"]
+    assert b"hf_not_a_real_token" not in b"".join(repo["files"].values())
+    # somebody adds metadata on the Hub; publishing again keeps it and uploads nothing else
+    card = repo["files"]["README.md"].decode()
+    repo["files"]["README.md"] = card.replace("---\n", "---\npretty_name: Waterish birds\n", 1).encode()
+    second = publish(judged, tmp_path / "release", "hub:org/waterish", endpoint=hub.endpoint)
+    assert second.changed == [] and len(repo["commits"]) == 1  # the merged card equals the Hub's
+    third = publish(judged, tmp_path / "release", "hub:org/waterish", license="CC0-1.0", endpoint=hub.endpoint)
+    assert third.changed == ["README.md", "croissant.json"] and len(repo["commits"]) == 2  # both name the licence
+    merged = repo["files"]["README.md"].decode()
+    assert "pretty_name: Waterish birds" in merged and "license: cc0-1.0" in merged
+
+
+def test_hub_publishing_needs_a_token(judged: Workspace, tmp_path: Path, hub: Any,  # noqa: F811
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN")
+    build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    with pytest.raises(PublishError, match="set HF_TOKEN"):
+        publish(judged, tmp_path / "release", "hub:org/x", endpoint=hub.endpoint)
+    with pytest.raises(PublishError, match="ORG/NAME"):
+        publish(judged, tmp_path / "release", "hub:just-a-name")
+
+
+@pytest.mark.skipif(not os.environ.get("CURATE_HF_LIVE_TOKEN"), reason="opt-in: set CURATE_HF_LIVE_TOKEN and "
+                    "CURATE_HF_LIVE_REPO to publish to the real Hub")
+def test_live_hub(judged: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", os.environ["CURATE_HF_LIVE_TOKEN"])
+    build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    result = publish(judged, tmp_path / "release", f"hub:{os.environ['CURATE_HF_LIVE_REPO']}")
+    assert result.changed or result.files

@@ -21,6 +21,7 @@ import datasets
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from curate.publish import hub
 from curate.publish.croissant import croissant
 from curate.publish.croissant import validate as validate_croissant
 from curate.publish.folder import (
@@ -54,6 +55,7 @@ class PublishResult:
     changed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line for the end of a command."""
         return (f"publish to {self.target}: {len(self.files)} files, {len(self.changed)} changed "
                 f"in {self.seconds:.1f}s [run {self.run.run_id}]")
 
@@ -132,14 +134,24 @@ def _check_card(text: str, workspace: Workspace) -> None:
 
 
 def publish(workspace: Workspace, release: str | Path, to: str, license: str | None = None,
-            dry_run: bool = False) -> PublishResult:
-    """Publish a release folder (from ``curate build``) to ``folder:PATH``."""
+            dry_run: bool = False, private: bool = True, tag: str | None = None,
+            endpoint: str | None = None) -> PublishResult:
+    """Publish a release folder (from ``curate build``) to ``folder:PATH`` or ``hub:ORG/NAME``.
+
+    For the Hub the folder is written to ``published/ORG--NAME`` in the workspace, then uploaded
+    (see ``curate.publish.hub``): private by default, only changed files, the card's metadata
+    merged, ``tag`` marking the release. ``dry_run`` writes nothing and, for the Hub, lists what
+    would change."""
     started = time.perf_counter()
     kind, _, location = to.partition(":")
-    if kind != "folder" or not location:
-        raise PublishError(f"publish to folder:PATH (Hub upload is not built yet), not {to!r}")
+    if kind not in ("folder", "hub") or not location:
+        raise PublishError(f"publish to folder:PATH or hub:ORG/NAME, not {to!r}")
+    if kind == "hub" and not re.fullmatch(r"[\w.-]+/[\w.-]+", location):
+        raise PublishError(f"a Hub dataset is ORG/NAME, not {location!r}")
     manifest, tables = load_release(Path(release))
-    target = Path(location)
+    target = Path(location) if kind == "folder" else workspace.root / "published" / location.replace("/", "--")
+    folder_dry_run = dry_run and kind == "folder"
+    repo = location if kind == "hub" else target.name
     configs = configs_of(tables)
     uris = {uri for table in tables.values() if "uri" in table.collect_schema()
             for uri in table.select("uri").collect()["uri"]}
@@ -147,7 +159,7 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     for item in workspace.catalog.items():
         if item.uri in uris:
             item_licences[item.license or license or "unknown (set --license)"] += 1
-    config = {"release": manifest.get("run_id"), "to": to, "license": license}
+    config = {"release": manifest.get("run_id"), "to": to, "license": license, "tag": tag, "private": private}
     with workspace.runs.track("publish", f"{manifest['builder']} -> {to}", config, extend_completed=True) as run:
         before = {str(p.relative_to(target)): file_digest(p) for p in target.rglob("*") if p.is_file()} \
             if target.exists() else {}
@@ -157,7 +169,7 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
             features = features_for(next(iter(tables[t] for t in splits.values())), manifest)
             croissant_configs[name] = (features, list(splits))
             for split, table_name in splits.items():
-                if not dry_run:
+                if not folder_dry_run:
                     write_table(workspace, tables[table_name], features, target / "data" / name, split)
                 written.append({"config": name, "split": split, "rows": row_count(tables[table_name])})
             yaml_configs.append({"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
@@ -172,20 +184,26 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
                  "task_categories": ["image-classification"], "tags": ["spurious-correlations", "curate",
                                                                        manifest["builder"]],
                  "size_categories": [size_category(total)], "configs": yaml_configs, "dataset_info": infos}
-        pictures = _copy_pictures(workspace, target, dry_run)
-        body = render_card(workspace, manifest, written, list(configs), target.name, dict(item_licences), pictures)
+        pictures = _copy_pictures(workspace, target, folder_dry_run)
+        body = render_card(workspace, manifest, written, list(configs), repo, dict(item_licences), pictures)
         card = f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}"
         _check_card(card, workspace)
         metadata = croissant(f"{manifest['builder']}-benchmark", f"A {manifest['builder']} benchmark of spurious "
                              "correlations built with curate; see README.md.", front["license"],
-                             f"https://huggingface.co/datasets/ORG/{target.name}", "1.0.0", croissant_configs)
-        if not dry_run:
+                             f"https://huggingface.co/datasets/{repo}", "1.0.0", croissant_configs)
+        if not folder_dry_run:
             (target / "README.md").write_text(card)
             (target / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
             validate_croissant(target / "croissant.json")
         after = {str(p.relative_to(target)): file_digest(p) for p in target.rglob("*") if p.is_file()} \
             if target.exists() else {}
         changed = sorted(k for k, v in after.items() if before.get(k) != v)
+        if kind == "hub":
+            try:
+                uploaded = hub.upload(target, location, private, tag, dry_run, endpoint=endpoint)
+            except hub.HubError as error:
+                raise PublishError(str(error)) from error
+            changed = uploaded.changed
         with workspace.transaction() as conn:
             workspace.runs.add_counts(conn, run.run_id, {"rows": total, "files_changed": len(changed)})
     return PublishResult(to, after, workspace.runs.get(run.run_id), time.perf_counter() - started, changed)
