@@ -422,7 +422,8 @@ def build_command(
 @app.command(name="publish")
 def publish_command(
     release: Annotated[Path, typer.Argument(help="A release folder written by `curate build`.")],
-    to: Annotated[str, typer.Option(help="folder:PATH, or hub:ORG/NAME (token in $HF_TOKEN).")],
+    to: Annotated[str | None, typer.Option(help="folder:PATH (default: RELEASE-hub beside the release), or "
+                                                "hub:ORG/NAME (token in $HF_TOKEN).")] = None,
     license: LicenseOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write and upload nothing; list what would "
                                                              "change.")] = False,
@@ -433,7 +434,8 @@ def publish_command(
     """Publish a release: parquet shards per config and split, images embedded, README.md card,
     Croissant; to a folder or a Hugging Face Hub dataset repo."""
     with _user_errors():
-        result = publish(Workspace.open(workspace), release, to, license, dry_run, private, tag)
+        target = to or f"folder:{release.parent / (release.name + '-hub')}"
+        result = publish(Workspace.open(workspace), release, target, license, dry_run, private, tag)
     _summary(result.summary())
 
 

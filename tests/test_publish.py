@@ -133,3 +133,33 @@ def test_live_hub(judged: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyP
     build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
     result = publish(judged, tmp_path / "release", f"hub:{os.environ['CURATE_HF_LIVE_REPO']}")
     assert result.changed or result.files
+
+
+def test_every_config_of_a_multi_table_release_loads(tmp_path: Path, workspace: Workspace) -> None:
+    """A FOCUS release with its card, plus a config named after a non-split table."""
+    import polars as pl
+    from conftest import distinct_image
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+    from curate.ingest import FolderSource, ingest
+    from curate.records import Verdict
+
+    (tmp_path / "img" / "cat").mkdir(parents=True)
+    distinct_image(1, (8, 8)).save(tmp_path / "img" / "cat" / "0.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    item = next(workspace.catalog.items())
+    workspace.catalog.add_verdicts([Verdict(item.item_id, "time", "ann", "s", "night"),
+                                    Verdict(item.item_id, "weather", "ann", "s", "sunny"),
+                                    Verdict(item.item_id, "locations", "ann", "s", "water")])
+    build(workspace, make_builder("focus", verdict_round="s"), tmp_path / "focus")
+    extra = pl.DataFrame({"logo_id": ["logo-0000"], "flip_to_rate": [0.25]})
+    extra.write_parquet(tmp_path / "focus" / "data" / "ranking.parquet")  # a second, non-split table
+    result = CliRunner().invoke(app, ["publish", str(tmp_path / "focus"), "-w", str(workspace.root)])
+    assert result.exit_code == 0, result.output
+    published = tmp_path / "focus-hub"
+    assert datasets.load_dataset(str(published), "default", split="test").num_rows == 1
+    assert datasets.load_dataset(str(published), "ranking", split="test")["flip_to_rate"] == [0.25]
+    card = (published / "README.md").read_text()
+    assert "| 2 | 1 |" in card  # night and water are uncommon for cats: partition 2
+    assert 'load_dataset("focus-hub", "ranking")' in card
