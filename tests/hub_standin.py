@@ -11,10 +11,11 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from serving import serving
 
 LFS_SUFFIXES = (".parquet", ".png", ".jpg")
 
@@ -134,13 +135,6 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
-@contextmanager
-def hub_standin() -> Iterator[HubStandIn]:
-    server = HubStandIn()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def hub_standin() -> AbstractContextManager[HubStandIn]:
+    """A running stand-in Hub."""
+    return serving(HubStandIn())

@@ -15,10 +15,12 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from serving import serving
 
 Brain = Callable[[dict[str, Any]], Any]
 
@@ -135,13 +137,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
 
-@contextmanager
-def standin(brain: Brain) -> Iterator[StandIn]:
-    server = StandIn(brain)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def standin(brain: Brain) -> AbstractContextManager[StandIn]:
+    """A running stand-in answering with ``brain``."""
+    return serving(StandIn(brain))
