@@ -436,7 +436,9 @@ def publish_command(
     with _user_errors():
         target = to or f"folder:{release.parent / (release.name + '-hub')}"
         result = publish(Workspace.open(workspace), release, target, license, dry_run, private, tag)
-    _summary(result.summary())
+    if dry_run:
+        out.print(_table("would change", ["file"], [[name] for name in result.changed]))
+    _summary(("dry run: " if dry_run else "") + result.summary())
 
 
 @app.command(name="evaluate")

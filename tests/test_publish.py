@@ -97,6 +97,7 @@ def test_hub_upload_is_private_tagged_merged_and_idempotent(judged: Workspace, t
     build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
     dry = publish(judged, tmp_path / "release", "hub:org/waterish", dry_run=True, endpoint=hub.endpoint)
     assert "README.md" in dry.changed and "org/waterish" not in hub.repos  # a dry run creates nothing
+    assert "data/default/train-00000-of-00001.parquet" in dry.changed
     first = publish(judged, tmp_path / "release", "hub:org/waterish", tag="v1.0", endpoint=hub.endpoint)
     repo = hub.repos["org/waterish"]
     assert repo["private"] and repo["tags"] == ["v1.0"] and len(repo["commits"]) == 1
