@@ -164,3 +164,15 @@ def test_every_config_of_a_multi_table_release_loads(tmp_path: Path, workspace: 
     card = (published / "README.md").read_text()
     assert "| 2 | 1 |" in card  # night and water are uncommon for cats: partition 2
     assert 'load_dataset("focus-hub", "ranking")' in card
+
+
+def test_a_card_that_would_leak_a_path_or_token_stops_everything(judged: Workspace, tmp_path: Path,  # noqa: F811
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.publish as publishing
+
+    build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    for leak, message in ((str(judged.root), "local path"), ("token hf_abcdefghijklmnop", "token or key")):
+        monkeypatch.setattr(publishing, "render_card", lambda *args, leak=leak: f"made in {leak}")
+        with pytest.raises(PublishError, match=message):
+            publish(judged, tmp_path / "release", f"folder:{tmp_path / 'leaky'}")
+        assert not (tmp_path / "leaky").exists()  # nothing was written

@@ -133,6 +133,20 @@ def _check_card(text: str, workspace: Workspace) -> None:
         raise PublishError("the card would contain something that looks like a token or key; nothing was written")
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_digest(p) for p in folder.rglob("*") if p.is_file()} \
+        if folder.exists() else {}
+
+
+def _info(name: str, splits: dict[str, str], features: datasets.Features, tables: dict[str, Any],
+          target: Path) -> dict[str, Any]:
+    """One config's ``dataset_info`` entry: features and, per split, rows and bytes on disk."""
+    return {"config_name": name, **datasets.DatasetInfo(features=features)._to_yaml_dict(), "splits": [
+        {"name": split, "num_examples": row_count(tables[table]),
+         "num_bytes": sum(p.stat().st_size for p in (target / "data" / name).glob(f"{split}-*.parquet"))}
+        for split, table in splits.items()]}
+
+
 def publish(workspace: Workspace, release: str | Path, to: str, license: str | None = None,
             dry_run: bool = False, private: bool = True, tag: str | None = None,
             endpoint: str | None = None) -> PublishResult:
@@ -159,51 +173,45 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     for item in workspace.catalog.items():
         if item.uri in uris:
             item_licences[item.license or license or "unknown (set --license)"] += 1
+    written = [{"config": name, "split": split, "rows": row_count(tables[table])}
+               for name, splits in configs.items() for split, table in splits.items()]
+    known = [name for name in item_licences if not name.startswith("unknown")]
+    licence = (license or (known[0] if len(item_licences) == 1 and known else "other")).lower()
+    pictures = _copy_pictures(workspace, target, dry_run=True)  # names only: copied after the checks
+    body = render_card(workspace, manifest, written, list(configs), repo, dict(item_licences), pictures)
+    _check_card(body, workspace)  # before anything is written
+    features = {name: features_for(tables[next(iter(splits.values()))], manifest) for name, splits in configs.items()}
+    metadata = croissant(f"{manifest['builder']}-benchmark", f"A {manifest['builder']} benchmark of spurious "
+                         "correlations built with curate; see README.md.", licence,
+                         f"https://huggingface.co/datasets/{repo}", "1.0.0",
+                         {name: (features[name], list(splits)) for name, splits in configs.items()})
     config = {"release": manifest.get("run_id"), "to": to, "license": license, "tag": tag, "private": private}
     with workspace.runs.track("publish", f"{manifest['builder']} -> {to}", config, extend_completed=True) as run:
-        before = {str(p.relative_to(target)): file_digest(p) for p in target.rglob("*") if p.is_file()} \
-            if target.exists() else {}
-        written: list[dict[str, Any]] = []
-        yaml_configs, infos, croissant_configs = [], [], {}
-        for name, splits in configs.items():
-            features = features_for(next(iter(tables[t] for t in splits.values())), manifest)
-            croissant_configs[name] = (features, list(splits))
-            for split, table_name in splits.items():
-                if not folder_dry_run:
-                    write_table(workspace, tables[table_name], features, target / "data" / name, split)
-                written.append({"config": name, "split": split, "rows": row_count(tables[table_name])})
-            yaml_configs.append({"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
-                                                                    for s in splits]})
-            info = datasets.DatasetInfo(features=features)._to_yaml_dict()
-            infos.append({"config_name": name, **info, "splits": [
-                {"name": s, "num_examples": row_count(tables[t]),
-                 "num_bytes": sum(p.stat().st_size for p in (target / "data" / name).glob(f"{s}-*.parquet"))}
-                for s, t in splits.items()]})
-        total = sum(t["rows"] for t in written)
-        front = {"license": (license or (next(iter(item_licences)) if len(item_licences) == 1 else "other")).lower(),
-                 "task_categories": ["image-classification"], "tags": ["spurious-correlations", "curate",
-                                                                       manifest["builder"]],
-                 "size_categories": [size_category(total)], "configs": yaml_configs, "dataset_info": infos}
-        pictures = _copy_pictures(workspace, target, folder_dry_run)
-        body = render_card(workspace, manifest, written, list(configs), repo, dict(item_licences), pictures)
-        card = f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}"
-        _check_card(card, workspace)
-        metadata = croissant(f"{manifest['builder']}-benchmark", f"A {manifest['builder']} benchmark of spurious "
-                             "correlations built with curate; see README.md.", front["license"],
-                             f"https://huggingface.co/datasets/{repo}", "1.0.0", croissant_configs)
+        before = _digests(target)
         if not folder_dry_run:
-            (target / "README.md").write_text(card)
+            for name, splits in configs.items():
+                for split, table_name in splits.items():
+                    write_table(workspace, tables[table_name], features[name], target / "data" / name, split)
+            _copy_pictures(workspace, target, dry_run=False)
+            front = {"license": licence, "task_categories": ["image-classification"],
+                     "tags": ["spurious-correlations", "curate", manifest["builder"]],
+                     "size_categories": [size_category(sum(t["rows"] for t in written))],
+                     "configs": [{"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
+                                                                      for s in splits]}
+                                 for name, splits in configs.items()],
+                     "dataset_info": [_info(name, splits, features[name], tables, target)
+                                      for name, splits in configs.items()]}
+            (target / "README.md").write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
             (target / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
             validate_croissant(target / "croissant.json")
-        after = {str(p.relative_to(target)): file_digest(p) for p in target.rglob("*") if p.is_file()} \
-            if target.exists() else {}
+        after = _digests(target)
         changed = sorted(k for k, v in after.items() if before.get(k) != v)
         if kind == "hub":
             try:
-                uploaded = hub.upload(target, location, private, tag, dry_run, endpoint=endpoint)
+                changed = hub.upload(target, location, private, tag, dry_run, endpoint=endpoint).changed
             except hub.HubError as error:
                 raise PublishError(str(error)) from error
-            changed = uploaded.changed
         with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": total, "files_changed": len(changed)})
+            workspace.runs.add_counts(conn, run.run_id, {"rows": sum(t["rows"] for t in written),
+                                                         "files_changed": len(changed)})
     return PublishResult(to, after, workspace.runs.get(run.run_id), time.perf_counter() - started, changed)
