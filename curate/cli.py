@@ -11,11 +11,12 @@ import functools
 import inspect
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import polars as pl
 import typer
@@ -23,20 +24,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from annotation import rounds
-from annotation import server as label_studio
-from annotation.server import LabelStudioServer, ServerError
 from curate.analyze import analyze_cues, measure_gaps
 from curate.analyze.report import build_report
 from curate.build import BUILDERS, BuildError, build, make_builder
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
-from curate.models import UnknownModelError, get_spec, list_models
-from curate.propose import PROPOSERS, ProposeError, make_proposer, propose
-from curate.publish import PublishError, publish
 from curate.taxonomy import OffTaxonomyError
 from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace
+
+if TYPE_CHECKING:
+    from annotation.server import LabelStudioServer
 
 app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -50,9 +48,20 @@ app.add_typer(annotate_app, name="annotate")
 
 out = Console()
 err = Console(stderr=True)
-USER_ERRORS = (SourceError, RunNotFoundError, SchemaTooNewError, ProposeError, UnknownModelError, OffTaxonomyError,
-               EvaluateError, BuildError, PublishError, rounds.BridgeError, ServerError, FileNotFoundError, KeyError,
-               ValueError)  # FileNotFoundError covers WorkspaceNotFoundError and WeightsNotFoundError
+# Expected failures, printed as one line. Modules that pull in torch or the Label Studio SDK are
+# imported inside the commands that need them (the CLI starts in about a second); their errors are
+# looked up only if those modules were loaded, since only then can they have been raised.
+USER_ERRORS: tuple[type[BaseException], ...] = (SourceError, RunNotFoundError, SchemaTooNewError, OffTaxonomyError,
+                                                EvaluateError, BuildError, FileNotFoundError, KeyError, ValueError)
+LAZY_ERRORS = (("curate.propose.base", "ProposeError"), ("curate.models.registry", "UnknownModelError"),
+               ("curate.publish", "PublishError"), ("annotation.rounds", "BridgeError"),
+               ("annotation.server", "ServerError"))
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[module], name) for module, name in LAZY_ERRORS if module in sys.modules]
+    return (*USER_ERRORS, *loaded)
+
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE",
                                                help="Workspace folder.")]
@@ -70,7 +79,9 @@ def _user_errors() -> Iterator[None]:
     """Turn expected failures into one clear line and exit code 2, not a traceback."""
     try:
         yield
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not isinstance(error, _user_error_types()):
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         err.print(Text.assemble(("error: ", "red"), str(message)))
         raise typer.Exit(2) from error
@@ -232,6 +243,8 @@ def propose_command(
 ) -> None:
     """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
     what is missing."""
+    from curate.propose import PROPOSERS, ProposeError, make_proposer, propose
+
     with _user_errors():
         proposer = proposer or name
         if proposer is None or (name is not None and name != proposer):
@@ -256,6 +269,8 @@ DEFAULT_SERVER = Path(".label-studio/data")
 
 
 def _server(data_dir: Path, url: str | None) -> LabelStudioServer:
+    from annotation.server import LabelStudioServer
+
     if url is None:
         return LabelStudioServer.load(data_dir)
     token = os.environ.get("LABEL_STUDIO_API_KEY")
@@ -269,6 +284,8 @@ def annotate_serve(data_dir: ServerOption = DEFAULT_SERVER,
                    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None) -> None:
     """Start Label Studio on 127.0.0.1 (installed in its own venv by `make test` or
     `python tools/label_studio.py install`) and print where to log in."""
+    from annotation import server as label_studio
+
     with _user_errors():
         running = label_studio.start(data_dir, port=port)
     _summary(f"Label Studio at {running.url}: log in as {running.username} / {running.password} "
@@ -278,8 +295,10 @@ def annotate_serve(data_dir: ServerOption = DEFAULT_SERVER,
 @annotate_app.command("stop")
 def annotate_stop(data_dir: ServerOption = DEFAULT_SERVER) -> None:
     """Stop the server started with `curate annotate serve`."""
+    from annotation import server as label_studio
+
     with _user_errors():
-        label_studio.stop(LabelStudioServer.load(data_dir))
+        label_studio.stop(label_studio.LabelStudioServer.load(data_dir))
     _summary("Label Studio stopped")
 
 
@@ -303,10 +322,12 @@ def annotate_push(
     kind: Annotated[str, typer.Option(help="attributes (every attribute of an image), boxes (the boxes of "
                                            "one cue), or mcq, setting, logo (with --units).")] = "attributes",
     units: Annotated[Path | None, typer.Option(help="Units table for mcq / setting / logo rounds.")] = None,
-    chunk_size: Annotated[int, typer.Option(help="Tasks per request.")] = rounds.PUSH_CHUNK,
+    chunk_size: Annotated[int, typer.Option(help="Tasks per request.")] = 500,
     server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None, workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Send items to verify as tasks (uncertain first, classes in turn); pushing again adds only new ones."""
+
+    from annotation import rounds
 
     def spec(opened: Workspace) -> rounds.RoundSpec:
         only = rounds.adjudication_items(opened, adjudicate) if adjudicate else None
@@ -322,6 +343,8 @@ def annotate_push(
 def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
                   workspace: WorkspaceOption = Path(".")) -> None:
     """Read the round's annotations back as verdicts, with agreement and gold accuracy."""
+    from annotation import rounds
+
     report = _round_call(rounds.pull, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
     alpha = report.agreement["krippendorff_alpha"]
     _summary(f"round {name}: {report.counts['verdicts']} verdicts from {report.counts['annotated_tasks']} tasks, "
@@ -333,6 +356,8 @@ def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, ur
 def annotate_status(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
                     workspace: WorkspaceOption = Path(".")) -> None:
     """Progress of a round: tasks, annotated tasks, annotations, and the pulled verdicts' figures."""
+    from annotation import rounds
+
     figures = _round_call(rounds.status, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
     out.print(_table(f"round {name}", ["figure", "value"], [[k, _fmt(v)] for k, v in figures.items()]))
     _summary(f"round {name}: {int(figures['annotated_tasks'])} of {int(figures['tasks'])} tasks annotated")
@@ -433,6 +458,8 @@ def publish_command(
 ) -> None:
     """Publish a release: parquet shards per config and split, images embedded, README.md card,
     Croissant; to a folder or a Hugging Face Hub dataset repo."""
+    from curate.publish import publish
+
     with _user_errors():
         target = to or f"folder:{release.parent / (release.name + '-hub')}"
         result = publish(Workspace.open(workspace), release, target, license, dry_run, private, tag)
@@ -501,6 +528,8 @@ def cues(
 @app.command()
 def models(family: Annotated[str | None, typer.Option(help="Only this family.")] = None) -> None:
     """List the registered models and their default weights."""
+    from curate.models import get_spec, list_models
+
     specs = [get_spec(name) for name in list_models(family)]
     out.print(_table("models", ["name", "family", "architecture", "weights", "text encoder"],
                      [[m.name, m.family, m.architecture, m.weights, m.text_encoder or ""] for m in specs]))

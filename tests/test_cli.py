@@ -149,3 +149,13 @@ def test_error_messages_with_brackets_are_printed_whole(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "manifest", str(manifest), "--label-column", "[species]",
                                  "-w", str(tmp_path / "ws")])
     assert result.exit_code == 2 and "label_column='[species]'" in result.output
+
+
+def test_the_cli_starts_without_torch_or_the_label_studio_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, curate.cli; "
+            "print(sorted(m for m in ('torch', 'ultralytics', 'openai', 'label_studio_sdk') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"  # heavy modules load inside the commands that need them
