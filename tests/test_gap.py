@@ -131,3 +131,23 @@ def test_masking_the_cue_keeps_x_as_the_right_answer(dogs: tuple[Workspace, dict
     assert row["natural_gap"] == 0.0 and row["score"] == 0.5
     with pytest.raises(ValueError, match="mask is"):
         spurious_gaps(workspace, PredictionTable(path), mask="everything")
+
+
+def test_each_image_is_shown_to_the_model_once_whatever_number_of_cues(dogs: tuple[Workspace, dict[str, str]],
+                                                                      tmp_path: Path) -> None:
+    workspace, ids = dogs
+    workspace.catalog.add_evidence([Evidence(ids[n], "sky", "detector", "p1", EvidenceRole.CANDIDATE, "Background",
+                                             1 - s) for n, s in GRASS.items()])
+    path = tmp_path / "a.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": 1} for i in ids.values() for v in ("natural", "masked")]
+                 ).write_csv(path)
+    shown: list[tuple[str, str]] = []
+
+    class Counting(PredictionTable):
+        def says_present(self, items: Any, images: Any, label: str, variant: str, classes: Any) -> list[float]:
+            shown.extend((item.item_id, variant) for item in items)
+            return super().says_present(items, images, label, variant, classes)
+
+    result = spurious_gaps(workspace, Counting(path), k=2)
+    assert result.table.height == 2  # grass and sky rank the same four dogs, in opposite orders
+    assert len(shown) == len(set(shown)) == 8  # 4 images x (natural, masked), each once

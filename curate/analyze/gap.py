@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from curate.analyze.cues import presence_from_evidence
 from curate.images import open_image, pil_open
+from curate.progress import progress_bar
 from curate.records import EvidenceRole, Item
 from curate.registry import Registry
 from curate.workspace import Workspace
@@ -165,8 +166,25 @@ class GapResult:
     skipped_without_boxes: int
 
 
+def _gap_row(label: str, attribute: str, taxonomy_type: str | None, size: int, natural: dict[str, list[float]],
+             masked: dict[str, list[float]]) -> dict[str, object]:
+    natural_gap = float(np.mean(natural["top"]) - np.mean(natural["bottom"]))
+    has_masked = bool(masked["top"] and masked["bottom"])
+    masked_gap = float(np.mean(masked["bottom"]) - np.mean(masked["top"])) if has_masked else None
+    return {
+        "class_label": label, "attribute": attribute, "taxonomy_type": taxonomy_type, "k": size,
+        "natural_top_acc": float(np.mean(natural["top"])), "natural_bottom_acc": float(np.mean(natural["bottom"])),
+        "natural_gap": natural_gap,
+        "masked_top_acc": float(np.mean(masked["top"])) if masked["top"] else None,
+        "masked_bottom_acc": float(np.mean(masked["bottom"])) if masked["bottom"] else None,
+        "masked_gap": masked_gap, "n_masked_top": len(masked["top"]), "n_masked_bottom": len(masked["bottom"]),
+        "score": (natural_gap + masked_gap) / 2 if masked_gap is not None else None,
+    }
+
+
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
-                  k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object") -> GapResult:
+                  k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object",
+                  progress: bool = True) -> GapResult:
     """The natural, masked and combined spurious gap of ``model`` for every (class, cue).
 
     ``mask="object"`` (SpurLens) blacks out the class object, so a right answer is "no X";
@@ -184,37 +202,40 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
     all_classes = sorted({i.label for i in items.values() if i.label})
     wanted = set(classes) if classes else set(all_classes)
     rows, skipped = [], 0
-    for (label, attribute), scored in presence.group_by(["class_label", "attribute"], maintain_order=True):
-        if label not in wanted:
-            continue
-        order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed)
-        size = min(k, len(order) // 2)
-        if size == 0:
-            continue
-        top, bottom = [items[i] for i in order[:size]], [items[i] for i in order[-size:]]
-        natural = {name: model.says_present(group, [open_image(workspace.resolve_uri(i.uri)) for i in group],
-                                            label, "natural", all_classes) for name, group in (("top", top),
-                                                                                              ("bottom", bottom))}
-        masked: dict[str, list[float]] = {}
-        target = label if mask == "object" else attribute
-        for name, group in (("top", top), ("bottom", bottom)):
-            maskable = [i for i in group if boxes_of.get((i.item_id, target))]
-            skipped += len(group) - len(maskable)
-            images = [masked_image(workspace, i, boxes_of[(i.item_id, target)]) for i in maskable]
-            answers = model.says_present(maskable, images, label, "masked", all_classes) if maskable else []
-            masked[name] = [1.0 - p for p in answers] if mask == "object" else answers
-        natural_gap = float(np.mean(natural["top"]) - np.mean(natural["bottom"]))
-        has_masked = bool(masked["top"] and masked["bottom"])
-        masked_gap = float(np.mean(masked["bottom"]) - np.mean(masked["top"])) if has_masked else None
-        rows.append({
-            "class_label": label, "attribute": attribute, "taxonomy_type": scored["taxonomy_type"][0], "k": size,
-            "natural_top_acc": float(np.mean(natural["top"])), "natural_bottom_acc": float(np.mean(natural["bottom"])),
-            "natural_gap": natural_gap,
-            "masked_top_acc": float(np.mean(masked["top"])) if masked["top"] else None,
-            "masked_bottom_acc": float(np.mean(masked["bottom"])) if masked["bottom"] else None,
-            "masked_gap": masked_gap, "n_masked_top": len(masked["top"]), "n_masked_bottom": len(masked["bottom"]),
-            "score": (natural_gap + masked_gap) / 2 if masked_gap is not None else None,
-        })
+    # Answers depend on the image (and, masked, on which boxes are blacked out), not on the cue that
+    # ranked it: each image is shown to the model once, whatever number of cues ranks it.
+    answered: dict[tuple[str, str, str], float] = {}
+
+    def says_present(group: list[Item], label: str, variant: str, target: str) -> list[float]:
+        fresh = [i for i in group if (i.item_id, variant, target) not in answered]
+        if fresh:
+            images = [open_image(workspace.resolve_uri(i.uri)) if variant == "natural"
+                      else masked_image(workspace, i, boxes_of[(i.item_id, target)]) for i in fresh]
+            for item, answer in zip(fresh, model.says_present(fresh, images, label, variant, all_classes),
+                                    strict=True):
+                answered[(item.item_id, variant, target)] = answer
+        return [answered[(i.item_id, variant, target)] for i in group]
+
+    groups = [(key, scored) for key, scored in presence.group_by(["class_label", "attribute"], maintain_order=True)
+              if key[0] in wanted]
+    with progress_bar(f"spurious gap ({model.name})", len(groups), progress) as advance:
+        for (label, attribute), scored in groups:
+            advance()
+            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed)
+            size = min(k, len(order) // 2)
+            if size == 0:
+                continue
+            top, bottom = [items[i] for i in order[:size]], [items[i] for i in order[-size:]]
+            natural = {name: says_present(group, label, "natural", "") for name, group in (("top", top),
+                                                                                          ("bottom", bottom))}
+            masked: dict[str, list[float]] = {}
+            target = label if mask == "object" else attribute
+            for name, group in (("top", top), ("bottom", bottom)):
+                maskable = [i for i in group if boxes_of.get((i.item_id, target))]
+                skipped += len(group) - len(maskable)
+                answers = says_present(maskable, label, "masked", target) if maskable else []
+                masked[name] = [1.0 - p for p in answers] if mask == "object" else answers
+            rows.append(_gap_row(label, attribute, scored["taxonomy_type"][0], size, natural, masked))
     if not rows:
         return GapResult(pl.DataFrame(schema={c: pl.Float64 for c in GAP_COLUMNS}), skipped)
     table = pl.DataFrame(rows, infer_schema_length=None).sort(["class_label", "score"], descending=[False, True],

@@ -35,10 +35,11 @@ class ProposeContext:
     progress: bool = True
     counts: Counter[str] = field(default_factory=Counter)
     models: dict[str, str] = field(default_factory=dict)
+    _done: set[str] | None = field(default=None, repr=False)
 
     def class_labels(self) -> list[str]:
         """The classes to work on: those asked for, else every labelled class in the workspace."""
-        present = [c for c in self.workspace.status().per_class if c != "<unlabelled>"]
+        present = self.workspace.catalog.labels()
         if self.classes is None:
             return present
         missing = sorted(set(self.classes) - set(present))
@@ -51,10 +52,15 @@ class ProposeContext:
         done = {cue.class_label for cue in self.workspace.catalog.cues(run_id=self.run.run_id)}
         return [label for label in self.class_labels() if label not in done]
 
-    def pending_items(self, label: str) -> list[Item]:
-        """Items of a class with no evidence from this run yet (a resumed run skips the rest)."""
-        done = self.workspace.catalog.evidence_item_ids(self.run.run_id)
-        return [item for item in self.workspace.catalog.items(label=label) if item.item_id not in done]
+    def pending_items(self, label: str | None = None) -> list[Item]:
+        """Items (of a class, or all) with no evidence from this run yet: a resumed run skips the rest.
+
+        What is done is read once, when first asked: items written since belong to classes this
+        invocation has already finished.
+        """
+        if self._done is None:
+            self._done = self.workspace.catalog.evidence_item_ids(self.run.run_id)
+        return [item for item in self.workspace.catalog.items(label=label) if item.item_id not in self._done]
 
     def write_evidence(self, rows: Sequence[Evidence], **counts: int) -> None:
         """Store a batch of evidence and count it (plus any extra counts) in this run."""

@@ -43,8 +43,7 @@ class LogoMiningProposer(Proposer):
         context.models[clip.name] = clip.version
         store = EmbeddingStore(context.workspace, clip, context.run.run_id)
         logo, contrast = _mean(clip, self.prompts, context), _mean(clip, self.contrast, context)
-        done = context.workspace.catalog.evidence_item_ids(context.run.run_id)
-        items = [item for item in context.workspace.catalog.items() if item.item_id not in done]
+        items = context.pending_items()
         with progress_bar("logo-mining", len(items), context.progress) as advance:
             for batch in store.batches(items, self.batch_size):
                 if batch.items:

@@ -53,8 +53,7 @@ def score_images(context: ProposeContext, scorers: Sequence[ImageScorer], batch_
         raise ValueError("at most one scorer may preprocess images in the loader")
     transform = transforms[0] if transforms else None
     if vocabulary:
-        done = context.workspace.catalog.evidence_item_ids(context.run.run_id)
-        items = [item for item in context.workspace.catalog.items() if item.item_id not in done]
+        items = context.pending_items()
         cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
         _score(context, scorers, "*", cues, items, batch_size, transform, title)
         return

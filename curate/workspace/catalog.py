@@ -199,6 +199,11 @@ class Catalog:
             yield from (_item_from_row(row) for row in rows)
             last = rows[-1]["item_id"]
 
+    def labels(self) -> list[str]:
+        """The class labels items carry, sorted."""
+        rows = self._connect().execute("SELECT DISTINCT label FROM items WHERE label IS NOT NULL ORDER BY label")
+        return [row[0] for row in rows]
+
     def references(self, item_id: str | None = None, source_id: str | None = None) -> list[SourceRef]:
         """Where items were found (all places of one item, or all entries of one source)."""
         clause, args = _where(item_id=item_id, source_id=source_id)
