@@ -22,13 +22,13 @@ from rich.progress import (
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[], None]]:
-    """Yield an ``advance()`` callable that moves a bar of ``total`` steps (a counter when unknown)."""
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """Yield an ``advance(steps=1)`` callable that moves a bar of ``total`` steps (a counter when unknown)."""
     if not enabled:
-        yield lambda: None
+        yield lambda steps=1: None
         return
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        yield lambda steps=1: bar.advance(task, steps)

@@ -30,6 +30,7 @@ from curate.analyze.cues import wilson
 from curate.build.base import Builder, BuildError, Release, register_builder
 from curate.build.mmspubench import source_name
 from curate.images import open_image
+from curate.progress import progress_bar
 from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
 
@@ -190,15 +191,10 @@ class LogoBankBuilder(Builder):
         images = {item.item_id: open_image(workspace.resolve_uri(item.uri)) for item in chosen}
         clean = dict(zip(images, classifier.predict(list(images.values()), classes), strict=True))
         rows = []
-        for logo in bank.iter_rows(named=True):
-            logo_image = self._logo_image(workspace, logo)
-            pasted = [(item, corner, paste_logo(images[item.item_id], logo_image, corner, self.logo_scale))
-                      for item in chosen for corner in self.corners]
-            predictions = classifier.predict([p for _, _, p in pasted], classes)
-            for (item, corner, _), prediction in zip(pasted, predictions, strict=True):
-                rows.append({"logo_id": logo["logo_id"], "item_id": item.item_id, "class_label": item.label,
-                             "corner": corner, "clean_prediction": clean[item.item_id],
-                             "pasted_prediction": prediction})
+        with progress_bar(f"logo search ({classifier.name})", bank.height) as advance:
+            for logo in bank.iter_rows(named=True):
+                rows += self._attack_logo(workspace, logo, chosen, images, clean, classifier, classes)
+                advance()
         attack = pl.DataFrame(rows)
         ranking = self._ranking(attack, bank)
         return Release(self.name, {"bank": bank, "attack": attack, "ranking": ranking}, {
@@ -208,6 +204,17 @@ class LogoBankBuilder(Builder):
             "classifier": f"{classifier.name} ({classifier.version})",
             "flip_rates": "to: clean != target and pasted == target, on other classes' images; away: clean == "
                           "target and pasted != target, on target images; 95% Wilson intervals"})
+
+    def _attack_logo(self, workspace: Workspace, logo: dict[str, Any], chosen: list[Any], images: dict[str, Any],
+                     clean: dict[str, str], classifier: Any, classes: list[str]) -> list[dict[str, Any]]:
+        """Paste one logo at every corner of every chosen image; clean and pasted predictions."""
+        logo_image = self._logo_image(workspace, logo)
+        pasted = [(item, corner, paste_logo(images[item.item_id], logo_image, corner, self.logo_scale))
+                  for item in chosen for corner in self.corners]
+        predictions = classifier.predict([p for _, _, p in pasted], classes)
+        return [{"logo_id": logo["logo_id"], "item_id": item.item_id, "class_label": item.label, "corner": corner,
+                 "clean_prediction": clean[item.item_id], "pasted_prediction": prediction}
+                for (item, corner, _), prediction in zip(pasted, predictions, strict=True)]
 
     def _ranking(self, attack: pl.DataFrame, bank: pl.DataFrame) -> pl.DataFrame:
         rows = []

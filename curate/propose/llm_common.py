@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import polars as pl
 
@@ -32,10 +32,7 @@ class LLMOptions:
 
     def settings(self) -> LLMSettings:
         """The client settings these options describe."""
-        return LLMSettings(model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
-                           temperature=self.temperature, concurrency=self.concurrency, timeout_s=self.timeout_s,
-                           max_retries=self.max_retries, max_malformed=self.max_malformed,
-                           structured=self.structured, use_batch_api=self.use_batch_api)
+        return LLMSettings(**{f.name: getattr(self, f.name) for f in fields(LLMOptions)})
 
 
 def record_failures(context: ProposeContext, key: str, failures: list[dict[str, str]]) -> None:

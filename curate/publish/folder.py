@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.progress import progress_bar
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
 
@@ -123,7 +124,7 @@ def _encoded_batches(workspace: Workspace, table: Table, features: datasets.Feat
 
 def write_table(workspace: Workspace, table: Table, features: datasets.Features, folder: Path,
                 split: str, max_shard_bytes: int = MAX_SHARD_BYTES, max_shard_rows: int = MAX_SHARD_ROWS,
-                batch_rows: int = 256) -> list[Path]:
+                batch_rows: int = 256, progress: bool = True) -> list[Path]:
     """Stream a table into size-bounded shards ``<split>-0000i-of-0000n.parquet`` (whole batches of
     ``batch_rows``, so a shard may hold one batch more than the bounds); return them."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,16 +133,19 @@ def write_table(workspace: Workspace, table: Table, features: datasets.Features,
     parts: list[Path] = []
     writer: pq.ParquetWriter | None = None
     written_bytes = written_rows = 0
-    for batch, size in _encoded_batches(workspace, table, features, batch_rows):
-        if writer is None or written_bytes + size > max_shard_bytes or written_rows + batch.num_rows > max_shard_rows:
-            if writer is not None:
-                writer.close()
-            parts.append(folder / f".{split}-part{len(parts):05d}.tmp")
-            writer = pq.ParquetWriter(parts[-1], features.arrow_schema)
-            written_bytes = written_rows = 0
-        writer.write_table(batch)
-        written_bytes += size
-        written_rows += batch.num_rows
+    with progress_bar(f"publish {folder.name}/{split}", row_count(table), progress) as advance:
+        for batch, size in _encoded_batches(workspace, table, features, batch_rows):
+            full = written_bytes + size > max_shard_bytes or written_rows + batch.num_rows > max_shard_rows
+            if writer is None or full:
+                if writer is not None:
+                    writer.close()
+                parts.append(folder / f".{split}-part{len(parts):05d}.tmp")
+                writer = pq.ParquetWriter(parts[-1], features.arrow_schema)
+                written_bytes = written_rows = 0
+            writer.write_table(batch)
+            written_bytes += size
+            written_rows += batch.num_rows
+            advance(batch.num_rows)
     if writer is None:  # an empty table still gets one (empty) shard
         parts.append(folder / f".{split}-part00000.tmp")
         pq.write_table(features.arrow_schema.empty_table(), parts[-1])
