@@ -43,6 +43,7 @@ from annotation.configs import (
 )
 from annotation.server import LabelStudioServer
 from curate.ingest.base import read_table
+from curate.progress import progress_bar
 from curate.records import Evidence, EvidenceRole, Item, Verdict
 from curate.registry import Registry
 from curate.workspace import Workspace
@@ -119,9 +120,10 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
     groups = {ref.item_id: ref.metadata["a_name"] for ref in workspace.catalog.references()
               if "a_name" in ref.metadata}
     queues: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+    items = {item_id: workspace.catalog.item(item_id) for item_id in by_item}
     for item_id, rows in by_item.items():
         uncertainty = min(abs((r.score or 0.0) - spec.threshold) for r in rows)
-        stratum = (str(workspace.catalog.item(item_id).label), str(groups.get(item_id, "")))
+        stratum = (str(items[item_id].label), str(groups.get(item_id, "")))
         queues[stratum].append((uncertainty, item_id))
     for queue in queues.values():
         queue.sort()
@@ -130,7 +132,7 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
         for stratum in sorted(queues):
             if queues[stratum] and len(chosen) < spec.budget:
                 chosen.append(queues[stratum].pop(0)[1])
-    return [(workspace.catalog.item(i), sorted(by_item[i], key=lambda r: -(r.score or 0.0))[:spec.max_attributes])
+    return [(items[i], sorted(by_item[i], key=lambda r: -(r.score or 0.0))[:spec.max_attributes])
             for i in chosen]
 
 
@@ -221,10 +223,13 @@ def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec, chunk
         project_id = project(ls, workspace, spec)
         present = _existing_units(ls, project_id)
         tasks, gold = kind.build(workspace, spec, present)
-        for chunk in _chunks(tasks, chunk_size or PUSH_CHUNK):
-            _call("import tasks", ls.projects.import_tasks, id=project_id, request=list(chunk), return_task_ids=True)
-            with workspace.transaction() as conn:
-                workspace.runs.add_counts(conn, run.run_id, {"tasks_pushed": len(chunk)})
+        with progress_bar(f"push {spec.name}", len(tasks)) as advance:
+            for chunk in _chunks(tasks, chunk_size or PUSH_CHUNK):
+                _call("import tasks", ls.projects.import_tasks, id=project_id, request=list(chunk),
+                      return_task_ids=True)
+                with workspace.transaction() as conn:
+                    workspace.runs.add_counts(conn, run.run_id, {"tasks_pushed": len(chunk)})
+                advance(len(chunk))
     return RoundReport(run.run_id, project_id, {"tasks_pushed": len(tasks), "already_there": len(present),
                                                 "gold_tasks": gold})
 
