@@ -1,4 +1,4 @@
-"""Agreement between annotators, gold accuracy, and consensus with adjudication.
+"""Agreement between annotators and gold accuracy (the consensus rule lives in ``curate.verdicts``).
 
 Ratings are ``{unit: {annotator: value}}`` (a unit is an (item, attribute) pair); values are nominal.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
 
 Ratings = Mapping[Hashable, Mapping[str, str]]
 
@@ -85,34 +84,3 @@ def gold_accuracy(ratings: Ratings, gold: Mapping[Hashable, str]) -> dict[str, f
             seen[annotator] += 1
             right[annotator] += value == answer
     return {annotator: right[annotator] / seen[annotator] for annotator in sorted(seen)}
-
-
-@dataclass(frozen=True, slots=True)
-class Consensus:
-    """Majority decisions, and the units that need an adjudication round (ties, low agreement)."""
-
-    decided: dict[Hashable, str]
-    to_adjudicate: dict[Hashable, str]
-
-
-def consensus(ratings: Ratings, min_share: float = 0.5, min_raters: int = 1) -> Consensus:
-    """The majority value of each unit when it holds more than ``min_share`` of the ratings;
-    ties, weak majorities and units with fewer than ``min_raters`` ratings go to adjudication.
-
-    >>> result = consensus({"u1": {"a": "x", "b": "x", "c": "y"}, "u2": {"a": "x", "b": "y"}})
-    >>> result.decided, result.to_adjudicate
-    ({'u1': 'x'}, {'u2': 'tie between x, y'})
-    """
-    decided, pending = {}, {}
-    for unit, by_annotator in ratings.items():
-        counts = Counter(by_annotator.values()).most_common()
-        if len(by_annotator) < min_raters:
-            pending[unit] = f"{len(by_annotator)} ratings, {min_raters} needed"
-        elif len(counts) > 1 and counts[0][1] == counts[1][1]:
-            tied = sorted(v for v, n in counts if n == counts[0][1])
-            pending[unit] = f"tie between {', '.join(tied)}"
-        elif counts[0][1] / len(by_annotator) <= min_share and len(counts) > 1:
-            pending[unit] = f"majority {counts[0][0]} holds only {counts[0][1]} of {len(by_annotator)}"
-        else:
-            decided[unit] = counts[0][0]
-    return Consensus(decided, pending)

@@ -1,37 +1,61 @@
 """Labeling configs for verification tasks, checked with Label Studio's ``LabelInterface``.
 
 ``CONFIGS`` holds one per kind of review: attribute verification, box review of detector evidence
-(pre-filled rectangles), MCQ items, FOCUS-style settings and logos. Push and pull exist for
-attribute verification; the others are checked here and wait for the builders that feed them.
+(pre-filled rectangles), MCQ items, FOCUS-style settings and logos.
 
-Attribute verification holds a variable number of attributes per task: two per-task taxonomies
-(``verdicts``: attribute -> core / spurious / not present / unsure; ``types``: attribute -> one of
-the nine types) and free text for attributes the proposers missed. Control names differ from the
-task data keys, so exports never overwrite data values.
+Attribute verification shows up to ``ATTRIBUTE_SLOTS`` attributes per image, each on a row of its
+own: the attribute's name and proposed type, then one-click choices whose options come from the task
+data (dynamic ``Choices``), so unused rows show nothing. Control names (``verdict_<i>``, ``type_<i>``)
+differ from the task data keys (``attr_<i>_...``), so exports never overwrite data values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
 
 from label_studio_sdk.label_interface import LabelInterface
 
 from curate.taxonomy import SPURIOUS_TYPES
+from curate.verdicts import ATTRIBUTE_CHOICES, VerdictValue
 
-VERDICT_VALUES = ("core", "spurious", "not present", "unsure")
+ATTRIBUTE_SLOTS = 12
+"""Attributes one task can show (a round's ``max_attributes`` is at most this)."""
 
-ATTRIBUTE_VERIFICATION = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <Header value="Class: $class_label"/>
-  <Header value="For each attribute: is it a core feature of the class, a spurious one, or not in the image?"/>
-  <Taxonomy name="verdicts" toName="image" value="$verdict_tree" leafsOnly="true" placeholder="Verdicts"/>
-  <Header value="Correct the type of spurious attributes when it is wrong:"/>
-  <Taxonomy name="types" toName="image" value="$type_tree" leafsOnly="true" placeholder="Types"/>
-  <TextArea name="missed" toName="image" placeholder="Attributes the proposers missed, one per line"
-            editable="true" maxSubmissions="1"/>
+
+def _attribute_slot(index: int) -> str:
+    return f"""      <Header value="$attr_{index}_title" size="5"/>
+      <Choices name="verdict_{index}" toName="image" value="$attr_{index}_options" choice="single-radio"
+               showInline="true"/>
+      <Choices name="type_{index}" toName="image" value="$attr_{index}_type_options" choice="single" layout="select"
+               visibleWhen="choice-selected" whenTagName="verdict_{index}" whenChoiceValue="spurious"/>"""
+
+
+ATTRIBUTE_VERIFICATION = f"""<View>
+  <View style="display: flex; gap: 24px; align-items: flex-start">
+    <View style="flex: 0 0 55%">
+      <Image name="image" value="$image" zoom="true"/>
+    </View>
+    <View style="flex: 1 1 auto">
+      <Header value="Class: $class_label"/>
+      <Text name="instructions" value="$instructions"/>
+{chr(10).join(_attribute_slot(i) for i in range(ATTRIBUTE_SLOTS))}
+      <Header value="Attributes the proposers missed (one per line)" size="6"/>
+      <TextArea name="missed" toName="image" editable="true" maxSubmissions="1" rows="2"/>
+      <Header value="Anything wrong with the image or the task? (your reason, if you reject something)" size="6"/>
+      <TextArea name="comment" toName="image" editable="true" maxSubmissions="1" rows="2"/>
+    </View>
+  </View>
 </View>"""
+"""One task per image: every attribute on a row of its own, its name and proposed type above one-click
+choices (core / spurious / not present / unsure); a spurious attribute shows a type picker, pre-set to
+the proposed type. Unused rows have no choices and show nothing."""
+
+ATTRIBUTE_INSTRUCTIONS = ("For each attribute: is it a core feature of the class, a spurious one (in the image, "
+                          "but not what makes it this class), or not in the image? Pre-filled answers are a "
+                          "machine's guesses: check each one.")
 
 
 BOX_REVIEW = """<View>
@@ -90,7 +114,7 @@ LOGO_REVIEW = """<View>
 
 # kind -> (config, the controls pull reads back)
 CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "attributes": (ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed")),
+    "attributes": (ATTRIBUTE_VERIFICATION, ("verdict_0", "type_0", "missed", "comment")),
     "boxes": (BOX_REVIEW, ("boxes", "box_verdict")),
     "mcq": (MCQ_REVIEW, ("answer_right", "ambiguous", "comment")),
     "setting": (SETTING_REVIEW, ("time", "weather", "locations")),
@@ -115,26 +139,65 @@ def checked(config: str, controls: Sequence[str]) -> LabelInterface:
     return interface
 
 
-def attribute_task_data(item_id: str, image_url: str, class_label: str | None,
-                        attributes: Sequence[tuple[str, str | None]]) -> dict[str, Any]:
-    """Task data for one image: the attributes to judge, each with its current type."""
-    return {
-        "item_id": item_id, "unit": item_id, "image": image_url, "class_label": class_label or "(no class)",
-        "verdict_tree": [{"value": name, "children": [{"value": v} for v in VERDICT_VALUES]} for name, _ in attributes],
-        "type_tree": [{"value": name, "children": [{"value": t} for t in SPURIOUS_TYPES]} for name, _ in attributes],
-        "attribute_types": {name: kind for name, kind in attributes},
-    }
+@dataclass(frozen=True, slots=True)
+class AttributeRow:
+    """One attribute of an attribute task: its name, proposed type, and a note shown beside it
+    (the votes so far in an adjudication)."""
+
+    name: str
+    taxonomy_type: str | None = None
+    note: str = ""
+
+    @property
+    def title(self) -> str:
+        shown = self.name + (f"  ({self.taxonomy_type})" if self.taxonomy_type else "")
+        return shown + (f"  -  {self.note}" if self.note else "")
 
 
-def prefill(attributes: Sequence[tuple[str, str | None, float]], threshold: float) -> list[dict[str, Any]]:
+def attribute_task_data(item_id: str, image_url: str, class_label: str | None, rows: Sequence[AttributeRow],
+                        instructions: str = ATTRIBUTE_INSTRUCTIONS) -> dict[str, Any]:
+    """Task data for one image: one slot per attribute, unused slots empty.
+
+    >>> data = attribute_task_data("i1", "/x.png", "dog", [AttributeRow("leash", "Co-occurring Objects")])
+    >>> data["attr_0_title"], [o["value"] for o in data["attr_0_options"]], data["attr_1_options"]
+    ('leash  (Co-occurring Objects)', ['core', 'spurious', 'not present', 'unsure'], [])
+    """
+    if len(rows) > ATTRIBUTE_SLOTS:
+        raise ConfigError(f"a task shows at most {ATTRIBUTE_SLOTS} attributes, got {len(rows)}")
+    if len({row.name for row in rows}) != len(rows):
+        raise ConfigError(f"an attribute appears twice in one task: {[row.name for row in rows]}")
+    data: dict[str, Any] = {"item_id": item_id, "unit": item_id, "image": image_url,
+                            "class_label": class_label or "(no class)", "instructions": instructions,
+                            "attribute_types": {row.name: row.taxonomy_type for row in rows}}
+    for index in range(ATTRIBUTE_SLOTS):
+        row = rows[index] if index < len(rows) else None
+        data[f"attr_{index}_name"] = row.name if row else ""
+        data[f"attr_{index}_title"] = row.title if row else ""
+        data[f"attr_{index}_options"] = [{"value": v} for v in ATTRIBUTE_CHOICES] if row else []
+        data[f"attr_{index}_type_options"] = [{"value": t} for t in SPURIOUS_TYPES] if row else []
+    return data
+
+
+def _choice(control: str, value: str) -> dict[str, Any]:
+    return {"from_name": control, "to_name": "image", "type": "choices", "value": {"choices": [str(value)]}}
+
+
+def attribute_answers(rows: Sequence[AttributeRow], verdicts: Sequence[str]) -> list[dict[str, Any]]:
+    """A result that answers each row with ``verdicts[i]`` (and its proposed type when spurious):
+    what a pre-fill, a gold trap or a simulated annotator sends."""
+    result = []
+    for index, (row, verdict) in enumerate(zip(rows, verdicts, strict=True)):
+        result.append(_choice(f"verdict_{index}", verdict))
+        if verdict == VerdictValue.SPURIOUS and row.taxonomy_type in SPURIOUS_TYPES:
+            result.append(_choice(f"type_{index}", row.taxonomy_type))
+    return result
+
+
+def prefill(rows: Sequence[AttributeRow], scores: Sequence[float], threshold: float) -> list[dict[str, Any]]:
     """A prediction result from machine scores: at or above ``threshold`` "spurious", else "not
     present", with the proposed types."""
-    verdicts = [[name, "spurious" if score >= threshold else "not present"] for name, _, score in attributes]
-    types = [[name, kind] for name, kind, _ in attributes if kind]
-    result = [{"from_name": "verdicts", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": verdicts}}]
-    if types:
-        result.append({"from_name": "types", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": types}})
-    return result
+    return attribute_answers(rows, [VerdictValue.SPURIOUS if score >= threshold else VerdictValue.NOT_PRESENT
+                                    for score in scores])
 
 
 BOX_VERDICTS = ("boxes correct", "boxes fixed", "cue not in image")
@@ -216,27 +279,37 @@ def read_choices_result(result: Sequence[dict[str, Any]], config: str) -> dict[s
 
 
 def read_attribute_result(result: Sequence[dict[str, Any]], data: dict[str, Any]
-                          ) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """(attribute -> verdict, attribute -> type, missed attributes) from one annotation, checked
-    against the task's own attributes and the allowed values; raises ``ConfigError``."""
-    allowed = {node["value"] for node in data.get("verdict_tree", [])}
+                          ) -> tuple[dict[str, str], dict[str, str], list[str], str]:
+    """(attribute -> verdict, attribute -> corrected type, missed attributes, comment) from one
+    annotation, checked against the task's own slots and the allowed values; two answers for one
+    attribute, an answer in an empty slot or an unknown control raise ``ConfigError``."""
     verdicts: dict[str, str] = {}
     types: dict[str, str] = {}
     missed: list[str] = []
+    comment = ""
     for region in result:
-        name, value = region.get("from_name"), region.get("value", {})
-        if name in ("verdicts", "types"):
-            for path in value.get("taxonomy", []):
-                if len(path) != 2 or path[0] not in allowed:
-                    raise ConfigError(f"{name}: {path!r} is not an attribute of this task")
-                if name == "verdicts" and path[1] not in VERDICT_VALUES:
-                    raise ConfigError(f"verdict {path[1]!r} for {path[0]!r} is not one of {VERDICT_VALUES}")
-                if name == "types" and path[1] not in SPURIOUS_TYPES:
-                    raise ConfigError(f"type {path[1]!r} for {path[0]!r} is not one of the nine types")
-                (verdicts if name == "verdicts" else types)[path[0]] = path[1]
-        elif name == "missed":
+        control, value = str(region.get("from_name")), region.get("value", {})
+        kind, _, slot = control.partition("_")
+        if kind in ("verdict", "type") and slot.isdigit() and int(slot) < ATTRIBUTE_SLOTS:
+            attribute = data.get(f"attr_{slot}_name", "")
+            chosen = [str(v) for v in value.get("choices", [])]
+            allowed = ATTRIBUTE_CHOICES if kind == "verdict" else SPURIOUS_TYPES
+            target = verdicts if kind == "verdict" else types
+            if not attribute:
+                raise ConfigError(f"{control}: an answer for an empty row")
+            if len(chosen) != 1 or attribute in target:
+                answers = chosen + ([target[attribute]] if attribute in target else [])
+                raise ConfigError(f"{attribute!r} has {len(answers)} answers ({', '.join(answers) or 'none'}); "
+                                  "one is expected")
+            if chosen[0] not in allowed:
+                raise ConfigError(f"{kind} {chosen[0]!r} for {attribute!r} is not one of: {', '.join(allowed)}")
+            target[attribute] = chosen[0]
+        elif control == "missed":
             missed += [line.strip().lower() for text in value.get("text", []) for line in str(text).splitlines()
                        if line.strip()]
+        elif control == "comment":
+            comment = " ".join(str(t).strip() for t in value.get("text", []) if str(t).strip())
         else:
-            raise ConfigError(f"unknown control {name!r} in the annotation")
-    return verdicts, types, missed
+            raise ConfigError(f"unknown control {control!r} in the annotation")
+    types = {name: kind for name, kind in types.items() if verdicts.get(name) == VerdictValue.SPURIOUS}
+    return verdicts, types, missed, comment

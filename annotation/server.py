@@ -29,6 +29,14 @@ class ServerError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class Connection:
+    """Where a Label Studio answers and the API token to use there."""
+
+    url: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class LabelStudioServer:
     """A running server: where it answers, who may log in, and how to stop it."""
 

@@ -317,8 +317,8 @@ def annotate_push(
     overlap_k: Annotated[int, typer.Option(help="Annotators per overlap task.")] = 2,
     gold_round: Annotated[str | None, typer.Option(help="Earlier round whose consensus gives gold tasks.")] = None,
     gold_count: Annotated[int, typer.Option(help="Gold tasks to mix in (pre-filled wrongly).")] = 0,
-    adjudicate: Annotated[str | None, typer.Option(help="Only the items this earlier round could not "
-                                                        "decide.")] = None,
+    adjudicate: Annotated[str | None, typer.Option(help="Decide the units this earlier round left open: only "
+                                                        "the disputed attributes, with the votes so far.")] = None,
     kind: Annotated[str, typer.Option(help="attributes (every attribute of an image), boxes (the boxes of "
                                            "one cue), or mcq, setting, logo (with --units).")] = "attributes",
     units: Annotated[Path | None, typer.Option(help="Units table for mcq / setting / logo rounds.")] = None,
@@ -330,19 +330,20 @@ def annotate_push(
     from annotation import rounds
 
     def spec(opened: Workspace) -> rounds.RoundSpec:
-        only = rounds.adjudication_items(opened, adjudicate) if adjudicate else None
         return rounds.RoundSpec(name, source, run, budget, threshold, max_attributes, overlap, overlap_k, gold_round,
-                                gold_count, only, kind, str(units.resolve()) if units else None)
+                                gold_count, adjudicate, kind, str(units.resolve()) if units else None)
 
     report = _round_call(functools.partial(rounds.push, chunk_size=chunk_size), spec, server_dir, url, workspace)
-    _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold), "
-             f"{report.counts['already_there']} already there (project {report.project_id}) [run {report.run_id}]")
+    _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold, "
+             f"{report.counts['shared_tasks']} for several people), {report.counts['already_there']} already there "
+             f"(project {report.project_id}) [run {report.run_id}]")
 
 
 @annotate_app.command("pull")
 def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
                   workspace: WorkspaceOption = Path(".")) -> None:
-    """Read the round's annotations back as verdicts, with agreement and gold accuracy."""
+    """Read the round's annotations back as verdicts (deleted annotations are deleted here too), with
+    agreement and gold accuracy."""
     from annotation import rounds
 
     report = _round_call(rounds.pull, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
@@ -355,12 +356,42 @@ def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, ur
 @annotate_app.command("status")
 def annotate_status(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
                     workspace: WorkspaceOption = Path(".")) -> None:
-    """Progress of a round: tasks, annotated tasks, annotations, and the pulled verdicts' figures."""
+    """Progress of a round (tasks finished for the people they wait for, annotations, gold and shared
+    tasks) and its pulled verdicts' figures: agreement, gold accuracy per annotator, rejections."""
     from annotation import rounds
 
     figures = _round_call(rounds.status, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
     out.print(_table(f"round {name}", ["figure", "value"], [[k, _fmt(v)] for k, v in figures.items()]))
-    _summary(f"round {name}: {int(figures['annotated_tasks'])} of {int(figures['tasks'])} tasks annotated")
+    _summary(f"round {name}: {int(figures['finished_tasks'])} of {int(figures['tasks'])} tasks finished, "
+             f"{int(figures['to_adjudicate'])} to adjudicate")
+
+
+@app.command()
+def verdicts(
+    round_: Annotated[str | None, typer.Option("--round", help="Only these rounds, comma-separated (their "
+                                                               "adjudications come with them).")] = None,
+    raw: Annotated[bool, typer.Option(help="Every person's answer instead of one decision per unit.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    export_to: Annotated[Path | None, typer.Option("--out", help="Also write all rows to .parquet or .csv.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """List the decided verdicts (consensus, or an adjudication) that builds and analysis read."""
+    from curate.verdicts import resolved_verdicts, round_names, verdict_frame
+
+    with _user_errors():
+        opened = Workspace.open(workspace)
+        wanted = round_names(round_)
+        rows = ([v for v in opened.catalog.verdicts() if wanted is None or v.round in wanted] if raw
+                else resolved_verdicts(opened, round_))
+        frame = verdict_frame(rows)
+        if export_to is not None:
+            (frame.write_csv if export_to.suffix == ".csv" else frame.write_parquet)(export_to)
+    out.print(_table("verdicts", ["item", "attribute", "value", "type", "by", "round"],
+                     [[v.item_id[:12], v.attribute, v.value, v.taxonomy_type or "-", v.annotator, v.round]
+                      for v in rows[:limit]]))
+    _summary(f"{len(rows)} {'answers' if raw else 'decided units'}" + (f" (showing {limit})" if len(rows) > limit
+                                                                      else "")
+             + (f", written to {export_to}" if export_to else ""))
 
 
 @app.command(name="analyze")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,22 @@ import pytest
 from conftest import distinct_image
 from label_studio_sdk import LabelStudio
 
-from annotation import rounds
-from annotation.configs import ATTRIBUTE_VERIFICATION, CONFIGS, ConfigError, checked, read_attribute_result
-from annotation.rounds import BridgeError, RoundSpec, pull, push
-from annotation.server import LabelStudioServer
+from annotation import rounds, transport
+from annotation import tasks as round_tasks
+from annotation.configs import (
+    ATTRIBUTE_SLOTS,
+    ATTRIBUTE_VERIFICATION,
+    CONFIGS,
+    ConfigError,
+    checked,
+    read_attribute_result,
+)
+from annotation.rounds import RoundSpec, pull, push, simulate
+from annotation.server import Connection
+from annotation.transport import PREFILL_VERSION, BridgeError
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole
+from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
 BOB_TOKEN = "bob" + "0" * 37
@@ -39,61 +50,72 @@ def _spec(name: str, **options: Any) -> RoundSpec:
     return RoundSpec(name=name, **options)
 
 
-def _tasks(server: LabelStudioServer, project_id: int) -> list[Any]:
+def _tasks(server: Connection, project_id: int) -> list[Any]:
     return list(LabelStudio(base_url=server.url, api_key=server.token).tasks.list(project=project_id, fields="all"))
 
 
 def test_the_config_is_checked_by_label_interface() -> None:
-    checked(ATTRIBUTE_VERIFICATION, ("verdicts", "types", "missed"))
+    checked(ATTRIBUTE_VERIFICATION, CONFIGS["attributes"][1])
     with pytest.raises(ConfigError, match="lacks the controls"):
-        checked(ATTRIBUTE_VERIFICATION, ("verdicts", "boxes"))
+        checked(ATTRIBUTE_VERIFICATION, ("verdict_0", "boxes"))
 
 
-def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace,
-                                                             label_studio: LabelStudioServer) -> None:
+def _slots(task: Any) -> list[str]:
+    return [task.data[f"attr_{i}_name"] for i in range(ATTRIBUTE_SLOTS) if task.data[f"attr_{i}_name"]]
+
+
+def test_push_sends_tasks_with_item_ids_and_prefills_once(proposed: Workspace, label_studio: Connection) -> None:
     spec = _spec("push-once", budget=4)
     report = push(proposed, label_studio, spec)
-    assert report.counts == {"tasks_pushed": 4, "already_there": 0, "gold_tasks": 0}
+    assert report.counts == {"tasks_pushed": 4, "already_there": 0, "gold_tasks": 0, "shared_tasks": 0}
     tasks = _tasks(label_studio, report.project_id)
     assert len(tasks) == 4
     labels = [proposed.catalog.item(t.data["item_id"]).label for t in tasks]
     assert sorted(labels) == ["cat", "cat", "dog", "dog"]  # classes take turns within the budget
     task = tasks[0]
     assert task.data["image"].startswith("/data/local-files/?d=")
-    assert Path("/" + task.data["image"].split("?d=")[1]).is_file()
-    assert [node["value"] for node in task.data["verdict_tree"]] == ["leash", "grass", "sofa"]
+    assert _slots(task) == ["leash", "grass", "sofa"]  # named rows, highest score first
+    assert task.data["attr_0_title"] == "leash  (Background)" and task.data["attr_3_options"] == []
+    assert task.meta["evidence_runs"] == ["propose-run-1"]
     again = push(proposed, label_studio, _spec("push-once", budget=5))
-    assert again.counts == {"tasks_pushed": 1, "already_there": 4, "gold_tasks": 0}
+    assert again.counts == {"tasks_pushed": 1, "already_there": 4, "gold_tasks": 0, "shared_tasks": 0}
     assert len(_tasks(label_studio, report.project_id)) == 5
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
-    predictions = list(ls.predictions.list(task=tasks[0].id))
-    assert predictions[0].model_version == "propose-run-1" and predictions[0].score == pytest.approx(0.9)
+    [prediction] = list(ls.predictions.list(task=tasks[0].id))
+    # one model version for the project and every prediction: what makes the annotator stream pre-fill
+    assert prediction.model_version == ls.projects.get(id=report.project_id).model_version == PREFILL_VERSION
+    assert {r["from_name"]: r["value"]["choices"] for r in prediction.result} == {
+        "verdict_0": ["spurious"], "type_0": ["Background"], "verdict_1": ["spurious"], "verdict_2": ["not present"],
+        "type_1": ["Background"]}
 
 
-def _annotate(server: LabelStudioServer, token: str, task_id: int, verdicts: list[list[str]],
-              types: list[list[str]] | None = None, missed: str | None = None) -> None:
-    ls = LabelStudio(base_url=server.url, api_key=token)
-    result = [{"from_name": "verdicts", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": verdicts}}]
-    if types:
-        result.append({"from_name": "types", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": types}})
-    if missed:
-        result.append({"from_name": "missed", "to_name": "image", "type": "textarea", "value": {"text": [missed]}})
-    ls.annotations.create(id=task_id, result=result, completed_by=ls.users.whoami().id)
+def _answer(server: Connection, token: str, task: Any, verdicts: dict[str, str], types: dict[str, str] | None = None,
+            missed: str | None = None, comment: str | None = None) -> None:
+    """Submit an answer through the API as the user of ``token``, filling the task's named rows."""
+    slot = {name: i for i, name in enumerate(_slots(task))}
+    result = [{"from_name": f"verdict_{slot[name]}", "to_name": "image", "type": "choices",
+               "value": {"choices": [value]}} for name, value in verdicts.items()]
+    result += [{"from_name": f"type_{slot[name]}", "to_name": "image", "type": "choices",
+                "value": {"choices": [value]}} for name, value in (types or {}).items()]
+    result += [{"from_name": name, "to_name": "image", "type": "textarea", "value": {"text": [text]}}
+               for name, text in (("missed", missed), ("comment", comment)) if text]
+    transport.annotate(Connection(server.url, token), task.id, result)
 
 
-def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, label_studio: LabelStudioServer) -> None:
+def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, label_studio: Connection) -> None:
     spec = _spec("pull-round", budget=3)
     report = push(proposed, label_studio, spec)
     first, second, untouched = _tasks(label_studio, report.project_id)
-    _annotate(label_studio, label_studio.token, first.id, [["leash", "spurious"], ["grass", "not present"]],
-              types=[["leash", "Co-occurring Objects"]], missed="red collar")
-    _annotate(label_studio, BOB_TOKEN, first.id, [["leash", "spurious"], ["grass", "spurious"]])
-    _annotate(label_studio, BOB_TOKEN, second.id, [["sofa", "core"]])
+    _answer(label_studio, label_studio.token, first, {"leash": "spurious", "grass": "not present"},
+            types={"leash": "Co-occurring Objects"}, missed="red collar", comment="collar half hidden")
+    _answer(label_studio, BOB_TOKEN, first, {"leash": "spurious", "grass": "spurious"})
+    _answer(label_studio, BOB_TOKEN, second, {"sofa": "core"})
     pulled = pull(proposed, label_studio, spec)
-    assert pulled.counts == {"annotated_tasks": 2, "verdicts": 6, "rejected_annotations": 0}
+    assert pulled.counts == {"annotated_tasks": 2, "verdicts": 6, "removed_verdicts": 0, "rejected_annotations": 0}
     verdicts = {(v.item_id, v.attribute, v.annotator): v for v in proposed.catalog.verdicts("pull-round")}
     leash = verdicts[(first.data["item_id"], "leash", "curate@localhost")]
     assert leash.value == "spurious" and leash.taxonomy_type == "Co-occurring Objects"
+    assert leash.extra["comment"] == "collar half hidden"
     assert verdicts[(first.data["item_id"], "leash", "bob@localhost")].taxonomy_type == "Background"
     assert verdicts[(first.data["item_id"], "red collar", "curate@localhost")].value == "added"
     assert not [v for v in verdicts.values() if v.item_id == untouched.data["item_id"]]
@@ -106,27 +128,38 @@ def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, lab
     assert len(proposed.catalog.verdicts("pull-round")) == 6
 
 
-def test_annotations_outside_the_config_are_rejected_not_stored(proposed: Workspace,
-                                                               label_studio: LabelStudioServer) -> None:
-    spec = _spec("bad-values", budget=1)
+def test_annotations_that_do_not_fit_are_rejected_with_their_reason(proposed: Workspace,
+                                                                    label_studio: Connection) -> None:
+    spec = _spec("bad-values", budget=3)
     report = push(proposed, label_studio, spec)
-    [task] = _tasks(label_studio, report.project_id)
-    _annotate(label_studio, label_studio.token, task.id, [["leash", "probably"]])  # the server stores it silently
+    one, two, three = _tasks(label_studio, report.project_id)
+    _answer(label_studio, label_studio.token, one, {"leash": "probably"})  # the server stores it silently
+    contradictory = [{"from_name": "verdict_0", "to_name": "image", "type": "choices",
+                      "value": {"choices": ["core", "not present"]}}]
+    transport.annotate(label_studio, two.id, contradictory)
+    empty_row = [{"from_name": "verdict_7", "to_name": "image", "type": "choices", "value": {"choices": ["core"]}}]
+    transport.annotate(label_studio, three.id, empty_row)
     pulled = pull(proposed, label_studio, spec)
-    assert pulled.counts["rejected_annotations"] == 1 and proposed.catalog.verdicts("bad-values") == []
-    with pytest.raises(ConfigError, match="not an attribute of this task"):
-        read_attribute_result([{"from_name": "verdicts", "value": {"taxonomy": [["moon", "core"]]}}], task.data)
+    assert pulled.counts["rejected_annotations"] == 3 and proposed.catalog.verdicts("bad-values") == []
+    reasons = sorted(rounds.rejections(proposed, "bad-values")["reason"].to_list())
+    assert reasons == ["'leash' has 2 answers (core, not present); one is expected",
+                       "verdict 'probably' for 'leash' is not one of: core, spurious, not present, unsure",
+                       "verdict_7: an answer for an empty row"]
+    assert rounds.status(proposed, label_studio, spec)["rejected_annotations"] == 3
+    repeated = [*contradictory[:0], {"from_name": "verdict_0", "value": {"choices": ["core"]}},
+                {"from_name": "verdict_0", "value": {"choices": ["spurious"]}}]
+    with pytest.raises(ConfigError, match="2 answers"):  # two regions for one row: never "the last one wins"
+        read_attribute_result(repeated, one.data)
 
 
-def test_a_wrong_token_is_a_clear_error(proposed: Workspace, label_studio: LabelStudioServer) -> None:
-    wrong = LabelStudioServer(label_studio.url, "not-the-token", "x", "y", label_studio.data_dir, 0)
+def test_a_wrong_token_is_a_clear_error(proposed: Workspace, label_studio: Connection) -> None:
     with pytest.raises(BridgeError, match="refused the token"):
-        push(proposed, wrong, _spec("wrong-token"))
+        push(proposed, Connection(label_studio.url, "not-the-token"), _spec("wrong-token"))
 
 
-def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace, label_studio: LabelStudioServer,
+def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace, label_studio: Connection,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = _spec("cut-off", budget=5)
+    spec = _spec("cut-off", budget=5, overlap=0.4)
     monkeypatch.setattr(rounds, "PUSH_CHUNK", 2)
     real_import = LabelStudio(base_url=label_studio.url, api_key=label_studio.token).projects.import_tasks
     calls = {"n": 0}
@@ -144,13 +177,14 @@ def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace,
         push(proposed, label_studio, spec)
     monkeypatch.undo()
     report = push(proposed, label_studio, spec)
-    assert report.counts == {"tasks_pushed": 3, "already_there": 2, "gold_tasks": 0}
-    item_ids = [t.data["item_id"] for t in _tasks(label_studio, report.project_id)]
+    assert report.counts == {"tasks_pushed": 3, "already_there": 2, "gold_tasks": 0, "shared_tasks": 2}
+    tasks = _tasks(label_studio, report.project_id)
+    item_ids = [t.data["item_id"] for t in tasks]
     assert len(item_ids) == len(set(item_ids)) == 5
+    assert sorted(t.overlap for t in tasks) == [1, 1, 1, 2, 2]  # the tasks of the killed push got theirs too
 
 
-def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioServer,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rounds_through_the_cli(proposed: Workspace, label_studio: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from curate.cli import app
@@ -163,14 +197,16 @@ def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioSe
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
     pushed = runner.invoke(app, ["annotate", "push", "cli-round", "--budget", "2", *ws])
     assert pushed.exit_code == 0, pushed.output
-    assert "round cli-round: 2 tasks pushed (0 gold), 0 already there" in pushed.output
+    assert "round cli-round: 2 tasks pushed (0 gold, 0 for several people), 0 already there" in pushed.output
     project_id = int(pushed.output.split("(project ")[1].split(")")[0])
     task = _tasks(label_studio, project_id)[0]
-    _annotate(label_studio, label_studio.token, task.id, [["leash", "core"]])
+    _answer(label_studio, label_studio.token, task, {"leash": "core"})
     pulled = runner.invoke(app, ["annotate", "pull", "cli-round", *ws])
     assert "1 verdicts from 1 tasks, 0 annotations rejected; Krippendorff's alpha n/a" in pulled.output
     shown = runner.invoke(app, ["annotate", "status", "cli-round", *ws])
-    assert shown.output.strip().endswith("round cli-round: 1 of 2 tasks annotated")
+    assert shown.output.strip().endswith("round cli-round: 1 of 2 tasks finished, 0 to adjudicate")
+    listed = runner.invoke(app, ["verdicts", "-w", str(proposed.root), "--round", "cli-round"])
+    assert listed.exit_code == 0 and "leash" in listed.output and "core" in listed.output
     gone = runner.invoke(app, ["annotate", "push", "cli-round", "-w", str(proposed.root), "--url",
                                "http://127.0.0.1:9"])
     assert gone.exit_code == 2 and "cannot reach Label Studio" in gone.output
@@ -178,50 +214,146 @@ def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioSe
     assert never.exit_code == 2 and "no round 'never-pushed'" in never.output
 
 
-def test_gold_tasks_catch_rubber_stamping_and_ties_go_to_adjudication(proposed: Workspace,
-                                                                      label_studio: LabelStudioServer) -> None:
-    from annotation.rounds import adjudication_items
+def test_overlap_gives_exactly_the_asked_share_of_tasks_to_several_people(proposed: Workspace,
+                                                                          label_studio: Connection) -> None:
+    spec = _spec("overlap", budget=4, overlap=0.25, overlap_k=2)
+    report = push(proposed, label_studio, spec)
+    tasks = {t.id: t for t in _tasks(label_studio, report.project_id)}
+    assert report.counts["shared_tasks"] == 1 and sorted(t.overlap for t in tasks.values()) == [1, 1, 1, 2]
+    bob = Connection(label_studio.url, BOB_TOKEN)
+    seen: dict[str, list[int]] = {"curate": [], "bob": []}
+    for who, connection in itertools.islice(itertools.cycle((("curate", label_studio), ("bob", bob))), 40):
+        task = transport.next_task(connection, report.project_id)
+        if task is None:
+            if transport.next_task(label_studio, report.project_id) is None and \
+                    transport.next_task(bob, report.project_id) is None:
+                break
+            continue
+        _answer(label_studio, connection.token, tasks[task["id"]], {"leash": "spurious"})
+        seen[who].append(task["id"])
+    answered = seen["curate"] + seen["bob"]
+    assert len(answered) == 5  # 3 tasks once, the shared one twice: not 4 x 2
+    [shared] = [t.id for t in tasks.values() if t.overlap == 2]
+    assert answered.count(shared) == 2 and shared in seen["curate"] and shared in seen["bob"]
+    with pytest.raises(BridgeError, match="between 0 and 1"):
+        _spec("bad", overlap=25)
 
+
+def test_gold_accuracy_counts_gold_tasks_only_and_gold_answers_decide_nothing(proposed: Workspace,
+                                                                              label_studio: Connection) -> None:
     first = push(proposed, label_studio, _spec("gold-source", budget=2))
     one, two = _tasks(label_studio, first.project_id)
-    _annotate(label_studio, label_studio.token, one.id, [["leash", "spurious"], ["grass", "not present"]])
-    _annotate(label_studio, BOB_TOKEN, one.id, [["leash", "spurious"], ["grass", "not present"]])
-    _annotate(label_studio, label_studio.token, two.id, [["sofa", "core"]])
-    _annotate(label_studio, BOB_TOKEN, two.id, [["sofa", "not present"]])
-    source = pull(proposed, label_studio, _spec("gold-source", budget=2))
-    assert source.agreement["decided"] == 2 and source.agreement["to_adjudicate"] == 1
-    assert adjudication_items(proposed, "gold-source") == (two.data["item_id"],)
+    answers = {one.data["item_id"]: {"leash": "spurious", "grass": "not present", "sofa": "not present"},
+               two.data["item_id"]: {"leash": "spurious", "grass": "spurious", "sofa": "core"}}
+    for token in (label_studio.token, BOB_TOKEN):
+        _answer(label_studio, token, one, answers[one.data["item_id"]])
+    _answer(label_studio, label_studio.token, two, answers[two.data["item_id"]])
+    pull(proposed, label_studio, _spec("gold-source", budget=2))
 
-    spec = _spec("with-gold", budget=3, gold_round="gold-source", gold_count=1, overlap=0.5)
+    spec = _spec("with-gold", budget=3, gold_round="gold-source", gold_count=1)
     report = push(proposed, label_studio, spec)
     assert report.counts["gold_tasks"] == 1 and report.counts["tasks_pushed"] == 4
     tasks = _tasks(label_studio, report.project_id)
     gold = next(t for t in tasks if t.meta.get("gold"))
-    assert gold.data["item_id"] == one.data["item_id"]
-    assert sum(1 for t in tasks if t.meta.get("overlap") == 2) == 2  # half of the 3 routed, rounded up
+    truth = answers[gold.data["item_id"]]  # the first decided item by id
+    assert gold.overlap == 2  # everybody meets gold tasks
+    ordinary = [t.data["item_id"] for t in tasks if not t.meta.get("gold")]
+    assert not set(ordinary) & set(answers)  # decided there, not routed again
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     [trap] = list(ls.predictions.list(task=gold.id))
-    assert sorted(trap.result[0]["value"]["taxonomy"]) == [["grass", "spurious"], ["leash", "not present"]]
-    # the curate user accepts the wrong pre-fill; bob looks at the image
-    _annotate(label_studio, label_studio.token, gold.id, trap.result[0]["value"]["taxonomy"])
-    _annotate(label_studio, BOB_TOKEN, gold.id, [["leash", "spurious"], ["grass", "not present"]])
+    assert trap.model_version == PREFILL_VERSION
+    shown = {gold.data[f"attr_{r['from_name'].split('_')[1]}_name"]: r["value"]["choices"][0]
+             for r in trap.result if r["from_name"].startswith("verdict_")}
+    assert shown == {name: "not present" if value in ("core", "spurious") else "spurious"
+                     for name, value in truth.items()}  # every pre-filled answer of a gold task is wrong
+    # the curate user accepts every pre-fill (also on ordinary tasks); bob looks at the images
+    for task in tasks:
+        [prefill] = list(ls.predictions.list(task=task.id))
+        transport.annotate(label_studio, task.id, prefill.result)
+    _answer(label_studio, BOB_TOKEN, gold, truth)
     figures = pull(proposed, label_studio, spec).agreement
     assert figures["gold_accuracy:curate@localhost"] == 0.0 and figures["gold_accuracy:bob@localhost"] == 1.0
-    # one leash unit, two raters who disagree: D_o = D_e = 1, so alpha is 0
-    assert figures["alpha_attribute:leash"] == pytest.approx(0.0)
-    assert "cohen_kappa:bob@localhost|curate@localhost" in figures
-    stored = proposed.tables.read(rounds.FIGURES_TABLE)
-    assert "with-gold" in stored["round"].to_list()
+    assert figures["gold_units:curate@localhost"] == 3.0
+    assert figures["units"] == 3 * 3  # the three ordinary tasks' units; gold answers are not among them
+    assert {(v.item_id, v.annotator) for v in resolved_verdicts(proposed, "with-gold")} == {
+        (t.data["item_id"], "consensus") for t in tasks if not t.meta.get("gold")}
+    status = rounds.status(proposed, label_studio, spec)
+    assert status["gold_accuracy:curate@localhost"] == 0.0 and status["gold_tasks"] == 1
 
-    adjudication = push(proposed, label_studio, _spec("adjudicate-1", only_items=adjudication_items(
-        proposed, "gold-source")))
-    assert adjudication.counts["tasks_pushed"] == 1
-    assert [t.data["item_id"] for t in _tasks(label_studio, adjudication.project_id)] == [two.data["item_id"]]
+
+def test_adjudication_shows_the_disputed_attributes_with_votes_and_resolves_the_round(
+        proposed: Workspace, label_studio: Connection) -> None:
+    round_1 = push(proposed, label_studio, _spec("split", budget=1))
+    [task] = _tasks(label_studio, round_1.project_id)
+    _answer(label_studio, label_studio.token, task, {"leash": "spurious", "grass": "not present", "sofa": "core"})
+    _answer(label_studio, BOB_TOKEN, task, {"leash": "spurious", "grass": "spurious", "sofa": "core"})
+    assert pull(proposed, label_studio, _spec("split", budget=1)).agreement["to_adjudicate"] == 1
+
+    adjudication = push(proposed, label_studio, _spec("split-adj", adjudicates="split"))
+    [disputed] = _tasks(label_studio, adjudication.project_id)
+    assert _slots(disputed) == ["grass"]  # only the disputed attribute, with how people voted
+    assert disputed.data["attr_0_title"] == "grass  (Background)  -  votes so far: not present 1, spurious 1 (tie)"
+    assert list(LabelStudio(base_url=label_studio.url, api_key=label_studio.token).predictions.list(
+        task=disputed.id)) == []  # nothing pre-filled for the adjudicator
+    _answer(label_studio, label_studio.token, disputed, {"grass": "not present"})
+    pull(proposed, label_studio, _spec("split-adj", adjudicates="split"))
+    figures = rounds.round_figures(proposed, rounds.stored_spec(proposed, "split"))
+    assert figures["to_adjudicate"] == 0 and figures["adjudicated"] == 1
+    decided = {v.attribute: (v.value, v.annotator) for v in resolved_verdicts(proposed, "split")}
+    assert decided == {"leash": ("spurious", "consensus"), "grass": ("not present", "adjudicated"),
+                       "sofa": ("core", "consensus")}
+    assert resolved_verdicts(proposed, "split,split-adj") == resolved_verdicts(proposed, "split")
+    with pytest.raises(ValueError, match="no verdicts of round nope"):
+        resolved_verdicts(proposed, "split,nope")
+
+
+def test_a_deleted_annotation_is_deleted_from_the_verdicts(proposed: Workspace, label_studio: Connection) -> None:
+    spec = _spec("deleted", budget=2)
+    report = push(proposed, label_studio, spec)
+    one, two = _tasks(label_studio, report.project_id)
+    _answer(label_studio, label_studio.token, one, {"leash": "spurious"})
+    _answer(label_studio, BOB_TOKEN, two, {"leash": "core"})
+    assert pull(proposed, label_studio, spec).counts["verdicts"] == 2
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    [annotation] = list(ls.annotations.list(id=two.id))
+    ls.annotations.delete(id=annotation.id)
+    pulled = pull(proposed, label_studio, spec)
+    assert pulled.counts["verdicts"] == 1 and pulled.counts["removed_verdicts"] == 1
+    assert [(v.item_id, v.annotator) for v in proposed.catalog.verdicts("deleted")] == [
+        (one.data["item_id"], "curate@localhost")]
+
+
+def test_projects_are_keyed_by_the_workspace_not_its_folder_name(proposed: Workspace, tmp_path: Path,
+                                                                 label_studio: Connection) -> None:
+    other = Workspace.init(tmp_path / "elsewhere" / proposed.root.name)  # same folder name, another workspace
+    (tmp_path / "imgs" / "dog").mkdir(parents=True)
+    distinct_image(77, (20, 20)).save(tmp_path / "imgs" / "dog" / "one.png")
+    ingest(other, FolderSource(tmp_path / "imgs"), progress=False)
+    other.catalog.add_evidence([Evidence(i.item_id, "grass", "detector", "r", EvidenceRole.CANDIDATE, None, 0.5)
+                                for i in other.catalog.items()])
+    mine = push(proposed, label_studio, _spec("same-name", budget=2))
+    theirs = push(other, label_studio, _spec("same-name", budget=2))
+    assert mine.project_id != theirs.project_id
+    assert len(_tasks(label_studio, mine.project_id)) == 2 and len(_tasks(label_studio, theirs.project_id)) == 1
+
+
+def test_simulated_annotators_answer_through_the_stream(proposed: Workspace, label_studio: Connection) -> None:
+    spec = _spec("simulated", budget=4, overlap=0.5)
+    push(proposed, label_studio, spec)
+    people = [label_studio, Connection(label_studio.url, BOB_TOKEN)]
+    report = simulate(proposed, label_studio, spec, people, error_rate=0.0)
+    assert sum(report.annotations.values()) == 4 + 2 and report.wrong_answers == 0
+    pulled = pull(proposed, label_studio, spec)
+    assert pulled.counts["annotated_tasks"] == 4
+    # with no errors every simulated answer is the pre-fill: spurious above the threshold
+    assert {(v.attribute, v.value) for v in proposed.catalog.verdicts("simulated")} == {
+        ("leash", "spurious"), ("grass", "spurious"), ("sofa", "not present")}
+    assert rounds.is_simulated("sim-1@" + rounds.SIMULATED_DOMAIN) and not rounds.is_simulated("bob@localhost")
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_every_review_config_is_accepted_by_label_interface_and_the_server(kind: str,
-                                                                           label_studio: LabelStudioServer) -> None:
+                                                                           label_studio: Connection) -> None:
     config, controls = CONFIGS[kind]
     interface = checked(config, controls)
     assert {c.name for c in interface.controls} >= set(controls)
@@ -230,16 +362,16 @@ def test_every_review_config_is_accepted_by_label_interface_and_the_server(kind:
     assert created.id
 
 
-def test_a_task_the_server_rejects_is_a_clear_error(proposed: Workspace, label_studio: LabelStudioServer,
+def test_a_task_the_server_rejects_is_a_clear_error(proposed: Workspace, label_studio: Connection,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    real = rounds.attribute_task_data
+    real = round_tasks.attribute_task_data
 
     def without_image(*args: Any) -> dict[str, Any]:
         data = real(*args)
         del data["image"]  # the config's $image is missing: Label Studio answers 400
         return data
 
-    monkeypatch.setattr(rounds, "attribute_task_data", without_image)
+    monkeypatch.setattr(round_tasks, "attribute_task_data", without_image)
     with pytest.raises(BridgeError, match="answered 400"):
         push(proposed, label_studio, _spec("rejected-task", budget=1))
     monkeypatch.undo()
@@ -261,13 +393,13 @@ def test_routing_serves_minority_groups_in_full(workspace: Workspace, tmp_path: 
            progress=False)
     workspace.catalog.add_evidence(Evidence(item.item_id, "water", "detector", "p", EvidenceRole.CANDIDATE,
                                             "Background", 0.05) for item in workspace.catalog.items())
-    routed = rounds.route(workspace, _spec("groups", budget=4))
+    routed = round_tasks.route(workspace, _spec("groups", budget=4))
     groups = {ref.item_id: ref.metadata["a_name"] for ref in workspace.catalog.references()}
     assert sorted(groups[item.item_id] for item, _ in routed) == ["land", "land", "water", "water"]
 
 
 def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Workspace,
-                                                                    label_studio: LabelStudioServer) -> None:
+                                                                    label_studio: Connection) -> None:
     item = next(proposed.catalog.items(label="dog"))  # 40 x 30 pixels
     proposed.catalog.add_evidence([Evidence(item.item_id, "leash", "detector", "propose-run-1",
                                             EvidenceRole.CANDIDATE, "Co-occurring Objects", 0.9,
@@ -288,7 +420,7 @@ def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Wo
               "value": {"choices": ["boxes fixed"]}}]
     ls.annotations.create(id=task.id, result=fixed, completed_by=ls.users.whoami().id)
     pulled = pull(proposed, label_studio, spec)
-    assert pulled.counts == {"annotated_tasks": 1, "verdicts": 1, "rejected_annotations": 0}
+    assert pulled.counts == {"annotated_tasks": 1, "verdicts": 1, "removed_verdicts": 0, "rejected_annotations": 0}
     [verdict] = proposed.catalog.verdicts("boxes-1")
     assert (verdict.attribute, verdict.value) == ("leash", "boxes fixed")
     assert verdict.extra["boxes"] == [[10.0, 6.0, 30.0, 18.0]]
@@ -296,7 +428,7 @@ def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Wo
 
 
 def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_path: Path,
-                                                     label_studio: LabelStudioServer) -> None:
+                                                     label_studio: Connection) -> None:
     import os
     import signal
     import subprocess
@@ -321,9 +453,10 @@ def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_p
         assert process.poll() is None, process.stderr.read() if process.stderr else "push ended early"
         assert time.monotonic() < deadline, "the push made no progress"
         if project_id is None:
-            found = [p for p in ls.projects.list() if p.title.endswith(" killed")]
+            title = _spec("killed").project_title(workspace)
+            found = [p for p in ls.projects.list(title=title) if p.title == title]
             project_id = found[0].id if found else None
-        if project_id is not None and len(_tasks(label_studio, project_id)) >= 20:
+        if project_id is not None and (ls.projects.get(id=project_id).task_number or 0) >= 20:
             break
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
@@ -337,7 +470,7 @@ def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_p
     assert len(item_ids) == len(set(item_ids)) == total
 
 
-def _choose(server: LabelStudioServer, token: str, task_id: int, choices: dict[str, list[str]],
+def _choose(server: Connection, token: str, task_id: int, choices: dict[str, list[str]],
             texts: dict[str, str] | None = None) -> None:
     ls = LabelStudio(base_url=server.url, api_key=token)
     result = [{"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": values}}
@@ -347,7 +480,7 @@ def _choose(server: LabelStudioServer, token: str, task_id: int, choices: dict[s
     ls.annotations.create(id=task_id, result=result, completed_by=ls.users.whoami().id)
 
 
-def test_mcq_setting_and_logo_reviews_from_units_tables(proposed: Workspace, label_studio: LabelStudioServer,
+def test_mcq_setting_and_logo_reviews_from_units_tables(proposed: Workspace, label_studio: Connection,
                                                         tmp_path: Path) -> None:
     import polars as pl
 

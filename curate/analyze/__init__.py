@@ -17,6 +17,7 @@ from curate.analyze.cues import cue_statistics, presence_from_evidence, presence
 from curate.analyze.plots import image_strips, lift_heatmap
 from curate.images import open_image
 from curate.records import Run
+from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
 STATS_TABLE = "cue-stats"
@@ -61,7 +62,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     items = {item.item_id: item for item in workspace.catalog.items()}
     if use_verdicts:
         kind = f"human:{verdict_round or 'all rounds'}"
-        presence = presence_from_verdicts(workspace.catalog.verdicts(verdict_round), items)
+        presence = presence_from_verdicts(resolved_verdicts(workspace, verdict_round), items)
         threshold = None
     else:
         threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold

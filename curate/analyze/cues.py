@@ -23,9 +23,10 @@ import numpy as np
 import polars as pl
 
 from curate.records import Evidence, EvidenceRole, Item, Verdict
+from curate.verdicts import ABSENT, PRESENT
 
 Z_95 = 1.959963984540054
-VERDICT_PRESENT = {"core": True, "spurious": True, "present": True, "not present": False, "absent": False}
+VERDICT_PRESENT = {value: True for value in PRESENT} | {value: False for value in ABSENT}
 STAT_COLUMNS = ("class_label", "attribute", "evidence", "taxonomy_type", "n_scored", "n_class", "n_cue", "n_both",
                 "p_cue_given_class", "p_cue_given_class_low", "p_cue_given_class_high", "p_class_given_cue",
                 "p_class_given_cue_low", "p_class_given_cue_high", "lift", "pmi", "nmi", "predictivity_acc",

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
 DEFAULT_UNCOMMON = Path(__file__).with_name("data") / "focus_uncommon.json"
@@ -64,7 +65,7 @@ class FocusBuilder(Builder):
 
     def _from_verdicts(self, workspace: Workspace) -> dict[str, dict[str, Any]]:
         votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-        for verdict in workspace.catalog.verdicts(self.verdict_round):
+        for verdict in resolved_verdicts(workspace, self.verdict_round):
             if verdict.attribute in ATTRIBUTES:
                 votes[(verdict.item_id, verdict.attribute)][verdict.value] += 1
         settings: dict[str, dict[str, Any]] = defaultdict(dict)

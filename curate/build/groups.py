@@ -27,11 +27,10 @@ import polars as pl
 
 from curate.build.base import Builder, BuildError, Release, register_builder
 from curate.ingest import group_table
+from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-PRESENT = {"core", "spurious", "present"}
-ABSENT = {"not present", "absent"}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
 
 
@@ -112,7 +111,7 @@ class GroupsBuilder(Builder):
     # verdicts on an attribute, split by us ------------------------------------------------------
     def _presence(self, workspace: Workspace, item_ids: set[str]) -> tuple[dict[str, int], Counter[str]]:
         votes: dict[str, Counter[str]] = {}
-        for verdict in workspace.catalog.verdicts(self.verdict_round):
+        for verdict in resolved_verdicts(workspace, self.verdict_round):
             if verdict.attribute == self.attribute and verdict.item_id in item_ids:
                 votes.setdefault(verdict.item_id, Counter())[verdict.value] += 1
         presence: dict[str, int] = {}

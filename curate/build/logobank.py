@@ -31,6 +31,7 @@ from curate.build.base import Builder, BuildError, Release, register_builder
 from curate.build.mmspubench import source_name
 from curate.images import open_image
 from curate.progress import progress_bar
+from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
 
@@ -138,7 +139,7 @@ class LogoBankBuilder(Builder):
         """Candidates confirmed as logos by the majority of a round's ``is_logo`` verdicts."""
         votes: dict[str, Counter[str]] = defaultdict(Counter)
         brands: dict[str, Counter[str]] = defaultdict(Counter)
-        for verdict in workspace.catalog.verdicts(self.verdict_round):
+        for verdict in resolved_verdicts(workspace, self.verdict_round):
             if verdict.attribute == "is_logo":
                 votes[verdict.item_id][verdict.value] += 1
                 if verdict.extra.get("brand"):

@@ -22,6 +22,7 @@ import polars as pl
 
 from curate.build.base import Builder, BuildError, Release, register_builder
 from curate.taxonomy import SPURIOUS_TYPES
+from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
 LETTERS = ("A", "B", "C", "D")
@@ -116,7 +117,7 @@ class MMSpuBenchBuilder(Builder):
         """item -> attribute -> (consensus role, confirmed type)."""
         votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         types: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-        for verdict in workspace.catalog.verdicts(self.verdict_round):
+        for verdict in resolved_verdicts(workspace, self.verdict_round):
             if verdict.value in ("core", "spurious", "not present"):
                 votes[(verdict.item_id, verdict.attribute)][verdict.value] += 1
                 if verdict.taxonomy_type in SPURIOUS_TYPES:

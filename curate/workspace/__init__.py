@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,17 @@ class Workspace:
         workspace = cls(root)
         migrate(workspace.connect())
         return workspace
+
+    @property
+    def workspace_id(self) -> str:
+        """A random id given to the workspace once and kept in its catalogue: what names it on servers
+        (Label Studio projects), since two workspaces may live in folders of the same name."""
+        found = self.connect().execute("SELECT value FROM meta WHERE key = 'workspace_id'").fetchone()
+        if found is None:
+            with self.transaction() as conn:
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('workspace_id', ?)", (uuid.uuid4().hex,))
+            found = self.connect().execute("SELECT value FROM meta WHERE key = 'workspace_id'").fetchone()
+        return str(found[0])
 
     @property
     def schema_version(self) -> int:

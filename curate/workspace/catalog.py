@@ -283,6 +283,21 @@ class Catalog:
                 (v.item_id, v.attribute, v.annotator, v.round, v.value, v.taxonomy_type, dumps(v.extra), stamp),
             ).rowcount for v in rows)
 
+    def replace_verdicts(self, round: str, rows: Iterable[Verdict]) -> tuple[int, int]:
+        """Make ``rows`` the whole of a round's verdicts (what a pull reads is the server's current
+        state: answers deleted there go here too). Returns (stored, removed)."""
+        rows = list(rows)
+        if any(v.round != round for v in rows):
+            raise ValueError(f"replace_verdicts({round!r}) got verdicts of another round")
+        keys = {(v.item_id, v.attribute, v.annotator) for v in rows}
+        with self._transaction() as conn:
+            stale = [(r["item_id"], r["attribute"], r["annotator"]) for r in conn.execute(
+                "SELECT item_id, attribute, annotator FROM verdicts WHERE round = ?", (round,))
+                if (r["item_id"], r["attribute"], r["annotator"]) not in keys]
+            conn.executemany("DELETE FROM verdicts WHERE item_id = ? AND attribute = ? AND annotator = ? "
+                             "AND round = ?", [(*key, round) for key in stale])
+            return self.add_verdicts(rows), len(stale)
+
     def verdicts(self, round: str | None = None) -> list[Verdict]:
         """Verdicts, optionally of one round."""
         clause, args = _where(round=round)

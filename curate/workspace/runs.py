@@ -151,6 +151,20 @@ class RunLog:
         conn.execute("UPDATE runs SET counts = ?, updated_at = ? WHERE run_id = ?",
                      (dumps(counts), now(), run_id))
 
+    def count(self, run_id: str, delta: Mapping[str, int]) -> None:
+        """Add ``delta`` to a run's counts in a transaction of its own."""
+        with self._transaction() as conn:
+            self.add_counts(conn, run_id, delta)
+
+    def set_counts(self, run_id: str, values: Mapping[str, int]) -> None:
+        """Set some of a run's counts to ``values`` (figures of the latest pass, not running totals)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT counts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(run_id)
+            conn.execute("UPDATE runs SET counts = ?, updated_at = ? WHERE run_id = ?",
+                         (dumps({**json.loads(row["counts"]), **values}), now(), run_id))
+
     def set_models(self, run_id: str, models: Mapping[str, Any]) -> None:
         """Record the models (name -> version and settings) a run used."""
         with self._transaction() as conn:
