@@ -193,11 +193,13 @@ def attribute_answers(rows: Sequence[AttributeRow], verdicts: Sequence[str]) -> 
     return result
 
 
-def prefill(rows: Sequence[AttributeRow], scores: Sequence[float], threshold: float) -> list[dict[str, Any]]:
-    """A prediction result from machine scores: at or above ``threshold`` "spurious", else "not
-    present", with the proposed types."""
-    return attribute_answers(rows, [VerdictValue.SPURIOUS if score >= threshold else VerdictValue.NOT_PRESENT
-                                    for score in scores])
+def prefill(rows: Sequence[AttributeRow], scores: Sequence[float], core: Sequence[bool], threshold: float
+            ) -> list[dict[str, Any]]:
+    """A prediction result from machine scores: at or above ``threshold`` "core" for a proposed core
+    attribute and "spurious" for the others, below it "not present"; with the proposed types."""
+    present = [VerdictValue.CORE if is_core else VerdictValue.SPURIOUS for is_core in core]
+    return attribute_answers(rows, [value if score >= threshold else VerdictValue.NOT_PRESENT
+                                    for value, score in zip(present, scores, strict=True)])
 
 
 BOX_VERDICTS = ("boxes correct", "boxes fixed", "cue not in image")

@@ -63,13 +63,14 @@ def decided_elsewhere(workspace: Workspace, round_name: str) -> set[tuple[str, s
 def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = frozenset()
           ) -> list[tuple[Item, list[Evidence]]]:
     """The items to show (not ``exclude``d), with their evidence: one row per attribute (the highest
-    score when several runs scored it), units decided by other rounds left out, most uncertain
-    first, strata taking turns, at most ``spec.budget``. A stratum is a class, or a (class, spurious
-    attribute) group for items of a group table, so small groups are verified in full first."""
+    score when several runs scored it; core attributes first, then by score), units decided by other
+    rounds left out, most uncertain first, strata taking turns, at most ``spec.budget``. A stratum is a
+    class, or a (class, spurious attribute) group for items of a group table, so small groups are
+    verified in full first."""
     decided = decided_elsewhere(workspace, spec.name)
     best: dict[str, dict[str, Evidence]] = defaultdict(dict)
     for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
-        if row.role == EvidenceRole.CORE or row.item_id in exclude or (row.item_id, row.attribute) in decided:
+        if row.item_id in exclude or (row.item_id, row.attribute) in decided:
             continue
         kept = best[row.item_id].get(row.attribute)
         if kept is None or (row.score or 0.0) > (kept.score or 0.0):
@@ -88,8 +89,8 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
         for stratum in sorted(queues):
             if queues[stratum] and len(chosen) < spec.budget:
                 chosen.append(queues[stratum].pop()[1])
-    return [(items[i], sorted(best[i].values(), key=lambda r: (-(r.score or 0.0), r.attribute))[:spec.max_attributes])
-            for i in chosen]
+    return [(items[i], sorted(best[i].values(), key=lambda r: (r.role != EvidenceRole.CORE, -(r.score or 0.0),
+                                                               r.attribute))[:spec.max_attributes]) for i in chosen]
 
 
 def spread(count: int, share: float) -> set[int]:
@@ -189,7 +190,9 @@ def _attribute_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -
         scores = [float(r.score or 0.0) for r in evidence]
         meta = {"item_id": item.item_id, "round": spec.name, "evidence_runs": sorted({r.run_id for r in evidence}),
                 "overlap": spec.overlap_k if index in shared else 1}
-        tasks.append(_attribute_task(workspace, item, rows, prefill(rows, scores, spec.threshold), max(scores), meta))
+        cores = [r.role == EvidenceRole.CORE for r in evidence]
+        tasks.append(_attribute_task(workspace, item, rows, prefill(rows, scores, cores, spec.threshold), max(scores),
+                                     meta))
     return Planned(tasks + gold, len(gold), sum(1 for t in tasks + gold if t["meta"]["overlap"] > 1))
 
 

@@ -526,3 +526,25 @@ def test_mcq_setting_and_logo_reviews_from_units_tables(proposed: Workspace, lab
     assert (logo.value, logo.extra["brand"], logo.annotator) == ("logo", "Acme", "bob@localhost")
     with pytest.raises(BridgeError, match="needs a units table"):
         push(proposed, label_studio, _spec("logo-2", kind="logo"))
+
+
+def test_core_attributes_from_priors_come_first_and_are_prefilled_core(proposed: Workspace, tmp_path: Path) -> None:
+    import json
+
+    from curate.propose import make_proposer, propose
+
+    (tmp_path / "core.json").write_text(json.dumps({"dog": ["Floppy ears", "snout"]}))
+    propose(proposed, make_proposer("priors", types=("Background",), core=str(tmp_path / "core.json")),
+            progress=False)
+    core_cues = {(c.class_label, c.attribute, c.role) for c in proposed.catalog.cues() if c.role == "core"}
+    assert core_cues == {("dog", "floppy ears", "core"), ("dog", "snout", "core")}
+    dog = next(proposed.catalog.items(label="dog"))
+    proposed.catalog.add_evidence([Evidence(dog.item_id, "snout", "detector", "propose-run-1", EvidenceRole.CORE,
+                                            None, 0.2)])
+    spec = _spec("core-first", budget=5, max_attributes=2)
+    [rows] = [rows for item, rows in round_tasks.route(proposed, spec) if item.item_id == dog.item_id]
+    assert [r.attribute for r in rows] == ["snout", "leash"]  # the core attribute is never cut off by scores
+    [task] = [t for t in round_tasks.ROUND_KINDS["attributes"].plan(proposed, spec, set()).tasks
+              if t["data"]["item_id"] == dog.item_id]
+    assert [r["value"]["choices"] for r in task["predictions"][0]["result"] if r["from_name"].startswith("verdict")] \
+        == [["core"], ["spurious"]]

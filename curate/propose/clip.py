@@ -20,7 +20,7 @@ from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.embeddings import EmbeddingStore
 from curate.propose.scoring import ImageScorer, class_cues
-from curate.records import Cue, Evidence, EvidenceRole, Item
+from curate.records import Cue, Evidence, Item
 
 DEFAULT_TEMPLATES = ("a photo of {attribute}.", "a photo of a {label} with {attribute}.",
                      "a picture showing {attribute}.")
@@ -66,7 +66,7 @@ class ClipScorer(ImageScorer):
         similarity, contrast = vectors @ self.texts.T, vectors @ self.contrast_vector
         presence = 1.0 / (1.0 + np.exp(-self.clip.logit_scale * (similarity - contrast[:, None])))
         return [
-            Evidence(item.item_id, cue.attribute, self.source, context.run.run_id, EvidenceRole.CANDIDATE,
+            Evidence(item.item_id, cue.attribute, self.source, context.run.run_id, cue.role,
                      cue.taxonomy_type, float(presence[row, col]), [], self.clip.name, self.clip.version,
                      {"similarity": float(similarity[row, col]), "contrast_similarity": float(contrast[row]),
                       "cue_source": cue.source})

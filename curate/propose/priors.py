@@ -36,13 +36,17 @@ def load_priors(path: Path = BUILTIN_PRIORS) -> dict[str, list[str]]:
 @register_proposer("priors")
 @dataclass
 class PriorsProposer(Proposer):
-    """Every prior cue becomes a candidate cue of every class (optionally only some ``types``)."""
+    """Every prior cue becomes a candidate cue of every class (optionally only some ``types``);
+    ``core`` names a JSON file ``{class: [core attribute, ...]}`` whose attributes become core cues
+    of their class (what MM-SpuBench items need beside spurious ones)."""
 
     types: tuple[str, ...] | None = None
     path: str | None = None
+    core: str | None = None
 
     def run(self, context: ProposeContext) -> None:
         priors = load_priors(Path(self.path) if self.path else BUILTIN_PRIORS)
+        core = _load_core(Path(self.core)) if self.core else {}
         wanted = {canonical_type(t) for t in self.types} if self.types else set(priors)
         for label in context.pending_classes():
             cues = {}
@@ -51,4 +55,17 @@ class PriorsProposer(Proposer):
                     cues.setdefault(name, type_name)  # a cue listed under two types keeps the first
             context.write_cues([Cue(label, name, self.name, context.run.run_id, type_name, EvidenceRole.CANDIDATE,
                                     {"prior_list": str(self.path or "builtin")})
-                                for name, type_name in sorted(cues.items())])
+                                for name, type_name in sorted(cues.items()) if name not in core.get(label, ())]
+                               + [Cue(label, name, self.name, context.run.run_id, None, EvidenceRole.CORE,
+                                      {"core_list": str(self.core)}) for name in core.get(label, ())])
+
+
+def _load_core(path: Path) -> dict[str, list[str]]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ProposeError(f"cannot read core attributes from {path}: {error}") from error
+    if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+        raise ProposeError(f"{path}: core attributes are {{class: [attribute, ...]}}")
+    return {str(label): sorted({str(a).strip().lower() for a in names if str(a).strip()})
+            for label, names in raw.items()}
