@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from annotation.configs import (
     read_box_result,
     read_choices_result,
 )
-from annotation.server import LabelStudioServer
+from annotation.files import image_url, storage_path
+from annotation.server import Connection
 from curate.ingest.base import read_table
 from curate.progress import progress_bar
 from curate.records import Evidence, EvidenceRole, Item, Verdict
@@ -51,7 +51,6 @@ from curate.workspace import Workspace
 Task = dict[str, Any]
 Reading = tuple[str, str, str | None, dict[str, Any]]  # attribute, value, type, extra
 PUSH_CHUNK = 500
-FILES_FOLDER = "annotation-files"
 FIGURES_TABLE = "round-figures"
 
 
@@ -102,7 +101,7 @@ class RoundReport:
     agreement: dict[str, float] = field(default_factory=dict)
 
 
-def client(server: LabelStudioServer, timeout_s: float = 60) -> LabelStudio:
+def client(server: Connection, timeout_s: float = 60) -> LabelStudio:
     """An SDK client for a server (legacy token)."""
     return LabelStudio(base_url=server.url, api_key=server.token, timeout=timeout_s)
 
@@ -160,21 +159,6 @@ def adjudication_items(workspace: Workspace, round_name: str) -> tuple[str, ...]
     return tuple(sorted({item_id for item_id, _ in pending}))  # type: ignore[misc]
 
 
-def _files_folder(workspace: Workspace) -> Path:
-    folder = workspace.root / FILES_FOLDER
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def _image_url(workspace: Workspace, item: Item) -> str:
-    """Link the image into the workspace's served folder; its local-files URL."""
-    source = workspace.resolve_uri(item.uri).resolve()
-    link = _files_folder(workspace) / f"{item.item_id}{source.suffix.lower()}"
-    if not link.exists():
-        os.symlink(source, link)
-    return "/data/local-files/?d=" + str(link.absolute()).lstrip("/")
-
-
 def _call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return function(*args, **kwargs)
@@ -199,7 +183,7 @@ def project(ls: LabelStudio, workspace: Workspace, spec: RoundSpec) -> int:
                     show_collab_predictions=True, model_version=spec.evidence_run or spec.source,
                     maximum_annotations=spec.overlap_k if spec.overlap > 0 else 1)
     _call("attach local files", ls.import_storage.local.create, project=created.id,
-          path=str(_files_folder(workspace).absolute()), title="curate images", use_blob_urls=False)
+          path=storage_path(workspace), title="curate images", use_blob_urls=False)
     return int(created.id)
 
 
@@ -213,7 +197,7 @@ def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[start:start + size]
 
 
-def push(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec, chunk_size: int | None = None
+def push(workspace: Workspace, server: Connection, spec: RoundSpec, chunk_size: int | None = None
          ) -> RoundReport:
     """Send the routed units as tasks with predictions, ``chunk_size`` tasks a request; units
     already in the project are skipped, so a push that died half-way is resumed by pushing again."""
@@ -262,7 +246,7 @@ def _box_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> tupl
         if f"{row.item_id}|{row.attribute}" in present:
             continue
         item = workspace.catalog.item(row.item_id)
-        data = box_task_data(item.item_id, _image_url(workspace, item), item.label, row.attribute, item.display_size)
+        data = box_task_data(item.item_id, image_url(workspace, item), item.label, row.attribute, item.display_size)
         tasks.append({"data": data, "meta": {"item_id": item.item_id, "round": spec.name},
                       "predictions": [{"model_version": row.run_id, "score": float(row.score or 0.0),
                                        "result": box_prefill(row.boxes, item.display_size)}]})
@@ -330,7 +314,7 @@ def _table_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> tu
     tasks = []
     for row in frame.head(spec.budget).iter_rows(named=True):
         item = workspace.catalog.item(row["item_id"])
-        data = {"item_id": item.item_id, "image": _image_url(workspace, item), "class_label": item.label or "",
+        data = {"item_id": item.item_id, "image": image_url(workspace, item), "class_label": item.label or "",
                 **table_kind.data(row)}
         if data["unit"] in present:
             continue
@@ -374,7 +358,7 @@ for _table_kind in TABLE_KINDS:
 
 def _task(workspace: Workspace, item: Item, attributes: list[tuple[str, str | None, float]], model_version: str,
           result: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    data = attribute_task_data(item.item_id, _image_url(workspace, item), item.label,
+    data = attribute_task_data(item.item_id, image_url(workspace, item), item.label,
                                [(name, kind) for name, kind, _ in attributes])
     score = max((s for _, _, s in attributes), default=0.0)
     return {"data": data, "meta": meta, "predictions": [{"model_version": model_version, "score": score,
@@ -418,7 +402,7 @@ def vars_of(spec: RoundSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
 
 
-def pull(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> RoundReport:
+def pull(workspace: Workspace, server: Connection, spec: RoundSpec) -> RoundReport:
     """Read the round's annotations back from an export snapshot and store them as Verdicts."""
     ls = client(server)
     kind = ROUND_KINDS[spec.kind]
@@ -459,7 +443,7 @@ def pull(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> Ro
     return RoundReport(run.run_id, project_id, counts, figures)
 
 
-def status(workspace: Workspace, server: LabelStudioServer, spec: RoundSpec) -> dict[str, float]:
+def status(workspace: Workspace, server: Connection, spec: RoundSpec) -> dict[str, float]:
     """Progress of a round: tasks in the project, tasks annotated, annotations, and the stored
     verdicts' agreement."""
     ls = client(server)

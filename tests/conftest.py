@@ -94,20 +94,48 @@ def photos(tmp_path: Path) -> dict[str, Path]:
     return found
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+BOB = ("bob@localhost", "bob-password-1", "bob" + "0" * 37)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync")
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One real Label Studio server for the whole test session (installed by `make test`), with a
-    second real annotator."""
+    """One real Label Studio server for the whole test session (installed by `make test`), as a
+    ``Connection`` for its admin, with a second real annotator (``BOB``). Fixed credentials are for
+    tests only; it serves local files of every test's workspace (all under the session's temp folder)."""
     from annotation import server
 
     data = tmp_path_factory.mktemp("label-studio")
-    running = server.start(data, venv=REPO_ROOT / server.DEFAULT_VENV)
+    admin = server.Login("curate@localhost", "curate-password", "curate" + "0" * 34)
+    process = server.launch(data, server.free_port(), admin, files_root=tmp_path_factory.getbasetemp())
     try:
-        server.add_user(running, "bob@localhost", "bob-password-1", "bob" + "0" * 37,
-                        venv=REPO_ROOT / server.DEFAULT_VENV)
-        yield running
+        server.create_user(data, server.Login(*BOB))
+        yield server.Connection(process.url, admin.token)
     finally:
-        server.stop(running)
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (`make test` installs both; no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS))
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def login(page: Any, url: str, email: str, password: str) -> None:
+    """Log ``page`` into the Label Studio at ``url`` through its login form."""
+    page.goto(f"{url}/user/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    if "/user/login" in page.url:
+        raise AssertionError(f"Label Studio did not let {email} in")

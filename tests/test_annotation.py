@@ -13,7 +13,7 @@ from label_studio_sdk import LabelStudio
 from annotation import rounds
 from annotation.configs import ATTRIBUTE_VERIFICATION, CONFIGS, ConfigError, checked, read_attribute_result
 from annotation.rounds import BridgeError, RoundSpec, pull, push
-from annotation.server import LabelStudioServer
+from annotation.server import Connection
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole
 from curate.workspace import Workspace
@@ -39,7 +39,7 @@ def _spec(name: str, **options: Any) -> RoundSpec:
     return RoundSpec(name=name, **options)
 
 
-def _tasks(server: LabelStudioServer, project_id: int) -> list[Any]:
+def _tasks(server: Connection, project_id: int) -> list[Any]:
     return list(LabelStudio(base_url=server.url, api_key=server.token).tasks.list(project=project_id, fields="all"))
 
 
@@ -50,7 +50,7 @@ def test_the_config_is_checked_by_label_interface() -> None:
 
 
 def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace,
-                                                             label_studio: LabelStudioServer) -> None:
+                                                             label_studio: Connection) -> None:
     spec = _spec("push-once", budget=4)
     report = push(proposed, label_studio, spec)
     assert report.counts == {"tasks_pushed": 4, "already_there": 0, "gold_tasks": 0}
@@ -70,7 +70,7 @@ def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace
     assert predictions[0].model_version == "propose-run-1" and predictions[0].score == pytest.approx(0.9)
 
 
-def _annotate(server: LabelStudioServer, token: str, task_id: int, verdicts: list[list[str]],
+def _annotate(server: Connection, token: str, task_id: int, verdicts: list[list[str]],
               types: list[list[str]] | None = None, missed: str | None = None) -> None:
     ls = LabelStudio(base_url=server.url, api_key=token)
     result = [{"from_name": "verdicts", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": verdicts}}]
@@ -81,7 +81,7 @@ def _annotate(server: LabelStudioServer, token: str, task_id: int, verdicts: lis
     ls.annotations.create(id=task_id, result=result, completed_by=ls.users.whoami().id)
 
 
-def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, label_studio: LabelStudioServer) -> None:
+def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, label_studio: Connection) -> None:
     spec = _spec("pull-round", budget=3)
     report = push(proposed, label_studio, spec)
     first, second, untouched = _tasks(label_studio, report.project_id)
@@ -107,7 +107,7 @@ def test_pull_maps_annotations_by_item_id_into_verdicts(proposed: Workspace, lab
 
 
 def test_annotations_outside_the_config_are_rejected_not_stored(proposed: Workspace,
-                                                               label_studio: LabelStudioServer) -> None:
+                                                               label_studio: Connection) -> None:
     spec = _spec("bad-values", budget=1)
     report = push(proposed, label_studio, spec)
     [task] = _tasks(label_studio, report.project_id)
@@ -118,13 +118,13 @@ def test_annotations_outside_the_config_are_rejected_not_stored(proposed: Worksp
         read_attribute_result([{"from_name": "verdicts", "value": {"taxonomy": [["moon", "core"]]}}], task.data)
 
 
-def test_a_wrong_token_is_a_clear_error(proposed: Workspace, label_studio: LabelStudioServer) -> None:
-    wrong = LabelStudioServer(label_studio.url, "not-the-token", "x", "y", label_studio.data_dir, 0)
+def test_a_wrong_token_is_a_clear_error(proposed: Workspace, label_studio: Connection) -> None:
+    wrong = Connection(label_studio.url, "not-the-token")
     with pytest.raises(BridgeError, match="refused the token"):
         push(proposed, wrong, _spec("wrong-token"))
 
 
-def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace, label_studio: LabelStudioServer,
+def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace, label_studio: Connection,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _spec("cut-off", budget=5)
     monkeypatch.setattr(rounds, "PUSH_CHUNK", 2)
@@ -149,7 +149,7 @@ def test_a_push_cut_off_half_way_resumes_without_duplicates(proposed: Workspace,
     assert len(item_ids) == len(set(item_ids)) == 5
 
 
-def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioServer,
+def test_rounds_through_the_cli(proposed: Workspace, label_studio: Connection,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
@@ -179,7 +179,7 @@ def test_rounds_through_the_cli(proposed: Workspace, label_studio: LabelStudioSe
 
 
 def test_gold_tasks_catch_rubber_stamping_and_ties_go_to_adjudication(proposed: Workspace,
-                                                                      label_studio: LabelStudioServer) -> None:
+                                                                      label_studio: Connection) -> None:
     from annotation.rounds import adjudication_items
 
     first = push(proposed, label_studio, _spec("gold-source", budget=2))
@@ -221,7 +221,7 @@ def test_gold_tasks_catch_rubber_stamping_and_ties_go_to_adjudication(proposed: 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_every_review_config_is_accepted_by_label_interface_and_the_server(kind: str,
-                                                                           label_studio: LabelStudioServer) -> None:
+                                                                           label_studio: Connection) -> None:
     config, controls = CONFIGS[kind]
     interface = checked(config, controls)
     assert {c.name for c in interface.controls} >= set(controls)
@@ -230,7 +230,7 @@ def test_every_review_config_is_accepted_by_label_interface_and_the_server(kind:
     assert created.id
 
 
-def test_a_task_the_server_rejects_is_a_clear_error(proposed: Workspace, label_studio: LabelStudioServer,
+def test_a_task_the_server_rejects_is_a_clear_error(proposed: Workspace, label_studio: Connection,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     real = rounds.attribute_task_data
 
@@ -267,7 +267,7 @@ def test_routing_serves_minority_groups_in_full(workspace: Workspace, tmp_path: 
 
 
 def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Workspace,
-                                                                    label_studio: LabelStudioServer) -> None:
+                                                                    label_studio: Connection) -> None:
     item = next(proposed.catalog.items(label="dog"))  # 40 x 30 pixels
     proposed.catalog.add_evidence([Evidence(item.item_id, "leash", "detector", "propose-run-1",
                                             EvidenceRole.CANDIDATE, "Co-occurring Objects", 0.9,
@@ -296,7 +296,7 @@ def test_box_review_round_prefills_rectangles_and_reads_corrections(proposed: Wo
 
 
 def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_path: Path,
-                                                     label_studio: LabelStudioServer) -> None:
+                                                     label_studio: Connection) -> None:
     import os
     import signal
     import subprocess
@@ -337,7 +337,7 @@ def test_a_sigkilled_push_resumes_without_duplicates(workspace: Workspace, tmp_p
     assert len(item_ids) == len(set(item_ids)) == total
 
 
-def _choose(server: LabelStudioServer, token: str, task_id: int, choices: dict[str, list[str]],
+def _choose(server: Connection, token: str, task_id: int, choices: dict[str, list[str]],
             texts: dict[str, str] | None = None) -> None:
     ls = LabelStudio(base_url=server.url, api_key=token)
     result = [{"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": values}}
@@ -347,7 +347,7 @@ def _choose(server: LabelStudioServer, token: str, task_id: int, choices: dict[s
     ls.annotations.create(id=task_id, result=result, completed_by=ls.users.whoami().id)
 
 
-def test_mcq_setting_and_logo_reviews_from_units_tables(proposed: Workspace, label_studio: LabelStudioServer,
+def test_mcq_setting_and_logo_reviews_from_units_tables(proposed: Workspace, label_studio: Connection,
                                                         tmp_path: Path) -> None:
     import polars as pl
 
