@@ -12,6 +12,7 @@ from label_studio_sdk import LabelStudio
 
 from annotation import rounds
 from annotation.configs import ATTRIBUTE_VERIFICATION, CONFIGS, ConfigError, checked, read_attribute_result
+from annotation.files import document_root
 from annotation.rounds import BridgeError, RoundSpec, pull, push
 from annotation.server import Connection
 from curate.ingest import FolderSource, ingest
@@ -60,7 +61,7 @@ def test_push_sends_tasks_with_item_ids_and_predictions_once(proposed: Workspace
     assert sorted(labels) == ["cat", "cat", "dog", "dog"]  # classes take turns within the budget
     task = tasks[0]
     assert task.data["image"].startswith("/data/local-files/?d=")
-    assert Path("/" + task.data["image"].split("?d=")[1]).is_file()
+    assert (document_root(proposed.root) / task.data["image"].split("?d=")[1]).is_file()
     assert [node["value"] for node in task.data["verdict_tree"]] == ["leash", "grass", "sofa"]
     again = push(proposed, label_studio, _spec("push-once", budget=5))
     assert again.counts == {"tasks_pushed": 1, "already_there": 4, "gold_tasks": 0}
