@@ -101,8 +101,13 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
-        """True while the process runs and is a Label Studio."""
-        return _is_label_studio(self.pid)
+        """True while the process runs and is a Label Studio of this data folder (not a reused pid)."""
+        if not _is_label_studio(self.pid):
+            return False
+        try:
+            return Path(os.readlink(f"/proc/{self.pid}/cwd")) == Path(self.data_dir).resolve()
+        except OSError:
+            return False
 
     def stop(self, timeout_s: float = 30) -> None:
         """End the process group it leads (see ``terminate``)."""

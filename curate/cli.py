@@ -272,8 +272,8 @@ def _connection(workspace: Workspace, url: str | None) -> Connection:
 
 
 def _show_login(what: str, login: Login, where: Path) -> None:
-    out.print(f"{what}: {login.email} / password {login.password} / token {login.token}\n"
-              f"(shown once; kept in {where}, readable only by you)")
+    out.print(f"{what}: {login.email}\n  password: {login.password}\n  token: {login.token}\n"
+              f"(shown once; kept in {where}, readable only by you)", soft_wrap=True, markup=False, highlight=False)
 
 
 @annotate_app.command("serve")

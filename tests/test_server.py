@@ -3,6 +3,7 @@ local files only from the workspace's annotation folder, annotators, and safe st
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -103,6 +104,7 @@ def test_only_images_linked_into_the_annotation_folder_are_served(served: tuple[
         server.add_annotator(workspace.root, "ann@example.org")
     annotator = server.annotator_logins(workspace.root)[0].token
     report = rounds.push(workspace, first.connection, rounds.RoundSpec("served-1", budget=1))
+    assert first.connection.token not in json.dumps(workspace.runs.get(report.run_id).config)
     [task] = rounds.client(first.connection).tasks.list(project=report.project_id, fields="all")
     image = _get(first.connection, task.data["image"], annotator)
     item = workspace.catalog.item(task.data["item_id"])
@@ -150,15 +152,20 @@ def test_a_new_workspace_starts_from_the_template_with_secrets_of_its_own(
         assert db.execute("select count(*) from htx_user").fetchone() == (0,)
     assert not (template / ".env").exists()
     other = _workspace(tmp_path, images=1)
-    second = server.serve(other.root)
+    shown = CliRunner().invoke(app, ["annotate", "serve", "-w", str(other.root)])
     try:
-        assert second.process.port != first.process.port
-        assert second.connection.token != first.connection.token and second.admin != first.admin
-        assert not server.is_ready(second.connection.url, first.connection.token)
+        assert shown.exit_code == 0, shown.output
+        second, admin = server.connection(other.root), server.admin_login(other.root)
+        assert f"admin login: {admin.email}\n  password: {admin.password}\n  token: {admin.token}\n" in shown.output
+        assert f"started at {second.url}" in shown.output
+        assert second.url != first.connection.url and admin.token != first.connection.token
+        assert admin.password != server.admin_login(workspace.root).password
+        assert not server.is_ready(second.url, first.connection.token)
         secret = [(ws.root / server.SERVER_FOLDER / ".env").read_text() for ws in (workspace, other)]
         assert secret[0] != secret[1]
     finally:
-        server.stop(other.root)
+        stopped = CliRunner().invoke(app, ["annotate", "stop", "-w", str(other.root)])
+    assert stopped.exit_code == 0 and stopped.output.strip().endswith("Label Studio stopped")
 
 
 def test_stop_refuses_pids_curate_did_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
