@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-LABEL_STUDIO := .label-studio/venv/bin/label-studio
+# Label Studio's venv, with the migrated data template that new workspaces' servers copy.
+LABEL_STUDIO := .label-studio/venv/curate-template/label_studio.sqlite3
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install demo test bench lint clean
 
@@ -17,6 +19,10 @@ install: $(STAMP)
 # Label Studio lives in a venv of its own (it pins its dependencies tightly); the tests start it.
 $(LABEL_STUDIO): | $(STAMP)
 	$(PY) tools/label_studio.py install
+
+# The browser tests drive Debian's Chromium through Playwright (which never downloads a browser).
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 # torch and torchvision go first and pinned, so nothing else pulls another build.
 $(STAMP): pyproject.toml
@@ -29,7 +35,7 @@ $(STAMP): pyproject.toml
 demo: install
 	bash tools/demo.sh
 
-test: install $(LABEL_STUDIO)
+test: install $(LABEL_STUDIO) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 bench: install $(LABEL_STUDIO)

@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from curate.taxonomy import OffTaxonomyError
 from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace
 
 if TYPE_CHECKING:
-    from annotation.server import LabelStudioServer
+    from annotation.server import Connection, Login
 
 app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -257,55 +256,69 @@ def propose_command(
     _summary(result.summary())
 
 
-ServerOption = Annotated[Path, typer.Option("--server", help="Data folder of a server started with "
-                                                            "`curate annotate serve`.")]
 UrlOption = Annotated[str | None, typer.Option(help="URL of another Label Studio (token in $LABEL_STUDIO_API_KEY).")]
 RoundName = Annotated[str, typer.Argument(help="The round's name, e.g. round-1.")]
 SourceOption = Annotated[str, typer.Option(help="Verify evidence of this proposer.")]
 EvidenceRunOption = Annotated[str | None, typer.Option("--run", help="Only evidence of this propose run.")]
 BudgetOption = Annotated[int, typer.Option(help="At most this many items (gold tasks come on top).")]
 ThresholdOption = Annotated[float, typer.Option(help="Decision threshold: scores nearest it go first.")]
-DEFAULT_SERVER = Path(".label-studio/data")
 
 
-def _server(data_dir: Path, url: str | None) -> LabelStudioServer:
-    from annotation.server import LabelStudioServer
+def _connection(workspace: Workspace, url: str | None) -> Connection:
+    """The workspace's own server, or the one at ``url`` (token in $LABEL_STUDIO_API_KEY)."""
+    from annotation.server import Connection, connection
 
-    if url is None:
-        return LabelStudioServer.load(data_dir)
-    token = os.environ.get("LABEL_STUDIO_API_KEY")
-    if not token:
-        raise ValueError("set LABEL_STUDIO_API_KEY to the token of the Label Studio at --url")
-    return LabelStudioServer(url.rstrip("/"), token, "", "", str(data_dir), 0)
+    return Connection.from_url(url) if url else connection(workspace.root)
+
+
+def _show_login(what: str, login: Login, where: Path) -> None:
+    out.print(f"{what}: {login.email}\n  password: {login.password}\n  token: {login.token}\n"
+              f"(shown once; kept in {where}, readable only by you)", soft_wrap=True, markup=False, highlight=False)
 
 
 @annotate_app.command("serve")
-def annotate_serve(data_dir: ServerOption = DEFAULT_SERVER,
-                   port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None) -> None:
-    """Start Label Studio on 127.0.0.1 (installed in its own venv by `make test` or
-    `python tools/label_studio.py install`) and print where to log in."""
+def annotate_serve(workspace: WorkspaceOption = Path("."),
+                   port: Annotated[int | None, typer.Option(help="Port (default: the workspace's, else a free "
+                                                                  "one; kept for later starts).")] = None) -> None:
+    """Start the workspace's Label Studio on 127.0.0.1 (installed in its own venv by `make test` or
+    `python tools/label_studio.py install`), or report the one already running."""
     from annotation import server as label_studio
 
     with _user_errors():
-        running = label_studio.start(data_dir, port=port)
-    _summary(f"Label Studio at {running.url}: log in as {running.username} / {running.password} "
-             f"(token {running.token}); stop with `curate annotate stop`")
+        served = label_studio.serve(workspace, port=port)
+    if served.admin is not None:
+        _show_login("admin login", served.admin, served.process.data_dir / label_studio.LOGINS_FILE)
+    state = "started" if served.started else "already running"
+    _summary(f"Label Studio for {served.process.data_dir.parent} {state} at {served.connection.url} "
+             f"(pid {served.process.pid}); stop with `curate annotate stop -w {workspace}`")
 
 
 @annotate_app.command("stop")
-def annotate_stop(data_dir: ServerOption = DEFAULT_SERVER) -> None:
-    """Stop the server started with `curate annotate serve`."""
+def annotate_stop(workspace: WorkspaceOption = Path(".")) -> None:
+    """Stop the workspace's Label Studio."""
     from annotation import server as label_studio
 
     with _user_errors():
-        label_studio.stop(label_studio.LabelStudioServer.load(data_dir))
-    _summary("Label Studio stopped")
+        stopped = label_studio.stop(workspace)
+    _summary("Label Studio stopped" if stopped else f"no Label Studio was running for {workspace}")
 
 
-def _round_call(action: Callable[..., Any], spec: Any, server_dir: Path, url: str | None, workspace: Path) -> Any:
+@annotate_app.command("add-annotator")
+def annotate_add_annotator(email: Annotated[str, typer.Argument(help="The annotator's e-mail (their login).")],
+                           workspace: WorkspaceOption = Path(".")) -> None:
+    """Add an annotator to the workspace's Label Studio with a random password and token."""
+    from annotation import server as label_studio
+
+    with _user_errors():
+        login = label_studio.add_annotator(workspace, email)
+    _show_login("annotator login", login, label_studio.server_folder(workspace) / label_studio.LOGINS_FILE)
+    _summary(f"annotator {email} added")
+
+
+def _round_call(action: Callable[..., Any], spec: Any, url: str | None, workspace: Path) -> Any:
     with _user_errors():
         opened = Workspace.open(workspace)
-        return action(opened, _server(server_dir, url), spec(opened) if callable(spec) else spec)
+        return action(opened, _connection(opened, url), spec(opened) if callable(spec) else spec)
 
 
 @annotate_app.command("push")
@@ -323,7 +336,7 @@ def annotate_push(
                                            "one cue), or mcq, setting, logo (with --units).")] = "attributes",
     units: Annotated[Path | None, typer.Option(help="Units table for mcq / setting / logo rounds.")] = None,
     chunk_size: Annotated[int, typer.Option(help="Tasks per request.")] = 500,
-    server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None, workspace: WorkspaceOption = Path("."),
+    url: UrlOption = None, workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Send items to verify as tasks (uncertain first, classes in turn); pushing again adds only new ones."""
 
@@ -333,20 +346,20 @@ def annotate_push(
         return rounds.RoundSpec(name, source, run, budget, threshold, max_attributes, overlap, overlap_k, gold_round,
                                 gold_count, adjudicate, kind, str(units.resolve()) if units else None)
 
-    report = _round_call(functools.partial(rounds.push, chunk_size=chunk_size), spec, server_dir, url, workspace)
+    report = _round_call(functools.partial(rounds.push, chunk_size=chunk_size), spec, url, workspace)
     _summary(f"round {name}: {report.counts['tasks_pushed']} tasks pushed ({report.counts['gold_tasks']} gold, "
              f"{report.counts['shared_tasks']} for several people), {report.counts['already_there']} already there "
              f"(project {report.project_id}) [run {report.run_id}]")
 
 
 @annotate_app.command("pull")
-def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+def annotate_pull(name: RoundName, url: UrlOption = None,
                   workspace: WorkspaceOption = Path(".")) -> None:
     """Read the round's annotations back as verdicts (deleted annotations are deleted here too), with
     agreement and gold accuracy."""
     from annotation import rounds
 
-    report = _round_call(rounds.pull, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
+    report = _round_call(rounds.pull, lambda opened: rounds.stored_spec(opened, name), url, workspace)
     alpha = report.agreement["krippendorff_alpha"]
     _summary(f"round {name}: {report.counts['verdicts']} verdicts from {report.counts['annotated_tasks']} tasks, "
              f"{report.counts['rejected_annotations']} annotations rejected; Krippendorff's alpha "
@@ -354,13 +367,13 @@ def annotate_pull(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, ur
 
 
 @annotate_app.command("status")
-def annotate_status(name: RoundName, server_dir: ServerOption = DEFAULT_SERVER, url: UrlOption = None,
+def annotate_status(name: RoundName, url: UrlOption = None,
                     workspace: WorkspaceOption = Path(".")) -> None:
     """Progress of a round (tasks finished for the people they wait for, annotations, gold and shared
     tasks) and its pulled verdicts' figures: agreement, gold accuracy per annotator, rejections."""
     from annotation import rounds
 
-    figures = _round_call(rounds.status, lambda opened: rounds.stored_spec(opened, name), server_dir, url, workspace)
+    figures = _round_call(rounds.status, lambda opened: rounds.stored_spec(opened, name), url, workspace)
     out.print(_table(f"round {name}", ["figure", "value"], [[k, _fmt(v)] for k, v in figures.items()]))
     _summary(f"round {name}: {int(figures['finished_tasks'])} of {int(figures['tasks'])} tasks finished, "
              f"{int(figures['to_adjudicate'])} to adjudicate")

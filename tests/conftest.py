@@ -22,6 +22,7 @@ os.environ.update({
 import io  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -94,20 +95,83 @@ def photos(tmp_path: Path) -> dict[str, Path]:
     return found
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+BOB = ("bob@localhost", "bob-password-1", "bob" + "0" * 37)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync")
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One real Label Studio server for the whole test session (installed by `make test`), with a
-    second real annotator."""
+    """One real Label Studio server for the whole test session (installed by `make test`), as a
+    ``Connection`` for its admin, with a second real annotator (``BOB``). Fixed credentials are for
+    tests only; it serves local files of every test's workspace (all under the session's temp folder)."""
     from annotation import server
 
     data = tmp_path_factory.mktemp("label-studio")
-    running = server.start(data, venv=REPO_ROOT / server.DEFAULT_VENV)
+    admin = server.Login("curate@localhost", "curate-password", "curate" + "0" * 34)
+    process = server.launch(data, server.free_port(), admin, files_root=tmp_path_factory.getbasetemp())
     try:
-        server.add_user(running, "bob@localhost", "bob-password-1", "bob" + "0" * 37,
-                        venv=REPO_ROOT / server.DEFAULT_VENV)
-        yield running
+        server.create_user(data, server.Login(*BOB))
+        yield server.Connection(process.url, admin.token)
     finally:
-        server.stop(running)
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (`make test` installs both; no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.is_file():
+        pytest.fail(f"no {CHROMIUM}: `make test` installs it (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS))
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def login(page: Any, url: str, email: str, password: str) -> None:
+    """Log ``page`` into the Label Studio at ``url`` through its login form."""
+    page.goto(f"{url}/user/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    if "/user/login" in page.url:
+        raise AssertionError(f"Label Studio did not let {email} in")
+
+
+@dataclass
+class TaskPage:
+    """What the labeling view showed: the task image's URL (as fetched from local-files storage) and
+    natural width (0: not loaded), and image or data responses that failed (status >= 400)."""
+
+    image_url: str
+    image_width: int
+    failed_images: list[str] = field(default_factory=list)
+
+
+# The labeling view fetches the task image (XHR) and shows it from a blob: URL.
+_TASK_IMAGE = ("() => Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0 && "
+               "(i.src.startsWith('blob:') || i.src.includes('/data/local-files/'))).map(i => i.naturalWidth)[0] || 0")
+
+
+def open_annotator_stream(page: Any, url: str, project_id: int, timeout_ms: int = 90_000) -> TaskPage:
+    """Open the annotators' stream ("Label All Tasks") of a project and wait for the task image."""
+    fetched: list[str] = []
+    failed: list[str] = []
+
+    def seen(response: Any) -> None:
+        if "/data/local-files/" in response.url and response.status == 200:
+            fetched.append(response.url)
+        if response.status >= 400 and (response.request.resource_type == "image" or "/data/" in response.url):
+            failed.append(f"{response.status} {response.url}")
+
+    page.on("response", seen)
+    page.goto(f"{url}/projects/{project_id}/data?labeling=1")
+    page.wait_for_function(_TASK_IMAGE, timeout=timeout_ms)
+    page.wait_for_load_state("networkidle", timeout=timeout_ms)
+    return TaskPage(fetched[0] if fetched else "", page.evaluate(_TASK_IMAGE), failed)

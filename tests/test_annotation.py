@@ -21,6 +21,7 @@ from annotation.configs import (
     checked,
     read_attribute_result,
 )
+from annotation.files import document_root
 from annotation.rounds import RoundSpec, pull, push, simulate
 from annotation.server import Connection
 from annotation.transport import PREFILL_VERSION, BridgeError
@@ -74,6 +75,7 @@ def test_push_sends_tasks_with_item_ids_and_prefills_once(proposed: Workspace, l
     assert sorted(labels) == ["cat", "cat", "dog", "dog"]  # classes take turns within the budget
     task = tasks[0]
     assert task.data["image"].startswith("/data/local-files/?d=")
+    assert (document_root(proposed.root) / task.data["image"].split("?d=")[1]).is_file()
     assert _slots(task) == ["leash", "grass", "sofa"]  # named rows, highest score first
     assert task.data["attr_0_title"] == "leash  (Background)" and task.data["attr_3_options"] == []
     assert task.meta["evidence_runs"] == ["propose-run-1"]

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from annotation import server  # noqa: E402
-from annotation.rounds import RoundSpec, client, pull, push  # noqa: E402
+from annotation.rounds import RoundSpec, pull, push  # noqa: E402
+from annotation.transport import client  # noqa: E402
 from curate.ingest import FolderSource, ingest  # noqa: E402
 from curate.records import Evidence, EvidenceRole  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
@@ -40,7 +41,7 @@ def main() -> None:
         items = list(workspace.catalog.items())
         workspace.catalog.add_evidence(Evidence(i.item_id, cue, "detector", "propose-bench", EvidenceRole.CANDIDATE,
                                                 "Background", score) for i in items for cue, score in CUES.items())
-        running = server.start(scratch / "label-studio")
+        running = server.serve(workspace.root).connection
         try:
             started = time.perf_counter()
             report = push(workspace, running, RoundSpec("bench", budget=TASKS))
@@ -59,7 +60,7 @@ def main() -> None:
             pulled = pull(workspace, running, RoundSpec("bench", budget=TASKS))
             pull_seconds = time.perf_counter() - started
         finally:
-            server.stop(running)
+            server.stop(workspace.root)
     print(f"push {report.counts['tasks_pushed']} tasks with predictions: {bulk:.0f} tasks/s in bulk, "
           f"{one_by_one:.1f} tasks/s one task per request")
     print(f"ratio bulk / one-by-one push: {bulk / one_by_one:.0f}x (goal >= 10x)")

@@ -1,0 +1,61 @@
+"""A verification round through an annotator's eyes: real photos, the workspace's own Label Studio,
+and headless Chromium logged in as an annotator."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TaskPage, login, open_annotator_stream
+from PIL import Image
+
+from annotation import rounds, server
+from curate.ingest import FolderSource, ingest
+from curate.records import Evidence, EvidenceRole
+from curate.workspace import Workspace
+
+CUES = {"leash": 0.9, "grass": 0.06}
+PHOTOS = ("astronaut", "chelsea", "coffee")
+
+
+@pytest.fixture
+def round_workspace(tmp_path: Path, photos: dict[str, Path]) -> Iterator[Workspace]:
+    """Three real photos as class ``scene``, with detector evidence for two cues; the workspace's
+    server runs for the test."""
+    for name in PHOTOS:
+        (tmp_path / "img" / "scene").mkdir(parents=True, exist_ok=True)
+        shutil.copy(photos[name], tmp_path / "img" / "scene" / photos[name].name)
+    workspace = Workspace.init(tmp_path / "ws")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    workspace.catalog.add_evidence(Evidence(item.item_id, cue, "detector", "propose-1", EvidenceRole.CANDIDATE,
+                                            "Background", score)
+                                   for item in workspace.catalog.items() for cue, score in CUES.items())
+    server.serve(workspace.root)
+    try:
+        yield workspace
+    finally:
+        server.stop(workspace.root)
+
+
+def test_an_annotator_sees_the_task_image_in_the_stream(round_workspace: Workspace, browser: Any,
+                                                       photos: dict[str, Path], tmp_path: Path) -> None:
+    annotator = server.add_annotator(round_workspace.root, "ann@example.org")
+    connection = server.connection(round_workspace.root)
+    report = rounds.push(round_workspace, connection, rounds.RoundSpec("browser-1", budget=3))
+    assert report.counts["tasks_pushed"] == 3
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        login(page, connection.url, annotator.email, annotator.password)
+        task: TaskPage = open_annotator_stream(page, connection.url, report.project_id)
+        page.screenshot(path=str(tmp_path / "annotator-stream.png"), full_page=True)
+    finally:
+        page.close()
+
+    assert task.image_width in {Image.open(photos[name]).width for name in PHOTOS}, "the task image did not load"
+    assert task.failed_images == [], task.failed_images
+    assert task.image_url.split("?d=")[1].startswith("images/")
+    assert (tmp_path / "annotator-stream.png").stat().st_size > 10_000
