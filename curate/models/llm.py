@@ -358,9 +358,9 @@ class LLMClient:
         for line in self._client.files.content(batch.output_file_id).text.splitlines():
             try:
                 record = json.loads(line)
-                body = record["response"]["body"]
-                self._count_usage(openai.types.CompletionUsage.construct(**(body.get("usage") or {})))
-                answers[record["custom_id"]] = _message(openai.types.chat.ChatCompletion.construct(**body).choices)
+                completion = openai.types.chat.ChatCompletion.construct(**record["response"]["body"])
+                self._count_usage(getattr(completion, "usage", None))
+                answers[record["custom_id"]] = _message(getattr(completion, "choices", None))
             except (ValueError, TypeError, KeyError, AttributeError, MalformedResponseError):
                 continue  # a broken line: its request is asked again on its own
         return answers
