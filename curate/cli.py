@@ -29,6 +29,7 @@ from curate.build import BUILDERS, BuildError, build, make_builder
 from curate.evaluate import EVALUATORS, EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
+from curate.secrets import scrub
 from curate.taxonomy import OffTaxonomyError
 from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace
 
@@ -54,7 +55,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SourceError, RunNotFoundError, S
                                                 EvaluateError, BuildError, FileNotFoundError, KeyError, ValueError)
 LAZY_ERRORS = (("curate.propose.base", "ProposeError"), ("curate.models.registry", "UnknownModelError"),
                ("curate.publish", "PublishError"), ("annotation.rounds", "BridgeError"),
-               ("annotation.server", "ServerError"))
+               ("annotation.server", "ServerError"), ("curate.models.llm", "LLMConfigError"))
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -82,7 +83,7 @@ def _user_errors() -> Iterator[None]:
         if not isinstance(error, _user_error_types()):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        err.print(Text.assemble(("error: ", "red"), str(message)))
+        err.print(Text.assemble(("error: ", "red"), scrub(str(message))))
         raise typer.Exit(2) from error
 
 

@@ -152,10 +152,13 @@ class Verdict:
 
 
 class RunStatus(StrEnum):
-    """Life cycle of a stage run. ``interrupted`` runs are resumed by the next identical run."""
+    """Life cycle of a stage run. ``interrupted`` runs are resumed by the next identical run;
+    ``completed_with_failures`` ones (some requests failed; ``error`` says how many) too, and the
+    resumed run retries what failed."""
 
     RUNNING = "running"
     COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
 

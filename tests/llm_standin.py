@@ -3,8 +3,12 @@
 It answers ``/v1/chat/completions`` with whatever ``brain(request_body)`` returns (JSON-encoded as
 the message content), implements the Batch API (``/v1/files``, ``/v1/batches``), and plays faults
 queued in ``faults``: ``("429", seconds)`` with Retry-After, ``("500",)``, ``("timeout", seconds)``,
-``("malformed",)``, ``("refusal",)``, ``("no-structured",)`` (a 400 about response_format) and
-``("401",)``. Every request body is kept in ``requests``.
+``("malformed",)`` (content that is not JSON), ``("refusal",)``, ``("no-structured",)`` (a 400 about
+response_format), ``("401",)``, and broken HTTP bodies: ``("html",)`` (a proxy's error page with status
+200), ``("empty-choices",)``, ``("no-choices",)``, ``("invalid-json",)`` (a truncated JSON body), and
+``("echo-auth", status)`` (an error that echoes the Authorization header). ``faults_when`` holds
+(predicate on the request body, fault) pairs played on every matching request. Every request body is
+kept in ``requests``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class StandIn(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.brain = brain
         self.faults: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.faults_when: list[tuple[Callable[[dict[str, Any]], bool], tuple[Any, ...]]] = []
         self.requests: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -42,11 +47,21 @@ class StandIn(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
-    def completion(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+    def completion(self, body: dict[str, Any], headers: Any = None) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, payload) of one chat completion; a ``bytes`` payload is sent as it is."""
         with self.lock:
             self.requests.append(body)
-            fault = self.faults.popleft() if self.faults else None
+            fault = next((f for matches, f in self.faults_when if matches(body)), None)
+            if fault is None and self.faults:
+                fault = self.faults.popleft()
         kind = fault[0] if fault else None
+        if kind == "html":
+            return 200, {"Content-Type": "text/html"}, b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        if kind == "invalid-json":
+            return 200, {"Content-Type": "application/json"}, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess'
+        if kind == "echo-auth":
+            echoed = (headers or {}).get("Authorization", "")
+            return fault[1], {}, {"error": {"message": f"rejected request with header {echoed}", "type": "echo"}}
         if kind == "429":
             return 429, {"Retry-After": str(fault[1])}, {"error": {"message": "rate limited", "type": "rate_limit"}}
         if kind == "500":
@@ -65,6 +80,10 @@ class StandIn(ThreadingHTTPServer):
         if kind == "refusal":
             content, refusal = None, "I can't help with that."
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        if kind in ("empty-choices", "no-choices"):
+            broken: dict[str, Any] = {"id": f"chatcmpl-{next(self.ids)}", "object": "chat.completion",
+                                      "created": int(time.time()), "model": body.get("model", "stand-in")}
+            return 200, {}, broken | ({"choices": []} if kind == "empty-choices" else {})
         return 200, {}, {
             "id": f"chatcmpl-{next(self.ids)}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "stand-in"),
@@ -80,13 +99,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
-        data = raw if raw is not None else json.dumps(payload).encode()
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        raw = isinstance(payload, bytes)
+        data = payload if raw else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/octet-stream" if raw else "application/json", **(headers or {})}
         try:
             self.send_response(status)
-            for key, value in (headers or {}).items():
+            for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -98,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/v1/chat/completions":
-            status, headers, payload = self.server.completion(json.loads(self._body()))
+            status, headers, payload = self.server.completion(json.loads(self._body()), self.headers)
             self._send(status, payload, headers)
         elif self.path == "/v1/files":
             message = email.parser.BytesParser().parsebytes(
@@ -113,7 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
             lines = []
             for line in self.server.files[body["input_file_id"]].decode().splitlines():
                 request = json.loads(line)
-                status, _, payload = self.server.completion(request["body"])
+                status, _, payload = self.server.completion(request["body"], self.headers)
+                if isinstance(payload, bytes):
+                    payload = payload.decode(errors="replace")
                 lines.append(json.dumps({"id": f"req-{next(self.server.ids)}", "custom_id": request["custom_id"],
                                          "response": {"status_code": status, "body": payload}}))
             output_id = f"file-{next(self.server.ids)}"
@@ -132,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         if parts[:2] == ["v1", "batches"] and len(parts) == 3:
             self._send(200, self.server.batches[parts[2]])
         elif parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
-            self._send(200, None, raw=self.server.files[parts[2]])
+            self._send(200, self.server.files[parts[2]])
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 

@@ -135,3 +135,33 @@ def test_extract_json_is_tolerant_but_not_credulous() -> None:
     assert extract_json("Here you go:\n[1, 2]\nThanks") == [1, 2]
     with pytest.raises(ValueError, match="no JSON"):
         extract_json("I think the answer is yes")
+
+
+@pytest.mark.parametrize("fault", ["html", "empty-choices", "no-choices", "invalid-json"])
+def test_a_broken_http_body_is_retried_like_a_5xx(server: StandIn, fault: str) -> None:
+    sleeps: list[float] = []
+    client = _client(server, sleeps=sleeps, backoff_s=0.5)
+    server.faults.append((fault,))
+    result = _ask(client)
+    assert result.ok and result.value == Answer(answer="hello")
+    assert client.stats.counts["retries"] == 1 and len(sleeps) == 1
+
+
+@pytest.mark.parametrize("fault", ["html", "empty-choices", "no-choices", "invalid-json"])
+def test_a_broken_http_body_past_the_limit_is_a_retryable_failure(server: StandIn, workspace: Workspace,
+                                                                   fault: str) -> None:
+    client = _client(server, workspace, max_retries=1)
+    server.faults.extend([(fault,)] * 2)
+    result = _ask(client)
+    assert not result.ok and result.retryable and "MalformedResponseError" in (result.error or "")
+    assert client.stats.counts["failures"] == 1
+    again = _ask(_client(server, workspace))  # never cached: the next run asks again, and gets an answer
+    assert again.ok and not again.cached
+
+
+def test_broken_bodies_in_a_batch_are_asked_again_one_by_one(server: StandIn) -> None:
+    client = _client(server, use_batch_api=True, batch_poll_s=0.01)
+    server.faults.extend([("html",), ("no-choices",)])
+    results = client.ask_many([([{"role": "user", "content": f"b{i}"}], Answer) for i in range(3)])
+    assert [r.value.answer for r in results] == ["b0", "b1", "b2"]
+    assert len(server.requests) == 3 + 2  # the batch, then the two broken answers once more

@@ -2,13 +2,15 @@
 
 - Every answer is cached by content hash (model, server, parameters, schema, messages): asking the
   same thing again makes no call.
-- Bounded concurrency; 429, 5xx, timeouts and dropped connections are retried with exponential
-  backoff that honours ``Retry-After``; malformed or refused answers are asked again, then
-  returned as failures (never raised), so a run goes on.
+- Bounded concurrency; 429, 5xx, timeouts, dropped connections and HTTP bodies that are no chat
+  completion (an HTML error page, invalid JSON, no ``choices``) are retried with exponential backoff
+  that honours ``Retry-After``, then returned as ``retryable`` failures (never cached, so the next run
+  asks again); malformed or refused answers are asked again, then returned as failures. Nothing is
+  raised for one request, so a run goes on.
 - Structured outputs (``json_schema``) where the server accepts them; where it refuses them the
   client switches to plain prompting and tolerant JSON parsing.
 - Tokens and cost are counted. The API key is read from the environment variable the settings
-  name and is never stored, logged or returned.
+  name and is never stored, logged or returned: every error passes through ``curate.secrets.scrub``.
 - ``ask_batch`` sends many requests through the OpenAI Batch API.
 
 >>> settings = LLMSettings(model="gpt-4o-mini")
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -34,6 +37,7 @@ from typing import Any
 import openai
 from pydantic import BaseModel, ValidationError
 
+from curate.secrets import remember_secret, scrub
 from curate.workspace import Cache, CacheKey
 
 Messages = list[dict[str, Any]]
@@ -51,6 +55,10 @@ _RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeo
 
 class LLMConfigError(RuntimeError):
     """The server refuses us as a whole (bad key, unknown model): no point going on."""
+
+
+class MalformedResponseError(openai.OpenAIError):
+    """An HTTP 200 whose body is not a chat completion (an HTML page, invalid JSON, no ``choices``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,11 @@ class LLMSettings:
 
 @dataclass(slots=True)
 class LLMResult:
-    """One answer: ``value`` (the validated schema instance) when ``ok``, else ``error``."""
+    """One answer: ``value`` (the validated schema instance) when ``ok``, else ``error``.
+
+    A ``retryable`` failure is one of transport (the server never answered properly); it is not
+    cached, so asking again later makes a call. Other failures are answers, replayed from the cache.
+    """
 
     ok: bool
     value: BaseModel | None = None
@@ -91,6 +103,7 @@ class LLMResult:
     error: str | None = None
     cached: bool = False
     attempts: int = 0
+    retryable: bool = False
 
 
 @dataclass
@@ -158,6 +171,7 @@ class LLMClient:
         self._sleep = sleep
         self._structured = settings.structured
         api_key = os.environ.get(settings.api_key_env)
+        remember_secret(api_key)
         if not api_key:
             if settings.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
                 raise LLMConfigError(f"set {settings.api_key_env} to use the OpenAI API (or give base_url for a "
@@ -195,7 +209,8 @@ class LLMClient:
                     raise
                 except openai.OpenAIError as error:  # transport failures are not cached: retried next run
                     self.stats.add(failures=1)
-                    return LLMResult(False, error=f"{type(error).__name__}: {error}", attempts=attempt + 1)
+                    return LLMResult(False, error=scrub(f"{type(error).__name__}: {error}"), attempts=attempt + 1,
+                                     retryable=True)
                 if self.cache is not None:
                     self.cache.put_json(key, {"text": text, "refusal": refusal})
             value, last_error = self._validate(text, refusal, schema)
@@ -203,7 +218,8 @@ class LLMClient:
                 return LLMResult(True, value, text, cached=cached, attempts=attempt + 1)
         self.stats.add(failures=1)
         attempts = 1 + self.settings.max_malformed
-        return LLMResult(False, error=f"{last_error} (after {attempts} attempts)", cached=cached, attempts=attempts)
+        return LLMResult(False, error=scrub(f"{last_error} (after {attempts} attempts)"), cached=cached,
+                         attempts=attempts)
 
     def _validate(self, text: str | None, refusal: str | None,
                   schema: type[BaseModel]) -> tuple[BaseModel | None, str]:
@@ -246,7 +262,7 @@ class LLMClient:
         while True:
             try:
                 self.stats.add(calls=1)
-                response = self._client.chat.completions.create(**self._body(messages, schema))
+                return self._completion(messages, schema)
             except openai.AuthenticationError as error:
                 raise LLMConfigError(f"the server refused the key in ${self.settings.api_key_env} "
                                      f"({error.status_code})") from None
@@ -258,8 +274,8 @@ class LLMClient:
                     self._structured = False  # this server has no structured outputs: prompt for JSON
                     self.stats.add(structured_fallbacks=1)
                     continue
-                raise
-            except _RETRYABLE as error:
+                raise LLMConfigError(scrub(f"the server rejected the request as malformed: {error}")) from None
+            except (*_RETRYABLE, MalformedResponseError) as error:
                 if attempt >= self.settings.max_retries:
                     raise
                 delay = _retry_after(error)
@@ -268,15 +284,22 @@ class LLMClient:
                 attempt += 1
                 self.stats.add(retries=1, rate_limited=int(isinstance(error, openai.RateLimitError)))
                 self._sleep(min(delay, self.settings.max_backoff_s))
-                continue
-            self._count_usage(response.usage)
-            message = response.choices[0].message
-            return message.content, getattr(message, "refusal", None)
+
+    def _completion(self, messages: Messages, schema: type[BaseModel]) -> tuple[str | None, str | None]:
+        """(content, refusal) of one request; a body that is no chat completion raises MalformedResponseError."""
+        try:
+            response = self._client.chat.completions.create(**self._body(messages, schema))
+        except json.JSONDecodeError as error:
+            raise MalformedResponseError(f"the server's answer is invalid JSON ({error})") from None
+        if isinstance(response, str):  # the client hands back a non-JSON body as text
+            raise MalformedResponseError(f"the server's answer is not JSON: {response[:200]!r}")
+        self._count_usage(getattr(response, "usage", None))
+        return _message(getattr(response, "choices", None))
 
     def _count_usage(self, usage: Any) -> None:
-        if usage is not None:
-            self.stats.add(prompt_tokens=int(usage.prompt_tokens or 0),
-                           completion_tokens=int(usage.completion_tokens or 0))
+        with contextlib.suppress(TypeError, ValueError):  # an odd usage block costs the count, not the answer
+            self.stats.add(prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                           completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
 
     def cost_usd(self) -> float | None:
         """What the counted tokens cost at list prices, or None for a model without a known price."""
@@ -293,6 +316,7 @@ class LLMClient:
         Answers that come back malformed or missing are asked again one by one.
         """
         results: list[LLMResult | None] = [None] * len(requests)
+        answers: dict[str, tuple[str | None, str | None]] = {}
         lines, waiting = [], {}
         for index, (messages, schema) in enumerate(requests):
             key = self._key(messages, schema)
@@ -303,7 +327,11 @@ class LLMClient:
             lines.append(json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
                                      "body": self._body(messages, schema)}))
         if lines:
-            for custom_id, (text, refusal) in self._run_batch("\n".join(lines).encode()).items():
+            try:
+                answers = self._run_batch("\n".join(lines).encode())
+            except openai.OpenAIError:  # LLMConfigError (a bad key) surfaces below, from ``ask``
+                self.stats.add(batch_failures=1)
+            for custom_id, (text, refusal) in answers.items():
                 index = waiting.get(custom_id)
                 if index is None:
                     continue
@@ -328,13 +356,20 @@ class LLMClient:
             return {}
         answers: dict[str, tuple[str | None, str | None]] = {}
         for line in self._client.files.content(batch.output_file_id).text.splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            body = (record.get("response") or {}).get("body") or {}
-            if body.get("usage"):
-                self.stats.add(prompt_tokens=int(body["usage"].get("prompt_tokens", 0)),
-                               completion_tokens=int(body["usage"].get("completion_tokens", 0)))
-            message = ((body.get("choices") or [{}])[0]).get("message") or {}
-            answers[record["custom_id"]] = (message.get("content"), message.get("refusal"))
+            try:
+                record = json.loads(line)
+                completion = openai.types.chat.ChatCompletion.construct(**record["response"]["body"])
+                self._count_usage(getattr(completion, "usage", None))
+                answers[record["custom_id"]] = _message(getattr(completion, "choices", None))
+            except (ValueError, TypeError, KeyError, AttributeError, MalformedResponseError):
+                continue  # a broken line: its request is asked again on its own
         return answers
+
+
+def _message(choices: Any) -> tuple[str | None, str | None]:
+    """(content, refusal) of the first choice of a chat completion, or MalformedResponseError."""
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+    content, refusal = getattr(message, "content", None), getattr(message, "refusal", None)
+    if message is None or not isinstance(content, str | None) or not isinstance(refusal, str | None):
+        raise MalformedResponseError("the server's answer has no message in 'choices'")
+    return content, refusal

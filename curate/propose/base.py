@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from curate.records import Cue, Evidence, Item, Run
+from curate.records import Cue, Evidence, Item, Run, RunStatus
 from curate.registry import Registry
 from curate.workspace import Workspace
 
@@ -27,7 +27,8 @@ class ProposeError(ValueError):
 class ProposeContext:
     """What a proposer sees: the workspace, its run, the classes asked for, and writers that store
     rows together with the run's counts (one transaction per batch). Proposers note the models they
-    load in ``models`` (name -> version); the run records them."""
+    load in ``models`` (name -> version); the run records them, and ``failed_requests`` (requests
+    that failed and a re-run would retry): the run then ends ``completed_with_failures``."""
 
     workspace: Workspace
     run: Run
@@ -35,6 +36,7 @@ class ProposeContext:
     progress: bool = True
     counts: Counter[str] = field(default_factory=Counter)
     models: dict[str, str] = field(default_factory=dict)
+    failed_requests: int = 0
     _done: set[str] | None = field(default=None, repr=False)
 
     def class_labels(self) -> list[str]:
@@ -64,14 +66,22 @@ class ProposeContext:
 
     def write_evidence(self, rows: Sequence[Evidence], **counts: int) -> None:
         """Store a batch of evidence and count it (plus any extra counts) in this run."""
-        added = +Counter({"evidence": len(rows), **counts})
+        added = _nonzero({"evidence": len(rows), **counts})
         self.workspace.catalog.add_evidence(rows, (self.run.run_id, added))
         self.counts.update(added)
 
     def write_cues(self, rows: Sequence[Cue], **counts: int) -> None:
         """Store a batch of class-level cues and count them in this run."""
-        added = +Counter({"cues": len(rows), **counts})
+        added = _nonzero({"cues": len(rows), **counts})
         self.workspace.catalog.add_cues(rows, (self.run.run_id, added))
+        self.counts.update(added)
+
+    def replace_cues(self, label: str, source: str, rows: Sequence[Cue], **counts: int) -> None:
+        """Store a class's cues in place of those this run stored for it before (a repair), counting
+        the difference (``cues`` and any count given, which may be negative)."""
+        before = len(self.workspace.catalog.cues(class_label=label, source=source, run_id=self.run.run_id))
+        added = _nonzero({"cues": len(rows) - before, **counts})
+        self.workspace.catalog.add_cues(rows, (self.run.run_id, added), replacing=(label, source, self.run.run_id))
         self.counts.update(added)
 
     def count(self, **counts: int) -> None:
@@ -82,6 +92,10 @@ class ProposeContext:
         with self.workspace.transaction() as conn:
             self.workspace.runs.add_counts(conn, self.run.run_id, counts)
         self.counts.update(counts)
+
+
+def _nonzero(counts: dict[str, int]) -> Counter[str]:
+    return Counter({key: value for key, value in counts.items() if value})
 
 
 class Proposer(ABC):
@@ -119,7 +133,9 @@ class ProposeResult:
         """One line for the end of a command."""
         shown = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items())) or "nothing new"
         resumed = f", resumed (attempt {self.run.attempts})" if self.run.attempts > 1 else ""
-        return f"propose {self.run.config['proposer']}: {shown} in {self.seconds:.1f}s [run {self.run.run_id}{resumed}]"
+        failed = f"; {self.run.error}" if self.run.status == RunStatus.COMPLETED_WITH_FAILURES else ""
+        return (f"propose {self.run.config['proposer']}: {shown} in {self.seconds:.1f}s "
+                f"[run {self.run.run_id}{resumed}]{failed}")
 
 
 def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | None = None,
@@ -134,7 +150,9 @@ def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | N
     started = time.perf_counter()
     chosen = tuple(sorted(set(classes))) if classes is not None else None
     config = {"proposer": proposer.name, "options": proposer.options(), "classes": chosen}
-    with workspace.runs.track("propose", proposer.name, config, extend_completed=True) as run:
+    context: ProposeContext | None = None
+    with workspace.runs.track("propose", proposer.name, config, extend_completed=True,
+                              failures=lambda: context.failed_requests if context else 0) as run:
         context = ProposeContext(workspace, run, chosen, progress)
         proposer.run(context)
         workspace.runs.set_models(run.run_id, context.models)

@@ -1,7 +1,12 @@
-"""Image embeddings stored once per workspace and model version, as a parquet side table."""
+"""Image embeddings stored once per workspace and model version, as a parquet side table.
+
+Parts are named ``<run>-<process>-<n>``: a resumed run (a new process, its counter back at 0) adds
+parts beside those of the killed one instead of overwriting them.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,13 +33,17 @@ class EmbeddedBatch:
 
 
 class EmbeddingStore:
-    """Reads the embeddings a model already computed in this workspace and computes the rest."""
+    """Reads the embeddings a model already computed in this workspace and computes the rest.
+
+    ``part_prefix`` (the run id) starts the name of every part this store writes, followed by a
+    token of its own, so no two stores (processes) ever write the same part.
+    """
 
     def __init__(self, workspace: Workspace, clip: ClipModel, part_prefix: str) -> None:
         self.workspace = workspace
         self.clip = clip
         self.table = embeddings_table(clip.name)
-        self.part_prefix = part_prefix
+        self.part_prefix = f"{part_prefix}-{uuid.uuid4().hex[:12]}"
         self.known: dict[str, np.ndarray] = {}
         self._pending: list[dict[str, object]] = []
         self._parts = 0

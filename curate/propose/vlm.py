@@ -1,6 +1,8 @@
 """``vlm-attributes``: a multimodal model proposes core and spurious attributes of each image in
 the MM-SpuBench style (2-5 of each, spurious ones typed into the nine types). The image travels as
-a JPEG data URL; answers are cached by content hash like every LLM answer."""
+a JPEG data URL; answers are cached by content hash like every LLM answer. An item whose request
+failed has no evidence, so a re-run asks for it again; each class's failures are recorded once it is
+done (``llm-failures``), replacing those recorded before."""
 
 from __future__ import annotations
 
@@ -16,7 +18,16 @@ from curate.executors import image_batches
 from curate.models.llm import LLMClient, Messages
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
-from curate.propose.llm_common import LLMOptions, count_cost, record_failures, spent
+from curate.propose.llm_common import (
+    LLMOptions,
+    count_cost,
+    failure,
+    failure_counts,
+    record_failures,
+    recorded_failures,
+    retryable,
+    spent,
+)
 from curate.propose.prompts import load_prompts
 from curate.records import Evidence, EvidenceRole, Item
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
@@ -66,6 +77,9 @@ class VLMAttributesProposer(LLMOptions, Proposer):
         context.models[self.model] = version
         for label in context.class_labels():
             items = context.pending_items(label)
+            if not items:
+                continue
+            earlier, failures = retryable(recorded_failures(context, label)), []
             text = prompts.render("attributes", label=label, types="\n".join(SPURIOUS_TYPES))
             with progress_bar(f"vlm {label}", len(items), context.progress) as advance:
                 for batch in image_batches(context.workspace, items, self.batch_size):
@@ -76,18 +90,20 @@ class VLMAttributesProposer(LLMOptions, Proposer):
                               {"type": "text", "text": text},
                               {"type": "image_url", "image_url": {"url": data_url(image, self.image_max_side)}}]}],
                          ImageAttributes) for image in batch.images]
-                    rows, failures = [], []
+                    rows, failed = [], []
                     for item, result in zip(batch.items, client.ask_many(requests), strict=True):
                         if result.ok:
                             rows += self._evidence(context, item, result.value, version)  # type: ignore[arg-type]
                         else:
-                            failures.append({"run_id": context.run.run_id, "class_label": label, "step": "attributes",
-                                             "cue": item.item_id, "error": result.error or ""})
-                    record_failures(context, f"{label}:{batch.items[0].item_id if batch.items else ''}", failures)
-                    context.write_evidence(rows, items=len(batch.items) - len(failures), unreadable=len(batch.failures),
-                                           llm_failures_recorded=len(failures), **spent(client, before))
+                            failed.append(failure(context, label, "attributes", result, item.item_id))
+                    context.write_evidence(rows, items=len(batch.items) - len(failed), unreadable=len(batch.failures),
+                                           **failure_counts(earlier, failed, {("attributes", i.item_id)
+                                                                              for i in batch.items}),
+                                           **spent(client, before))
+                    failures += failed
                     for _ in range(len(batch.items) + len(batch.failures)):
                         advance()
+            record_failures(context, label, failures)
         count_cost(context, client)
 
     def _evidence(self, context: ProposeContext, item: Item, answer: ImageAttributes, version: str) -> list[Evidence]:

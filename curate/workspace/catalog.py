@@ -249,9 +249,16 @@ class Catalog:
                          r["taxonomy_type"], r["score"], json.loads(r["boxes"]), r["model"],
                          r["model_version"], json.loads(r["extra"])) for r in rows]
 
-    def add_cues(self, rows: Iterable[Cue], counts: RunCounts | None = None) -> int:
-        """Store class-level candidate cues; the same key twice keeps the latest (see ``add_evidence``)."""
+    def add_cues(self, rows: Iterable[Cue], counts: RunCounts | None = None, *,
+                 replacing: tuple[str, str, str] | None = None) -> int:
+        """Store class-level candidate cues; the same key twice keeps the latest (see ``add_evidence``).
+
+        With ``replacing`` (class, proposer, run id) the cues stored before for that class, proposer
+        and run are removed in the same transaction.
+        """
         with self._transaction() as conn:
+            if replacing is not None:
+                conn.execute("DELETE FROM cues WHERE class_label = ? AND source = ? AND run_id = ?", replacing)
             self._count(conn, counts)
             return sum(conn.execute(
                 "INSERT OR REPLACE INTO cues (class_label, attribute, source, run_id, taxonomy_type, role, extra) "

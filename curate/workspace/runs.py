@@ -21,11 +21,12 @@ from typing import Any
 
 import curate
 from curate.records import Run, RunStatus
+from curate.secrets import scrub
 from curate.workspace._sql import digest, dumps, now
 
 Connect = Callable[[], sqlite3.Connection]
 Transaction = Callable[[], AbstractContextManager[sqlite3.Connection]]
-_RESUMABLE = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED)
+_RESUMABLE = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.FAILED, RunStatus.COMPLETED_WITH_FAILURES)
 
 
 class RunNotFoundError(KeyError):
@@ -126,8 +127,9 @@ class RunLog:
 
     @contextmanager
     def track(self, stage: str, name: str, config: Mapping[str, Any], *,
-              extend_completed: bool = False) -> Iterator[Run]:
-        """Start (or resume) a run for the block: completed when it ends, ``interrupted`` on Ctrl-C,
+              extend_completed: bool = False, failures: Callable[[], int] | None = None) -> Iterator[Run]:
+        """Start (or resume) a run for the block: completed when it ends (``completed_with_failures``
+        when ``failures()`` counts requests a re-run would retry), ``interrupted`` on Ctrl-C,
         ``failed`` with the error on any other exception (which propagates)."""
         run = self.start(stage, name, config, extend_completed=extend_completed)
         try:
@@ -138,7 +140,12 @@ class RunLog:
         except BaseException as error:
             self.finish(run.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
             raise
-        self.finish(run.run_id, RunStatus.COMPLETED)
+        failed = failures() if failures is not None else 0
+        if failed:
+            self.finish(run.run_id, RunStatus.COMPLETED_WITH_FAILURES,
+                        f"{failed} requests failed; run the same command again to retry them")
+        else:
+            self.finish(run.run_id, RunStatus.COMPLETED)
 
     def add_counts(self, conn: sqlite3.Connection, run_id: str, delta: Mapping[str, int]) -> None:
         """Add ``delta`` to a run's counts inside the caller's transaction (so counts match rows)."""
@@ -172,8 +179,8 @@ class RunLog:
                          (dumps(dict(models)), now(), run_id))
 
     def finish(self, run_id: str, status: RunStatus, error: str | None = None) -> Run:
-        """Close a run as completed, failed or interrupted."""
-        stamp = now()
+        """Close a run as completed, failed or interrupted (the error scrubbed of secrets)."""
+        stamp, error = now(), scrub(error) if error is not None else None
         with self._transaction() as conn:
             conn.execute("UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
                          "WHERE run_id = ?", (status, error, stamp, stamp, run_id))

@@ -68,6 +68,13 @@ class SideTables:
         """The whole table in memory."""
         return self.scan(name).collect()
 
+    def part(self, name: str, part: str) -> pl.DataFrame | None:
+        """One part of a partitioned table, or None when it was never written (or was deleted)."""
+        self._check(name)
+        self._check(part)
+        path = self.root / name / f"{part}.parquet"
+        return pl.read_parquet(path) if path.exists() else None
+
     def names(self) -> list[str]:
         """Names of the tables that exist."""
         if not self.root.exists():
@@ -76,9 +83,13 @@ class SideTables:
         found |= {p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))}
         return sorted(found)
 
-    def delete(self, name: str) -> None:
-        """Remove a table and all its parts."""
+    def delete(self, name: str, part: str | None = None) -> None:
+        """Remove a table and all its parts, or only one ``part``."""
         self._check(name)
+        if part is not None:
+            self._check(part)
+            (self.root / name / f"{part}.parquet").unlink(missing_ok=True)
+            return
         (self.root / f"{name}.parquet").unlink(missing_ok=True)
         shutil.rmtree(self.root / name, ignore_errors=True)
 
