@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import re
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,29 +27,20 @@ from label_studio_sdk import LabelStudio
 
 from annotation import transport
 from annotation.agreement import cohen_kappa, fleiss_kappa, gold_accuracy, krippendorff_alpha
-from annotation.configs import ATTRIBUTE_SLOTS, CONFIGS, AttributeRow, ConfigError, attribute_answers, checked
+from annotation.configs import ATTRIBUTE_SLOTS, CONFIGS, ConfigError, checked
 from annotation.files import storage_path
 from annotation.server import Connection
 from annotation.tasks import ROUND_KINDS, gold_answers
 from annotation.transport import BridgeError
 from curate.progress import progress_bar
 from curate.records import Verdict
-from curate.verdicts import (
-    ADJUDICATES_KEY,
-    ATTRIBUTE_CHOICES,
-    GOLD_KEY,
-    SIMULATED_KEY,
-    VerdictValue,
-    resolve,
-)
+from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, SIMULATED_DOMAIN, SIMULATED_KEY, VerdictValue, resolve
 from curate.workspace import Workspace
 
 PUSH_CHUNK = 500
 _ROUND_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 FIGURES_TABLE = "round-figures"
 REJECTIONS_TABLE = "round-rejections"
-SIMULATED_DOMAIN = "simulated.curate.invalid"
-"""Simulated annotators log in as ``sim-<n>@simulated.curate.invalid``; their verdicts are marked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +171,6 @@ def stored_spec(workspace: Workspace, name: str) -> RoundSpec:
     raise BridgeError(f"no round {name!r} was pushed from this workspace")
 
 
-def is_simulated(annotator: str) -> bool:
-    """True for the simulated annotators of ``simulate``."""
-    return annotator.endswith("@" + SIMULATED_DOMAIN)
-
-
 def pull(workspace: Workspace, server: Connection, spec: RoundSpec) -> RoundReport:
     """Read the round's annotations from an export snapshot and make them the round's verdicts;
     annotations that do not fit the task are rejected with a reason (stored, and counted)."""
@@ -215,7 +199,7 @@ def pull(workspace: Workspace, server: Connection, spec: RoundSpec) -> RoundRepo
                                  "reason": str(error)})
                 continue
             where = {"task_id": task["id"], "annotation_id": annotation["id"], **flags}
-            if is_simulated(annotator):
+            if annotator.endswith("@" + SIMULATED_DOMAIN):
                 where[SIMULATED_KEY] = True
             verdicts += [Verdict(item_id, name, annotator, spec.name, value, kind_of_type, {**where, **extra})
                          for name, value, kind_of_type, extra in readings]
@@ -292,72 +276,3 @@ def round_figures(workspace: Workspace, spec: RoundSpec) -> dict[str, float]:
             figures[f"gold_accuracy:{annotator}"] = accuracy
             figures[f"gold_units:{annotator}"] = float(sum(annotator in r for r in answered.values()))
     return figures
-
-
-# simulated annotators ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class SimulationReport:
-    """What simulated annotators did: annotations per annotator, answers changed on purpose."""
-
-    annotations: dict[str, int]
-    wrong_answers: int
-
-
-def simulate(workspace: Workspace, server: Connection, spec: RoundSpec, annotators: Sequence[Connection],
-             error_rate: float = 0.1, seed: int = 0) -> SimulationReport:
-    """Answer an attribute round as simulated people, each through the real annotator stream
-    (``/next``) with their own token, in turn until the stream is empty for everybody.
-
-    A simulated person accepts each pre-filled answer (the gold answer on gold tasks, the majority
-    of the votes so far in an adjudication) and, with probability ``error_rate``, picks another
-    value instead. Their e-mails end in ``@simulated.curate.invalid`` so their verdicts are marked
-    simulated. Only for demos and tests: it measures nothing about images.
-    """
-    if spec.kind != "attributes":
-        raise BridgeError("simulated annotators answer attribute rounds only")
-    if not 0.0 <= error_rate <= 1.0:
-        raise BridgeError(f"error_rate is a probability, got {error_rate}")
-    project_id = project(transport.client(server), workspace, spec, create=False)
-    gold = gold_answers(workspace, spec.gold_round) if spec.gold_round else {}
-    rng = random.Random(seed)
-    done: dict[str, int] = {}
-    wrong = 0
-    active = list(annotators)
-    identities = {person.token: transport.call("who am I", transport.client(person).users.whoami).email
-                  for person in active}
-    with progress_bar(f"simulate {spec.name}", None) as advance:
-        while active:
-            for person in list(active):
-                task = transport.next_task(person, project_id)
-                if task is None:
-                    active.remove(person)
-                    continue
-                result, flipped = _simulated_answer(task, gold, error_rate, rng)
-                transport.annotate(person, int(task["id"]), result)
-                done[identities[person.token]] = done.get(identities[person.token], 0) + 1
-                wrong += flipped
-                advance(1)
-    return SimulationReport(done, wrong)
-
-
-def _simulated_answer(task: dict[str, Any], gold: dict[tuple[str, str], str], error_rate: float,
-                      rng: random.Random) -> tuple[list[dict[str, Any]], int]:
-    data = task["data"]
-    rows = [AttributeRow(data[f"attr_{i}_name"], data.get("attribute_types", {}).get(data[f"attr_{i}_name"]))
-            for i in range(ATTRIBUTE_SLOTS) if data.get(f"attr_{i}_name")]
-    shown: dict[str, str] = {}
-    for prediction in task.get("predictions") or []:
-        for region in prediction.get("result", []):
-            kind, _, slot = str(region.get("from_name")).partition("_")
-            if kind == "verdict":
-                shown[data[f"attr_{slot}_name"]] = region["value"]["choices"][0]
-    answers, flipped = [], 0
-    for row in rows:
-        votes = data.get("votes", {}).get(row.name, {})
-        leaders = sorted(v for v, n in votes.items() if n == max(votes.values())) if votes else [VerdictValue.UNSURE]
-        truth = gold.get((data["item_id"], row.name)) or shown.get(row.name) or rng.choice(leaders)
-        if rng.random() < error_rate:
-            truth = rng.choice([v for v in ATTRIBUTE_CHOICES if v != truth])
-            flipped += 1
-        answers.append(truth)
-    return attribute_answers(rows, answers), flipped

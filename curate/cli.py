@@ -380,6 +380,28 @@ def annotate_status(name: RoundName, url: UrlOption = None,
              f"{int(figures['to_adjudicate'])} to adjudicate")
 
 
+@annotate_app.command("simulate")
+def annotate_simulate(
+    name: RoundName,
+    annotators: Annotated[int, typer.Option(help="Simulated people (sim-<n>@simulated.curate.invalid).")] = 3,
+    error_rate: Annotated[float, typer.Option(help="Chance that a person changes a pre-filled answer.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of their mistakes.")] = 0,
+    workspace: WorkspaceOption = Path("."), quiet: QuietOption = False,
+) -> None:
+    """Answer an attribute round as simulated annotators through the real annotator stream (demos and
+    tests only: their verdicts are flagged simulated, and cards say so)."""
+    from annotation import rounds
+    from annotation.simulate import simulate, simulated_people
+
+    with _user_errors():
+        opened = Workspace.open(workspace)
+        people = simulated_people(opened.root, annotators)
+        report = simulate(opened, _connection(opened, None), rounds.stored_spec(opened, name), people, error_rate,
+                          seed, progress=not quiet)
+    _summary(f"round {name}: {sum(report.annotations.values())} annotations by {len(report.annotations)} simulated "
+             f"annotators, {report.wrong_answers} answers changed on purpose")
+
+
 @app.command()
 def verdicts(
     round_: Annotated[str | None, typer.Option("--round", help="Only these rounds, comma-separated (their "

@@ -55,6 +55,8 @@ ADJUDICATES_KEY = "adjudicates"
 """``Verdict.extra`` key naming the round an adjudication verdict resolves."""
 SIMULATED_KEY = "simulated"
 """``Verdict.extra`` flag of answers given by a simulated annotator."""
+SIMULATED_DOMAIN = "simulated.curate.invalid"
+"""Simulated annotators log in as ``sim-<n>@simulated.curate.invalid``; their verdicts are flagged."""
 _PROVENANCE_KEYS = frozenset({"task_id", "annotation_id", GOLD_KEY, ADJUDICATES_KEY, SIMULATED_KEY})
 
 Ratings = Mapping[Hashable, Mapping[str, str]]
