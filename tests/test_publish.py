@@ -443,3 +443,61 @@ def test_a_killed_publish_leaves_the_previous_version_loadable(judged: Workspace
     assert {split: loaded[split].num_rows for split in loaded} == second.release.counts()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "img", "release", "ws"]
     assert not [p for p in hub.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+
+
+def test_the_card_lists_only_what_fed_the_release_and_names_no_annotator(judged: Workspace,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    import re
+
+    import polars as pl
+
+    from curate.analyze import analyze_cues
+    from curate.records import Evidence, EvidenceRole
+
+    for seed in range(4):  # birds: in the workspace, not in the release
+        (tmp_path / "img" / "bird").mkdir(exist_ok=True)
+        distinct_image(500 + seed, (6, 6)).save(tmp_path / "img" / "bird" / f"{seed}.png")
+    ingest(judged, FolderSource(tmp_path / "img"), progress=False)
+    items = {label: [i.item_id for i in judged.catalog.items(label=label)] for label in ("dog", "cat", "bird")}
+    judged.catalog.add_verdicts(  # the same answers again, by people known by e-mail
+        Verdict(v.item_id, v.attribute, v.annotator + "@example.org", v.round, v.value)
+        for v in judged.catalog.verdicts("round-1"))
+    judged.catalog.add_verdicts(Verdict(i, "water", "carol@example.org", "bird-round", "spurious")
+                                for i in items["bird"])
+    judged.catalog.add_verdicts(Verdict(i, "grass", "carol@example.org", "grass-round", "spurious")
+                                for i in items["dog"])
+    runs = {}
+    for name, models, labels in (("fed", {"clip-vit-b-32": "ViT-B-32@random"}, ("dog", "cat")),
+                                 ("birds-only", {"owlv2": "v2"}, ("bird",))):
+        with judged.runs.track("propose", name, {"proposer": name}) as run:
+            judged.runs.set_models(run.run_id, models)
+            judged.catalog.add_evidence(Evidence(i, "water", name, run.run_id, EvidenceRole.CANDIDATE, None, 0.5)
+                                        for label in labels for i in items[label])
+        runs[name] = run.run_id
+    figures = {"krippendorff_alpha": 0.9, "alpha_attribute:water": 0.812, "alpha_attribute:grass": 0.111,
+               "gold_accuracy:ann@example.org": 0.75}
+    judged.tables.write("round-figures", pl.DataFrame({"round": ["round-1"], "run_id": ["x"],
+                                                       "figures": [json.dumps(figures)]}), part="x")
+    analyze_cues(judged, use_verdicts=True)  # pictures of dogs, cats and birds
+    result = build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    n = sum(result.release.counts().values())  # the images in the release, of the 100 judged
+    fed = json.loads((tmp_path / "release" / "release.json").read_text())["fed_by"]
+    assert fed["classes"] == ["cat", "dog"] and fed["rounds"] == ["round-1"] and fed["attributes"] == ["water"]
+    assert fed["proposal_runs"] == [runs["fed"]]
+    publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}")
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert runs["fed"] in card and runs["birds-only"] not in card and "owlv2" not in card
+    assert "**random (untrained)**" in card and "came from models with random, untrained weights" in card
+    rounds = re.findall(r"^\| ([\w-]+) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| (.*?) \| (.*?) \|$", card, re.M)
+    ann = judged.pseudonym("ann@example.org")
+    assert rounds == [("round-1", "4", str(n), str(4 * n), "0.900", "water: 0.812", f"{ann}: 0.75")]
+    pictures = sorted(p.name for p in (tmp_path / "hub" / "images").iterdir())
+    assert pictures and all(p.startswith(("strip-dog-", "strip-cat-")) for p in pictures), pictures
+    assert re.fullmatch(r"annotator-[0-9a-f]{8}", ann) and ann == judged.pseudonym("ann@example.org")
+    email = re.compile(rb"[\w.+-]+@[\w-]+\.[\w.]+")
+    for path in [*(tmp_path / "hub").rglob("*"), *(tmp_path / "release").rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert not email.search(data), path
+            if path.suffix in (".md", ".csv") or path.name == "release.json":
+                assert b"@" not in data, path  # croissant.json is JSON-LD: "@context", "@type"

@@ -37,7 +37,14 @@ from curate.publish.folder import (
 from curate.records import Run
 from curate.workspace import Workspace, code_version
 
-EVALUATION_KIND = {"groups": "groups", "mmspubench": "mcq", "focus": "focus"}
+# builder -> (``curate evaluate`` kind, the prediction column it reads and what lies beside it)
+EVALUATION = {
+    "groups": ("groups", "`pred` (the predicted class index) beside `y`, `a` and `split` (the `test` rows are "
+                         "scored; `--set eval_split=val` scores the validation rows)"),
+    "mmspubench": ("mcq", "`prediction` (the letter chosen) beside `answer` and `spurious_correlation_type` "
+                          "(as type names: `features['spurious_correlation_type'].feature.int2str`)"),
+    "focus": ("focus", "`correct` (true when the model named the `category`) beside `n_uncommon`"),
+}
 _SECRET = re.compile(r"(sk-[A-Za-z0-9]{8,}|hf_[A-Za-z0-9]{8,}|Token [A-Za-z0-9]{20,})")
 
 
@@ -77,6 +84,16 @@ def _random_weights(models: dict[str, Any]) -> bool:
     return any(str(version).rpartition("@")[2] == "random" for version in models.values())
 
 
+def _version(version: Any) -> str:
+    """A model version as the card shows it: ``ViT-B-32@random`` reads ``ViT-B-32 (weights: random)``.
+
+    >>> _version("ViT-B-32@random"), _version("v8s")
+    ('ViT-B-32 (weights: random)', 'v8s')
+    """
+    name, _, weights = str(version).rpartition("@")
+    return f"{name} (weights: {weights})" if name else weights
+
+
 def _provenance(workspace: Workspace, manifest: dict[str, Any], item_ids: set[str]) -> dict[str, Any]:
     """What fed this release (recorded by the build in ``fed_by``): its proposal runs, with models
     and whether their weights were random, and its rounds with agreement figures; annotators only
@@ -85,7 +102,7 @@ def _provenance(workspace: Workspace, manifest: dict[str, Any], item_ids: set[st
     proposals = []
     for run in (workspace.runs.get(run_id) for run_id in fed.get("proposal_runs", [])):
         proposals.append({"run_id": run.run_id, "proposer": run.config.get("proposer"),
-                          "models": ", ".join(f"{k}: {v}" for k, v in run.models.items()) or "-",
+                          "models": ", ".join(f"{k}: {_version(v)}" for k, v in run.models.items()) or "-",
                           "random_weights": _random_weights(run.models)})
     figures_table = workspace.tables.read("round-figures") if "round-figures" in workspace.tables.names() else None
     attributes = fed.get("attributes", [])
@@ -124,7 +141,7 @@ def _context(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[s
             **_provenance(workspace, manifest, item_ids), "licences": licences, "licence": licence,
             "code_version": code_version(), "pictures": [{"stem": Path(p).stem, "path": p} for p in pictures],
             "classes": (manifest.get("fed_by") or {}).get("classes", []),
-            "evaluation_kind": EVALUATION_KIND.get(manifest["builder"], "groups")}
+            "evaluation": EVALUATION.get(manifest["builder"])}
 
 
 def render_card(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]], configs: list[str],
