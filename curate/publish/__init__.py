@@ -2,7 +2,9 @@
 
 ``publish(workspace, release, "folder:PATH")`` writes parquet shards per config and split (images
 embedded), README.md (YAML front matter + a card rendered from ``dataset_cards/``) and records a
-``publish`` run. Cards are checked: no local path, token or key may appear in them.
+``publish`` run. Cards are checked: no local path, token or key may appear in them. The tables are
+those ``release.json`` counts; the new version is written beside the old and switched in whole
+(``curate.folders.replaced``), so a killed publish leaves the previous version loadable.
 """
 
 from __future__ import annotations
