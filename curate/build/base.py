@@ -17,6 +17,7 @@ rebuild never leaves an old table behind and a crash leaves the previous release
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -125,12 +126,17 @@ def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[st
 
 
 def _write_images(workspace: Workspace, images: dict[str, str], folder: Path) -> None:
+    """Copy the images a release names into its (new, empty) folder."""
+    made: set[str] = set()
     for name, uri in images.items():
-        path = (folder / name).resolve()
-        if not path.is_relative_to(folder.resolve()):
+        relative = os.path.normpath(name)
+        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
             raise BuildError(f"the release names a file outside its folder: {name!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(workspace.resolve_uri(uri), path)
+        parent = os.path.dirname(relative)
+        if parent not in made:
+            (folder / parent).mkdir(parents=True, exist_ok=True)
+            made.add(parent)
+        shutil.copyfile(workspace.resolve_uri(uri), folder / relative)
 
 
 def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResult:
