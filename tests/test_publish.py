@@ -376,6 +376,8 @@ def test_a_rebuild_replaces_the_whole_release_and_publish_ships_only_its_tables(
         judged: Workspace, tmp_path: Path) -> None:  # noqa: F811
     import shutil
 
+    import polars as pl
+
     from curate.build import BuildError
 
     release, hub = tmp_path / "release", tmp_path / "hub"
@@ -404,6 +406,14 @@ def test_a_rebuild_replaces_the_whole_release_and_publish_ships_only_its_tables(
     with pytest.raises(PublishError, match="not a published dataset"):
         publish(judged, release, f"folder:{tmp_path / 'mine'}")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    manifest = json.loads((release / "release.json").read_text())
+    (release / "release.json").write_text(json.dumps({**manifest, "counts": {"test": 49}}))
+    with pytest.raises(ValueError, match="has 50 rows but release.json says 49"):
+        publish(judged, release, f"folder:{hub}")
+    from curate.publish.folder import features_for
+
+    with pytest.raises(ValueError, match="would replace the picture"):
+        features_for(pl.DataFrame({"uri": ["blob:ab/ab.png"], "image": ["000000.png"]}), {})
 
 
 KILLED_PUBLISH = """
