@@ -319,23 +319,6 @@ def test_every_file_a_release_names_is_in_the_release(released: tuple[Workspace,
     assert not any(p.name.startswith(".") for p in release.parent.iterdir())  # nothing left beside it
 
 
-def test_a_group_table_release_holds_the_files_its_metadata_names(workspace: Workspace, tmp_path: Path) -> None:
-    from test_ingest_groups import _waterbirds_like
-
-    from curate.ingest import GroupTableSource
-
-    table = _waterbirds_like(tmp_path)
-    ingest(workspace, GroupTableSource(table, images=tmp_path / "images", id_column="img_id",
-                                       filename_column="img_filename", a_column="place"), progress=False)
-    build(workspace, make_builder("groups", group_source="metadata.csv"), tmp_path / "release")
-    names = _named_files(tmp_path / "release")
-    assert len(names) == 2 * 11788  # the parquet tables and metadata.csv
-    source = tmp_path / "images"
-    for name in sorted(set(names))[::97]:
-        assert (tmp_path / "release" / name).read_bytes() == (source / name).read_bytes()
-    assert all((tmp_path / "release" / name).is_file() for name in names)
-
-
 def _card_contents(card: str) -> dict[tuple[str, str], int]:
     import re
 
