@@ -31,6 +31,8 @@ def test_a_waterbirds_table_is_exported_again_with_its_split_and_group_counts(wo
     original = pl.read_csv(table)
     assert exported.select("id", "filename").equals(original.select(pl.col("img_id").alias("id"),
                                                                     pl.col("img_filename").alias("filename")))
+    for name in exported["filename"]:  # every file metadata.csv names is in the release, as ingested
+        assert (tmp_path / "release" / name).read_bytes() == (tmp_path / "images" / name).read_bytes()
     train = pl.read_parquet(tmp_path / "release" / "data" / "train.parquet")
     assert train.height == 4795 and set(train["y_name"]) == {"landbird", "waterbird"}
     assert (train["g"] == 2 * train["y"] + train["a"]).all()

@@ -92,6 +92,27 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
+def pictures_of(workspace: Workspace, classes: set[str]) -> list[Path]:
+    """The latest cue analysis's pictures that show only ``classes``: each class's strip, and the
+    lift heatmap when the analysis covered no other class (what a release of ``classes`` may show).
+
+    >>> pictures_of(Workspace.init(__import__("tempfile").mkdtemp()), {"dog"})
+    []
+    """
+    runs = [r for r in workspace.runs.list("analyze") if "evidence" in r.config and "gap" not in r.config]
+    if not runs or STATS_TABLE not in workspace.tables.names():
+        return []
+    run = runs[0]
+    stats = workspace.tables.scan(STATS_TABLE).filter(pl.col("run_id") == run.run_id).collect()
+    folder = workspace.root / "reports" / run.run_id
+    analysed = set(stats["class_label"].to_list())
+    pictures = [folder / "lift-heatmap.png"] if analysed and analysed <= classes else []
+    pictures += [folder / f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
+                 for row in stats.filter((pl.col("rank") == 1) & pl.col("class_label").is_in(sorted(classes)))
+                 .sort("class_label").iter_rows(named=True)]
+    return [p for p in pictures if p.is_file()]
+
+
 GAPS_TABLE = "spurious-gaps"
 
 

@@ -4,14 +4,21 @@ A builder reads the workspace (items, evidence, verdicts) and returns a ``Releas
 split plus metadata that says exactly how it was made. Builders import neither torch, ultralytics
 nor openai. ``build()`` records the build as a run and writes the release folder::
 
-    release.json           builder, options, counts, encodings, sources of every label
-    data/<split>.parquet   one row per item (item_id, uri, y, a, g, names, split ...)
+    release.json           builder, options, counts (the tables, exactly), encodings, sources of every
+                           label, and ``fed_by``: the classes, rounds, proposal runs and pictures behind it
+    data/<table>.parquet   one row per item (item_id, uri, y, a, g, names, split ...)
+    images/...             the images the tables and exports name by file (``Release.images``)
     extra files            exports a builder adds (e.g. SubpopBench metadata.csv)
+
+The folder is written beside the old one and switched in whole (``curate.folders.replaced``), so a
+rebuild never leaves an old table behind and a crash leaves the previous release intact.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -21,6 +28,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
+from curate.folders import replaced
 from curate.records import Run
 from curate.registry import Registry
 from curate.workspace import Workspace
@@ -30,14 +38,25 @@ class BuildError(ValueError):
     """A release cannot be built as asked (too few items in a group, no labels for an attribute ...)."""
 
 
+def image_name(stem: str, uri: str, folder: str = "images") -> str:
+    """The release-relative file name of an item's image: its bytes keep their own extension.
+
+    >>> image_name("000001", "blob:ab/abcd.jpg"), image_name("x", "file:///data/cat/1.PNG", "logos")
+    ('images/000001.jpg', 'logos/x.PNG')
+    """
+    return f"{folder}/{stem}{Path(uri).suffix}"
+
+
 @dataclass
 class Release:
-    """Split -> rows, metadata for the card, and extra files (name -> writer of that file)."""
+    """Split -> rows, metadata for the card, extra files (name -> writer of that file) and the
+    images the release names by file (release-relative name -> item uri; ``build`` copies them)."""
 
     builder: str
     tables: dict[str, pl.DataFrame]
     metadata: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Rows per split."""
@@ -52,6 +71,11 @@ class Builder(ABC):
     def options(self) -> dict[str, Any]:
         """The options, JSON-ready, recorded in the run config and the release."""
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def defining_attributes(self) -> list[str] | None:
+        """The verdict attributes whose answers make this release's labels (None: every attribute;
+        []: no verdict fed it): the rounds on them fed the release, and their agreement goes on the card."""
+        return None
 
     @abstractmethod
     def build(self, workspace: Workspace) -> Release:
@@ -82,21 +106,61 @@ class BuildResult:
         return f"build {self.release.builder}: {counts} -> {self.path} [run {self.run.run_id}]"
 
 
+def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[str, Any]:
+    """What this release was made from: its items' classes, the rounds whose verdicts judged them
+    (of the builder's ``verdict_round`` and ``attribute`` when it has them), the proposal runs that
+    stored evidence on them, the attributes that define its labels, and the analysis pictures of
+    those classes (workspace-relative)."""
+    from curate.analyze import pictures_of
+
+    item_ids = {i for table in release.tables.values() if "item_id" in table.columns
+                for i in table["item_id"].drop_nulls().to_list()}
+    classes = sorted({item.label for item in workspace.catalog.items() if item.item_id in item_ids and item.label})
+    attributes = builder.defining_attributes()
+    rounds = sorted({v.round for v in workspace.catalog.verdicts(getattr(builder, "verdict_round", None))
+                     if v.item_id in item_ids and (attributes is None or v.attribute in attributes)})
+    proposals = sorted(workspace.catalog.evidence_runs(item_ids) & {r.run_id for r in workspace.runs.list("propose")})
+    pictures = [str(p.relative_to(workspace.root)) for p in pictures_of(workspace, set(classes))]
+    return {"classes": classes, "rounds": rounds, "attributes": attributes or [], "proposal_runs": proposals,
+            "pictures": pictures}
+
+
+def _write_images(workspace: Workspace, images: dict[str, str], folder: Path) -> None:
+    """Copy the images a release names into its (new, empty) folder."""
+    made: set[str] = set()
+    for name, uri in images.items():
+        relative = os.path.normpath(name)
+        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
+            raise BuildError(f"the release names a file outside its folder: {name!r}")
+        parent = os.path.dirname(relative)
+        if parent not in made:
+            (folder / parent).mkdir(parents=True, exist_ok=True)
+            made.add(parent)
+        shutil.copyfile(workspace.resolve_uri(uri), folder / relative)
+
+
 def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResult:
-    """Run a builder as a recorded ``build`` run and write its release folder to ``out``."""
+    """Run a builder as a recorded ``build`` run and write its release folder to ``out`` (a new
+    folder switched in whole: nothing of an earlier release in ``out`` survives)."""
     started = time.perf_counter()
     target = Path(out)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir())
+                                                     and not (target / "release.json").is_file())):
+        raise BuildError(f"{target} exists and is not a release folder (no release.json); "
+                         "choose a new or empty folder")
     config = {"builder": builder.name, "options": builder.options(), "out": str(target.resolve())}
     with workspace.runs.track("build", builder.name, config, extend_completed=True) as run:
         release = builder.build(workspace)
-        (target / "data").mkdir(parents=True, exist_ok=True)
-        for split, table in release.tables.items():
-            table.write_parquet(target / "data" / f"{split}.parquet")
-        for name, writer in release.extra_files.items():
-            writer(target / name)
         manifest = {"builder": builder.name, "options": builder.options(), "run_id": run.run_id,
-                    "counts": release.counts(), **release.metadata}
-        (target / "release.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+                    "counts": release.counts(), "fed_by": _fed_by(workspace, builder, release), **release.metadata}
+        with replaced(target) as folder:
+            (folder / "data").mkdir()
+            for split, table in release.tables.items():
+                table.write_parquet(folder / "data" / f"{split}.parquet")
+            _write_images(workspace, release.images, folder)
+            for name, writer in release.extra_files.items():
+                writer(folder / name)
+            (folder / "release.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         with workspace.transaction() as conn:
             workspace.runs.add_counts(conn, run.run_id, {f"rows_{k}": v for k, v in release.counts().items()})
     return BuildResult(target, release, workspace.runs.get(run.run_id), time.perf_counter() - started)

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.build.base import Builder, BuildError, Release, image_name, register_builder
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
@@ -62,6 +62,9 @@ class FocusBuilder(Builder):
     evidence_source: str = "focus-settings"
     location_threshold: float = 0.5
     uncommon_table: str | None = None
+
+    def defining_attributes(self) -> list[str]:
+        return list(ATTRIBUTES)
 
     def _from_verdicts(self, workspace: Workspace) -> dict[str, dict[str, Any]]:
         votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
@@ -111,7 +114,8 @@ class FocusBuilder(Builder):
             flags = {"uncommon_time": is_uncommon(table, "time", label, setting["time"]),
                      "uncommon_weather": is_uncommon(table, "weather", label, setting["weather"]),
                      "uncommon_locations": any(is_uncommon(table, "locations", label, v) for v in setting["locations"])}
-            rows.append({"item_id": item_id, "uri": item.uri, "file_name": f"{number:06d}.png", "category": label,
+            rows.append({"item_id": item_id, "uri": item.uri, "file_name": image_name(f"{number:06d}", item.uri),
+                         "category": label,
                          "time": setting["time"], "weather": setting["weather"], "locations": setting["locations"],
                          **flags, "n_uncommon": sum(flags.values()),
                          "labels_from": "human" if item_id in human else "machine"})
@@ -121,7 +125,8 @@ class FocusBuilder(Builder):
         partitions = {int(n): c for n, c in frame.group_by("n_uncommon").len().sort("n_uncommon").iter_rows()}
         metadata = {"partitions": partitions, "uncommon_table": table.get("source", str(self.uncommon_table)),
                     "labels_from": dict(Counter(frame["labels_from"])), "classes_not_in_table": dict(unknown)}
-        return Release(self.name, {"test": frame}, metadata, {"focus.sqlite": lambda path: _write_sqlite(frame, path)})
+        return Release(self.name, {"test": frame}, metadata, {"focus.sqlite": lambda path: _write_sqlite(frame, path)},
+                       dict(zip(frame["file_name"], frame["uri"], strict=True)))
 
 
 def _write_sqlite(frame: pl.DataFrame, path: Path) -> None:

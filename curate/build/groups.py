@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.build.base import Builder, BuildError, Release, image_name, register_builder
 from curate.ingest import group_table
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
@@ -72,6 +72,9 @@ class GroupsBuilder(Builder):
     balance: str = "within_class"
     min_group_size: int = 1
     seed: int = 0
+
+    def defining_attributes(self) -> list[str]:
+        return [self.attribute] if self.attribute else []
 
     def build(self, workspace: Workspace) -> Release:
         if (self.group_source is None) == (self.attribute is None):
@@ -159,7 +162,7 @@ class GroupsBuilder(Builder):
                                          f"items, fewer than min_group_size {self.min_group_size}")
         uris = {i.item_id: i.uri for i in items}
         rows = pl.DataFrame([{"id": n + 1, "item_id": item_id, "uri": uris[item_id], "y": y, "a": a, "split": split,
-                              "filename": f"images/{item_id}{Path(uris[item_id]).suffix}"}
+                              "filename": image_name(item_id, uris[item_id])}
                              for n, (item_id, y, a, split) in enumerate(assigned)])
         return self._release(rows, y_names, a_names, {
             "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
@@ -213,4 +216,5 @@ class GroupsBuilder(Builder):
         tables = {split: rows.filter(pl.col("split") == split).select(columns).sort("id")
                   for split in sorted(rows["split"].unique().to_list(), key=lambda s: SPLIT_CODES.get(s, 9))}
         metadata = {"encoding": ENCODING, "y_names": y_names, "a_names": a_names, "group_counts": counts, **how}
-        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names))  # type: ignore[arg-type]
+        images = dict(zip(rows["filename"], rows["uri"], strict=True))  # every name in metadata.csv, written
+        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names), images)  # type: ignore[arg-type]

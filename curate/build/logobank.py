@@ -80,6 +80,9 @@ class LogoBankBuilder(Builder):
     max_images: int = 100
     seed: int = 0
 
+    def defining_attributes(self) -> list[str]:
+        return [] if self.stage == "candidates" else ["is_logo"]
+
     def build(self, workspace: Workspace) -> Release:
         stages = {"candidates": self._candidates_release, "bank": self._bank_release, "attack": self._attack_release}
         if self.stage not in stages:
@@ -161,11 +164,12 @@ class LogoBankBuilder(Builder):
 
     def _bank_release(self, workspace: Workspace) -> Release:
         bank = self.bank(workspace)
+        bank = bank.with_columns(("logos/" + pl.col("logo_id") + ".png").alias("logo_file"))  # the crop written
 
         def write_logos(folder: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             for row in bank.iter_rows(named=True):
-                self._logo_image(workspace, row).save(folder / f"{row['logo_id']}.png")
+                self._logo_image(workspace, row).save(folder.parent / row["logo_file"])
 
         return Release(self.name, {"bank": bank}, {"logos": bank.height, "verdict_round": self.verdict_round},
                        {"logos": write_logos})

@@ -4,8 +4,9 @@
 Released fields: ``core_attributes`` (2-5 strings), ``spurious_attributes`` (2-5 strings),
 ``spurious_correlation_type`` (exactly 2 of the nine types), ``question``, ``choices`` (4 strings
 ``"A. ..."`` to ``"D. ..."``), ``answer`` (the letter of the choice restating a core attribute) and
-``image`` (a file name). Items are made from *verified* attributes: the consensus of human verdicts
-("core" / "spurious", with the type people confirmed or corrected).
+``image`` (the file name, ``images/<n><ext>`` in the release folder; ``file_name`` in the tables,
+whose published ``image`` column is the picture itself). Items are made from *verified* attributes:
+the consensus of human verdicts ("core" / "spurious", with the type people confirmed or corrected).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.build.base import Builder, BuildError, Release, register_builder
+from curate.build.base import Builder, BuildError, Release, image_name, register_builder
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
@@ -163,7 +164,7 @@ class MMSpuBenchBuilder(Builder):
                 "core_attributes": core, "spurious_attributes": [name for name, _ in spurious],
                 "spurious_correlation_type": two_types, "question": question,
                 "choices": [f"{letter}. {text}" for letter, text in zip(LETTERS, options, strict=True)],
-                "answer": answer, "image": f"{number:06d}.png", "class_label": item.label,
+                "answer": answer, "file_name": image_name(f"{number:06d}", item.uri), "class_label": item.label,
                 "source_dataset": self.source_dataset or source_name(workspace, item_id), "item_id": item_id,
                 "uri": item.uri,
             })
@@ -171,11 +172,14 @@ class MMSpuBenchBuilder(Builder):
         answers = dict(Counter(table["answer"]))
         types = Counter(t for pair in table["spurious_correlation_type"] for t in pair)
         return Release(self.name, {"test": table}, {
-            "schema": "MM-SpuBench annotation.json fields, plus class_label, source_dataset, item_id, uri",
+            "schema": "MM-SpuBench annotation.json fields (its image is file_name here), plus class_label, "
+                      "source_dataset, item_id, uri",
             "answer_letters": answers, "type_counts": dict(types), "skipped_items": dict(skipped),
             "verdict_round": self.verdict_round or "all rounds", "seed": self.seed,
-        }, {"annotation.json": lambda path: path.write_text(json.dumps(
-            table.select(*SCHEMA_FIELDS, "class_label", "source_dataset").to_dicts(), indent=1))})
+        }, {"annotation.json": lambda path: path.write_text(json.dumps(table.select(
+            *(pl.col("file_name").alias("image") if name == "image" else pl.col(name) for name in SCHEMA_FIELDS),
+            "class_label", "source_dataset").to_dicts(), indent=1))},
+            dict(zip(table["file_name"], table["uri"], strict=True)))
 
 
 def source_name(workspace: Workspace, item_id: str) -> str:

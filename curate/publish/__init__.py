@@ -2,7 +2,9 @@
 
 ``publish(workspace, release, "folder:PATH")`` writes parquet shards per config and split (images
 embedded), README.md (YAML front matter + a card rendered from ``dataset_cards/``) and records a
-``publish`` run. Cards are checked: no local path, token or key may appear in them.
+``publish`` run. Cards are checked: no local path, token or key may appear in them. The tables are
+those ``release.json`` counts; the new version is written beside the old and switched in whole
+(``curate.folders.replaced``), so a killed publish leaves the previous version loadable.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datasets
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from curate.folders import replaced
 from curate.publish import hub
 from curate.publish.croissant import croissant
 from curate.publish.croissant import validate as validate_croissant
@@ -36,7 +39,14 @@ from curate.publish.folder import (
 from curate.records import Run
 from curate.workspace import Workspace, code_version
 
-EVALUATION_KIND = {"groups": "groups", "mmspubench": "mcq", "focus": "focus"}
+# builder -> (``curate evaluate`` kind, the prediction column it reads and what lies beside it)
+EVALUATION = {
+    "groups": ("groups", "`pred` (the predicted class index) beside `y`, `a` and `split` (the `test` rows are "
+                         "scored; `--set eval_split=val` scores the validation rows)"),
+    "mmspubench": ("mcq", "`prediction` (the letter chosen) beside `answer` and `spurious_correlation_type` "
+                          "(as type names: `features['spurious_correlation_type'].feature.int2str`)"),
+    "focus": ("focus", "`correct` (true when the model named the `category`) beside `n_uncommon`"),
+}
 _SECRET = re.compile(r"(sk-[A-Za-z0-9]{8,}|hf_[A-Za-z0-9]{8,}|Token [A-Za-z0-9]{20,})")
 
 
@@ -71,54 +81,93 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _context(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]],
-             configs: list[str], repo: str, licences: dict[str, int], pictures: list[str]) -> dict[str, Any]:
-    proposals = [{"run_id": r.run_id, "proposer": r.config.get("proposer"),
-                  "models": ", ".join(f"{k}: {v}" for k, v in r.models.items()) or "-"}
-                 for r in workspace.runs.list("propose")]
+def _random_weights(models: dict[str, Any]) -> bool:
+    """Whether a run's models had random weights (versions ``random`` or ``<arch>@random``)."""
+    return any(str(version).rpartition("@")[2] == "random" for version in models.values())
+
+
+def _version(version: Any) -> str:
+    """A model version as the card shows it: ``ViT-B-32@random`` reads ``ViT-B-32 (weights: random)``.
+
+    >>> _version("ViT-B-32@random"), _version("v8s")
+    ('ViT-B-32 (weights: random)', 'v8s')
+    """
+    name, _, weights = str(version).rpartition("@")
+    return f"{name} (weights: {weights})" if name else weights
+
+
+def _provenance(workspace: Workspace, manifest: dict[str, Any], item_ids: set[str]) -> dict[str, Any]:
+    """What fed this release (recorded by the build in ``fed_by``): its proposal runs, with models
+    and whether their weights were random, and its rounds with agreement figures; annotators only
+    by pseudonym (``Workspace.pseudonym``)."""
+    fed = manifest.get("fed_by") or {}
+    proposals = []
+    for run in (workspace.runs.get(run_id) for run_id in fed.get("proposal_runs", [])):
+        proposals.append({"run_id": run.run_id, "proposer": run.config.get("proposer"),
+                          "models": ", ".join(f"{k}: {_version(v)}" for k, v in run.models.items()) or "-",
+                          "random_weights": _random_weights(run.models)})
+    figures_table = workspace.tables.read("round-figures") if "round-figures" in workspace.tables.names() else None
+    attributes = fed.get("attributes", [])
     rounds = []
-    for run in workspace.runs.list("verify"):
-        verdicts = workspace.catalog.verdicts(run.name)
-        figures = {}
-        if "round-figures" in workspace.tables.names():
-            frame = workspace.tables.read("round-figures")
-            mine = frame.filter(frame["round"] == run.name)
+    for name in fed.get("rounds", []):
+        verdicts = [v for v in workspace.catalog.verdicts(name) if v.item_id in item_ids]
+        figures: dict[str, float] = {}
+        if figures_table is not None:
+            mine = figures_table.filter(figures_table["round"] == name)
             figures = json.loads(mine["figures"][-1]) if mine.height else {}
-        gold = {k.split(":", 1)[1]: round(v, 3) for k, v in figures.items() if k.startswith("gold_accuracy:")}
-        alpha = figures.get("krippendorff_alpha")
-        rounds.append({"name": run.name, "annotators": len({v.annotator for v in verdicts}), "verdicts": len(verdicts),
-                       "alpha": "-" if alpha is None or alpha != alpha else f"{alpha:.3f}",
-                       "gold": ", ".join(f"{k}: {v}" for k, v in gold.items()) or "-"})
+        gold = {workspace.pseudonym(k.split(":", 1)[1]): round(v, 3) for k, v in figures.items()
+                if k.startswith("gold_accuracy:")}
+        rounds.append({"name": name, "annotators": len({v.annotator for v in verdicts}), "verdicts": len(verdicts),
+                       "images": len({v.item_id for v in verdicts}),
+                       "alpha": _figure(figures.get("krippendorff_alpha")),
+                       "attribute_alpha": ", ".join(f"{a}: {_figure(figures.get(f'alpha_attribute:{a}'))}"
+                                                    for a in attributes) or "-",
+                       "gold": ", ".join(f"{k}: {v}" for k, v in sorted(gold.items())) or "-"})
+    return {"proposals": proposals, "rounds": rounds, "attributes": attributes, "recorded": "fed_by" in manifest,
+            "random_weights": sorted({p["models"] for p in proposals if p["random_weights"]})}
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+def _context(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]],
+             configs: list[str], repo: str, licences: dict[str, int], pictures: list[str],
+             item_ids: set[str], hub_repo: bool, licence: str) -> dict[str, Any]:
     metadata = _scrub(manifest)
     return {"title": f"{manifest['builder']} benchmark", "builder": manifest["builder"], "metadata": metadata,
-            "tables": tables, "configs": configs, "repo": repo, "run_id": manifest.get("run_id", "-"),
+            "tables": tables, "configs": configs, "repo": repo, "hub_repo": hub_repo,
+            "run_id": manifest.get("run_id", "-"),
             "options_json": json.dumps(_scrub(manifest.get("options", {})), indent=2, sort_keys=True),
             "labels_from": json.dumps(metadata.get("labels_from")) if metadata.get("labels_from") else None,
-            "proposals": proposals, "rounds": rounds, "licences": licences, "code_version": code_version(),
-            "pictures": [{"stem": Path(p).stem, "path": p} for p in pictures],
-            "evaluation_kind": EVALUATION_KIND.get(manifest["builder"], "groups")}
+            **_provenance(workspace, manifest, item_ids), "licences": licences, "licence": licence,
+            "code_version": code_version(), "pictures": [{"stem": Path(p).stem, "path": p} for p in pictures],
+            "classes": (manifest.get("fed_by") or {}).get("classes", []),
+            "evaluation": EVALUATION.get(manifest["builder"])}
 
 
 def render_card(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]], configs: list[str],
-                repo: str, licences: dict[str, int], pictures: list[str]) -> str:
+                repo: str, licences: dict[str, int], pictures: list[str], item_ids: set[str] = frozenset(),
+                hub_repo: bool = False, licence: str = "other") -> str:
     """The card body from the builder's template (``generic`` when it has none)."""
     folder = Path(str(resources.files("dataset_cards")))
     environment = Environment(loader=FileSystemLoader(folder), undefined=StrictUndefined, keep_trailing_newline=True)
     name = f"{manifest['builder']}.md.j2"
     template = environment.get_template(name if (folder / name).is_file() else "generic.md.j2")
-    return template.render(**_context(workspace, manifest, tables, configs, repo, licences, pictures))
+    return template.render(**_context(workspace, manifest, tables, configs, repo, licences, pictures, set(item_ids),
+                                      hub_repo, licence))
 
 
-def _copy_pictures(workspace: Workspace, target: Path, dry_run: bool) -> list[str]:
-    """The latest analysis's PNGs, copied beside the card (``images/``); their relative paths."""
-    analyses = workspace.runs.list("analyze")
-    if not analyses:
-        return []
-    folder = workspace.root / "reports" / analyses[0].run_id
+def _copy_pictures(workspace: Workspace, manifest: dict[str, Any], target: Path | None) -> list[str]:
+    """The analysis pictures that fed the release (``fed_by.pictures``), copied beside the card
+    (``images/``) unless ``target`` is None; their relative paths."""
     copied = []
-    for picture in sorted(folder.glob("*.png")):
+    for relative in (manifest.get("fed_by") or {}).get("pictures", []):
+        picture = workspace.root / relative
+        if not picture.is_file():
+            continue
         copied.append(f"images/{picture.name}")
-        if not dry_run:
+        if target is not None:
             (target / "images").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(picture, target / "images" / picture.name)
     return copied
@@ -147,6 +196,26 @@ def _info(name: str, splits: dict[str, str], features: datasets.Features, tables
         for split, table in splits.items()]}
 
 
+def _write_published(workspace: Workspace, folder: Path, tables: dict[str, Any], configs: dict[str, dict[str, str]],
+                     features: dict[str, datasets.Features], manifest: dict[str, Any], licence: str,
+                     written: list[dict[str, Any]], body: str, metadata: dict[str, Any]) -> None:
+    """Everything a published dataset holds, into an empty ``folder``: shards, pictures, card, Croissant."""
+    for name, splits in configs.items():
+        for split, table_name in splits.items():
+            write_table(workspace, tables[table_name], features[name], folder / "data" / name, split)
+    _copy_pictures(workspace, manifest, folder)
+    front = {"license": licence, "task_categories": ["image-classification"],
+             "tags": ["spurious-correlations", "curate", manifest["builder"]],
+             "size_categories": [size_category(sum(t["rows"] for t in written))],
+             "configs": [{"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
+                                                              for s in splits]}
+                         for name, splits in configs.items()],
+             "dataset_info": [_info(name, splits, features[name], tables, folder) for name, splits in configs.items()]}
+    (folder / "README.md").write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
+    (folder / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
+    validate_croissant(folder / "croissant.json")
+
+
 def publish(workspace: Workspace, release: str | Path, to: str, license: str | None = None,
             dry_run: bool = False, private: bool = True, tag: str | None = None,
             endpoint: str | None = None) -> PublishResult:
@@ -164,11 +233,17 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
         raise PublishError(f"a Hub dataset is ORG/NAME, not {location!r}")
     manifest, tables = load_release(Path(release))
     target = Path(location) if kind == "folder" else workspace.root / "published" / location.replace("/", "--")
+    target = target.absolute()
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "README.md").is_file())):
+        raise PublishError(f"{target} exists and is not a published dataset (no README.md); "
+                           "publish to a new or empty folder")
     folder_dry_run = dry_run and kind == "folder"
     repo = location if kind == "hub" else target.name
     configs = configs_of(tables)
     uris = {uri for table in tables.values() if "uri" in table.collect_schema()
             for uri in table.select("uri").collect()["uri"]}
+    item_ids = {i for table in tables.values() if "item_id" in table.collect_schema()
+                for i in table.select("item_id").collect()["item_id"]}
     item_licences: Counter[str] = Counter()
     for item in workspace.catalog.items():
         if item.uri in uris:
@@ -177,8 +252,9 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
                for name, splits in configs.items() for split, table in splits.items()]
     known = [name for name in item_licences if not name.startswith("unknown")]
     licence = (license or (known[0] if len(item_licences) == 1 and known else "other")).lower()
-    pictures = _copy_pictures(workspace, target, dry_run=True)  # names only: copied after the checks
-    body = render_card(workspace, manifest, written, list(configs), repo, dict(item_licences), pictures)
+    pictures = _copy_pictures(workspace, manifest, None)  # names only: copied after the checks
+    body = render_card(workspace, manifest, written, list(configs), repo, dict(item_licences), pictures, item_ids,
+                       kind == "hub", licence)
     _check_card(body, workspace)  # before anything is written
     features = {name: features_for(tables[next(iter(splits.values()))], manifest) for name, splits in configs.items()}
     metadata = croissant(f"{manifest['builder']}-benchmark", f"A {manifest['builder']} benchmark of spurious "
@@ -187,25 +263,13 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
                          {name: (features[name], list(splits)) for name, splits in configs.items()})
     config = {"release": manifest.get("run_id"), "to": to, "license": license, "tag": tag, "private": private}
     with workspace.runs.track("publish", f"{manifest['builder']} -> {to}", config, extend_completed=True) as run:
-        before = _digests(target)
+        before = after = _digests(target)
         if not folder_dry_run:
-            for name, splits in configs.items():
-                for split, table_name in splits.items():
-                    write_table(workspace, tables[table_name], features[name], target / "data" / name, split)
-            _copy_pictures(workspace, target, dry_run=False)
-            front = {"license": licence, "task_categories": ["image-classification"],
-                     "tags": ["spurious-correlations", "curate", manifest["builder"]],
-                     "size_categories": [size_category(sum(t["rows"] for t in written))],
-                     "configs": [{"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
-                                                                      for s in splits]}
-                                 for name, splits in configs.items()],
-                     "dataset_info": [_info(name, splits, features[name], tables, target)
-                                      for name, splits in configs.items()]}
-            (target / "README.md").write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
-            (target / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
-            validate_croissant(target / "croissant.json")
-        after = _digests(target)
-        changed = sorted(k for k, v in after.items() if before.get(k) != v)
+            with replaced(target) as folder:  # the new version beside the old, switched in whole
+                _write_published(workspace, folder, tables, configs, features, manifest, licence, written, body,
+                                 metadata)
+                after = _digests(folder)
+        changed = sorted(k for k in {*before, *after} if before.get(k) != after.get(k))
         if kind == "hub":
             try:
                 changed = hub.upload(target, location, private, tag, dry_run, endpoint=endpoint).changed

@@ -83,6 +83,9 @@ def features_for(table: Table, metadata: dict[str, Any]) -> datasets.Features:
     features: dict[str, Any] = {}
     schema = table.collect_schema()
     if "uri" in schema:
+        if "image" in schema:
+            raise ValueError("a release table with a uri publishes it as the column 'image'; "
+                             "its own 'image' column would replace the picture (name it file_name)")
         features["image"] = datasets.Image()
     for column, dtype in schema.items():
         if column in HIDDEN_COLUMNS:
@@ -179,12 +182,21 @@ def file_digest(path: Path) -> str:
 
 
 def load_release(path: Path) -> tuple[dict[str, Any], dict[str, pl.LazyFrame]]:
-    """A release folder's manifest and its tables, scanned lazily (publishing streams them)."""
+    """A release folder's manifest and the tables it names (``counts`` in release.json: only those,
+    each checked against its row count), scanned lazily (publishing streams them)."""
     manifest_path = path / "release.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} is not a release folder (no release.json); write one with `curate build`")
     manifest = json.loads(manifest_path.read_text())
     order = {name: n for n, name in enumerate(SPLIT_NAMES)}
-    files = sorted((path / "data").glob("*.parquet"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
-    tables = {p.stem: pl.scan_parquet(p) for p in files}
+    tables = {}
+    for name in sorted(manifest.get("counts", {}), key=lambda n: (order.get(n, len(order)), n)):
+        file = path / "data" / f"{name}.parquet"
+        if not file.is_file():
+            raise FileNotFoundError(f"{path} names the table {name!r} in release.json but has no data/{name}.parquet; "
+                                    "rebuild it with `curate build`")
+        tables[name] = pl.scan_parquet(file)
+        if (rows := row_count(tables[name])) != manifest["counts"][name]:
+            raise ValueError(f"{file} has {rows} rows but release.json says {manifest['counts'][name]}; "
+                             "rebuild the release with `curate build`")
     return manifest, tables

@@ -15,6 +15,8 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import sqlite3
 import threading
 import uuid
@@ -133,6 +135,23 @@ class Workspace:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    # annotators in public -----------------------------------------------------------------
+    def pseudonym(self, annotator: str) -> str:
+        """The stable public name of an annotator: ``annotator-`` and 8 hex digits of a hash salted
+        with this workspace's secret salt (made at first use), so e-mails never leave the workspace.
+
+        >>> import tempfile
+        >>> ws = Workspace.init(tempfile.mkdtemp())
+        >>> name = ws.pseudonym("ann@example.org")
+        >>> name.startswith("annotator-") and len(name) == 18 and name == ws.pseudonym("ann@example.org")
+        True
+        """
+        with self.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('annotator_salt', ?)",
+                         (secrets.token_hex(16),))
+            salt = conn.execute("SELECT value FROM meta WHERE key = 'annotator_salt'").fetchone()[0]
+        return "annotator-" + hashlib.sha256(f"{salt}:{annotator}".encode()).hexdigest()[:8]
 
     # blobs --------------------------------------------------------------------------------
     def put_blob(self, item_id: str, data: bytes, suffix: str = "") -> str:

@@ -280,6 +280,16 @@ class Catalog:
         rows = self._connect().execute("SELECT DISTINCT item_id FROM evidence WHERE run_id = ?", (run_id,))
         return {row[0] for row in rows}
 
+    def evidence_runs(self, item_ids: Iterable[str]) -> set[str]:
+        """The runs that stored evidence on any of ``item_ids`` (what fed a release of them)."""
+        ids, found = sorted(set(item_ids)), set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._connect().execute("SELECT DISTINCT run_id FROM evidence WHERE item_id IN "
+                                           f"({', '.join('?' * len(chunk))})", chunk)
+            found |= {row[0] for row in rows}
+        return found
+
     def add_verdicts(self, rows: Iterable[Verdict]) -> int:
         """Store verdicts; a verdict with the same key (item, attribute, annotator, round) replaces it."""
         stamp = now()
