@@ -37,6 +37,7 @@ from curate.publish.folder import (
     write_table,
 )
 from curate.records import Run
+from curate.verdicts import SIMULATED_KEY
 from curate.workspace import Workspace, code_version
 
 # builder -> (``curate evaluate`` kind, the prediction column it reads and what lies beside it)
@@ -118,6 +119,7 @@ def _provenance(workspace: Workspace, manifest: dict[str, Any], item_ids: set[st
         gold = {workspace.pseudonym(k.split(":", 1)[1]): round(v, 3) for k, v in figures.items()
                 if k.startswith("gold_accuracy:")}
         rounds.append({"name": name, "annotators": len({v.annotator for v in verdicts}), "verdicts": len(verdicts),
+                       "simulated": sum(bool(v.extra.get(SIMULATED_KEY)) for v in verdicts),
                        "images": len({v.item_id for v in verdicts}),
                        "alpha": _figure(figures.get("krippendorff_alpha")),
                        "attribute_alpha": ", ".join(f"{a}: {_figure(figures.get(f'alpha_attribute:{a}'))}"
