@@ -166,6 +166,9 @@ def template(venv: Path, timeout_s: float = 900) -> Path:
     folder = venv / TEMPLATE
     if (folder / DATABASE).is_file():
         return folder
+    if not os.access(venv, os.W_OK):
+        raise ServerError(f"cannot write Label Studio's data template into {venv}: run "
+                          f"`python tools/label_studio.py install --venv {venv}` as its owner")
     with _locked(venv / f"{TEMPLATE}.lock"):
         if (folder / DATABASE).is_file():
             return folder
@@ -338,6 +341,8 @@ def connection(workspace_root: str | Path) -> Connection:
 def stop(workspace_root: str | Path) -> bool:
     """Stop the workspace's server; False if none ran. Its port stays kept for the next start."""
     folder = server_folder(workspace_root)
+    if not folder.is_dir():
+        return False
     with _locked(folder / ".lock"):
         running = _running_process(folder)
         if running is None:

@@ -105,7 +105,9 @@ CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real Label Studio server for the whole test session (installed by `make test`), as a
     ``Connection`` for its admin, with a second real annotator (``BOB``). Fixed credentials are for
-    tests only; it serves local files of every test's workspace (all under the session's temp folder)."""
+    tests only. Its document root is the session's temp folder, so any test workspace can attach its
+    images folder, but image URLs are relative to each workspace's own root: a test that looks at
+    images uses the workspace's own server (``annotation.server.serve``)."""
     from annotation import server
 
     data = tmp_path_factory.mktemp("label-studio")

@@ -206,7 +206,12 @@ def test_a_connection_for_a_server_curate_did_not_start(monkeypatch: pytest.Monk
     assert found == Connection("http://ls.example:8080", "secret-token") and "secret-token" not in repr(found)
 
 
-def test_serving_needs_a_workspace(tmp_path: Path) -> None:
+def test_serving_needs_a_workspace_and_stopping_none_is_fine(tmp_path: Path) -> None:
     shown = CliRunner().invoke(app, ["annotate", "serve", "-w", str(tmp_path)])
     assert shown.exit_code == 2 and "no curate workspace" in shown.output
     assert not (tmp_path / server.SERVER_FOLDER).exists()
+    Workspace.init(tmp_path)
+    stopped = CliRunner().invoke(app, ["annotate", "stop", "-w", str(tmp_path)])
+    assert stopped.exit_code == 0 and "no Label Studio was running" in stopped.output
+    with pytest.raises(ServerError, match="no Label Studio server runs for .*curate annotate serve -w"):
+        server.connection(tmp_path)
