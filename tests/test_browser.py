@@ -40,11 +40,11 @@ def round_workspace(tmp_path: Path, photos: dict[str, Path]) -> Iterator[Workspa
         server.stop(workspace.root)
 
 
-def test_an_annotator_sees_the_task_image_in_the_stream(round_workspace: Workspace, browser: Any,
-                                                       photos: dict[str, Path], tmp_path: Path) -> None:
+def test_an_annotator_sees_named_prefills_answers_in_the_browser_and_pull_reads_it(
+        round_workspace: Workspace, browser: Any, photos: dict[str, Path], tmp_path: Path) -> None:
     annotator = server.add_annotator(round_workspace.root, "ann@example.org")
     connection = server.connection(round_workspace.root)
-    report = rounds.push(round_workspace, connection, rounds.RoundSpec("browser-1", budget=3))
+    report = rounds.push(round_workspace, connection, rounds.RoundSpec("browser-1", budget=3, threshold=0.5))
     assert report.counts["tasks_pushed"] == 3
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -52,10 +52,24 @@ def test_an_annotator_sees_the_task_image_in_the_stream(round_workspace: Workspa
         login(page, connection.url, annotator.email, annotator.password)
         task: TaskPage = open_annotator_stream(page, connection.url, report.project_id)
         page.screenshot(path=str(tmp_path / "annotator-stream.png"), full_page=True)
+        rows = [t for t in page.locator("h4").all_inner_texts() if t.split(" (")[0] in CUES]
+        groups = page.locator(".lsf-choices_layout_inline")
+        prefilled = [groups.nth(i).locator(".ant-radio-wrapper-checked").inner_text().split("[")[0].strip()
+                     for i in range(len(rows))]
+        groups.nth(1).get_by_text("spurious", exact=False).first.click()  # correct the second row: one click
+        with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST"):
+            page.get_by_test_id("bottombar-submit-button").click()
+        page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
     finally:
         page.close()
 
     assert task.image_width in {Image.open(photos[name]).width for name in PHOTOS}, "the task image did not load"
     assert task.failed_images == [], task.failed_images
     assert task.image_url.split("?d=")[1].startswith("images/")
-    assert (tmp_path / "annotator-stream.png").stat().st_size > 10_000
+    # every attribute by name and type, its machine guess pre-filled beside it (0.9 >= 0.5 > 0.06)
+    assert rows == ["leash (Background)", "grass (Background)"]
+    assert prefilled == ["spurious", "not present"]
+    pulled = rounds.pull(round_workspace, connection, rounds.RoundSpec("browser-1", budget=3, threshold=0.5))
+    assert pulled.counts["annotated_tasks"] == 1 and pulled.counts["rejected_annotations"] == 0
+    answers = {(v.attribute, v.value, v.annotator) for v in round_workspace.catalog.verdicts("browser-1")}
+    assert answers == {("leash", "spurious", "ann@example.org"), ("grass", "spurious", "ann@example.org")}
