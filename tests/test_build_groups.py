@@ -11,6 +11,7 @@ from conftest import distinct_image
 from test_ingest_groups import WATERBIRDS_COUNTS, _waterbirds_like
 
 from curate.build import BuildError, build, make_builder
+from curate.build.groups import train_sizes
 from curate.ingest import FolderSource, GroupTableSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
 from curate.workspace import Workspace
@@ -124,3 +125,34 @@ def test_build_through_the_cli(judged: Workspace, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "build groups: train 70, val 6, test 6" in result.output
     assert (tmp_path / "rel" / "metadata.csv").is_file()
+
+
+@pytest.mark.parametrize(("p", "num", "den"), [(0.5, 1, 2), (0.8, 4, 5), (0.9, 9, 10), (0.95, 19, 20), (0.99, 99, 100)])
+def test_training_sizes_use_exact_arithmetic(p: float, num: int, den: int) -> None:
+    for n in range(1, 301):  # plenty of minority items: every majority item, floor(n (1 - p) / p) minority ones
+        assert train_sizes(n, 10**6, p) == (n, n * (den - num) // num), n
+    for m in range(1, 31):  # scarce minority items: every one, floor(m p / (1 - p)) majority ones
+        assert train_sizes(10**6, m, p) == (m * num // (den - num), m), m
+    assert train_sizes(9, 100, 0.9) == (9, 1) and train_sizes(90, 100, 0.9) == (90, 10)  # the cases
+
+
+def test_training_sizes_through_a_build(workspace: Workspace, tmp_path: Path) -> None:
+    seed = 1000
+    for label, water, count in (("dog", 0, 11), ("dog", 1, 3), ("cat", 1, 40), ("cat", 0, 3)):
+        for _ in range(count):
+            seed += 1
+            (tmp_path / "img" / label).mkdir(parents=True, exist_ok=True)
+            distinct_image(seed, (6, 6)).save(tmp_path / "img" / label / f"{water}-{seed}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    workspace.catalog.add_verdicts(
+        Verdict(ref.item_id, "water", "ann", "r", "spurious" if ref.locator.split("/")[1][0] == "1" else "not present")
+        for ref in workspace.catalog.references())
+    for p, dog, cat in ((0.9, (9, 1), (9, 1)), (0.95, (9, 0), (19, 1))):
+        # after one val and one test item per group: dog 9 majority (a=0) and 1 minority; cat 38 (a=1) and 1
+        counts = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=p,
+                              val_per_group=1, test_per_group=1, min_group_size=0).build(workspace).metadata[
+            "group_counts"]
+        assert (counts["train|y=0|a=0"], counts.get("train|y=0|a=1", 0)) == dog, p
+        assert (counts["train|y=1|a=1"], counts["train|y=1|a=0"]) == cat, p
+    with pytest.raises(BuildError, match=r"train_correlation is a share in \(0, 1\], not 1.5"):
+        make_builder("groups", attribute="water", train_correlation=1.5).build(workspace)

@@ -20,7 +20,9 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -33,6 +35,27 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 PRESENT = {"core", "spurious", "present"}
 ABSENT = {"not present", "absent"}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
+
+
+def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, int]:
+    """How many of a class's ``n_major`` majority-group and ``n_minor`` minority-group items go
+    into training so that the majority group's share is ``correlation`` (at most, rounding down
+    the minority): every majority item and ``floor(n_major * (1 - p) / p)`` minority items, or, when
+    minority items are scarce, every minority item and ``floor(n_minor * p / (1 - p))`` majority
+    items. Exact arithmetic: ``p`` is read as the decimal it was written as (0.9 is 9/10).
+
+    >>> train_sizes(9, 100, 0.9), train_sizes(90, 100, 0.9), train_sizes(100, 1, 0.9), train_sizes(5, 5, 1.0)
+    ((9, 1), (90, 10), (9, 1), (5, 0))
+    """
+    p = Fraction(str(correlation))
+    if not 0 < p <= 1:
+        raise BuildError(f"train_correlation is a share in (0, 1], not {correlation}")
+    if p == 1:
+        return n_major, 0
+    wanted_minor = math.floor(n_major * (1 - p) / p)
+    if n_minor >= wanted_minor:  # enough minority items: keep every majority item
+        return n_major, wanted_minor
+    return min(n_major, math.floor(n_minor * p / (1 - p))), n_minor  # fewer majority items keep the share
 
 
 def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict[str, object]:
@@ -70,7 +93,7 @@ class GroupsBuilder(Builder):
     eval_fraction: float = 0.2
     val_per_group: int | None = None
     test_per_group: int | None = None
-    balance: str = "within_class"
+    balance: Literal["within_class", "all"] = "within_class"
     min_group_size: int = 1
     seed: int = 0
 
@@ -143,6 +166,9 @@ class GroupsBuilder(Builder):
                              + ("" if self.allow_machine else " (allow_machine uses machine evidence)"))
         a_names = [f"no {self.attribute}", str(self.attribute)]
         majority = list(self.majority or [min(y, 1) for y in range(len(y_names))])
+        if len(majority) != len(y_names) or not set(majority) <= {0, 1}:
+            raise BuildError(f"majority gives the majority a (0 or 1) of each of the {len(y_names)} classes "
+                             f"{', '.join(y_names)}; got {tuple(majority)}")
         rng = np.random.default_rng(self.seed)
         pools: dict[tuple[int, int], list[str]] = {}
         for item in sorted(items, key=lambda i: i.item_id):
@@ -187,15 +213,9 @@ class GroupsBuilder(Builder):
                 raise BuildError(f"group y={y}, a={a} has {len(pool)} items, fewer than val {val} + test {test}")
             assigned += [(i, y, a, "val") for i in pool[:val]] + [(i, y, a, "test") for i in pool[val:val + test]]
             pools[(y, a)] = pool[val + test:]
-        ratio = (1 - self.train_correlation) / self.train_correlation  # minority items per majority item
         for y in range(n_classes):
             major, minor = pools.get((y, majority[y]), []), pools.get((y, 1 - majority[y]), [])
-            wanted_minor = math.floor(len(major) * ratio)
-            if len(minor) >= wanted_minor:  # enough minority items: keep every majority item
-                n_major, n_minor = len(major), wanted_minor
-            else:  # minority items are scarce: fewer majority items keep the correlation exact
-                n_minor = len(minor)
-                n_major = min(len(major), math.floor(n_minor / ratio)) if ratio > 0 else len(major)
+            n_major, n_minor = train_sizes(len(major), len(minor), self.train_correlation)
             assigned += [(i, y, majority[y], "train") for i in major[:n_major]]
             assigned += [(i, y, 1 - majority[y], "train") for i in minor[:n_minor]]
         return assigned
