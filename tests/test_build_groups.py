@@ -156,3 +156,80 @@ def test_training_sizes_through_a_build(workspace: Workspace, tmp_path: Path) ->
         assert (counts["train|y=1|a=1"], counts["train|y=1|a=0"]) == cat, p
     with pytest.raises(BuildError, match=r"train_correlation is a share in \(0, 1\], not 1.5"):
         make_builder("groups", attribute="water", train_correlation=1.5).build(workspace)
+
+
+@pytest.fixture
+def with_copies(workspace: Workspace, tmp_path: Path, photos: dict[str, Path]) -> tuple[Workspace, dict[str, str]]:
+    """Distinct images plus two photographs, each with a resized, re-encoded copy (one copy in another group)."""
+    from PIL import Image
+
+    folder = tmp_path / "dups"
+    seed = 2000
+    for label, water, count in (("dog", 0, 12), ("dog", 1, 6), ("cat", 1, 12), ("cat", 0, 6)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            seed += 1
+            distinct_image(seed, (24, 24)).save(folder / label / f"{water}-{seed}.png")
+    for name, label, water, copy_water in (("astronaut", "dog", 0, 0), ("chelsea", "cat", 1, 0)):
+        photo = Image.open(photos[name]).convert("RGB")
+        photo.save(folder / label / f"{water}-{name}.png")
+        photo.resize((photo.width // 2, photo.height // 2)).save(folder / label / f"{copy_water}-{name}-copy.jpg",
+                                                                 quality=70)
+    ingest(workspace, FolderSource(folder), progress=False)
+    ids = {ref.locator: ref.item_id for ref in workspace.catalog.references()}
+    workspace.catalog.add_verdicts(
+        Verdict(item_id, "water", "ann", "r", "spurious" if locator.split("/")[1][0] == "1" else "not present")
+        for locator, item_id in ids.items())
+    return workspace, ids
+
+
+def _split_of(release_tables: dict[str, pl.DataFrame]) -> dict[str, str]:
+    return {item_id: split for split, table in release_tables.items() for item_id in table["item_id"]}
+
+
+def test_near_duplicates_across_splits_are_kept_together_and_reported(
+        with_copies: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
+    workspace, ids = with_copies
+    pairs = [(ids["dog/0-astronaut.png"], ids["dog/0-astronaut-copy.jpg"]),
+             (ids["cat/1-chelsea.png"], ids["cat/0-chelsea-copy.jpg"])]
+    options = {"attribute": "water", "classes": ("dog", "cat"), "train_correlation": 0.5, "val_per_group": 2,
+               "test_per_group": 2}
+    # without detection, some seed puts a photograph and its copy into different splits
+    leaky = next(seed for seed in range(50) if any(
+        len({_split_of(release.tables).get(i) for i in pair}) > 1 for pair in pairs
+        for release in [make_builder("groups", near_duplicates="ignore", seed=seed, **options).build(workspace)]))
+    result = build(workspace, make_builder("groups", seed=leaky, **options), tmp_path / "rel")
+    split_of = _split_of(result.release.tables)
+    for pair in pairs:
+        assert len({split_of.get(i) for i in pair}) == 1, pair  # both in one split (or both unused)
+    recorded = json.loads((tmp_path / "rel" / "release.json").read_text())["near_duplicates"]
+    assert recorded["clusters"] == 2 and recorded["images_in_clusters"] == 4 and recorded["policy"] == "together"
+    assert sorted(recorded["cluster_items"]) == sorted(sorted(pair) for pair in pairs)
+    assert recorded["summary"].startswith("2 near-duplicate clusters (4 images) found before splitting")
+    from curate.publish import publish
+
+    publish(workspace, tmp_path / "rel", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
+    assert "- Near-duplicates: 2 near-duplicate clusters (4 images)" in (tmp_path / "hub" / "README.md").read_text()
+    dropped = make_builder("groups", seed=leaky, near_duplicates="drop", **options).build(workspace)
+    kept = _split_of(dropped.tables)
+    assert all(sum(i in kept for i in pair) <= 1 for pair in pairs)
+    assert dropped.metadata["near_duplicates"]["left_out"] == 2
+
+
+def test_stored_embeddings_find_near_duplicates_too(with_copies: tuple[Workspace, dict[str, str]]) -> None:
+    from curate.workspace.tables import embeddings_table
+
+    workspace, ids = with_copies
+    same = [ids["dog/0-2001.png"], ids["cat/0-2031.png"]]  # different pixels, the same (stored) embedding
+    other = ids["dog/0-2002.png"]
+    workspace.tables.write(embeddings_table("my-clip"), pl.DataFrame(
+        {"item_id": [*same, other], "embedding": [[1.0, 0.0], [0.99, 0.05], [0.0, 1.0]]}), part="run-0")
+    options = {"attribute": "water", "classes": ("dog", "cat"), "train_correlation": 0.5, "val_per_group": 2,
+               "test_per_group": 2}
+    report = make_builder("groups", near_duplicate_model="my-clip", **options).build(workspace).metadata[
+        "near_duplicates"]
+    assert sorted(same) in report["cluster_items"] and report["clusters"] == 3
+    assert "cosine of stored my-clip embeddings >= 0.95" in report["method"]
+    missing = make_builder("groups", near_duplicate_model="other-clip", **options).build(workspace).metadata[
+        "near_duplicates"]
+    assert missing["clusters"] == 2 and "no stored other-clip embeddings: perceptual hash only" in missing["method"]
