@@ -191,3 +191,18 @@ def test_bootstrap_intervals_are_seeded_and_match_resampling_items() -> None:
         assert metrics[f"ci_low_{key}"] == pytest.approx(low, abs=0.03)
         assert metrics[f"ci_high_{key}"] == pytest.approx(high, abs=0.03)
     assert not any(key.startswith("ci_") for key in group_metrics(frame, bootstrap=0))
+
+
+def test_missing_predictions_through_the_cli(tmp_path: Path, workspace: Workspace) -> None:
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    path = tmp_path / "p.csv"
+    pl.DataFrame({"y": [0, 0, 1, 1], "a": [0, 1, 0, 1], "pred": [0, None, 1, None]}).write_csv(path)
+    refused = CliRunner().invoke(app, ["evaluate", "groups", str(path), "-w", str(workspace.root)])
+    assert refused.exit_code == 2 and "2 of 4 rows have no pred" in " ".join(refused.output.split())
+    counted = CliRunner().invoke(app, ["evaluate", "groups", str(path), "--set", "missing=wrong",
+                                       "-w", str(workspace.root)])
+    assert counted.exit_code == 0, counted.output
+    assert "acc_avg 0.5000" in counted.output and "2 missing predictions counted wrong" in counted.output

@@ -142,7 +142,9 @@ class EvaluateResult:
         """One line for the end of a command."""
         shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()
                           if k.startswith(("acc_avg", "acc_wg", "ap_mean", "roc_auc_mean")) and isinstance(v, float))
-        return f"evaluate {self.run.config['kind']}: {shown} [run {self.run.run_id}]"
+        missing = self.metrics.get("missing_predictions", 0)
+        counted = f", {missing} missing predictions counted wrong" if missing else ""
+        return f"evaluate {self.run.config['kind']}: {shown}{counted} [run {self.run.run_id}]"
 
 
 def evaluate(workspace: Workspace, kind: str, predictions: str | Path, **options: Any) -> EvaluateResult:
