@@ -91,7 +91,7 @@ def _resolve(annotation: Any, namespace: Mapping[str, Any]) -> Any:
         return Any
     if isinstance(annotation, str):
         try:
-            return eval(annotation, dict(namespace), vars(typing))  # noqa: S307  (our own annotations)
+            return eval(annotation, {**vars(typing), **namespace})  # noqa: S307  (our own annotations)
         except Exception:  # noqa: BLE001  (a name only imported for type checking)
             return Any
     return annotation
