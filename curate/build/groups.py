@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from curate.build.base import Builder, BuildError, Release, register_builder
-from curate.build.near_duplicates import clusters, fingerprint
+from curate.build.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.ingest import group_table
 from curate.progress import progress_bar
@@ -223,7 +223,8 @@ class GroupsBuilder(Builder):
             for item_id, uri in uris.items():
                 prints[item_id] = fingerprint(open_image(workspace.resolve_uri(uri)))
                 advance()
-        method = f"dHash within {self.near_duplicate_bits} of 64 bits and 8x8 thumbnails within 12 grey levels"
+        method = (f"dHash within {self.near_duplicate_bits} of 64 bits and 8x8 thumbnails within {MAX_LEVEL:g} grey "
+                  f"levels")
         embeddings: dict[str, np.ndarray] = {}
         if self.near_duplicate_model:
             table = embeddings_table(self.near_duplicate_model)

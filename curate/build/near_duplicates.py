@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 BLOCK = 1024  # rows compared at once: memory ~ BLOCK x images x 8 bytes
+MAX_LEVEL = 12.0  # mean grey-level difference of 8x8 thumbnails still called a near-duplicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     return Fingerprint((wide[:, 1:] > wide[:, :-1]).reshape(-1), small)
 
 
-def clusters(fingerprints: Mapping[str, Fingerprint], max_bits: int = 6, max_level: float = 12.0,
+def clusters(fingerprints: Mapping[str, Fingerprint], max_bits: int = 6, max_level: float = MAX_LEVEL,
              embeddings: Mapping[str, np.ndarray] | None = None, min_similarity: float = 0.95) -> list[list[str]]:
     """Clusters (two or more ids, sorted; clusters sorted by their first id) of near-duplicates
     among ``fingerprints``; ``embeddings`` (id -> vector, for any of those ids) add pairs whose
