@@ -6,9 +6,7 @@ Every command prints a one-line summary last. The workspace is ``--workspace`` /
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
 import json
 import sys
 import time
@@ -25,10 +23,11 @@ from rich.text import Text
 
 from curate.analyze import analyze_cues, measure_gaps
 from curate.analyze.report import build_report
-from curate.build import BUILDERS, BuildError, build, make_builder
-from curate.evaluate import EVALUATORS, EvaluateError, evaluate
+from curate.build import BuildError, build, make_builder
+from curate.evaluate import EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
+from curate.options import parse_pairs
 from curate.secrets import scrub
 from curate.taxonomy import OffTaxonomyError
 from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace
@@ -204,31 +203,6 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     return table
 
 
-def _coerce(text: str, annotation: str) -> Any:
-    """Turn ``--set key=value`` text into the option's declared type."""
-    if text.lower() in ("none", "null") and "None" in annotation:
-        return None
-    if annotation.startswith("tuple"):
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-    for name, convert in (("bool", lambda t: t.lower() in ("1", "true", "yes", "on")), ("int", int),
-                          ("float", float)):
-        if annotation.split(" |")[0] == name:
-            return convert(text)
-    return text
-
-
-def _options(declared: dict[str, str], pairs: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs as typed options (types as declared by the plugin)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set wants key=value, got {pair!r}")
-        key = key.strip().replace("-", "_")
-        options[key] = _coerce(value.strip(), declared.get(key, "str"))
-    return options
-
-
 @app.command(name="propose")
 def propose_command(
     name: Annotated[str | None, typer.Argument(help="The proposer (same as --proposer).")] = None,
@@ -243,14 +217,13 @@ def propose_command(
 ) -> None:
     """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
     what is missing."""
-    from curate.propose import PROPOSERS, ProposeError, make_proposer, propose
+    from curate.propose import ProposeError, make_proposer, propose
 
     with _user_errors():
         proposer = proposer or name
         if proposer is None or (name is not None and name != proposer):
             raise ProposeError("name one proposer, as an argument or with --proposer")
-        declared = {f.name: str(f.type) for f in dataclasses.fields(PROPOSERS[proposer])}  # type: ignore[arg-type]
-        options = _options(declared, set_ or [])
+        options: dict[str, Any] = parse_pairs(set_ or [])
         options |= {k: v for k, v in (("model", model), ("weights", weights)) if v is not None}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
@@ -465,13 +438,9 @@ def gap(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Spurious gap of a model per (class, cue): natural, masked and their mean."""
-    from curate.analyze.gap import MODELS_UNDER_TEST
-
     with _user_errors():
-        signature = inspect.signature(MODELS_UNDER_TEST[kind].__init__)
-        declared = {n: str(p.annotation) for n, p in signature.parameters.items() if n not in ("self", "workspace")}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
-        result_run, table = measure_gaps(Workspace.open(workspace), kind, _options(declared, set_ or []), source,
+        result_run, table = measure_gaps(Workspace.open(workspace), kind, parse_pairs(set_ or []), source,
                                          run, k, classes=chosen, mask=mask)
     out.print(_table("spurious gap", ["class", "cue", "natural", "masked", "score"],
                      [[r["class_label"], r["attribute"], _fmt(r["natural_gap"]), _fmt(r["masked_gap"]),
@@ -506,8 +475,7 @@ def build_command(
 ) -> None:
     """Build a release folder (tables per split, exports, release.json) with a registered builder."""
     with _user_errors():
-        declared = {f.name: str(f.type) for f in dataclasses.fields(BUILDERS[builder])}  # type: ignore[arg-type]
-        result = build(Workspace.open(workspace), make_builder(builder, **_options(declared, set_ or [])), out_dir)
+        result = build(Workspace.open(workspace), make_builder(builder, **parse_pairs(set_ or [])), out_dir)
     _summary(result.summary())
 
 
@@ -546,8 +514,7 @@ def evaluate_command(
 ) -> None:
     """Compute the metrics of a model's predictions on a benchmark (a recorded run)."""
     with _user_errors():
-        declared = {name: str(p.annotation) for name, p in inspect.signature(EVALUATORS[kind]).parameters.items()}
-        result = evaluate(Workspace.open(workspace), kind, predictions, **_options(declared, set_ or []))
+        result = evaluate(Workspace.open(workspace), kind, predictions, **parse_pairs(set_ or []))
     out.print(_table("metrics", ["metric", "value"],
                      [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in result.metrics.items()]))
     if metrics_file is not None:

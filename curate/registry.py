@@ -14,9 +14,10 @@ KeyError: "unknown shape 'circle'; known: square"
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
+
+from curate.options import check_options
 
 T = TypeVar("T")
 
@@ -48,14 +49,11 @@ class Registry(Generic[T]):
         return decorate
 
     def create(self, name: str, **options: Any) -> Any:
-        """Instantiate a registered dataclass plugin; an option it does not declare is a clear error."""
+        """Instantiate a registered plugin with its options converted to their declared types
+        (``curate.options``); an option it does not declare, or a value that does not fit, is a
+        one-line error."""
         plugin = self[name]
-        known = {f.name for f in dataclasses.fields(plugin)}  # type: ignore[arg-type]
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise self.error(f"{self.what} {name!r} has no option {', '.join(unknown)}; its options: "
-                             f"{', '.join(sorted(known))}")
-        return plugin(**options)  # type: ignore[operator]
+        return plugin(**check_options(plugin, options, f"{self.what} {name!r}", error=self.error))  # type: ignore[operator]
 
     def __getitem__(self, name: str) -> T:
         if name not in self._entries:

@@ -11,6 +11,7 @@ from conftest import distinct_image
 from test_ingest_groups import WATERBIRDS_COUNTS, _waterbirds_like
 
 from curate.build import BuildError, build, make_builder
+from curate.build.groups import train_sizes
 from curate.ingest import FolderSource, GroupTableSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
 from curate.workspace import Workspace
@@ -126,3 +127,111 @@ def test_build_through_the_cli(judged: Workspace, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "build groups: train 70, val 6, test 6" in result.output
     assert (tmp_path / "rel" / "metadata.csv").is_file()
+
+
+@pytest.mark.parametrize(("p", "num", "den"), [(0.5, 1, 2), (0.8, 4, 5), (0.9, 9, 10), (0.95, 19, 20), (0.99, 99, 100)])
+def test_training_sizes_use_exact_arithmetic(p: float, num: int, den: int) -> None:
+    for n in range(1, 301):  # plenty of minority items: every majority item, floor(n (1 - p) / p) minority ones
+        assert train_sizes(n, 10**6, p) == (n, n * (den - num) // num), n
+    for m in range(1, 31):  # scarce minority items: every one, floor(m p / (1 - p)) majority ones
+        assert train_sizes(10**6, m, p) == (m * num // (den - num), m), m
+    assert train_sizes(9, 100, 0.9) == (9, 1) and train_sizes(90, 100, 0.9) == (90, 10)  # the issue's cases
+
+
+def test_training_sizes_through_a_build(workspace: Workspace, tmp_path: Path) -> None:
+    seed = 1000
+    for label, water, count in (("dog", 0, 11), ("dog", 1, 3), ("cat", 1, 40), ("cat", 0, 3)):
+        for _ in range(count):
+            seed += 1
+            (tmp_path / "img" / label).mkdir(parents=True, exist_ok=True)
+            distinct_image(seed, (6, 6)).save(tmp_path / "img" / label / f"{water}-{seed}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    workspace.catalog.add_verdicts(
+        Verdict(ref.item_id, "water", "ann", "r", "spurious" if ref.locator.split("/")[1][0] == "1" else "not present")
+        for ref in workspace.catalog.references())
+    for p, dog, cat in ((0.9, (9, 1), (9, 1)), (0.95, (9, 0), (19, 1))):
+        # after one val and one test item per group: dog 9 majority (a=0) and 1 minority; cat 38 (a=1) and 1
+        counts = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=p,
+                              val_per_group=1, test_per_group=1, min_group_size=0).build(workspace).metadata[
+            "group_counts"]
+        assert (counts["train|y=0|a=0"], counts.get("train|y=0|a=1", 0)) == dog, p
+        assert (counts["train|y=1|a=1"], counts["train|y=1|a=0"]) == cat, p
+    with pytest.raises(BuildError, match=r"train_correlation is a share in \(0, 1\], not 1.5"):
+        make_builder("groups", attribute="water", train_correlation=1.5).build(workspace)
+
+
+@pytest.fixture
+def with_copies(workspace: Workspace, tmp_path: Path, photos: dict[str, Path]) -> tuple[Workspace, dict[str, str]]:
+    """Distinct images plus two photographs, each with a resized, re-encoded copy (one copy in another group)."""
+    from PIL import Image
+
+    folder = tmp_path / "dups"
+    seed = 2000
+    for label, water, count in (("dog", 0, 12), ("dog", 1, 6), ("cat", 1, 12), ("cat", 0, 6)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            seed += 1
+            distinct_image(seed, (24, 24)).save(folder / label / f"{water}-{seed}.png")
+    for name, label, water, copy_water in (("astronaut", "dog", 0, 0), ("chelsea", "cat", 1, 0)):
+        photo = Image.open(photos[name]).convert("RGB")
+        photo.save(folder / label / f"{water}-{name}.png")
+        photo.resize((photo.width // 2, photo.height // 2)).save(folder / label / f"{copy_water}-{name}-copy.jpg",
+                                                                 quality=70)
+    ingest(workspace, FolderSource(folder), progress=False)
+    ids = {ref.locator: ref.item_id for ref in workspace.catalog.references()}
+    workspace.catalog.add_verdicts(
+        Verdict(item_id, "water", "ann", "r", "spurious" if locator.split("/")[1][0] == "1" else "not present")
+        for locator, item_id in ids.items())
+    return workspace, ids
+
+
+def _split_of(release_tables: dict[str, pl.DataFrame]) -> dict[str, str]:
+    return {item_id: split for split, table in release_tables.items() for item_id in table["item_id"]}
+
+
+def test_near_duplicates_across_splits_are_kept_together_and_reported(
+        with_copies: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
+    workspace, ids = with_copies
+    pairs = [(ids["dog/0-astronaut.png"], ids["dog/0-astronaut-copy.jpg"]),
+             (ids["cat/1-chelsea.png"], ids["cat/0-chelsea-copy.jpg"])]
+    options = {"attribute": "water", "classes": ("dog", "cat"), "train_correlation": 0.5, "val_per_group": 2,
+               "test_per_group": 2}
+    # without detection, some seed puts a photograph and its copy into different splits
+    leaky = next(seed for seed in range(50) if any(
+        len({_split_of(release.tables).get(i) for i in pair}) > 1 for pair in pairs
+        for release in [make_builder("groups", near_duplicates="ignore", seed=seed, **options).build(workspace)]))
+    result = build(workspace, make_builder("groups", seed=leaky, **options), tmp_path / "rel")
+    split_of = _split_of(result.release.tables)
+    for pair in pairs:
+        assert len({split_of.get(i) for i in pair}) == 1, pair  # both in one split (or both unused)
+    recorded = json.loads((tmp_path / "rel" / "release.json").read_text())["near_duplicates"]
+    assert recorded["clusters"] == 2 and recorded["images_in_clusters"] == 4 and recorded["policy"] == "together"
+    assert sorted(recorded["cluster_items"]) == sorted(sorted(pair) for pair in pairs)
+    assert recorded["summary"].startswith("2 near-duplicate clusters (4 images) found before splitting")
+    from curate.publish import publish
+
+    publish(workspace, tmp_path / "rel", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
+    assert "- Near-duplicates: 2 near-duplicate clusters (4 images)" in (tmp_path / "hub" / "README.md").read_text()
+    dropped = make_builder("groups", seed=leaky, near_duplicates="drop", **options).build(workspace)
+    kept = _split_of(dropped.tables)
+    assert all(sum(i in kept for i in pair) <= 1 for pair in pairs)
+    assert dropped.metadata["near_duplicates"]["left_out"] == 2
+
+
+def test_stored_embeddings_find_near_duplicates_too(with_copies: tuple[Workspace, dict[str, str]]) -> None:
+    from curate.workspace.tables import embeddings_table
+
+    workspace, ids = with_copies
+    same = [ids["dog/0-2001.png"], ids["cat/0-2031.png"]]  # different pixels, the same (stored) embedding
+    other = ids["dog/0-2002.png"]
+    workspace.tables.write(embeddings_table("my-clip"), pl.DataFrame(
+        {"item_id": [*same, other], "embedding": [[1.0, 0.0], [0.99, 0.05], [0.0, 1.0]]}), part="run-0")
+    options = {"attribute": "water", "classes": ("dog", "cat"), "train_correlation": 0.5, "val_per_group": 2,
+               "test_per_group": 2}
+    report = make_builder("groups", near_duplicate_model="my-clip", **options).build(workspace).metadata[
+        "near_duplicates"]
+    assert sorted(same) in report["cluster_items"] and report["clusters"] == 3
+    assert "cosine of stored my-clip embeddings >= 0.95" in report["method"]
+    missing = make_builder("groups", near_duplicate_model="other-clip", **options).build(workspace).metadata[
+        "near_duplicates"]
+    assert missing["clusters"] == 2 and "no stored other-clip embeddings: perceptual hash only" in missing["method"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from curate.analyze.cues import wilson
 from curate.build import BuildError, build, make_builder
 from curate.build.logobank import paste_logo
 from curate.ingest import FolderSource, ingest
@@ -66,6 +68,8 @@ def test_mining_candidates_drop_near_duplicates(pool: tuple[Workspace, dict[str,
     frame = result.release.tables["candidates"]
     assert frame["item_id"].to_list() == [ids["logo-a.png"], ids["logo-b.png"]]
     assert result.release.metadata["near_duplicates_dropped"] == 1
+    assert result.release.metadata["near_duplicates"]["skipped"] is False
+    assert result.release.metadata["near_duplicates"]["summary"].startswith("1 near-duplicates dropped")
     assert pl.read_csv(tmp_path / "candidates" / "units.csv")["item_id"].to_list() == frame["item_id"].to_list()
 
 
@@ -85,6 +89,9 @@ def test_the_bank_keeps_what_people_confirmed(pool: tuple[Workspace, dict[str, s
                                            verdict_round="logos-1"), tmp_path / "bank")
     bank = result.release.tables["bank"]
     assert bank["item_id"].to_list() == [ids["logo-a.png"]] and bank["brand"].to_list() == ["Acme"]
+    # no embeddings were stored, so near-duplicates could not be looked for: the release says so
+    recorded = json.loads((tmp_path / "bank" / "release.json").read_text())["near_duplicates"]
+    assert recorded["skipped"] is True and recorded["summary"].startswith("near-duplicate removal skipped")
     assert Image.open(tmp_path / "bank" / "logos" / "logo-0000.png").size == (32, 32)
 
 
@@ -104,9 +111,10 @@ def test_flip_rates_by_hand(pool: tuple[Workspace, dict[str, str]], monkeypatch:
     attack, ranking = release.tables["attack"], release.tables["ranking"]
     assert attack.height == 1 * 6 * 4  # one banked logo, 3 dog + 3 cat images, 4 corners
     row = ranking.row(0, named=True)
-    # cat images: clean "cat"; only the top-left paste turns them into "dog" -> 3 flips of 12
-    assert row["flip_to_rate"] == pytest.approx(3 / 12) and row["n_to"] == 12
-    assert row["flip_to_low"] < 0.25 < row["flip_to_high"]
+    # cat images: clean "cat"; the top-left paste turns each into "dog" -> 3 of 3 images flip (not 3 of 12
+    # pastes: the four corners of one image are not independent trials)
+    assert row["flip_to_rate"] == 1.0 and row["n_to"] == 3
+    assert (row["flip_to_low"], row["flip_to_high"]) == pytest.approx(wilson(3, 3))
     assert row["n_away"] == 0 and row["flip_away_rate"] is None  # no dog image was called a dog when clean
     with pytest.raises(BuildError, match="needs a target"):
         make_builder("logobank", stage="attack", mining_source="hand-scores", verdict_round="logos-1").build(workspace)

@@ -49,6 +49,10 @@ def test_the_importer_accepts_lists_and_literal_strings_and_flags_the_rest(tmp_p
         import_mmspubench(tmp_path / "dict.json")
 
 
+SPURIOUS_OF_FIXTURE = (("marble table", "Background"), ("round shape", "Shape"), ("shiny surface", "Texture and Noise"),
+                       ("hand", "Co-occurring Objects"), ("wooden floor", "Background"))
+
+
 @pytest.fixture
 def verified(workspace: Workspace, tmp_path: Path) -> Workspace:
     for index in range(9):
@@ -59,7 +63,8 @@ def verified(workspace: Workspace, tmp_path: Path) -> Workspace:
     for n, item in enumerate(workspace.catalog.items()):
         attributes = {"cap": ("core", None), "label text": ("core", None), "glass": ("core", None),
                       "marble table": ("spurious", "Background"), "round shape": ("spurious", "Shape"),
-                      "shiny surface": ("spurious", "Texture and Noise"), "hand": ("spurious", "Co-occurring Objects")}
+                      "shiny surface": ("spurious", "Texture and Noise"), "hand": ("spurious", "Co-occurring Objects"),
+                      "wooden floor": ("spurious", "Background")}
         if n == 8:  # one item with a single verified core attribute cannot make an item
             attributes = {"cap": ("core", None), **{k: v for k, v in attributes.items() if v[0] == "spurious"}}
         for annotator in ("ann", "bob"):
@@ -83,8 +88,12 @@ def test_items_from_verdicts_follow_the_released_schema(verified: Workspace, tmp
         assert answer_text in row["core_attributes"] and "sticker" not in row["core_attributes"]
         distractors = [c[3:] for c in row["choices"] if c[3:] != answer_text]
         assert len(distractors) == 3 and set(distractors) <= set(row["spurious_attributes"])
+        types = dict(SPURIOUS_OF_FIXTURE)
+        shown = [types[name] for name in distractors]
         assert len(row["spurious_correlation_type"]) == 2
-        assert set(row["spurious_correlation_type"]) <= set(SPURIOUS_TYPES)
+        assert set(row["spurious_correlation_type"]) == set(shown)  # the types of the options shown, no other
+        assert set(shown) <= set(SPURIOUS_TYPES)
+        assert row["spurious_correlation_type"][0] == max(set(shown), key=shown.count)
         assert row["class_label"] == "bottle" and row["source_dataset"] == "bottles"
     valid, flagged = import_mmspubench(tmp_path / "r" / "annotation.json")  # our own output passes our importer
     assert flagged == [] and valid.height == 8

@@ -16,6 +16,7 @@ import polars as pl
 from curate.analyze.cues import cue_statistics, presence_from_evidence, presence_from_verdicts
 from curate.analyze.plots import image_strips, lift_heatmap
 from curate.images import open_image
+from curate.options import check_options
 from curate.records import Run
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
@@ -125,7 +126,8 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
 
     factory = MODELS_UNDER_TEST[kind]
     extra = {"workspace": workspace} if factory is VLMYesNo else {}
-    model = factory(**(options or {}), **extra)  # type: ignore[arg-type]
+    options = check_options(factory, options or {}, f"model under test {kind!r}", skip=("workspace",))
+    model = factory(**options, **extra)  # type: ignore[arg-type]
     config = {"gap": kind, "options": options or {}, "evidence": source, "evidence_run": run_id, "k": k, "seed": seed,
               "classes": classes, "mask": mask}
     with workspace.runs.track("analyze", f"gap {kind}", config, extend_completed=True) as run:

@@ -20,18 +20,45 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from curate.build.base import Builder, BuildError, Release, image_name, register_builder
+from curate.build.near_duplicates import MAX_LEVEL, clusters, fingerprint
+from curate.images import open_image
 from curate.ingest import group_table
+from curate.progress import progress_bar
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
+from curate.workspace.tables import embeddings_table
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
+
+
+def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, int]:
+    """How many of a class's ``n_major`` majority-group and ``n_minor`` minority-group items go
+    into training so that the majority group's share is ``correlation`` (at most, rounding down
+    the minority): every majority item and ``floor(n_major * (1 - p) / p)`` minority items, or, when
+    minority items are scarce, every minority item and ``floor(n_minor * p / (1 - p))`` majority
+    items. Exact arithmetic: ``p`` is read as the decimal it was written as (0.9 is 9/10).
+
+    >>> train_sizes(9, 100, 0.9), train_sizes(90, 100, 0.9), train_sizes(100, 1, 0.9), train_sizes(5, 5, 1.0)
+    ((9, 1), (90, 10), (9, 1), (5, 0))
+    """
+    p = Fraction(str(correlation))
+    if not 0 < p <= 1:
+        raise BuildError(f"train_correlation is a share in (0, 1], not {correlation}")
+    if p == 1:
+        return n_major, 0
+    wanted_minor = math.floor(n_major * (1 - p) / p)
+    if n_minor >= wanted_minor:  # enough minority items: keep every majority item
+        return n_major, wanted_minor
+    return min(n_major, math.floor(n_minor * p / (1 - p))), n_minor  # fewer majority items keep the share
 
 
 def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict[str, object]:
@@ -69,9 +96,13 @@ class GroupsBuilder(Builder):
     eval_fraction: float = 0.2
     val_per_group: int | None = None
     test_per_group: int | None = None
-    balance: str = "within_class"
+    balance: Literal["within_class", "all"] = "within_class"
     min_group_size: int = 1
     seed: int = 0
+    near_duplicates: Literal["together", "drop", "ignore"] = "together"
+    near_duplicate_bits: int = 6
+    near_duplicate_model: str | None = None  # a CLIP model whose stored image embeddings also find them
+    near_duplicate_similarity: float = 0.95
 
     def defining_attributes(self) -> list[str]:
         return [self.attribute] if self.attribute else []
@@ -109,7 +140,9 @@ class GroupsBuilder(Builder):
         )
         return self._release(rows, y_names, a_names, {
             "labels_from": f"group table {Path(source.location).name} ({source.source_id})",
-            "quarantined_rows_left_out": table.height - kept.height})
+            "quarantined_rows_left_out": table.height - kept.height,
+            "near_duplicates": {"policy": "ignore", "summary": "near-duplicates were not looked for: the splits "
+                                                               "are the group table's own"}})
 
     # verdicts on an attribute, split by us ------------------------------------------------------
     def _presence(self, workspace: Workspace, item_ids: set[str]) -> tuple[dict[str, int], Counter[str]]:
@@ -145,14 +178,25 @@ class GroupsBuilder(Builder):
                              + ("" if self.allow_machine else " (allow_machine uses machine evidence)"))
         a_names = [f"no {self.attribute}", str(self.attribute)]
         majority = list(self.majority or [min(y, 1) for y in range(len(y_names))])
+        if len(majority) != len(y_names) or not set(majority) <= {0, 1}:
+            raise BuildError(f"majority gives the majority a (0 or 1) of each of the {len(y_names)} classes "
+                             f"{', '.join(y_names)}; got {tuple(majority)}")
+        uris = {i.item_id: i.uri for i in items}
+        found, near_duplicates = self._near_duplicates(workspace, {i: uris[i] for i in presence})
+        followers = {member: cluster[0] for cluster in found for member in cluster[1:]}
         rng = np.random.default_rng(self.seed)
         pools: dict[tuple[int, int], list[str]] = {}
         for item in sorted(items, key=lambda i: i.item_id):
-            if item.item_id in presence:
+            if item.item_id in presence and item.item_id not in followers:  # one image per cluster is split
                 pools.setdefault((y_names.index(item.label), presence[item.item_id]), []).append(item.item_id)  # type: ignore[arg-type]
         for key in pools:
             pools[key] = [pools[key][i] for i in rng.permutation(len(pools[key]))]
         assigned = self._split(pools, len(y_names), majority)
+        if self.near_duplicates == "together":  # the rest of a cluster joins its first image's split
+            split_of = {item_id: split for item_id, _, _, split in assigned}
+            labels = {i.item_id: y_names.index(i.label) for i in items}  # type: ignore[arg-type]
+            assigned += [(member, labels[member], presence[member], split_of[first])
+                         for member, first in sorted(followers.items()) if first in split_of]
         present = Counter((split, y, a) for _, y, a, split in assigned)
         for split in SPLIT_CODES:
             for y in range(len(y_names)):
@@ -160,7 +204,6 @@ class GroupsBuilder(Builder):
                     if present[(split, y, a)] < self.min_group_size:
                         raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has {present[(split, y, a)]} "
                                          f"items, fewer than min_group_size {self.min_group_size}")
-        uris = {i.item_id: i.uri for i in items}
         rows = pl.DataFrame([{"id": n + 1, "item_id": item_id, "uri": uris[item_id], "y": y, "a": a, "split": split,
                               "filename": image_name(item_id, uris[item_id])}
                              for n, (item_id, y, a, split) in enumerate(assigned)])
@@ -170,7 +213,39 @@ class GroupsBuilder(Builder):
                             "undecided_left_out": sources["undecided"],
                             "machine_evidence": f"{self.evidence_source} score >= {self.threshold}"
                             if self.allow_machine else "not used"},
-            "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed})
+            "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed,
+            "near_duplicates": near_duplicates})
+
+    def _near_duplicates(self, workspace: Workspace, uris: dict[str, str]) -> tuple[list[list[str]], dict[str, Any]]:
+        """Clusters of near-duplicates among the items to split, and what release.json says of them."""
+        if self.near_duplicates == "ignore":
+            return [], {"policy": "ignore", "summary": "near-duplicates were not looked for (near_duplicates=ignore)"}
+        prints = {}
+        with progress_bar("near-duplicates: hashing images", len(uris)) as advance:
+            for item_id, uri in uris.items():
+                prints[item_id] = fingerprint(open_image(workspace.resolve_uri(uri)))
+                advance()
+        method = (f"dHash within {self.near_duplicate_bits} of 64 bits and 8x8 thumbnails within {MAX_LEVEL:g} grey "
+                  f"levels")
+        embeddings: dict[str, np.ndarray] = {}
+        if self.near_duplicate_model:
+            table = embeddings_table(self.near_duplicate_model)
+            if table in workspace.tables.names():
+                frame = workspace.tables.read(table).filter(pl.col("item_id").is_in(list(uris)))
+                embeddings = dict(zip(frame["item_id"], (np.asarray(v) for v in frame["embedding"]), strict=True))
+                method += (f"; cosine of stored {self.near_duplicate_model} embeddings >= "
+                           f"{self.near_duplicate_similarity}")
+            else:
+                method += f" (no stored {self.near_duplicate_model} embeddings: perceptual hash only)"
+        found = clusters(prints, self.near_duplicate_bits, embeddings=embeddings,
+                         min_similarity=self.near_duplicate_similarity)
+        members = sum(len(cluster) for cluster in found)
+        kept = "kept in one split each" if self.near_duplicates == "together" else "one image kept, the rest left out"
+        return found, {"policy": self.near_duplicates, "method": method, "clusters": len(found),
+                       "images_in_clusters": members, "left_out": members - len(found)
+                       if self.near_duplicates == "drop" else 0, "cluster_items": found[:100],
+                       "summary": f"{len(found)} near-duplicate clusters ({members} images) found before splitting, "
+                                  f"{kept} ({method})"}
 
     def _split(self, pools: dict[tuple[int, int], list[str]], n_classes: int,
                majority: list[int]) -> list[tuple[str, int, int, str]]:
@@ -189,15 +264,9 @@ class GroupsBuilder(Builder):
                 raise BuildError(f"group y={y}, a={a} has {len(pool)} items, fewer than val {val} + test {test}")
             assigned += [(i, y, a, "val") for i in pool[:val]] + [(i, y, a, "test") for i in pool[val:val + test]]
             pools[(y, a)] = pool[val + test:]
-        ratio = (1 - self.train_correlation) / self.train_correlation  # minority items per majority item
         for y in range(n_classes):
             major, minor = pools.get((y, majority[y]), []), pools.get((y, 1 - majority[y]), [])
-            wanted_minor = math.floor(len(major) * ratio)
-            if len(minor) >= wanted_minor:  # enough minority items: keep every majority item
-                n_major, n_minor = len(major), wanted_minor
-            else:  # minority items are scarce: fewer majority items keep the correlation exact
-                n_minor = len(minor)
-                n_major = min(len(major), math.floor(n_minor / ratio)) if ratio > 0 else len(major)
+            n_major, n_minor = train_sizes(len(major), len(minor), self.train_correlation)
             assigned += [(i, y, majority[y], "train") for i in major[:n_major]]
             assigned += [(i, y, 1 - majority[y], "train") for i in minor[:n_minor]]
         return assigned

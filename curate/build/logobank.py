@@ -8,9 +8,13 @@
    into ``logos/``, with their brand when given.
 3. ``attack``: every banked logo pasted at image corners, at ``logo_scale`` of the shorter image
    side, onto images of the ``target`` class and of the other classes; a CLIP zero-shot classifier
-   over the classes labels clean and pasted images. Per logo: the rate at which predictions flip
-   *to* the target (on other classes' images) and *away* from it (on target images), with 95%
-   Wilson intervals; logos are ranked by the flip-to rate.
+   over the classes labels clean and pasted images. Per logo: the share of *images* whose
+   prediction flips *to* the target at any corner (on other classes' images) and *away* from it
+   (on target images), with 95% Wilson intervals over images (the corners of one image are not
+   independent trials); logos are ranked by the flip-to rate.
+
+Near-duplicate removal needs stored image embeddings (``curate propose clip``); when they are
+missing it is skipped, and ``release.json`` says so under ``near_duplicates``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -65,7 +69,7 @@ def paste_logo(image: Image.Image, logo: Image.Image, corner: str, scale: float,
 class LogoBankBuilder(Builder):
     """Logo candidates, the verified bank, and the spurious-logo search (``stage``)."""
 
-    stage: str = "candidates"
+    stage: Literal["candidates", "bank", "attack"] = "candidates"
     mining_source: str = "logo-mining"
     keep_fraction: float = 0.01
     dedup_threshold: float = 0.95
@@ -76,7 +80,7 @@ class LogoBankBuilder(Builder):
     model: str = "clip-vit-b-32"
     weights: str | None = None
     logo_scale: float = 0.2
-    corners: tuple[str, ...] = CORNERS
+    corners: tuple[Literal["top-left", "top-right", "bottom-left", "bottom-right"], ...] = CORNERS
     max_images: int = 100
     seed: int = 0
 
@@ -92,6 +96,10 @@ class LogoBankBuilder(Builder):
     # 1. candidates ------------------------------------------------------------------------------
     def candidates(self, workspace: Workspace) -> pl.DataFrame:
         """The mined, de-duplicated candidates, best first."""
+        return self._mine(workspace)[0]
+
+    def _mine(self, workspace: Workspace) -> tuple[pl.DataFrame, dict[str, Any]]:
+        """The candidates, and what near-duplicate removal did (or that it was skipped)."""
         scores = {r.item_id: float(r.score or 0.0) for r in workspace.catalog.evidence(source=self.mining_source)
                   if r.attribute == "logo"}
         if not scores:
@@ -100,6 +108,7 @@ class LogoBankBuilder(Builder):
         vectors = self._embeddings(workspace)
         kept: list[str] = []
         dropped = 0
+        unchecked = sum(item_id not in vectors for item_id in ranked)
         for item_id in ranked:
             vector = vectors.get(item_id)
             if vector is not None and any(float(vector @ vectors[k]) >= self.dedup_threshold
@@ -109,12 +118,21 @@ class LogoBankBuilder(Builder):
             kept.append(item_id)
         crops = self._crops(workspace)
         sources = {i: source_name(workspace, i) for i in kept}
-        return pl.DataFrame({"item_id": kept, "uri": [workspace.catalog.item(i).uri for i in kept],
-                             "source": [sources[i] for i in kept], "logo_score": [scores[i] for i in kept],
-                             "crop": [crops.get(i) for i in kept]},
-                            schema={"item_id": pl.String, "uri": pl.String, "source": pl.String,
-                                    "logo_score": pl.Float64, "crop": pl.List(pl.Float64)},
-                            ).with_columns(pl.lit(dropped).alias("_dropped"))
+        frame = pl.DataFrame({"item_id": kept, "uri": [workspace.catalog.item(i).uri for i in kept],
+                              "source": [sources[i] for i in kept], "logo_score": [scores[i] for i in kept],
+                              "crop": [crops.get(i) for i in kept]},
+                             schema={"item_id": pl.String, "uri": pl.String, "source": pl.String,
+                                     "logo_score": pl.Float64, "crop": pl.List(pl.Float64)})
+        method = f"cosine similarity of stored {self.embeddings_model} image embeddings >= {self.dedup_threshold}"
+        if unchecked == len(ranked):
+            summary = (f"near-duplicate removal skipped: no stored {self.embeddings_model} image embeddings for the "
+                       f"{len(ranked)} candidates (run `curate propose clip --model {self.embeddings_model}` first)")
+        else:
+            summary = f"{dropped} near-duplicates dropped ({method})" + (
+                f"; {unchecked} of {len(ranked)} candidates have no stored embedding and were not checked"
+                if unchecked else "")
+        return frame, {"method": method, "dropped": dropped, "unchecked": unchecked, "candidates": len(ranked),
+                       "skipped": unchecked == len(ranked), "summary": summary}
 
     def _embeddings(self, workspace: Workspace) -> dict[str, np.ndarray]:
         name = embeddings_table(self.embeddings_model)
@@ -130,16 +148,19 @@ class LogoBankBuilder(Builder):
                 if r.attribute == "logo" and r.boxes}
 
     def _candidates_release(self, workspace: Workspace) -> Release:
-        frame = self.candidates(workspace)
-        dropped = int(frame["_dropped"][0]) if frame.height else 0
-        frame = frame.drop("_dropped")
-        return Release(self.name, {"candidates": frame}, {"near_duplicates_dropped": dropped,
+        frame, near_duplicates = self._mine(workspace)
+        return Release(self.name, {"candidates": frame}, {"near_duplicates_dropped": near_duplicates["dropped"],
+                                                          "near_duplicates": near_duplicates,
                                                           "keep_fraction": self.keep_fraction},
                        {"units.csv": lambda path: frame.select("item_id").write_csv(path)})
 
     # 2. bank ------------------------------------------------------------------------------------
     def bank(self, workspace: Workspace) -> pl.DataFrame:
         """Candidates confirmed as logos by the majority of a round's ``is_logo`` verdicts."""
+        return self._bank(workspace)[0]
+
+    def _bank(self, workspace: Workspace) -> tuple[pl.DataFrame, dict[str, Any]]:
+        """The bank, and the candidates' near-duplicate report."""
         votes: dict[str, Counter[str]] = defaultdict(Counter)
         brands: dict[str, Counter[str]] = defaultdict(Counter)
         for verdict in resolved_verdicts(workspace, self.verdict_round):
@@ -147,7 +168,7 @@ class LogoBankBuilder(Builder):
                 votes[verdict.item_id][verdict.value] += 1
                 if verdict.extra.get("brand"):
                     brands[verdict.item_id][str(verdict.extra["brand"]).strip()] += 1
-        candidates = self.candidates(workspace).drop("_dropped")
+        candidates, near_duplicates = self._mine(workspace)
         confirmed = [i for i in candidates["item_id"] if votes[i]["logo"] > votes[i]["not a logo"]]
         if not confirmed:
             raise BuildError("no candidate was confirmed as a logo by people yet (logo verification round)")
@@ -156,14 +177,15 @@ class LogoBankBuilder(Builder):
             pl.Series("logo_id", [f"logo-{n:04d}" for n in range(bank.height)]),
             pl.Series("brand", [brands[i].most_common(1)[0][0] if brands[i] else None for i in bank["item_id"]],
                       dtype=pl.String),
-            pl.Series("votes", [json.dumps(dict(votes[i]), sort_keys=True) for i in bank["item_id"]], dtype=pl.String))
+            pl.Series("votes", [json.dumps(dict(votes[i]), sort_keys=True) for i in bank["item_id"]], dtype=pl.String),
+        ), near_duplicates
 
     def _logo_image(self, workspace: Workspace, row: dict[str, Any]) -> Image.Image:
         image = open_image(workspace.resolve_uri(row["uri"]))
         return image.crop(tuple(round(v) for v in row["crop"])) if row["crop"] else image
 
     def _bank_release(self, workspace: Workspace) -> Release:
-        bank = self.bank(workspace)
+        bank, near_duplicates = self._bank(workspace)
         bank = bank.with_columns(("logos/" + pl.col("logo_id") + ".png").alias("logo_file"))  # the crop written
 
         def write_logos(folder: Path) -> None:
@@ -171,7 +193,8 @@ class LogoBankBuilder(Builder):
             for row in bank.iter_rows(named=True):
                 self._logo_image(workspace, row).save(folder.parent / row["logo_file"])
 
-        return Release(self.name, {"bank": bank}, {"logos": bank.height, "verdict_round": self.verdict_round},
+        return Release(self.name, {"bank": bank}, {"logos": bank.height, "verdict_round": self.verdict_round,
+                                                   "near_duplicates": near_duplicates},
                        {"logos": write_logos})
 
     # 3. attack ----------------------------------------------------------------------------------
@@ -183,7 +206,7 @@ class LogoBankBuilder(Builder):
         classes = sorted({i.label for i in workspace.catalog.items() if i.label})
         if self.target not in classes:
             raise BuildError(f"no items of the target class {self.target!r}; classes: {', '.join(classes)}")
-        bank = self.bank(workspace)
+        bank, near_duplicates = self._bank(workspace)
         rng = np.random.default_rng(self.seed)
         bank_ids = set(bank["item_id"])
         pool = {True: [], False: []}  # is the image of the target class?
@@ -207,8 +230,10 @@ class LogoBankBuilder(Builder):
             "images_per_side": {"target": len(pool[True][:self.max_images]),
                                 "other": len(pool[False][:self.max_images])},
             "classifier": f"{classifier.name} ({classifier.version})",
-            "flip_rates": "to: clean != target and pasted == target, on other classes' images; away: clean == "
-                          "target and pasted != target, on target images; 95% Wilson intervals"})
+            "near_duplicates": near_duplicates,
+            "flip_rates": "per image, over images: to: clean != target and pasted == target at any corner, on "
+                          "other classes' images; away: clean == target and pasted != target at any corner, on "
+                          "target images; 95% Wilson intervals over images (n_to, n_away count images)"})
 
     def _attack_logo(self, workspace: Workspace, logo: dict[str, Any], chosen: list[Any], images: dict[str, Any],
                      clean: dict[str, str], classifier: Any, classes: list[str]) -> list[dict[str, Any]]:
@@ -225,10 +250,15 @@ class LogoBankBuilder(Builder):
         rows = []
         for logo_id in bank["logo_id"]:
             mine = attack.filter(pl.col("logo_id") == logo_id)
-            to = mine.filter((pl.col("class_label") != self.target) & (pl.col("clean_prediction") != self.target))
-            away = mine.filter((pl.col("class_label") == self.target) & (pl.col("clean_prediction") == self.target))
-            flips_to = int((to["pasted_prediction"] == self.target).sum())
-            flips_away = int((away["pasted_prediction"] != self.target).sum())
+            per_image = mine.group_by("item_id").agg(  # did any corner flip this image?
+                pl.col("class_label").first(), pl.col("clean_prediction").first(),
+                (pl.col("pasted_prediction") == self.target).any().alias("to_target"),
+                (pl.col("pasted_prediction") != self.target).any().alias("off_target"))
+            to = per_image.filter((pl.col("class_label") != self.target) & (pl.col("clean_prediction") != self.target))
+            away = per_image.filter((pl.col("class_label") == self.target)
+                                    & (pl.col("clean_prediction") == self.target))
+            flips_to = int(to["to_target"].sum())
+            flips_away = int(away["off_target"].sum())
             low_to, high_to = wilson(flips_to, to.height)
             low_away, high_away = wilson(flips_away, away.height)
             rows.append({"logo_id": logo_id, "flip_to_rate": flips_to / to.height if to.height else None,

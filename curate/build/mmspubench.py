@@ -7,11 +7,15 @@ Released fields: ``core_attributes`` (2-5 strings), ``spurious_attributes`` (2-5
 ``image`` (the file name, ``images/<n><ext>`` in the release folder; ``file_name`` in the tables,
 whose published ``image`` column is the picture itself). Items are made from *verified* attributes:
 the consensus of human verdicts ("core" / "spurious", with the type people confirmed or corrected).
+The three distractors are spurious attributes of exactly two types, and those two are the item's
+``spurious_correlation_type`` (the type shown twice first), so per-type accuracy counts only the
+types an item shows.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -34,6 +38,25 @@ DEFAULT_QUESTIONS = ("Which feature best indicates the identity of the {label} i
                      "Which feature best indicates the identity of the object in this image?")
 
 
+def literal_list(value: Any) -> list[str]:
+    """A list of strings given as a list or as its Python-literal string (as in the released
+    MM-SpuBench files); ``ValueError`` says what is wrong.
+
+    >>> literal_list("['Background', 'Shape']"), literal_list(("Shape",))
+    (['Background', 'Shape'], ['Shape'])
+    """
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"is neither a list nor a Python-literal list: {value[:60]!r}") from None
+    if isinstance(value, tuple) or (hasattr(value, "to_list") and not isinstance(value, list)):
+        value = list(value.to_list() if hasattr(value, "to_list") else value)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("is not a list of strings")
+    return value
+
+
 def validate_item(raw: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """An MM-SpuBench record with list fields parsed (lists or Python-literal strings), and the
     problems found: off-taxonomy types, wrong counts, malformed choices or answer.
@@ -52,17 +75,10 @@ def validate_item(raw: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]
     if problems:
         return None, problems
     for name in LIST_FIELDS:
-        value = item[name]
-        if isinstance(value, str):
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                problems.append(f"{name} is neither a list nor a Python-literal list: {value[:60]!r}")
-                continue
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(f"{name} is not a list of strings")
-            continue
-        item[name] = value
+        try:
+            item[name] = literal_list(item[name])
+        except ValueError as problem:
+            problems.append(f"{name} {problem}")
     if problems:
         return None, problems
     for name in ("core_attributes", "spurious_attributes"):
@@ -137,15 +153,15 @@ class MMSpuBenchBuilder(Builder):
         candidates, skipped = [], Counter()
         for item_id, attributes in sorted(self._verified(workspace).items()):
             core = sorted(a for a, (role, _) in attributes.items() if role == "core")
-            spurious = sorted((a, t) for a, (role, t) in attributes.items() if role == "spurious" and t)
+            spurious = sorted((a, t) for a, (role, t) in attributes.items() if role == "spurious" and t)[:5]
             if len(core) < 2:
                 skipped["fewer than 2 verified core attributes"] += 1
             elif len(spurious) < 3:
                 skipped["fewer than 3 verified, typed spurious attributes"] += 1
-            elif len({t for _, t in spurious}) < 2:
-                skipped["spurious attributes of fewer than 2 types"] += 1
+            elif not _two_type_triples(spurious):
+                skipped["no 3 spurious attributes of exactly 2 types"] += 1
             else:
-                candidates.append((item_id, core[:5], spurious[:5]))
+                candidates.append((item_id, core[:5], spurious))
         if not candidates:
             raise BuildError(f"no item has enough verified attributes for an MCQ item ({dict(skipped)})")
         letters = [LETTERS[n % 4] for n in range(len(candidates))]
@@ -153,10 +169,12 @@ class MMSpuBenchBuilder(Builder):
         rows = []
         for number, ((item_id, core, spurious), answer) in enumerate(zip(candidates, letters, strict=True)):
             item = workspace.catalog.item(item_id)
-            chosen = [spurious[i] for i in rng.choice(len(spurious), size=3, replace=False)]
+            triples = _two_type_triples(spurious)
+            chosen = [spurious[i] for i in triples[int(rng.integers(len(triples)))]]
+            chosen = [chosen[i] for i in rng.permutation(3)]
             distractors = [name for name, _ in chosen]
-            type_counts = Counter(t for _, t in chosen) + Counter(t for _, t in spurious)
-            two_types = [t for t, _ in sorted(type_counts.items(), key=lambda kv: (-kv[1], kv[0]))][:2]
+            shown = Counter(t for _, t in chosen)  # the types of the options shown, the commoner first
+            two_types = sorted(shown, key=lambda t: (-shown[t], [kind for _, kind in chosen].index(t)))
             options = distractors[:]
             options.insert(LETTERS.index(answer), str(rng.choice(core)))
             question = self.questions[int(rng.integers(len(self.questions)))].format(label=item.label or "object")
@@ -180,6 +198,13 @@ class MMSpuBenchBuilder(Builder):
             *(pl.col("file_name").alias("image") if name == "image" else pl.col(name) for name in SCHEMA_FIELDS),
             "class_label", "source_dataset").to_dicts(), indent=1))},
             dict(zip(table["file_name"], table["uri"], strict=True)))
+
+
+def _two_type_triples(spurious: list[tuple[str, str]]) -> list[tuple[int, int, int]]:
+    """Index triples of spurious attributes whose types are exactly two, so that an item's two
+    ``spurious_correlation_type`` entries are the types of the three distractors it shows."""
+    return [triple for triple in itertools.combinations(range(len(spurious)), 3)
+            if len({spurious[i][1] for i in triple}) == 2]
 
 
 def source_name(workspace: Workspace, item_id: str) -> str:

@@ -16,17 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
 from curate.evaluate.metrics import Metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
 from curate.ingest.base import read_table
+from curate.options import check_options
 from curate.records import Run
 from curate.registry import Registry
 from curate.workspace import Workspace
 
 EVALUATIONS_TABLE = "evaluations"
+Missing = Literal["error", "wrong"]
 
 
 class EvaluateError(ValueError):
@@ -44,11 +46,24 @@ def _require(frame: pl.DataFrame, *columns: str) -> None:
         raise EvaluateError(f"the predictions have no column {', '.join(missing)}; columns: {', '.join(frame.columns)}")
 
 
+def _check_missing(frame: pl.DataFrame, column: str, missing: Missing) -> None:
+    """A row without a prediction is an error unless ``missing="wrong"`` counts it as wrong."""
+    count = frame[column].null_count()
+    if count and missing == "error":
+        raise EvaluateError(f"{count} of {frame.height} rows have no {column}; give every prediction, or set "
+                            f"missing=wrong to count them as wrong")
+
+
 @register_evaluator("groups")
 def evaluate_groups(frame: pl.DataFrame, y: str = "y", pred: str = "pred", group_fields: tuple[str, ...] = ("y", "a"),
-                    split_column: str = "split", eval_split: str = "test", train_split: str = "train") -> Metrics:
+                    split_column: str = "split", eval_split: str = "test", train_split: str = "train",
+                    missing: Missing = "error", bootstrap: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> Metrics:
     """Group metrics on the ``eval_split`` rows; training-group counts from the ``train_split`` rows
-    (those rows need no predictions). Without a split column every row is evaluated."""
+    (those rows need no predictions). Without a split column every row is evaluated. Rows without a
+    prediction are an error (``missing="wrong"``: wrong, and counted). Accuracies come with
+    ``confidence`` percentile-bootstrap intervals over ``bootstrap`` resamples within each group,
+    seeded by ``seed`` (``curate.evaluate.metrics.group_metrics``)."""
     _require(frame, y, *group_fields)
     train_counts = None
     if split_column in frame.columns:
@@ -60,31 +75,50 @@ def evaluate_groups(frame: pl.DataFrame, y: str = "y", pred: str = "pred", group
         if frame.is_empty():
             raise EvaluateError(f"no rows with {split_column} == {eval_split!r}")
     _require(frame, pred)
-    return group_metrics(frame, y, pred, group_fields, train_counts)
+    _check_missing(frame, pred, missing)
+    try:
+        return group_metrics(frame, y, pred, group_fields, train_counts, bootstrap=bootstrap, confidence=confidence,
+                             seed=seed)
+    except ValueError as problem:
+        raise EvaluateError(str(problem)) from None
 
 
 @register_evaluator("mcq")
 def evaluate_mcq(frame: pl.DataFrame, answer: str = "answer", prediction: str = "prediction",
-                 types: str = "spurious_correlation_type") -> Metrics:
-    """Accuracy of multiple-choice answers, overall and per taxonomy type."""
+                 types: str = "spurious_correlation_type", choices: str = "choices",
+                 missing: Missing = "error") -> Metrics:
+    """Accuracy of multiple-choice answers, overall and per taxonomy type; answers are read from
+    free text (``curate.evaluate.metrics.parse_choice``). A null prediction is an error unless
+    ``missing="wrong"``; an answer that names no choice is wrong (``unread_predictions``)."""
     _require(frame, answer, prediction, types)
-    return mcq_metrics(frame, answer, prediction, types)
+    _check_missing(frame, prediction, missing)
+    try:
+        return mcq_metrics(frame, answer, prediction, types, choices)
+    except ValueError as problem:
+        raise EvaluateError(str(problem)) from None
 
 
 @register_evaluator("focus")
-def evaluate_focus(frame: pl.DataFrame, correct: str = "correct", n_uncommon: str = "n_uncommon") -> Metrics:
+def evaluate_focus(frame: pl.DataFrame, correct: str = "correct", n_uncommon: str = "n_uncommon",
+                   missing: Missing = "error") -> Metrics:
     """Accuracy per number of uncommon attributes and the gap per attribute."""
     _require(frame, correct, n_uncommon)
+    _check_missing(frame, correct, missing)
     return focus_metrics(frame, correct, n_uncommon)
 
 
 @register_evaluator("spurious-imagenet")
 def evaluate_spurious_imagenet(frame: pl.DataFrame, label: str = "class_label", score: str = "score",
-                               kind: str = "kind") -> Metrics:
+                               kind: str = "kind", missing: Missing = "error") -> Metrics:
     """Per class: AP and ROC AUC separating real images (``kind == "real"``) from spurious-feature
-    images (``kind == "spurious"``) by the model's score for the class; means over classes."""
+    images (``kind == "spurious"``) by the model's score for the class; means over classes. With
+    ``missing="wrong"`` a missing score ranks on the wrong side (below every real image's score when
+    real, above every spurious one's when spurious)."""
     _require(frame, label, score, kind)
-    metrics: Metrics = {}
+    _check_missing(frame, score, missing)
+    metrics: Metrics = {"missing_predictions": int(frame[score].null_count())}
+    low, high = (frame[score].min() or 0.0) - 1, (frame[score].max() or 0.0) + 1  # type: ignore[operator]
+    frame = frame.with_columns(pl.col(score).fill_null(pl.when(pl.col(kind) == "real").then(low).otherwise(high)))
     aps, aucs = [], []
     for (name,), rows in frame.group_by([label], maintain_order=True):
         result = spurious_score(rows.filter(pl.col(kind) == "real")[score].to_list(),
@@ -108,22 +142,22 @@ class EvaluateResult:
         """One line for the end of a command."""
         shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()
                           if k.startswith(("acc_avg", "acc_wg", "ap_mean", "roc_auc_mean")) and isinstance(v, float))
-        return f"evaluate {self.run.config['kind']}: {shown} [run {self.run.run_id}]"
+        missing = self.metrics.get("missing_predictions", 0)
+        counted = f", {missing} missing predictions counted wrong" if missing else ""
+        return f"evaluate {self.run.config['kind']}: {shown}{counted} [run {self.run.run_id}]"
 
 
 def evaluate(workspace: Workspace, kind: str, predictions: str | Path, **options: Any) -> EvaluateResult:
     """Evaluate a predictions table (CSV, parquet, JSON lines) as a recorded ``evaluate`` run."""
     started = time.perf_counter()
     evaluator = EVALUATORS[kind]
+    options = check_options(evaluator, options, f"evaluation {kind!r}", skip=("frame",), error=EvaluateError)
     path = Path(predictions).resolve()
     frame = read_table(path)
     config = {"kind": kind, "predictions": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
               "options": options}
     with workspace.runs.track("evaluate", kind, config, extend_completed=True) as run:
-        try:
-            metrics = evaluator(frame, **options)
-        except TypeError as error:
-            raise EvaluateError(f"evaluation {kind!r}: {error}") from error
+        metrics = evaluator(frame, **options)
         workspace.tables.write(EVALUATIONS_TABLE, pl.DataFrame(
             {"run_id": [run.run_id], "kind": [kind], "metrics": [json.dumps(metrics, sort_keys=True)]}),
             part=run.run_id)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import polars as pl
 
 from curate.images import ImageRejected
+from curate.options import check_options
 from curate.registry import Registry
 
 JsonDict = dict[str, Any]
@@ -108,7 +109,8 @@ def make_source(kind: str, *args: Any, **options: Any) -> IngestSource:
     ...
     curate.ingest.base.SourceError: unknown source kind 'nope'; known: folder, groups, hf, manifest
     """
-    return SOURCES[kind](*args, **options)
+    plugin = SOURCES[kind]
+    return plugin(*args, **check_options(plugin, options, f"source kind {kind!r}", error=SourceError))
 
 
 # helpers for sources that point at local files ------------------------------------------------
