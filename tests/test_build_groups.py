@@ -235,3 +235,11 @@ def test_stored_embeddings_find_near_duplicates_too(with_copies: tuple[Workspace
     missing = make_builder("groups", near_duplicate_model="other-clip", **options).build(workspace).metadata[
         "near_duplicates"]
     assert missing["clusters"] == 2 and "no stored other-clip embeddings: perceptual hash only" in missing["method"]
+
+
+def test_an_attribute_no_class_lacks_is_a_clear_error(judged: Workspace) -> None:
+    judged.catalog.add_verdicts(Verdict(item.item_id, "sky", "ann", "round-2", "spurious")
+                                for item in judged.catalog.items())
+    with pytest.raises(BuildError, match="each class needs items with and without 'sky'.*'cat|sky': 50"):
+        make_builder("groups", attribute="sky", verdict_round="round-2", min_group_size=0, val_per_group=0,
+                     test_per_group=0).build(judged)

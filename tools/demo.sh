@@ -30,8 +30,8 @@ curate report -w "$WS"
 step "5. verify: the workspace's own Label Studio, one round of CLIP's guesses, three simulated annotators"
 echo "(simulated people accept the pre-filled answers with a 10% error rate; their verdicts and the cards say so)"
 curate annotate serve -w "$WS"
-curate annotate push round-1 --source clip --budget 15 --max-attributes 9 --overlap 0.5 --overlap-k 3 \
-    --threshold "$(.venv/bin/python tools/demo_threshold.py "$WS")" -w "$WS"
+curate annotate push round-1 --source clip --budget 15 --max-attributes 12 --overlap 0.5 --overlap-k 3 \
+    --threshold 0.49 -w "$WS"
 curate annotate simulate round-1 --annotators 3 --error-rate 0.1 -w "$WS"
 curate annotate pull round-1 -w "$WS"
 curate annotate status round-1 -w "$WS"
@@ -39,9 +39,10 @@ curate verdicts --round round-1 --limit 8 -w "$WS"
 step "6. build releases: the group table reproduced (SubpopBench + WILDS exports), groups and MM-SpuBench items"
 echo "   from the round's verdicts, FOCUS-style settings (CLIP)"
 curate build groups --set group_source=groups.csv --out "$WS/releases/groups" -w "$WS"
-curate build groups --set attribute="$(.venv/bin/python tools/demo_threshold.py "$WS" --attribute)" \
-    --set verdict_round=round-1 --set train_correlation=0.5 --set min_group_size=0 --set val_per_group=0 \
-    --set test_per_group=0 --out "$WS/releases/verified-groups" -w "$WS"
+mapfile -t PICKED < <(.venv/bin/python tools/demo_pick_attribute.py "$WS" round-1)
+curate build groups "${PICKED[@]}" --set verdict_round=round-1 \
+    --set train_correlation=0.5 --set min_group_size=0 --set val_per_group=0 --set test_per_group=0 \
+    --out "$WS/releases/verified-groups" -w "$WS"
 curate build mmspubench --set verdict_round=round-1 --out "$WS/releases/mmspubench" -w "$WS"
 curate propose focus-settings --set weights=random -w "$WS"
 curate build focus --set allow_machine=true --out "$WS/releases/focus" -w "$WS"

@@ -197,6 +197,10 @@ class GroupsBuilder(Builder):
             labels = {i.item_id: y_names.index(i.label) for i in items}  # type: ignore[arg-type]
             assigned += [(member, labels[member], presence[member], split_of[first])
                          for member, first in sorted(followers.items()) if first in split_of]
+        if not assigned:
+            decided = {f"{y_names[y]}|{a_names[a]}": len(ids) for (y, a), ids in sorted(pools.items())}
+            raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
+                             f"items with and without {self.attribute!r} (decided items per class|group: {decided})")
         present = Counter((split, y, a) for _, y, a, split in assigned)
         for split in SPLIT_CODES:
             for y in range(len(y_names)):
