@@ -372,7 +372,7 @@ def test_a_rebuild_replaces_the_whole_release_and_publish_ships_only_its_tables(
                                 for name, role, kind in (("whiskers", "core", None), ("fur", "core", None),
                                                          ("sofa", "spurious", "Background"),
                                                          ("toy", "spurious", "Co-occurring Objects"),
-                                                         ("lighting", "spurious", "Lighting and Shadows")))
+                                                         ("grass", "spurious", "Background")))
     result = build(judged, make_builder("mmspubench", verdict_round="r1"), release)
     assert sorted(p.name for p in (release / "data").iterdir()) == ["test.parquet"]
     assert not (release / "metadata.csv").exists() and (release / "annotation.json").is_file()
