@@ -21,6 +21,22 @@ from label_studio_sdk.label_interface import LabelInterface
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.verdicts import ATTRIBUTE_CHOICES, VerdictValue
 
+
+def beside_image(controls: str) -> str:
+    """A labeling config with the image on the left and ``controls`` beside it, so every question
+    is in view with the picture (a full-width image pushes them below the fold)."""
+    return f"""<View>
+  <View style="display: flex; gap: 24px; align-items: flex-start">
+    <View style="flex: 0 0 55%">
+      <Image name="image" value="$image" zoom="true"/>
+    </View>
+    <View style="flex: 1 1 auto">
+{controls}
+    </View>
+  </View>
+</View>"""
+
+
 ATTRIBUTE_SLOTS = 12
 """Attributes one task can show (a round's ``max_attributes`` is at most this)."""
 
@@ -33,22 +49,13 @@ def _attribute_slot(index: int) -> str:
                visibleWhen="choice-selected" whenTagName="verdict_{index}" whenChoiceValue="spurious"/>"""
 
 
-ATTRIBUTE_VERIFICATION = f"""<View>
-  <View style="display: flex; gap: 24px; align-items: flex-start">
-    <View style="flex: 0 0 55%">
-      <Image name="image" value="$image" zoom="true"/>
-    </View>
-    <View style="flex: 1 1 auto">
-      <Header value="Class: $class_label"/>
+ATTRIBUTE_VERIFICATION = beside_image(f"""      <Header value="Class: $class_label"/>
       <Text name="instructions" value="$instructions"/>
 {chr(10).join(_attribute_slot(i) for i in range(ATTRIBUTE_SLOTS))}
       <Header value="Attributes the proposers missed (one per line)" size="6"/>
       <TextArea name="missed" toName="image" editable="true" maxSubmissions="1" rows="2"/>
       <Header value="Anything wrong with the image or the task? (your reason, if you reject something)" size="6"/>
-      <TextArea name="comment" toName="image" editable="true" maxSubmissions="1" rows="2"/>
-    </View>
-  </View>
-</View>"""
+      <TextArea name="comment" toName="image" editable="true" maxSubmissions="1" rows="2"/>""")
 """One task per image: every attribute on a row of its own, its name and proposed type above one-click
 choices (core / spurious / not present / unsure); a spurious attribute shows a type picker, pre-set to
 the proposed type. Unused rows have no choices and show nothing."""
@@ -58,59 +65,49 @@ ATTRIBUTE_INSTRUCTIONS = ("For each attribute: is it a core feature of the class
                           "machine's guesses: check each one.")
 
 
-BOX_REVIEW = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <Header value="Fix the boxes of: $attribute (class $class_label). Delete wrong boxes, draw missed ones."/>
-  <RectangleLabels name="boxes" toName="image">
-    <Label value="cue"/>
-  </RectangleLabels>
-  <Choices name="box_verdict" toName="image" choice="single-radio" showInline="true">
-    <Choice value="boxes correct"/>
-    <Choice value="boxes fixed"/>
-    <Choice value="cue not in image"/>
-  </Choices>
-</View>"""
+BOX_REVIEW = beside_image("""      <Header value="Fix the boxes of: $attribute (class $class_label)."/>
+      <Header value="Delete wrong boxes, draw missed ones." size="6"/>
+      <RectangleLabels name="boxes" toName="image">
+        <Label value="cue"/>
+      </RectangleLabels>
+      <Choices name="box_verdict" toName="image" choice="single-radio" showInline="true">
+        <Choice value="boxes correct"/>
+        <Choice value="boxes fixed"/>
+        <Choice value="cue not in image"/>
+      </Choices>""")
 
-MCQ_REVIEW = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <Header value="$question"/>
-  <Text name="choice_list" value="$choices_text"/>
-  <Header value="Proposed answer: $answer"/>
-  <Choices name="answer_right" toName="image" choice="single-radio" showInline="true">
-    <Choice value="answer right"/>
-    <Choice value="answer wrong"/>
-  </Choices>
-  <Choices name="ambiguous" toName="image" choice="single-radio" showInline="true">
-    <Choice value="clear"/>
-    <Choice value="ambiguous"/>
-  </Choices>
-  <TextArea name="comment" toName="image" placeholder="What is wrong?" maxSubmissions="1"/>
-</View>"""
+MCQ_REVIEW = beside_image("""      <Header value="$question"/>
+      <Text name="choice_list" value="$choices_text"/>
+      <Header value="Proposed answer: $answer"/>
+      <Choices name="answer_right" toName="image" choice="single-radio" showInline="true">
+        <Choice value="answer right"/>
+        <Choice value="answer wrong"/>
+      </Choices>
+      <Choices name="ambiguous" toName="image" choice="single-radio" showInline="true">
+        <Choice value="clear"/>
+        <Choice value="ambiguous"/>
+      </Choices>
+      <TextArea name="comment" toName="image" placeholder="What is wrong?" maxSubmissions="1"/>""")
 
-SETTING_REVIEW = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <Header value="Class: $class_label. Check the setting of the image."/>
-  <Choices name="time" toName="image" choice="single-radio" showInline="true">
-    <Choice value="day"/><Choice value="night"/><Choice value="none"/>
-  </Choices>
-  <Choices name="weather" toName="image" choice="single-radio" showInline="true">
-    <Choice value="cloudy"/><Choice value="foggy"/><Choice value="partly cloudy"/><Choice value="raining"/>
-    <Choice value="snowing"/><Choice value="sunny"/><Choice value="none"/>
-  </Choices>
-  <Choices name="locations" toName="image" choice="multiple" showInline="true">
-    <Choice value="forest"/><Choice value="grass"/><Choice value="indoors"/><Choice value="rocks"/>
-    <Choice value="sand"/><Choice value="street"/><Choice value="snow"/><Choice value="water"/><Choice value="none"/>
-  </Choices>
-</View>"""
+SETTING_REVIEW = beside_image("""      <Header value="Class: $class_label. Check the setting of the image."/>
+      <Choices name="time" toName="image" choice="single-radio" showInline="true">
+        <Choice value="day"/><Choice value="night"/><Choice value="none"/>
+      </Choices>
+      <Choices name="weather" toName="image" choice="single-radio" showInline="true">
+        <Choice value="cloudy"/><Choice value="foggy"/><Choice value="partly cloudy"/><Choice value="raining"/>
+        <Choice value="snowing"/><Choice value="sunny"/><Choice value="none"/>
+      </Choices>
+      <Choices name="locations" toName="image" choice="multiple" showInline="true">
+        <Choice value="forest"/><Choice value="grass"/><Choice value="indoors"/><Choice value="rocks"/>
+        <Choice value="sand"/><Choice value="street"/><Choice value="snow"/><Choice value="water"/>
+        <Choice value="none"/>
+      </Choices>""")
 
-LOGO_REVIEW = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <Choices name="is_logo" toName="image" choice="single-radio" showInline="true">
-    <Choice value="logo"/>
-    <Choice value="not a logo"/>
-  </Choices>
-  <TextArea name="brand" toName="image" placeholder="Which brand?" maxSubmissions="1"/>
-</View>"""
+LOGO_REVIEW = beside_image("""      <Choices name="is_logo" toName="image" choice="single-radio" showInline="true">
+        <Choice value="logo"/>
+        <Choice value="not a logo"/>
+      </Choices>
+      <TextArea name="brand" toName="image" placeholder="Which brand?" maxSubmissions="1"/>""")
 
 # kind -> (config, the controls pull reads back)
 CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
