@@ -198,7 +198,7 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
     evidence = workspace.catalog.evidence(source=source, run_id=run_id)
     boxes_of = {(e.item_id, e.attribute): e.boxes for e in evidence
                 if (e.role == EvidenceRole.CORE) == (mask == "object")}
-    presence = presence_from_evidence(evidence, items, threshold=0.0)
+    presence = presence_from_evidence(evidence, items, threshold=0.0).filter(pl.col("own"))  # the class's own cues
     all_classes = sorted({i.label for i in items.values() if i.label})
     wanted = set(classes) if classes else set(all_classes)
     rows, skipped = [], 0
