@@ -67,6 +67,9 @@ def test_each_cue_breaks_its_ties_with_its_own_shuffle() -> None:
 def test_a_constant_score_predicts_at_the_majority_rate(recwarn: pytest.WarningsRecorder) -> None:
     labels = np.array(["a"] * 6 + ["b"] * 4)
     assert predictivity(np.ones(10), labels) == (0.6, 0.6)
+    rare = np.r_[np.zeros(9), 1.0]  # one image shows the cue: some training folds see a constant score
+    acc, majority = predictivity(rare, labels)
+    assert majority == 0.6 and 0.0 <= acc <= 1.0
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 

@@ -266,3 +266,5 @@ def test_a_capped_negative_pool_is_the_same_sample_on_every_run(animals: Workspa
     assert len(negatives) == 2
     again = propose(animals, make_proposer("clip", model=tiny_clip, cue_source="llm", negatives=1), progress=False)
     assert again.counts == {}
+    with pytest.raises(ProposeError, match="negatives is how many other classes' images"):
+        propose(animals, make_proposer("clip", model=tiny_clip, negatives=-1), progress=False)

@@ -11,9 +11,10 @@ cue (machine rows scored only as negatives, ``own`` false, count but get no row 
   Wilson interval;
 - ``lift`` = P(class | cue) / P(class); ``pmi`` = log2(lift);
 - ``nmi``: normalised mutual information between "is this class" and "has this cue";
-- ``predictivity_gain``: cleanlab-style, the cross-validated accuracy of a Gaussian naive Bayes
-  classifier predicting the class from the cue's score alone, minus the majority-class accuracy
-  (per cue, repeated on each of its rows).
+- ``predictivity_gain``: cleanlab-style, the cross-validated accuracy (out-of-fold predictions
+  pooled) of a Gaussian naive Bayes classifier predicting the class from the cue's score alone,
+  minus the majority-class accuracy (per cue, repeated on each of its rows); a fold whose training
+  scores are constant predicts its majority class.
 """
 
 from __future__ import annotations
@@ -77,23 +78,29 @@ def _frame(rows: list[dict[str, object]]) -> pl.DataFrame:
 
 
 def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """(cross-validated Gaussian naive Bayes accuracy from one score, majority-class accuracy).
+    """(accuracy of out-of-fold Gaussian naive Bayes predictions from one score, majority-class accuracy).
 
     >>> acc, base = predictivity(np.r_[np.zeros(10), np.ones(10)], np.array(["a"] * 10 + ["b"] * 10))
     >>> acc, base
     (1.0, 0.5)
     """
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.naive_bayes import GaussianNB
 
     values, counts = np.unique(labels, return_counts=True)
     majority = float(counts.max() / counts.sum())
     n_splits = min(folds, int(counts.min()))
-    if len(values) < 2 or n_splits < 2 or np.ptp(scores) == 0:  # a constant score predicts nothing
+    if len(values) < 2 or n_splits < 2:
         return majority, majority
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    accuracy = cross_val_score(GaussianNB(), scores.reshape(-1, 1), labels, cv=splitter, scoring="accuracy")
-    return float(accuracy.mean()), majority
+    x, correct = scores.reshape(-1, 1), 0
+    for train, test in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(x, labels):
+        if np.ptp(x[train]) == 0:  # a constant score has no variance to fit: predict the fold's majority
+            seen, seen_counts = np.unique(labels[train], return_counts=True)
+            predicted = np.full(len(test), seen[seen_counts.argmax()])
+        else:
+            predicted = GaussianNB().fit(x[train], labels[train]).predict(x[test])
+        correct += int((predicted == labels[test]).sum())
+    return correct / len(labels), majority
 
 
 def cue_statistics(presence: pl.DataFrame, evidence_kind: str) -> pl.DataFrame:

@@ -55,11 +55,12 @@ class ClipScorer(ImageScorer):
 
     def texts(self, label: str) -> tuple[np.ndarray, np.ndarray]:
         """(cue ensembles, contrast ensemble) of the current cues for images of class ``label``."""
-        if label not in self.text_vectors:
-            self.text_vectors[label] = (
-                np.stack([ensemble(self.clip, self.templates, self.context, attribute=c.attribute, label=label)
-                          for c in self.cues]),
-                ensemble(self.clip, self.contrast, self.context, label=label))
+        if label not in self.text_vectors:  # one text-encoder call for every cue's templates
+            texts = [t.format(attribute=c.attribute, label=label) for c in self.cues for t in self.templates]
+            means = self.clip.encode_texts(texts, self.context.workspace.cache).reshape(
+                len(self.cues), len(self.templates), -1).mean(axis=1)
+            self.text_vectors[label] = (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12),
+                                        ensemble(self.clip, self.contrast, self.context, label=label))
         return self.text_vectors[label]
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from curate.executors import ImageBatch, image_batches
 from curate.progress import progress_bar
-from curate.propose.base import ProposeContext
+from curate.propose.base import ProposeContext, ProposeError
 from curate.records import NEGATIVE_OF, Cue, Evidence, Item
 
 
@@ -100,16 +100,20 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     scored on its own class's terms; a pair first scored for the pool is scored again once its own
     class lists the attribute.
     """
+    if negatives is not None and negatives < 0:
+        raise ProposeError(f"negatives is how many other classes' images to score (0 or more), not {negatives}")
     labels = context.class_labels()
     cues_of = {label: class_cues(context, label, cue_source) for label in labels}
     for label in labels:
         if not cues_of[label]:
             context.count(items_without_cues=len(context.pending_items(label)))
     everything = list(context.workspace.catalog.items())
+    by_label: dict[str | None, list[Item]] = {}
+    for item in everything:
+        by_label.setdefault(item.label, []).append(item)
     for own in (True, False):
         for label in (label for label in labels if cues_of[label]):
-            candidates = [i for i in everything if i.label == label] if own else negative_pool(everything, label,
-                                                                                                negatives)
+            candidates = by_label.get(label, []) if own else negative_pool(everything, label, negatives)
             stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in candidates))
             done = {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
                     for item_id, attributes in stored.items()}
