@@ -279,3 +279,21 @@ def test_the_report_shows_each_gap_with_its_interval_baseline_and_failures(dogs:
     assert f"## Spurious gap: table (run `{run.run_id}`)" in text and "1 answers failed and count as wrong" in text
     assert "| dog | grass | 2 | 0.500 | 1.000 | 0.750 | [0.500, 1.000] | [-0.750, 0.750] | 1 |" in text
     assert "## Cues" not in text  # a gap run is not a cue analysis
+
+
+def test_the_report_reads_gap_runs_written_before_the_intervals(dogs: tuple[Workspace, dict[str, str]],
+                                                               tmp_path: Path) -> None:
+    from curate.analyze.report import build_report
+
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": 1} for i in ids.values() for v in ("natural", "masked")]
+                 ).write_csv(path)
+    measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    with workspace.runs.track("analyze", "gap table", {"gap": "table", "mask": "object"}) as old:
+        workspace.tables.write(GAPS_TABLE, pl.DataFrame({  # the columns an earlier version stored
+            "class_label": ["dog"], "attribute": ["sky"], "k": [2], "natural_gap": [0.5], "masked_gap": [0.5],
+            "score": [0.5], "run_id": [old.run_id]}), part=old.run_id)
+    text = build_report(workspace).read_text()
+    assert "| dog | sky | 2 | 0.500 | 0.500 | 0.500 | [-, -] | [-, -] | - |" in text
+    assert text.count("## Spurious gap: table") == 2

@@ -74,10 +74,11 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
     runs = workspace.runs.list()
     analyses, gaps, evaluations = [], [], []
     for run in (r for r in runs if r.stage == "analyze" and "gap" in r.config):
-        if GAPS_TABLE not in workspace.tables.names():
-            break
-        table = workspace.tables.scan(GAPS_TABLE).filter(pl.col("run_id") == run.run_id).collect()
-        table = table.with_columns(pl.lit(None).alias(c) for c in GAP_COLUMNS if c not in table.columns)  # older runs
+        try:  # each run's own part: parts from older versions have fewer columns
+            table = workspace.tables.scan(GAPS_TABLE, part=run.run_id).collect()
+        except KeyError:
+            continue
+        table = table.with_columns(pl.lit(None).alias(c) for c in GAP_COLUMNS if c not in table.columns)
         gaps.append({"kind": run.config["gap"], "run_id": run.run_id, "mask": run.config["mask"],
                      "bootstrap": run.config.get("bootstrap"), "failed": run.counts.get("failed_answers", 0),
                      "rows": table.sort(["class_label", "score"], descending=[False, True],
