@@ -33,7 +33,7 @@ from annotation.configs import (
 from annotation.files import image_url
 from annotation.transport import PREFILL_VERSION, BridgeError, Task
 from curate.ingest.base import read_table
-from curate.records import Evidence, EvidenceRole, Item
+from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item
 from curate.registry import Registry
 from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, VerdictValue, resolve
 from curate.workspace import Workspace
@@ -64,13 +64,13 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
           ) -> list[tuple[Item, list[Evidence]]]:
     """The items to show (not ``exclude``d), with their evidence: one row per attribute (the highest
     score when several runs scored it; core attributes first, then by score), units decided by other
-    rounds left out, most uncertain first, strata taking turns, at most ``spec.budget``. A stratum is a
+    rounds and another class's cues scored only as negatives left out, most uncertain first, strata taking turns, at most ``spec.budget``. A stratum is a
     class, or a (class, spurious attribute) group for items of a group table, so small groups are
     verified in full first."""
     decided = decided_elsewhere(workspace, spec.name)
     best: dict[str, dict[str, Evidence]] = defaultdict(dict)
     for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
-        if row.item_id in exclude or (row.item_id, row.attribute) in decided:
+        if row.item_id in exclude or (row.item_id, row.attribute) in decided or NEGATIVE_OF in row.extra:
             continue
         kept = best[row.item_id].get(row.attribute)
         if kept is None or (row.score or 0.0) > (kept.score or 0.0):

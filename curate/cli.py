@@ -435,17 +435,22 @@ def gap(
     k: Annotated[int, typer.Option(help="Images in the top and bottom groups.")] = 50,
     classes: Annotated[str | None, typer.Option(help="Only these classes, comma-separated.")] = None,
     mask: Annotated[str, typer.Option(help="Black out the class 'object' (SpurLens) or the 'cue'.")] = "object",
+    bootstrap: Annotated[int, typer.Option(help="Draws for the score's 95% interval and the random-ordering "
+                                                "baseline.")] = 1000,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Spurious gap of a model per (class, cue): natural, masked and their mean."""
+    """Spurious gap of a model per (class, cue): natural, masked, their mean with a bootstrap 95% interval,
+    and the 95% range of the score under a random ordering."""
     with _user_errors():
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result_run, table = measure_gaps(Workspace.open(workspace), kind, parse_pairs(set_ or []), source,
-                                         run, k, classes=chosen, mask=mask)
-    out.print(_table("spurious gap", ["class", "cue", "natural", "masked", "score"],
+                                         run, k, classes=chosen, mask=mask, bootstrap=bootstrap)
+    out.print(_table("spurious gap", ["class", "cue", "natural", "masked", "score", "95% interval", "random 95%"],
                      [[r["class_label"], r["attribute"], _fmt(r["natural_gap"]), _fmt(r["masked_gap"]),
-                       _fmt(r["score"])] for r in table.iter_rows(named=True)]))
-    _summary(f"gap {kind}: {table.height} (class, cue) rows [run {result_run.run_id}]")
+                       _fmt(r["score"]), f"[{_fmt(r['score_low'])}, {_fmt(r['score_high'])}]",
+                       f"[{_fmt(r['random_low'])}, {_fmt(r['random_high'])}]"] for r in table.iter_rows(named=True)]))
+    _summary(f"gap {kind}: {table.height} (class, cue) rows, {result_run.counts.get('failed_answers', 0)} failed "
+             f"answers (counted wrong) [run {result_run.run_id}]")
 
 
 def _fmt(value: float | None) -> str:

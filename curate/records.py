@@ -96,12 +96,17 @@ class EvidenceRole(StrEnum):
     CANDIDATE = "candidate"
 
 
+NEGATIVE_OF = "negative_of"
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """One machine claim about an item: an attribute, its role, type, score and boxes.
 
     Keyed by (``item_id``, ``attribute``, ``source``, ``run_id``); ``source`` names the proposer.
-    Boxes are ``[x0, y0, x1, y1, confidence]`` in pixels of the displayed image.
+    Boxes are ``[x0, y0, x1, y1, confidence]`` in pixels of the displayed image. A row scored only
+    as a negative, for a cue of another class than the item's, names that class in
+    ``extra[NEGATIVE_OF]``.
     """
 
     item_id: str

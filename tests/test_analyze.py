@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from conftest import distinct_image
 from PIL import Image
 
 from curate.analyze import STATS_TABLE, analyze_cues, rank_by_score
-from curate.analyze.cues import cue_statistics, wilson
+from curate.analyze.cues import cue_statistics, predictivity, wilson
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
 from curate.workspace import Workspace
@@ -54,6 +55,22 @@ def test_ranking_breaks_ties_with_a_seeded_shuffle() -> None:
     assert first == again and first[0] == "top" and first[-1] == "bottom"
     assert first != ["top"] + [f"i{n}" for n in range(20)] + ["bottom"]  # ties are shuffled, not in insertion order
     assert rank_by_score(scores, seed=1) != first
+
+
+def test_each_cue_breaks_its_ties_with_its_own_shuffle() -> None:
+    zeros = {f"i{n}": 0.0 for n in range(20)}
+    grass, leash = rank_by_score(zeros, cue=("dog", "grass")), rank_by_score(zeros, cue=("dog", "leash"))
+    assert set(grass[-5:]) != set(leash[-5:])  # cues scoring 0 everywhere do not share their bottom K
+    assert rank_by_score(zeros, cue=("dog", "grass")) == grass  # and a re-run gives the same order
+
+
+def test_a_constant_score_predicts_at_the_majority_rate(recwarn: pytest.WarningsRecorder) -> None:
+    labels = np.array(["a"] * 6 + ["b"] * 4)
+    assert predictivity(np.ones(10), labels) == (0.6, 0.6)
+    rare = np.r_[np.zeros(9), 1.0]  # one image shows the cue: some training folds see a constant score
+    acc, majority = predictivity(rare, labels)
+    assert majority == 0.6 and 0.0 <= acc <= 1.0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from PIL import Image
 
 from curate.analyze import GAPS_TABLE, measure_gaps
 from curate.analyze.gap import ClipZeroShot, PredictionTable, masked_image, spurious_gaps
+from curate.images import open_image
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole
 from curate.workspace import Workspace
@@ -51,10 +52,35 @@ def test_gap_by_hand_with_a_prediction_table(dogs: tuple[Workspace, dict[str, st
     assert row["natural_top_acc"] == 1.0 and row["natural_bottom_acc"] == 0.5 and row["natural_gap"] == 0.5
     assert row["masked_top_acc"] == 0.0 and row["masked_bottom_acc"] == 1.0 and row["masked_gap"] == 1.0
     assert row["score"] == 0.75 and result.skipped_without_boxes == 0
+    assert row["top_items"] == [ids["0.png"], ids["1.png"]] and row["bottom_items"] == [ids["2.png"], ids["3.png"]]
+    # bootstrap: top always right (natural) and wrong (masked), bottom masked always right, so only the
+    # bottom natural mean varies: 0, 0.5 or 1, each score in {1, 0.75, 0.5} drawn often enough to set the ends
+    assert (row["score_low"], row["score_high"]) == (0.5, 1.0)
+    # random ordering: the six ways to split the four images into two pairs score +-0.75, +-0.25, +-0.25
+    assert (row["random_low"], row["random_high"]) == (-0.75, 0.75) and abs(row["random_score"]) < 0.05
+    assert row["failed_answers"] == 0
 
     run, table = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
-    assert table.equals(result.table) and run.counts == {"rows": 1, "images_without_object_boxes": 0}
+    assert table.equals(result.table)  # the same draws on a re-run
+    assert run.counts == {"rows": 1, "images_without_object_boxes": 0, "failed_answers": 0}
+    again, _ = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    assert again.run_id == run.run_id and again.counts == run.counts  # a re-run replaces its table and counts
     assert workspace.tables.read(GAPS_TABLE)["score"].to_list() == [0.75]
+
+
+def test_a_perfect_separation_has_a_tight_interval_and_a_wide_random_baseline(
+        dogs: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": int(n in ("0.png", "1.png"))}
+                  for n, i in ids.items() for v in ("natural", "masked")]).write_csv(path)
+    row = spurious_gaps(workspace, PredictionTable(path), k=2).table.row(0, named=True)
+    # the top images say dog (natural right, masked wrong), the bottom ones never do: every resample
+    # scores 1; a random split of the four into pairs scores 1, 0 or -1
+    assert row["score"] == 1.0 and (row["score_low"], row["score_high"]) == (1.0, 1.0)
+    assert (row["random_low"], row["random_high"]) == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="bootstrap is a number of draws"):
+        spurious_gaps(workspace, PredictionTable(path), bootstrap=0)
 
 
 def test_masked_images_black_out_the_object_once(dogs: tuple[Workspace, dict[str, str]]) -> None:
@@ -69,14 +95,50 @@ def test_masked_images_black_out_the_object_once(dogs: tuple[Workspace, dict[str
     assert len(list((workspace.root / "derived" / "masked").glob("*.png"))) == 1
 
 
-def test_clip_zero_shot_as_the_model_under_test(dogs: tuple[Workspace, dict[str, str]], tiny_clip: str) -> None:
-    workspace, _ = dogs
-    answers = ClipZeroShot(tiny_clip).says_present([], [Image.new("RGB", (32, 32))] * 2, "dog", "natural",
-                                                    ["cat", "dog"])
-    assert len(answers) == 2 and set(answers) <= {0.0, 1.0}
-    run, table = measure_gaps(workspace, "clip", {"model": tiny_clip}, k=2)
-    assert table.height == 1 and -1.0 <= table["score"][0] <= 1.0
+def test_clip_zero_shot_gap_equals_the_gap_of_its_own_predictions(workspace: Workspace, tmp_path: Path,
+                                                                   tiny_clip: str) -> None:
+    colours = {"0.png": (255, 0, 0), "1.png": (250, 0, 0), "2.png": (0, 255, 0), "3.png": (0, 250, 0)}
+    for name, colour in colours.items():  # plain colours the random tiny CLIP does not all call the same
+        (tmp_path / "img" / "dog").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24), colour).save(tmp_path / "img" / "dog" / name)
+    (tmp_path / "img" / "cat").mkdir()
+    Image.new("RGB", (32, 24), (0, 0, 255)).save(tmp_path / "img" / "cat" / "c.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    items = {ref.locator.split("/")[1]: workspace.catalog.item(ref.item_id) for ref in workspace.catalog.references()}
+    workspace.catalog.add_evidence(
+        [Evidence(items[n].item_id, "grass", "detector", "p1", EvidenceRole.CANDIDATE, "Background", s)
+         for n, s in GRASS.items()]
+        + [Evidence(items[n].item_id, "dog", "detector", "p1", EvidenceRole.CORE, None, 0.7, BOX) for n in GRASS])
+    model = ClipZeroShot(tiny_clip, template="{label}")
+    natural = dict(zip(GRASS, model.predict([open_image(Path(items[n].uri)) for n in GRASS], ["cat", "dog"]),
+                       strict=True))
+    masked = dict(zip(GRASS, model.predict([masked_image(workspace, items[n], BOX) for n in GRASS], ["cat", "dog"]),
+                      strict=True))
+    top, bottom = ("0.png", "1.png"), ("2.png", "3.png")  # grass scores 0.9, 0.8 | 0.1, 0.0
+
+    def accuracy(names: tuple[str, ...], said: dict[str, str], dog_is_right: bool) -> float:
+        return sum((said[n] == "dog") == dog_is_right for n in names) / len(names)
+
+    natural_gap = accuracy(top, natural, True) - accuracy(bottom, natural, True)
+    masked_gap = accuracy(bottom, masked, False) - accuracy(top, masked, False)
+    assert natural_gap != 0  # the case is not degenerate: the model tells these images apart
+    run, table = measure_gaps(workspace, "clip", {"model": tiny_clip, "template": "{label}"}, k=2)
+    row = table.row(0, named=True)
+    assert row["natural_gap"] == pytest.approx(natural_gap) and row["masked_gap"] == pytest.approx(masked_gap)
+    assert row["score"] == pytest.approx((natural_gap + masked_gap) / 2)
+    assert row["score_low"] <= row["score"] <= row["score_high"]
     assert run.models == {tiny_clip: "curate-tiny-clip@random"}
+
+
+def test_a_clip_that_cannot_tell_classes_apart_has_no_gap(dogs: tuple[Workspace, dict[str, str]],
+                                                          tiny_clip: str) -> None:
+    workspace, _ = dogs
+    # one text for every class: the first class (cat) always wins, so no image is ever called a dog
+    _, table = measure_gaps(workspace, "clip", {"model": tiny_clip, "template": "a photo."}, k=2)
+    row = table.row(0, named=True)
+    assert (row["natural_top_acc"], row["natural_bottom_acc"]) == (0.0, 0.0)
+    assert (row["masked_top_acc"], row["masked_bottom_acc"]) == (1.0, 1.0)
+    assert row["score"] == 0.0 and (row["score_low"], row["score_high"]) == (0.0, 0.0)
 
 
 def test_a_vlm_answers_three_questions_per_image(dogs: tuple[Workspace, dict[str, str]]) -> None:
@@ -90,6 +152,55 @@ def test_a_vlm_answers_three_questions_per_image(dogs: tuple[Workspace, dict[str
         assert len(server.requests) == 3 * 8  # 2 top + 2 bottom, natural and masked
     row = table.row(0, named=True)
     assert row["natural_gap"] == 0.0 and row["masked_top_acc"] == 0.0 and row["score"] == 0.0
+
+
+def test_a_failed_vlm_answer_is_wrong_on_natural_and_masked_images(dogs: tuple[Workspace, dict[str, str]]) -> None:
+    workspace, _ = dogs
+
+    def one_of_each(body: dict[str, Any]) -> dict[str, str]:
+        question = body["messages"][0]["content"][0]["text"]
+        return {"answer": "yes" if question.startswith("Is there") else
+                "no" if question.startswith("Does this") else "perhaps"}  # the third never parses
+
+    with standin(one_of_each) as server:
+        run, table = measure_gaps(workspace, "vlm", {"base_url": server.base_url}, k=2)
+    row = table.row(0, named=True)
+    # per image: one yes (right on natural images), one no (right once the dog is masked), one failure
+    assert row["natural_top_acc"] == row["natural_bottom_acc"] == pytest.approx(1 / 3)
+    assert row["masked_top_acc"] == row["masked_bottom_acc"] == pytest.approx(1 / 3)
+    assert row["failed_answers"] == 8 and run.counts["failed_answers"] == 8  # 4 images, natural and masked
+
+
+def test_a_null_in_a_prediction_table_is_a_failed_answer(dogs: tuple[Workspace, dict[str, str]],
+                                                         tmp_path: Path) -> None:
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "prediction": None if n == "0.png" else "cat"}
+                  for n, i in ids.items() for v in ("natural", "masked")]).write_csv(path)
+    result = spurious_gaps(workspace, PredictionTable(path), k=2)
+    row = result.table.row(0, named=True)
+    # "cat" is right on masked images only; 0.png (top) has no answer: wrong on both
+    assert (row["natural_top_acc"], row["masked_top_acc"], row["masked_bottom_acc"]) == (0.0, 0.5, 1.0)
+    assert result.failed_answers == 2 and row["failed_answers"] == 2
+
+
+def test_cues_that_tie_everywhere_get_their_own_extremes(workspace: Workspace, tmp_path: Path) -> None:
+    (tmp_path / "img" / "dog").mkdir(parents=True)
+    for n in range(12):
+        distinct_image(500 + n, (16, 12)).save(tmp_path / "img" / "dog" / f"{n}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    dogs = [i.item_id for i in workspace.catalog.items()]
+    workspace.catalog.add_evidence([Evidence(i, cue, "detector", "p1", EvidenceRole.CANDIDATE, "Background", 0.0)
+                                    for i in dogs for cue in ("grass", "leash")]
+                                   + [Evidence(i, "dog", "detector", "p1", EvidenceRole.CORE, None, 0.7, BOX)
+                                      for i in dogs])
+    path = tmp_path / "a.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": 1} for i in dogs for v in ("natural", "masked")]
+                 ).write_csv(path)
+    first = spurious_gaps(workspace, PredictionTable(path), k=3).table
+    bottoms = {row["attribute"]: set(row["bottom_items"]) for row in first.iter_rows(named=True)}
+    assert bottoms["grass"] != bottoms["leash"]  # every score is 0: only the per-cue shuffle orders them
+    assert spurious_gaps(workspace, PredictionTable(path), k=3).table.equals(first)  # and a re-run repeats it
 
 
 def test_items_without_object_boxes_are_counted(dogs: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
@@ -113,7 +224,8 @@ def test_gap_through_the_cli(dogs: tuple[Workspace, dict[str, str]], tmp_path: P
                   for v in ("natural", "masked")]).write_csv(path)
     result = CliRunner().invoke(app, ["gap", "table", "--set", f"path={path}", "--k", "2", "-w", str(workspace.root)])
     assert result.exit_code == 0, result.output
-    assert "gap table: 1 (class, cue) rows" in result.output
+    assert "gap table: 1 (class, cue) rows, 0 failed answers (counted wrong)" in result.output
+    assert "95% interval" in result.output and "random 95%" in result.output
     bad = CliRunner().invoke(app, ["gap", "oracle", "-w", str(workspace.root)])
     assert bad.exit_code == 2 and "unknown model under test 'oracle'" in bad.output
 
@@ -151,3 +263,37 @@ def test_each_image_is_shown_to_the_model_once_whatever_number_of_cues(dogs: tup
     result = spurious_gaps(workspace, Counting(path), k=2)
     assert result.table.height == 2  # grass and sky rank the same four dogs, in opposite orders
     assert len(shown) == len(set(shown)) == 8  # 4 images x (natural, masked), each once
+
+
+def test_the_report_shows_each_gap_with_its_interval_baseline_and_failures(dogs: tuple[Workspace, dict[str, str]],
+                                                                          tmp_path: Path) -> None:
+    from curate.analyze.report import build_report
+
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    says = {"0.png": (1, 1), "1.png": (1, 1), "2.png": (1, 0), "3.png": (None, 0)}  # (natural, masked)
+    pl.DataFrame([{"item_id": ids[n], "variant": v, "present": p} for n, answers in says.items()
+                  for v, p in zip(("natural", "masked"), answers, strict=True)]).write_csv(path)
+    run, _ = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    text = build_report(workspace).read_text()
+    assert f"## Spurious gap: table (run `{run.run_id}`)" in text and "1 answers failed and count as wrong" in text
+    assert "| dog | grass | 2 | 0.500 | 1.000 | 0.750 | [0.500, 1.000] | [-0.750, 0.750] | 1 |" in text
+    assert "## Cues" not in text  # a gap run is not a cue analysis
+
+
+def test_the_report_reads_gap_runs_written_before_the_intervals(dogs: tuple[Workspace, dict[str, str]],
+                                                               tmp_path: Path) -> None:
+    from curate.analyze.report import build_report
+
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": 1} for i in ids.values() for v in ("natural", "masked")]
+                 ).write_csv(path)
+    measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    with workspace.runs.track("analyze", "gap table", {"gap": "table", "mask": "object"}) as old:
+        workspace.tables.write(GAPS_TABLE, pl.DataFrame({  # the columns an earlier version stored
+            "class_label": ["dog"], "attribute": ["sky"], "k": [2], "natural_gap": [0.5], "masked_gap": [0.5],
+            "score": [0.5], "run_id": [old.run_id]}), part=old.run_id)
+    text = build_report(workspace).read_text()
+    assert "| dog | sky | 2 | 0.500 | 0.500 | 0.500 | [-, -] | [-, -] | - |" in text
+    assert text.count("## Spurious gap: table") == 2

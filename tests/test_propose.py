@@ -5,6 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from conftest import distinct_image
 
@@ -12,7 +13,7 @@ from curate.ingest import FolderSource, ingest
 from curate.models import load_model
 from curate.propose import ProposeError, make_proposer, propose
 from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipProposer
-from curate.records import RunStatus
+from curate.records import Cue, Evidence, RunStatus
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
@@ -132,9 +133,13 @@ def test_detector_scores_are_the_best_box_of_each_cue(animals: Workspace, tiny_c
     _background_priors(animals)
     result = propose(animals, make_proposer("detector", weights="random", text_encoder=tiny_clip, conf=1e-9,
                                             imgsz=160, batch_size=2), ["cat"], progress=False)
+    dogs = {i.item_id for i in animals.catalog.items(label="dog")}
     n_cues = len(animals.catalog.cues(class_label="cat"))
-    assert result.counts == {"evidence": 3 * (n_cues + 1), "items": 3}  # every cue, and the class itself
+    # every cue and the class itself on cats; the cues alone on the dogs (the negative pool)
+    assert result.counts == {"evidence": 3 * (n_cues + 1) + 2 * n_cues, "items": 3, "negative_items": 2}
     rows = animals.catalog.evidence(source="detector")
+    assert {r.extra.get("negative_of") for r in rows if r.item_id in dogs} == {"cat"}
+    assert "dog" not in {r.attribute for r in rows}
     assert {r.role for r in rows if r.attribute == "cat"} == {"core"}
     assert {r.role for r in rows if r.attribute != "cat"} == {"candidate"}
     assert any(r.boxes for r in rows)  # a random head still returns boxes at a tiny threshold
@@ -188,3 +193,78 @@ def test_clip_and_detector_in_one_pass_decode_each_image_once(animals: Workspace
     opened.clear()
     alone = propose(animals, make_proposer("clip", model=tiny_clip), progress=False)
     assert opened == [] and "embeddings_computed" not in alone.counts and alone.counts["items"] == 5
+
+
+def _llm_cues(workspace: Workspace, cues: dict[str, list[str]]) -> None:
+    workspace.catalog.add_cues([Cue(label, attribute, "llm", "propose-llm", "Co-occurring Objects")
+                                for label, attributes in cues.items() for attribute in attributes])
+
+
+def test_class_specific_cues_are_scored_on_every_class_so_lift_ranks_them(animals: Workspace) -> None:
+    from curate.analyze import analyze_cues
+    from curate.executors import ImageBatch
+    from curate.propose.base import ProposeContext
+    from curate.propose.scoring import ImageScorer, score_images
+
+    ids = {label: [i.item_id for i in animals.catalog.items(label=label)] for label in ("cat", "dog")}
+    present = {"ball": set(ids["cat"] + ids["dog"]), "leash": {ids["dog"][0]}, "yarn": set(ids["cat"][:2])}
+
+    class Known(ImageScorer):  # a cue is present on exactly the images listed above
+        def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+            self.cues = cues
+
+        def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
+            return [Evidence(item.item_id, cue.attribute, "detector", context.run.run_id, score=float(
+                item.item_id in present[cue.attribute])) for item in batch.items for cue in self.cues]
+
+    _llm_cues(animals, {"dog": ["ball", "leash"], "cat": ["yarn"]})
+    with animals.runs.track("propose", "known", {"proposer": "known"}) as run:
+        score_images(ProposeContext(animals, run, None, progress=False), [Known()], 2, "llm", "known")
+    stats = analyze_cues(animals, "detector").stats
+    dog = {row["attribute"]: row for row in stats.filter(pl.col("class_label") == "dog").iter_rows(named=True)}
+    assert dog["leash"]["n_scored"] == 5 and dog["leash"]["p_class_given_cue"] == 1.0
+    assert dog["leash"]["lift"] == pytest.approx(5 / 2) and dog["leash"]["pmi"] == pytest.approx(np.log2(5 / 2))
+    assert dog["leash"]["nmi"] is not None and dog["ball"]["lift"] == pytest.approx(1.0)
+    # the class-specific cue outranks the cue every class has, though fewer dogs show it
+    assert (dog["leash"]["rank"], dog["ball"]["rank"]) == (1, 2)
+    assert set(stats["class_label"]) == {"cat", "dog"} and stats.height == 3  # no rows for cues a class never listed
+
+
+def test_clip_scores_cues_on_other_classes_and_a_rerun_adds_only_what_is_missing(animals: Workspace,
+                                                                                 tiny_clip: str) -> None:
+    _llm_cues(animals, {"dog": ["leash", "ball"], "cat": ["yarn"]})
+    first = propose(animals, make_proposer("clip", model=tiny_clip, cue_source="llm"), progress=False)
+    assert first.counts == {"embeddings_computed": 5, "evidence": 5 * 3, "items": 5, "negative_items": 5}
+    rows = {(r.item_id, r.attribute): r for r in animals.catalog.evidence(source="clip")}
+    labels = {i.item_id: i.label for i in animals.catalog.items()}
+    for (item_id, attribute), row in rows.items():
+        own = attribute in {"dog": {"leash", "ball"}, "cat": {"yarn"}}[labels[item_id]]
+        assert row.extra.get("negative_of") == (None if own else ("dog" if attribute != "yarn" else "cat"))
+    # an image is scored in the words of its own class, whichever class listed the cue
+    clip = load_model(tiny_clip)
+    cat_id = next(i for i, label in labels.items() if label == "cat")
+    contrast = clip.encode_texts([t.format(label="cat") for t in DEFAULT_CONTRAST]).mean(0)
+    image = rows[(cat_id, "leash")].extra["similarity"], rows[(cat_id, "leash")].extra["contrast_similarity"]
+    table = animals.tables.read(embeddings_table(tiny_clip))
+    vector = np.asarray(table.filter(table["item_id"] == cat_id)["embedding"][0], dtype=np.float32)
+    assert image[1] == pytest.approx(float(vector @ (contrast / np.linalg.norm(contrast))), abs=1e-5)
+
+    again = propose(animals, make_proposer("clip", model=tiny_clip, cue_source="llm"), progress=False)
+    assert again.counts == {} and len(animals.catalog.evidence(source="clip")) == 15
+    _llm_cues(animals, {"cat": ["leash"]})  # cats now list leash too: their rows become their own
+    third = propose(animals, make_proposer("clip", model=tiny_clip, cue_source="llm"), progress=False)
+    assert third.counts == {"evidence": 3, "items": 3}
+    assert all("negative_of" not in r.extra for r in animals.catalog.evidence(source="clip")
+               if r.attribute == "leash" and labels[r.item_id] == "cat")
+
+
+def test_a_capped_negative_pool_is_the_same_sample_on_every_run(animals: Workspace, tiny_clip: str) -> None:
+    _llm_cues(animals, {"dog": ["leash"], "cat": ["yarn"]})
+    result = propose(animals, make_proposer("clip", model=tiny_clip, cue_source="llm", negatives=1), progress=False)
+    assert result.counts["negative_items"] == 2  # one other image for each class
+    negatives = {(r.item_id, r.attribute) for r in animals.catalog.evidence(source="clip") if "negative_of" in r.extra}
+    assert len(negatives) == 2
+    again = propose(animals, make_proposer("clip", model=tiny_clip, cue_source="llm", negatives=1), progress=False)
+    assert again.counts == {}
+    with pytest.raises(ProposeError, match="negatives is how many other classes' images"):
+        propose(animals, make_proposer("clip", model=tiny_clip, negatives=-1), progress=False)

@@ -6,7 +6,9 @@ and its PNGs to ``reports/<run id>/`` in the workspace, where reports and datase
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +28,27 @@ DEFAULT_THRESHOLDS = {"detector": 0.05, "clip": 0.5}  # SpurLens' detector thres
 RANKING_SEED = 0
 
 
-def rank_by_score(scores: dict[str, float], seed: int = RANKING_SEED) -> list[str]:
-    """Item ids from the highest score to the lowest; ties broken by a seeded shuffle (SpurLens).
+def cue_seed(seed: int, *parts: str) -> list[int]:
+    """A seed for ``numpy.random.default_rng`` from the run's seed and what it is for (class, cue, use),
+    so every cue gets its own stream and a re-run the same one.
 
-    >>> rank_by_score({"a": 0.2, "b": 0.9, "c": 0.2, "d": 0.0}, seed=0)[:2]
-    ['b', 'c']
+    >>> cue_seed(0, "dog", "grass") == cue_seed(0, "dog", "grass") != cue_seed(0, "dog", "sky")
+    True
+    """
+    digest = hashlib.sha256("\n".join(parts).encode()).digest()
+    return [seed, *(int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4))]
+
+
+def rank_by_score(scores: dict[str, float], seed: int = RANKING_SEED, cue: Sequence[str] = ()) -> list[str]:
+    """Item ids from the highest score to the lowest; ties broken by a shuffle seeded by ``seed`` and
+    the ``cue`` (class, attribute), so cues that tie on most images do not share their extremes
+    (SpurLens reshuffles per cue).
+
+    >>> rank_by_score({"a": 0.2, "b": 0.9, "c": 0.2, "d": 0.0}, cue=("dog", "grass"))[0]
+    'b'
     """
     ids = list(scores)
-    shuffled = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    shuffled = [ids[i] for i in np.random.default_rng(cue_seed(seed, *cue)).permutation(len(ids))]
     return sorted(shuffled, key=lambda item_id: -scores[item_id])
 
 
@@ -81,15 +96,15 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         for row in stats.filter(pl.col("rank") == 1).iter_rows(named=True):
             scored = presence.filter((pl.col("class_label") == row["class_label"])
                                      & (pl.col("attribute") == row["attribute"]))
-            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)))
+            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
+                                  cue=(row["class_label"], row["attribute"]))
             k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
             top, bottom = order[:k], order[::-1][:k]
             thumbs = {i: _thumbnail(workspace, items[i].uri) for i in {*top, *bottom}}
             name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
             pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
                                          f"{row['class_label']}: '{row['attribute']}' ({kind})"))
-        with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": stats.height, "pictures": len(pictures)})
+        _set_counts(workspace, run, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
@@ -119,26 +134,38 @@ GAPS_TABLE = "spurious-gaps"
 
 def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | None = None,
                  source: str = "detector", run_id: str | None = None, k: int = 50, seed: int = RANKING_SEED,
-                 classes: list[str] | None = None, mask: str = "object") -> tuple[Run, pl.DataFrame]:
-    """Spurious gaps of a model under test (``table``, ``clip`` or ``vlm`` with its ``options``) as a
-    recorded ``analyze`` run; the table goes to the ``spurious-gaps`` side table."""
-    from curate.analyze.gap import MODELS_UNDER_TEST, VLMYesNo, spurious_gaps
+                 classes: list[str] | None = None, mask: str = "object",
+                 bootstrap: int | None = None) -> tuple[Run, pl.DataFrame]:
+    """Spurious gaps of a model under test (``table``, ``clip`` or ``vlm`` with its ``options``), with
+    bootstrap intervals and the random-ordering baseline (``bootstrap`` draws, 1000 by default), as a
+    recorded ``analyze`` run; the table goes to the ``spurious-gaps`` side table and the run counts
+    the answers that failed (``failed_answers``)."""
+    from curate.analyze.gap import BOOTSTRAP_DRAWS, MODELS_UNDER_TEST, VLMYesNo, spurious_gaps
 
     factory = MODELS_UNDER_TEST[kind]
     extra = {"workspace": workspace} if factory is VLMYesNo else {}
     options = check_options(factory, options or {}, f"model under test {kind!r}", skip=("workspace",))
     model = factory(**options, **extra)  # type: ignore[arg-type]
+    bootstrap = BOOTSTRAP_DRAWS if bootstrap is None else bootstrap
     config = {"gap": kind, "options": options or {}, "evidence": source, "evidence_run": run_id, "k": k, "seed": seed,
-              "classes": classes, "mask": mask}
+              "classes": classes, "mask": mask, "bootstrap": bootstrap}
     with workspace.runs.track("analyze", f"gap {kind}", config, extend_completed=True) as run:
         workspace.runs.set_models(run.run_id, {model.name: model.version})
-        result = spurious_gaps(workspace, model, source, run_id, k, seed, classes, mask)
+        result = spurious_gaps(workspace, model, source, run_id, k, seed, classes, mask, bootstrap=bootstrap)
         workspace.tables.write(GAPS_TABLE, result.table.with_columns(pl.lit(run.run_id).alias("run_id")),
                                part=run.run_id)
-        with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": result.table.height,
-                                                         "images_without_object_boxes": result.skipped_without_boxes})
+        _set_counts(workspace, run, {"rows": result.table.height,
+                                     "images_without_object_boxes": result.skipped_without_boxes,
+                                     "failed_answers": result.failed_answers})
     return workspace.runs.get(run.run_id), result.table
+
+
+def _set_counts(workspace: Workspace, run: Run, counts: dict[str, int]) -> None:
+    """Make the run's counts describe the table it has just (re)written: a re-run replaces its table
+    part, so its counts are set, not added to."""
+    stored = workspace.runs.get(run.run_id).counts
+    with workspace.transaction() as conn:
+        workspace.runs.add_counts(conn, run.run_id, {key: value - stored.get(key, 0) for key, value in counts.items()})
 
 
 def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> object:
@@ -151,5 +178,5 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40]
 
 
-__all__ = ["GAPS_TABLE", "STATS_TABLE", "AnalyzeResult", "analyze_cues", "cue_statistics", "measure_gaps",
-           "rank_by_score"]
+__all__ = ["GAPS_TABLE", "STATS_TABLE", "AnalyzeResult", "analyze_cues", "cue_seed", "cue_statistics",
+           "measure_gaps", "rank_by_score"]

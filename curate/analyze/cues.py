@@ -3,15 +3,18 @@
 Presence comes either from machine evidence (a score at or above a threshold: detector box
 confidence, CLIP presence probability) or from human verdicts; the two are never mixed, and every
 row says which it is (``evidence``). Statistics of a cue are computed over the items that were
-scored for that cue, whatever their class:
+scored for that cue, whatever their class: its own class's images and the negative pool the
+proposer scored it on (``curate.propose.scoring``). Rows are written for the classes that list the
+cue (machine rows scored only as negatives, ``own`` false, count but get no row of their own):
 
 - ``p_cue_given_class`` = P(cue | class), ``p_class_given_cue`` = P(class | cue), each with a 95%
   Wilson interval;
 - ``lift`` = P(class | cue) / P(class); ``pmi`` = log2(lift);
 - ``nmi``: normalised mutual information between "is this class" and "has this cue";
-- ``predictivity_gain``: cleanlab-style, the cross-validated accuracy of a Gaussian naive Bayes
-  classifier predicting the class from the cue's score alone, minus the majority-class accuracy
-  (per cue, repeated on each of its rows).
+- ``predictivity_gain``: cleanlab-style, the cross-validated accuracy (out-of-fold predictions
+  pooled) of a Gaussian naive Bayes classifier predicting the class from the cue's score alone,
+  minus the majority-class accuracy (per cue, repeated on each of its rows); a fold whose training
+  scores are constant predicts its majority class.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from curate.records import Evidence, EvidenceRole, Item, Verdict
+from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item, Verdict
 from curate.verdicts import ABSENT, PRESENT
 
 Z_95 = 1.959963984540054
@@ -49,11 +52,12 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
 
 
 def presence_from_evidence(evidence: Iterable[Evidence], items: dict[str, Item], threshold: float) -> pl.DataFrame:
-    """``item_id, class_label, attribute, taxonomy_type, score, present`` from machine evidence
-    about cues (evidence about the class object itself, role ``core``, is left out)."""
+    """``item_id, class_label, attribute, taxonomy_type, score, present, own`` from machine evidence
+    about cues (evidence about the class object itself, role ``core``, is left out); ``own`` is false
+    for rows scored only as negatives for another class's cue."""
     rows = [{"item_id": e.item_id, "class_label": items[e.item_id].label, "attribute": e.attribute,
              "taxonomy_type": e.taxonomy_type, "score": float(e.score or 0.0),
-             "present": float(e.score or 0.0) >= threshold}
+             "present": float(e.score or 0.0) >= threshold, "own": NEGATIVE_OF not in e.extra}
             for e in evidence
             if e.role != EvidenceRole.CORE and e.item_id in items and items[e.item_id].label is not None]
     return _frame(rows)
@@ -63,25 +67,25 @@ def presence_from_verdicts(verdicts: Iterable[Verdict], items: dict[str, Item]) 
     """The same table from human verdicts (``unsure`` and unknown values are left out)."""
     rows = [{"item_id": v.item_id, "class_label": items[v.item_id].label, "attribute": v.attribute,
              "taxonomy_type": v.taxonomy_type, "score": float(VERDICT_PRESENT[v.value]),
-             "present": VERDICT_PRESENT[v.value]}
+             "present": VERDICT_PRESENT[v.value], "own": True}
             for v in verdicts if v.value in VERDICT_PRESENT and v.item_id in items and items[v.item_id].label]
     return _frame(rows)
 
 
 def _frame(rows: list[dict[str, object]]) -> pl.DataFrame:
     schema = {"item_id": pl.String, "class_label": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
-              "score": pl.Float64, "present": pl.Boolean}
+              "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
     return pl.DataFrame(rows, schema=schema).unique(["item_id", "attribute"], keep="first", maintain_order=True)
 
 
 def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """(cross-validated Gaussian naive Bayes accuracy from one score, majority-class accuracy).
+    """(accuracy of out-of-fold Gaussian naive Bayes predictions from one score, majority-class accuracy).
 
     >>> acc, base = predictivity(np.r_[np.zeros(10), np.ones(10)], np.array(["a"] * 10 + ["b"] * 10))
     >>> acc, base
     (1.0, 0.5)
     """
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.naive_bayes import GaussianNB
 
     values, counts = np.unique(labels, return_counts=True)
@@ -89,14 +93,21 @@ def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: i
     n_splits = min(folds, int(counts.min()))
     if len(values) < 2 or n_splits < 2:
         return majority, majority
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    accuracy = cross_val_score(GaussianNB(), scores.reshape(-1, 1), labels, cv=splitter, scoring="accuracy")
-    return float(accuracy.mean()), majority
+    x, correct = scores.reshape(-1, 1), 0
+    for train, test in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(x, labels):
+        if np.ptp(x[train]) == 0:  # a constant score has no variance to fit: predict the fold's majority
+            seen, seen_counts = np.unique(labels[train], return_counts=True)
+            predicted = np.full(len(test), seen[seen_counts.argmax()])
+        else:
+            predicted = GaussianNB().fit(x[train], labels[train]).predict(x[test])
+        correct += int((predicted == labels[test]).sum())
+    return correct / len(labels), majority
 
 
 def cue_statistics(presence: pl.DataFrame, evidence_kind: str) -> pl.DataFrame:
     """One row per (class, cue) with the statistics above, ranked within each class by lift, then
-    P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null."""
+    P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
+    Without an ``own`` column every class scored gets a row."""
     from sklearn.metrics import normalized_mutual_info_score
 
     rows = []
@@ -106,7 +117,8 @@ def cue_statistics(presence: pl.DataFrame, evidence_kind: str) -> pl.DataFrame:
         acc, majority = predictivity(scored["score"].to_numpy(), labels)
         n_scored, n_cue = len(labels), int(present.sum())
         classes = np.unique(labels)
-        for label in classes:
+        listed = set(scored.filter(pl.col("own"))["class_label"]) if "own" in scored.columns else set(classes)
+        for label in (label for label in classes if label in listed):
             is_class = labels == label
             n_class, n_both = int(is_class.sum()), int((is_class & present).sum())
             p_cue_given_class = n_both / n_class

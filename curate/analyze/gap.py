@@ -1,6 +1,7 @@
 """The spurious gap of a model under test (SpurLens, spuriosity rankings).
 
-For each (class X, cue): rank X's images by the cue's score (ties broken by a seeded shuffle) and
+For each (class X, cue X lists): rank X's images by the cue's score (ties broken by a shuffle
+seeded by the run's seed and the cue, so cues that tie on most images get different extremes) and
 take the top K and bottom K.
 
 - natural gap = Acc(top K) - Acc(bottom K), where a model is right when it says X is there;
@@ -8,6 +9,21 @@ take the top K and bottom K.
   ``core``) are blacked out, so the right answer becomes "no X"; a model that still sees X where the
   cue is strong is hallucinating from the cue;
 - score = (natural gap + masked gap) / 2. Cues are ranked by it; there is no cut-off.
+
+An answer that failed (a VLM's unparseable or refused answer, a null in a prediction table) is
+wrong on natural and masked images alike (as in SpurLens); ``failed_answers`` counts them.
+
+Uncertainty, beside each score:
+
+- ``score_low`` / ``score_high``: a 95% percentile bootstrap interval. Each of ``bootstrap`` draws
+  resamples the top K and the bottom K images with replacement, each image carrying its natural and
+  masked answers, and recomputes the score;
+- ``random_score`` / ``random_low`` / ``random_high``: the random-ordering baseline, the mean and
+  95% range of the score when the same 2K images are split into "top" and "bottom" at random
+  (``bootstrap`` random splits): what the gap looks like when the cue's ranking means nothing.
+
+Both draw from generators seeded by the run's seed and the (class, cue), so a re-run gives the same
+numbers.
 
 Models under test come through one small interface, ``ModelUnderTest.says_present``: a table of
 predictions, an open_clip zero-shot classifier, or an OpenAI-compatible VLM asked three yes/no
@@ -18,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +55,28 @@ YES_NO_QUESTIONS = ("Is there a {label} in the image?", "Does this image contain
                     "Can you see a {label} in this picture?")
 GAP_COLUMNS = ("class_label", "attribute", "taxonomy_type", "k", "natural_top_acc", "natural_bottom_acc",
                "natural_gap", "masked_top_acc", "masked_bottom_acc", "masked_gap", "n_masked_top", "n_masked_bottom",
-               "score")
+               "score", "score_low", "score_high", "random_score", "random_low", "random_high", "failed_answers",
+               "top_items", "bottom_items")
+BOOTSTRAP_DRAWS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """What a model answered about one image: how many answers said the class is there, how many
+    said it is not, and how many failed (no usable answer).
+
+    >>> Answers(yes=2, failed=1).accuracy(expected_yes=True), Answers(yes=2, failed=1).accuracy(expected_yes=False)
+    (0.6666666666666666, 0.0)
+    """
+
+    yes: int = 0
+    no: int = 0
+    failed: int = 0
+
+    def accuracy(self, expected_yes: bool) -> float:
+        """The share of right answers; a failed answer is wrong whatever the right answer was."""
+        total = self.yes + self.no + self.failed
+        return (self.yes if expected_yes else self.no) / total if total else 0.0
 
 
 class ModelUnderTest(ABC):
@@ -49,9 +87,9 @@ class ModelUnderTest(ABC):
 
     @abstractmethod
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
-                     classes: Sequence[str]) -> list[float]:
-        """Per image, the share of answers saying ``label`` is present (0 to 1). ``variant`` is
-        ``natural`` or ``masked``; ``classes`` are all the benchmark's classes."""
+                     classes: Sequence[str]) -> list[Answers]:
+        """Per image, its answers to "is there a ``label``?". ``variant`` is ``natural`` or ``masked``;
+        ``classes`` are all the benchmark's classes."""
 
 
 MODELS_UNDER_TEST: Registry[type[ModelUnderTest]] = Registry("model under test", ValueError, attribute="kind")
@@ -60,7 +98,8 @@ MODELS_UNDER_TEST: Registry[type[ModelUnderTest]] = Registry("model under test",
 @MODELS_UNDER_TEST.register("table")
 class PredictionTable(ModelUnderTest):
     """Answers given as a table: ``item_id``, ``variant`` (natural / masked) and either ``present``
-    (1 or 0) or ``prediction`` (a class name; present when it equals the label)."""
+    (1 or 0) or ``prediction`` (a class name; present when it equals the label). A null is a failed
+    answer."""
 
     def __init__(self, path: str | Path, name: str = "table") -> None:
         from curate.ingest.base import read_table
@@ -73,14 +112,15 @@ class PredictionTable(ModelUnderTest):
         self.version = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
-                     classes: Sequence[str]) -> list[float]:
+                     classes: Sequence[str]) -> list[Answers]:
         rows = {r["item_id"]: r for r in self.frame.filter(pl.col("variant") == variant).iter_rows(named=True)}
         answers = []
         for item in items:
             if item.item_id not in rows:
                 raise ValueError(f"the prediction table has no {variant} answer for item {item.item_id}")
-            row = rows[item.item_id]
-            answers.append(float(row["present"]) if "present" in row else float(row["prediction"] == label))
+            value = rows[item.item_id]["present" if "present" in rows[item.item_id] else "prediction"]
+            says = None if value is None else bool(value) if "present" in rows[item.item_id] else value == label
+            answers.append(Answers(failed=1) if says is None else Answers(yes=1) if says else Answers(no=1))
         return answers
 
 
@@ -108,13 +148,14 @@ class ClipZeroShot(ModelUnderTest):
         return winners
 
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
-                     classes: Sequence[str]) -> list[float]:
-        return [float(winner == label) for winner in self.predict(images, classes)]
+                     classes: Sequence[str]) -> list[Answers]:
+        return [Answers(yes=1) if winner == label else Answers(no=1) for winner in self.predict(images, classes)]
 
 
 @MODELS_UNDER_TEST.register("vlm")
 class VLMYesNo(ModelUnderTest):
-    """An OpenAI-compatible VLM asked three yes/no questions per image; the share of yeses."""
+    """An OpenAI-compatible VLM asked three yes/no questions per image; an answer that fails
+    (unparseable, refused, or a transport error) is counted as failed."""
 
     def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  workspace: Workspace | None = None, image_max_side: int = 768) -> None:
@@ -125,7 +166,7 @@ class VLMYesNo(ModelUnderTest):
         self.name, self.version, self.image_max_side = model, settings.server(), image_max_side
 
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
-                     classes: Sequence[str]) -> list[float]:
+                     classes: Sequence[str]) -> list[Answers]:
         from curate.propose.llm_cues import YesNo
         from curate.propose.vlm import data_url
 
@@ -137,10 +178,10 @@ class VLMYesNo(ModelUnderTest):
                             + ' Answer as JSON: {"answer": "yes"} or {"answer": "no"}.'},
                            {"type": "image_url", "image_url": {"url": url}}]
                 requests.append(([{"role": "user", "content": content}], YesNo))
-        results = self.client.ask_many(requests)
-        answers = [1.0 if r.ok and r.value.answer == "yes" else 0.0 for r in results]  # type: ignore[union-attr]
+        said = [r.value.answer if r.ok else None for r in self.client.ask_many(requests)]  # type: ignore[union-attr]
         per_image = len(YES_NO_QUESTIONS)
-        return [float(np.mean(answers[i:i + per_image])) for i in range(0, len(answers), per_image)]
+        return [Answers(chunk.count("yes"), chunk.count("no"), chunk.count(None))
+                for chunk in (said[i:i + per_image] for i in range(0, len(said), per_image))]
 
 
 def masked_image(workspace: Workspace, item: Item, boxes: list[list[float]]) -> Image.Image:
@@ -160,53 +201,109 @@ def masked_image(workspace: Workspace, item: Item, boxes: list[list[float]]) -> 
 
 @dataclass(frozen=True, slots=True)
 class GapResult:
-    """Per (class, cue) gaps, ranked by score within each class."""
+    """Per (class, cue) gaps, ranked by score within each class, with the ids of the top and bottom
+    images; images that could not be masked and answers that failed (each image's answers counted once)."""
 
     table: pl.DataFrame
     skipped_without_boxes: int
+    failed_answers: int = 0
 
 
-def _gap_row(label: str, attribute: str, taxonomy_type: str | None, size: int, natural: dict[str, list[float]],
-             masked: dict[str, list[float]]) -> dict[str, object]:
-    natural_gap = float(np.mean(natural["top"]) - np.mean(natural["bottom"]))
-    has_masked = bool(masked["top"] and masked["bottom"])
-    masked_gap = float(np.mean(masked["bottom"]) - np.mean(masked["top"])) if has_masked else None
+def gap_scores(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """The score of each draw: ``top`` and ``bottom`` are (draws, K, 2) arrays of per-image natural
+    and masked accuracy (NaN where an image has no masked answer); a draw without masked answers on
+    either side scores NaN.
+
+    >>> top, bottom = np.array([[[1.0, 0.0], [1.0, 0.0]]]), np.array([[[0.0, 1.0], [1.0, np.nan]]])
+    >>> gap_scores(top, bottom).tolist()  # natural 1 - 0.5, masked 1 - 0: (0.5 + 1) / 2
+    [0.75]
+    """
+    def masked_mean(values: np.ndarray) -> np.ndarray:
+        seen = ~np.isnan(values)
+        counts = seen.sum(axis=1)
+        return np.where(counts > 0, np.where(seen, values, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
+
+    natural = top[..., 0].mean(axis=1) - bottom[..., 0].mean(axis=1)
+    return (natural + masked_mean(bottom[..., 1]) - masked_mean(top[..., 1])) / 2
+
+
+def score_intervals(top: np.ndarray, bottom: np.ndarray, draws: int, seed: list[int]) -> dict[str, float | None]:
+    """The bootstrap interval of the score and the random-ordering baseline (see the module notes)
+    from the (K, 2) per-image accuracies of the top and bottom images."""
+    rng = np.random.default_rng(seed)
+    resampled = gap_scores(top[rng.integers(0, len(top), (draws, len(top)))],
+                           bottom[rng.integers(0, len(bottom), (draws, len(bottom)))])
+    both = np.concatenate([top, bottom])
+    orders = np.argsort(rng.random((draws, len(both))), axis=1)
+    shuffled = gap_scores(both[orders[:, :len(top)]], both[orders[:, len(top):]])
+
+    def spread(values: np.ndarray) -> tuple[float | None, ...]:
+        values = values[~np.isnan(values)]
+        if not len(values):
+            return None, None, None
+        return float(values.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+    _, low, high = spread(resampled)
+    mean, random_low, random_high = spread(shuffled)
+    return {"score_low": low, "score_high": high, "random_score": mean, "random_low": random_low,
+            "random_high": random_high}
+
+
+def _gap_row(label: str, attribute: str, taxonomy_type: str | None, groups: dict[str, list[Item]], top: np.ndarray,
+             bottom: np.ndarray, failed: int, draws: int, seed: int) -> dict[str, object]:
+    """One table row from the top and bottom images and their (K, 2) natural / masked accuracies."""
+    from curate.analyze import cue_seed
+
+    def mean(values: np.ndarray) -> float | None:
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if len(values) else None
+
+    natural_top, natural_bottom = mean(top[:, 0]), mean(bottom[:, 0])
+    masked_top, masked_bottom = mean(top[:, 1]), mean(bottom[:, 1])
+    natural_gap = natural_top - natural_bottom  # type: ignore[operator]
+    masked_gap = masked_bottom - masked_top if masked_top is not None and masked_bottom is not None else None
+    score = (natural_gap + masked_gap) / 2 if masked_gap is not None else None
+    intervals = score_intervals(top, bottom, draws, cue_seed(seed, label, attribute, "gap-intervals")) \
+        if score is not None else dict.fromkeys(("score_low", "score_high", "random_score", "random_low",
+                                                 "random_high"))
     return {
-        "class_label": label, "attribute": attribute, "taxonomy_type": taxonomy_type, "k": size,
-        "natural_top_acc": float(np.mean(natural["top"])), "natural_bottom_acc": float(np.mean(natural["bottom"])),
-        "natural_gap": natural_gap,
-        "masked_top_acc": float(np.mean(masked["top"])) if masked["top"] else None,
-        "masked_bottom_acc": float(np.mean(masked["bottom"])) if masked["bottom"] else None,
-        "masked_gap": masked_gap, "n_masked_top": len(masked["top"]), "n_masked_bottom": len(masked["bottom"]),
-        "score": (natural_gap + masked_gap) / 2 if masked_gap is not None else None,
+        "class_label": label, "attribute": attribute, "taxonomy_type": taxonomy_type, "k": len(groups["top"]),
+        "natural_top_acc": natural_top, "natural_bottom_acc": natural_bottom, "natural_gap": natural_gap,
+        "masked_top_acc": masked_top, "masked_bottom_acc": masked_bottom, "masked_gap": masked_gap,
+        "n_masked_top": int((~np.isnan(top[:, 1])).sum()), "n_masked_bottom": int((~np.isnan(bottom[:, 1])).sum()),
+        "score": score, **intervals, "failed_answers": failed,
+        "top_items": [i.item_id for i in groups["top"]], "bottom_items": [i.item_id for i in groups["bottom"]],
     }
 
 
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
                   k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object",
-                  progress: bool = True) -> GapResult:
-    """The natural, masked and combined spurious gap of ``model`` for every (class, cue).
+                  progress: bool = True, bootstrap: int = BOOTSTRAP_DRAWS) -> GapResult:
+    """The natural, masked and combined spurious gap of ``model`` for every (class, cue), with its
+    bootstrap interval and random-ordering baseline (``bootstrap`` draws each).
 
     ``mask="object"`` (SpurLens) blacks out the class object, so a right answer is "no X";
     ``mask="cue"`` blacks out the cue's own boxes instead, and a right answer stays "X".
     """
     if mask not in ("object", "cue"):
         raise ValueError(f"mask is 'object' or 'cue', not {mask!r}")
+    if bootstrap < 1:
+        raise ValueError(f"bootstrap is a number of draws (1 or more), not {bootstrap}")
     from curate.analyze import rank_by_score
 
     items = {item.item_id: item for item in workspace.catalog.items()}
     evidence = workspace.catalog.evidence(source=source, run_id=run_id)
     boxes_of = {(e.item_id, e.attribute): e.boxes for e in evidence
                 if (e.role == EvidenceRole.CORE) == (mask == "object")}
-    presence = presence_from_evidence(evidence, items, threshold=0.0)
+    presence = presence_from_evidence(evidence, items, threshold=0.0).filter(pl.col("own"))  # the class's own cues
     all_classes = sorted({i.label for i in items.values() if i.label})
     wanted = set(classes) if classes else set(all_classes)
     rows, skipped = [], 0
     # Answers depend on the image (and, masked, on which boxes are blacked out), not on the cue that
     # ranked it: each image is shown to the model once, whatever number of cues ranks it.
-    answered: dict[tuple[str, str, str], float] = {}
+    answered: dict[tuple[str, str, str], Answers] = {}
 
-    def says_present(group: list[Item], label: str, variant: str, target: str) -> list[float]:
+    def answers(group: list[Item], label: str, variant: str, target: str) -> list[Answers]:
         fresh = [i for i in group if (i.item_id, variant, target) not in answered]
         if fresh:
             images = [open_image(workspace.resolve_uri(i.uri)) if variant == "natural"
@@ -221,23 +318,31 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
     with progress_bar(f"spurious gap ({model.name})", len(groups), progress) as advance:
         for (label, attribute), scored in groups:
             advance()
-            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed)
+            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed,
+                                  cue=(label, attribute))
             size = min(k, len(order) // 2)
             if size == 0:
                 continue
-            top, bottom = [items[i] for i in order[:size]], [items[i] for i in order[-size:]]
-            natural = {name: says_present(group, label, "natural", "") for name, group in (("top", top),
-                                                                                          ("bottom", bottom))}
-            masked: dict[str, list[float]] = {}
             target = label if mask == "object" else attribute
-            for name, group in (("top", top), ("bottom", bottom)):
+            extremes = {"top": [items[i] for i in order[:size]], "bottom": [items[i] for i in order[-size:]]}
+            accuracies, failed = {}, 0
+            for name, group in extremes.items():
+                natural = answers(group, label, "natural", "")
                 maskable = [i for i in group if boxes_of.get((i.item_id, target))]
                 skipped += len(group) - len(maskable)
-                answers = says_present(maskable, label, "masked", target) if maskable else []
-                masked[name] = [1.0 - p for p in answers] if mask == "object" else answers
-            rows.append(_gap_row(label, attribute, scored["taxonomy_type"][0], size, natural, masked))
+                masked = dict(zip([i.item_id for i in maskable],
+                                  answers(maskable, label, "masked", target) if maskable else [], strict=True))
+                failed += sum(a.failed for a in natural) + sum(a.failed for a in masked.values())
+                # right on a masked image: "no X" once the object is gone, "X" once the cue is
+                accuracies[name] = np.array([[said.accuracy(True), masked[i.item_id].accuracy(mask == "cue")
+                                              if i.item_id in masked else math.nan]
+                                             for i, said in zip(group, natural, strict=True)])
+            rows.append(_gap_row(label, attribute, scored["taxonomy_type"][0], extremes, accuracies["top"],
+                                 accuracies["bottom"], failed, bootstrap, seed))
+    failed_answers = sum(a.failed for a in answered.values())
     if not rows:
-        return GapResult(pl.DataFrame(schema={c: pl.Float64 for c in GAP_COLUMNS}), skipped)
+        return GapResult(pl.DataFrame(schema={c: pl.List(pl.String) if c.endswith("_items") else pl.Float64
+                                              for c in GAP_COLUMNS}), skipped, failed_answers)
     table = pl.DataFrame(rows, infer_schema_length=None).sort(["class_label", "score"], descending=[False, True],
                                                                nulls_last=True)
-    return GapResult(table.select(GAP_COLUMNS), skipped)
+    return GapResult(table.select(GAP_COLUMNS), skipped, failed_answers)

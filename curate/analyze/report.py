@@ -13,7 +13,8 @@ from typing import Any
 import polars as pl
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from curate.analyze import STATS_TABLE
+from curate.analyze import GAPS_TABLE, STATS_TABLE
+from curate.analyze.gap import GAP_COLUMNS
 from curate.analyze.plots import accuracy_per_group, group_sizes
 from curate.evaluate import EVALUATIONS_TABLE
 from curate.ingest import group_table
@@ -71,8 +72,18 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
     target = out or workspace.root / "reports" / f"report.{fmt}"
     target.parent.mkdir(parents=True, exist_ok=True)
     runs = workspace.runs.list()
-    analyses, evaluations = [], []
-    for run in (r for r in runs if r.stage == "analyze"):
+    analyses, gaps, evaluations = [], [], []
+    for run in (r for r in runs if r.stage == "analyze" and "gap" in r.config):
+        try:  # each run's own part: parts from older versions have fewer columns
+            table = workspace.tables.scan(GAPS_TABLE, part=run.run_id).collect()
+        except KeyError:
+            continue
+        table = table.with_columns(pl.lit(None).alias(c) for c in GAP_COLUMNS if c not in table.columns)
+        gaps.append({"kind": run.config["gap"], "run_id": run.run_id, "mask": run.config["mask"],
+                     "bootstrap": run.config.get("bootstrap"), "failed": run.counts.get("failed_answers", 0),
+                     "rows": table.sort(["class_label", "score"], descending=[False, True],
+                                        nulls_last=True).to_dicts()})
+    for run in (r for r in runs if r.stage == "analyze" and "gap" not in r.config):
         if STATS_TABLE not in workspace.tables.names():
             break
         stats = workspace.tables.scan(STATS_TABLE).filter(pl.col("run_id") == run.run_id).collect()
@@ -101,7 +112,7 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
     environment.filters.update(num=_number, pct=_percent)
     text = environment.get_template("report.md.j2").render(
         name=workspace.root.name, written=now(), code_version=code_version(), status=workspace.status(), runs=runs,
-        analyses=analyses, evaluations=evaluations, groups=groups)
+        analyses=analyses, gaps=gaps, evaluations=evaluations, groups=groups)
     target.write_text(text if fmt == "md" else _markdown_to_html(text))
     return target
 

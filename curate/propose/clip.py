@@ -3,8 +3,9 @@
 Each cue is embedded as a prompt ensemble (the mean of its templates); the contrast is the
 ensemble of neutral prompts for the class. Presence probability is the two-way softmax of
 ``logit_scale * [similarity(cue), similarity(contrast)]``: how much better the image matches the
-class *with* the cue than the class alone. Image embeddings are stored once per model version, so
-a later run on the same images decodes nothing.
+class *with* the cue than the class alone, in the words of the image's own class (also when the cue
+is another class's, scored on the negative pool). Image embeddings are stored once per model
+version, so a later run on the same images decodes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from curate.models import ClipModel, load_model
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.embeddings import EmbeddingStore
-from curate.propose.scoring import ImageScorer, class_cues
+from curate.propose.scoring import ImageScorer, class_passes
 from curate.records import Cue, Evidence, Item
 
 DEFAULT_TEMPLATES = ("a photo of {attribute}.", "a photo of a {label} with {attribute}.",
@@ -48,11 +49,19 @@ class ClipScorer(ImageScorer):
         self.templates, self.contrast = templates, contrast
         self.cues: list[Cue] = []
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue]) -> None:
-        self.cues = cues
-        self.texts = np.stack([ensemble(self.clip, self.templates, context, attribute=c.attribute, label=label)
-                               for c in cues])
-        self.contrast_vector = ensemble(self.clip, self.contrast, context, label=label)
+    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+        self.cues, self.context = cues, context
+        self.text_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def texts(self, label: str) -> tuple[np.ndarray, np.ndarray]:
+        """(cue ensembles, contrast ensemble) of the current cues for images of class ``label``."""
+        if label not in self.text_vectors:  # one text-encoder call for every cue's templates
+            texts = [t.format(attribute=c.attribute, label=label) for c in self.cues for t in self.templates]
+            means = self.clip.encode_texts(texts, self.context.workspace.cache).reshape(
+                len(self.cues), len(self.templates), -1).mean(axis=1)
+            self.text_vectors[label] = (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12),
+                                        ensemble(self.clip, self.contrast, self.context, label=label))
+        return self.text_vectors[label]
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
         fresh = [i for i, item in enumerate(batch.items) if item.item_id not in self.store.known]
@@ -62,22 +71,26 @@ class ClipScorer(ImageScorer):
         return self.evidence(context, batch.items, np.stack([self.store.known[i.item_id] for i in batch.items]))
 
     def evidence(self, context: ProposeContext, items: list[Item], vectors: np.ndarray) -> list[Evidence]:
-        """Evidence for ``items`` from their (N, D) image embeddings."""
-        similarity, contrast = vectors @ self.texts.T, vectors @ self.contrast_vector
-        presence = 1.0 / (1.0 + np.exp(-self.clip.logit_scale * (similarity - contrast[:, None])))
-        return [
-            Evidence(item.item_id, cue.attribute, self.source, context.run.run_id, cue.role,
-                     cue.taxonomy_type, float(presence[row, col]), [], self.clip.name, self.clip.version,
-                     {"similarity": float(similarity[row, col]), "contrast_similarity": float(contrast[row]),
-                      "cue_source": cue.source})
-            for row, item in enumerate(items) for col, cue in enumerate(self.cues)
-        ]
+        """Evidence for ``items`` from their (N, D) image embeddings; each image is scored in the words
+        of its own class, so an (image, cue) pair means the same whichever class listed the cue."""
+        rows = []
+        for row, item in enumerate(items):
+            texts, contrast_vector = self.texts(item.label or "")
+            similarity, contrast = texts @ vectors[row], float(vectors[row] @ contrast_vector)
+            presence = 1.0 / (1.0 + np.exp(-self.clip.logit_scale * (similarity - contrast)))
+            rows += [Evidence(item.item_id, cue.attribute, self.source, context.run.run_id, cue.role,
+                              cue.taxonomy_type, float(presence[col]), [], self.clip.name, self.clip.version,
+                              {"similarity": float(similarity[col]), "contrast_similarity": contrast,
+                               "cue_source": cue.source})
+                     for col, cue in enumerate(self.cues)]
+        return rows
 
 
 @register_proposer("clip")
 @dataclass
 class ClipProposer(Proposer):
-    """Score every candidate cue of an item's class on the item with a CLIP model."""
+    """Score every class's candidate cues with a CLIP model on the class's images and on other classes'
+    images (all of them, or ``negatives`` per class: see ``curate.propose.scoring``)."""
 
     model: str = "clip-vit-b-32"
     weights: str | None = None
@@ -86,6 +99,7 @@ class ClipProposer(Proposer):
     contrast: tuple[str, ...] = DEFAULT_CONTRAST
     batch_size: int = 32
     device: str = "cpu"
+    negatives: int | None = None
 
     def scorer(self, context: ProposeContext) -> ClipScorer:
         """The loaded scorer these options describe."""
@@ -93,17 +107,16 @@ class ClipProposer(Proposer):
 
     def run(self, context: ProposeContext) -> None:
         scorer = self.scorer(context)
-        for label in context.class_labels():
-            cues = class_cues(context, label, self.cue_source)
-            items = context.pending_items(label)
-            if not cues:
-                context.count(items_without_cues=len(items))
+        for class_pass in class_passes(context, self.cue_source, self.negatives):
+            if not class_pass.items:
                 continue
-            scorer.begin_class(context, label, cues)
-            with progress_bar(f"clip {label}", len(items), context.progress) as advance:
-                for batch in scorer.store.batches(items, self.batch_size):  # stored embeddings skip decoding
+            scorer.begin_class(context, class_pass.label, class_pass.cues, class_pass.own)
+            title = f"clip {class_pass.label}{'' if class_pass.own else ' (other classes)'}"
+            with progress_bar(title, len(class_pass.items), context.progress) as advance:
+                for batch in scorer.store.batches(class_pass.items, self.batch_size):  # stored ones skip decoding
                     rows = scorer.evidence(context, batch.items, batch.vectors) if batch.items else []
-                    context.write_evidence(rows, items=len(batch.items), unreadable=len(batch.failures))
+                    context.write_evidence(class_pass.keep(rows), **{class_pass.counter: len(batch.items)},
+                                           unreadable=len(batch.failures))
                     for _ in range(len(batch.items) + len(batch.failures)):
                         advance()
         scorer.store.flush()

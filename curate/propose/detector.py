@@ -33,11 +33,11 @@ class DetectorScorer(ImageScorer):
         self.conf, self.imgsz, self.include_class = conf, imgsz, include_class
         self.cues: list[Cue] = []
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue]) -> None:
-        # the class object itself is localised too (role "core"): the spurious gap masks it out
-        own = [Cue(label, label, "class", context.run.run_id, None, EvidenceRole.CORE)] \
-            if self.include_class and label != "*" else []
-        self.cues = [*cues, *own] if label not in {c.attribute for c in cues} else cues
+    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+        # on its own images the class object is localised too (role "core"): the spurious gap masks it out
+        core = [Cue(label, label, "class", context.run.run_id, None, EvidenceRole.CORE)] \
+            if self.include_class and own and label != "*" else []
+        self.cues = [*cues, *core] if label not in {c.attribute for c in cues} else cues
         self.detector.set_vocabulary([cue.attribute for cue in self.cues], context.workspace.cache)
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
@@ -57,8 +57,9 @@ class DetectorScorer(ImageScorer):
 @register_proposer("detector")
 @dataclass
 class DetectorProposer(Proposer):
-    """Localise cues with YOLO-World v2 or YOLOE (``model``). With a ``vocabulary`` (e.g. ``logo``)
-    every item of the workspace, labelled or not, is queried with those words instead."""
+    """Localise cues with YOLO-World v2 or YOLOE (``model``) on their class's images and on other
+    classes' images (all, or ``negatives`` per class). With a ``vocabulary`` (e.g. ``logo``) every
+    item of the workspace, labelled or not, is queried with those words instead."""
 
     model: str = "yolo-world-v2-s"
     weights: str | None = None
@@ -70,11 +71,13 @@ class DetectorProposer(Proposer):
     device: str = "cpu"
     include_class: bool = True
     vocabulary: tuple[str, ...] | None = None
+    negatives: int | None = None
 
     def run(self, context: ProposeContext) -> None:
         scorer = DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
                                 self.imgsz, self.include_class)
-        score_images(context, [scorer], self.batch_size, self.cue_source, "detector", self.vocabulary)
+        score_images(context, [scorer], self.batch_size, self.cue_source, "detector", self.vocabulary,
+                     self.negatives)
 
 
 @register_proposer("clip+detector")
@@ -96,12 +99,14 @@ class ClipDetectorProposer(Proposer):
     batch_size: int = 8
     device: str = "cpu"
     include_class: bool = True
+    negatives: int | None = None
 
     def run(self, context: ProposeContext) -> None:
         clip = ClipScorer(context, self.clip_model, self.clip_weights, self.device, DEFAULT_TEMPLATES,
                           DEFAULT_CONTRAST)
         detector = DetectorScorer(context, self.detector_model, self.detector_weights, self.text_encoder,
                                   self.device, self.conf, self.imgsz, self.include_class)
-        score_images(context, [clip, detector], self.batch_size, self.cue_source, "clip+detector")
+        score_images(context, [clip, detector], self.batch_size, self.cue_source, "clip+detector",
+                     negatives=self.negatives)
         clip.store.flush()
         context.count(embeddings_computed=clip.store.computed)

@@ -290,6 +290,19 @@ class Catalog:
             found |= {row[0] for row in rows}
         return found
 
+    def evidence_attributes(self, run_id: str, item_ids: Iterable[str],
+                            chunk: int = 900) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per item, the attributes a run already has evidence for, with each row's ``extra``."""
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        wanted, conn = list(item_ids), self._connect()
+        for start in range(0, len(wanted), chunk):
+            part = wanted[start:start + chunk]
+            rows = conn.execute(f"SELECT item_id, attribute, extra FROM evidence WHERE run_id = ? AND item_id IN "
+                                f"({', '.join('?' * len(part))})", (run_id, *part))
+            for item_id, attribute, extra in rows:
+                found.setdefault(item_id, {})[attribute] = json.loads(extra)
+        return found
+
     def add_verdicts(self, rows: Iterable[Verdict]) -> int:
         """Store verdicts; a verdict with the same key (item, attribute, annotator, round) replaces it."""
         stamp = now()

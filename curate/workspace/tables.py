@@ -54,10 +54,16 @@ class SideTables:
         atomic_write_bytes(target, buffer.getvalue())
         return target
 
-    def scan(self, name: str) -> pl.LazyFrame:
-        """A lazy view of a table (all parts of a partitioned one)."""
+    def scan(self, name: str, part: str | None = None) -> pl.LazyFrame:
+        """A lazy view of a table (all parts of a partitioned one, or only ``part``: parts written by
+        different code versions may not share one schema)."""
         self._check(name)
         single, folder = self.root / f"{name}.parquet", self.root / name
+        if part is not None:
+            self._check(part)
+            if not (folder / f"{part}.parquet").is_file():
+                raise KeyError(f"no part {part!r} of side table {name!r} in {self.root}")
+            return pl.scan_parquet(folder / f"{part}.parquet")
         if single.exists():
             return pl.scan_parquet(single)
         if folder.is_dir() and any(folder.glob("*.parquet")):
