@@ -87,7 +87,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
             pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
                                          f"{row['class_label']}: '{row['attribute']}' ({kind})"))
         with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": stats.height, "pictures": len(pictures)})
+            workspace.runs.set_counts(conn, run.run_id, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
@@ -112,7 +112,7 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
         workspace.tables.write(GAPS_TABLE, result.table.with_columns(pl.lit(run.run_id).alias("run_id")),
                                part=run.run_id)
         with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": result.table.height,
+            workspace.runs.set_counts(conn, run.run_id, {"rows": result.table.height,
                                                          "images_without_object_boxes": result.skipped_without_boxes})
     return workspace.runs.get(run.run_id), result.table
 

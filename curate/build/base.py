@@ -98,5 +98,5 @@ def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResul
                     "counts": release.counts(), **release.metadata}
         (target / "release.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {f"rows_{k}": v for k, v in release.counts().items()})
+            workspace.runs.set_counts(conn, run.run_id, {f"rows_{k}": v for k, v in release.counts().items()})
     return BuildResult(target, release, workspace.runs.get(run.run_id), time.perf_counter() - started)

@@ -212,6 +212,6 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
             except hub.HubError as error:
                 raise PublishError(str(error)) from error
         with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": sum(t["rows"] for t in written),
+            workspace.runs.set_counts(conn, run.run_id, {"rows": sum(t["rows"] for t in written),
                                                          "files_changed": len(changed)})
     return PublishResult(to, after, workspace.runs.get(run.run_id), time.perf_counter() - started, changed)

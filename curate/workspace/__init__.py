@@ -19,11 +19,12 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from curate.records import Item
 from curate.workspace._sql import atomic_write_bytes, remove_orphaned_temporaries
 from curate.workspace.cache import Cache, CacheKey, CacheStats
 from curate.workspace.catalog import Catalog, Source, SourceStatus, WorkspaceStatus
@@ -157,6 +158,16 @@ class Workspace:
         if not target.exists():
             atomic_write_bytes(target, data)
         return f"blob:{relative}"
+
+    def discard_unstored_blobs(self, items: Iterable[Item]) -> None:
+        """Delete the blobs of ``items`` that no stored item points at (a batch that failed to commit,
+        on a full disk, leaves no orphan blobs)."""
+        conn = self.connect()
+        for item in items:
+            if item.uri.startswith("blob:"):
+                row = conn.execute("SELECT uri FROM items WHERE item_id = ?", (item.item_id,)).fetchone()
+                if row is None or row["uri"] != item.uri:
+                    self.resolve_uri(item.uri).unlink(missing_ok=True)
 
     def remove_orphaned_blobs(self) -> int:
         """Delete the temporary blob files a killed process left behind; return how many."""

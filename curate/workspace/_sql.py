@@ -7,10 +7,9 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from curate.workspace.faults import DiskFullError, is_disk_full
 
@@ -42,38 +41,47 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+        handle, tmp = _locked_temporary(path)
     except OSError as error:
         if is_disk_full(error):
             raise DiskFullError(path) from error
         raise
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
             os.replace(tmp, path)
     except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(error, OSError) and is_disk_full(error):
             raise DiskFullError(path) from error
         raise
 
 
-def remove_orphaned_temporaries(folder: Path, min_age_s: float = 60.0) -> int:
+def _locked_temporary(path: Path) -> tuple[BinaryIO, Path]:
+    """A new temporary file beside ``path``, open and locked by this process."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+        handle = os.fdopen(fd, "wb")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # a cleaner may have taken it for a leftover between mkstemp and flock: then start again
+            if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                return handle, Path(name)
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def remove_orphaned_temporaries(folder: Path) -> int:
     """Delete the temporary files of ``atomic_write_bytes`` under ``folder`` that no live process
-    holds (a killed writer's leftovers); return how many. Files younger than ``min_age_s`` are kept,
-    since their writer may not have locked them yet."""
+    holds (a killed writer's leftovers); return how many."""
     removed = 0
-    cutoff = time.time() - min_age_s
     for tmp in folder.rglob(f".*{TEMPORARY_SUFFIX}"):
         try:
             with tmp.open("rb") as handle:
-                if os.fstat(handle.fileno()).st_mtime > cutoff:
-                    continue
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                tmp.unlink()
+                tmp.unlink()  # while locked, so a writer that just made it sees it gone
                 removed += 1
         except (BlockingIOError, FileNotFoundError):
             continue  # being written, or already gone

@@ -147,6 +147,15 @@ class RunLog:
         conn.execute("UPDATE runs SET counts = ?, updated_at = ? WHERE run_id = ?",
                      (dumps(counts), now(), run_id))
 
+    def set_counts(self, conn: sqlite3.Connection, run_id: str, values: Mapping[str, int]) -> None:
+        """Set counts that describe a run's output (rows written), replacing earlier values, so a run
+        taken up again reports its output once; other counts are kept."""
+        row = conn.execute("SELECT counts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        conn.execute("UPDATE runs SET counts = ?, updated_at = ? WHERE run_id = ?",
+                     (dumps({**json.loads(row["counts"]), **values}), now(), run_id))
+
     def set_models(self, run_id: str, models: Mapping[str, Any]) -> None:
         """Record the models (name -> version and settings) a run used."""
         with self._transaction() as conn:
