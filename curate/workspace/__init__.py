@@ -6,6 +6,7 @@ Layout of a workspace folder::
     blobs/          image bytes that had no stable file (datasets, URLs, ``copy=True``), by sha256
     tables/         parquet side tables (exports, embeddings)
     cache/          large cached values, by key digest
+    runs/           one lock file per run, held (flock) by the process running it
 
 >>> import tempfile
 >>> ws = Workspace.init(tempfile.mkdtemp())
@@ -165,7 +166,10 @@ class Workspace:
         conn = self.connect()
         for item in items:
             if item.uri.startswith("blob:"):
-                row = conn.execute("SELECT uri FROM items WHERE item_id = ?", (item.item_id,)).fetchone()
+                try:
+                    row = conn.execute("SELECT uri FROM items WHERE item_id = ?", (item.item_id,)).fetchone()
+                except WorkspaceFault:
+                    return  # the catalogue cannot tell which blobs are stored: keep them (re-ingest reuses them)
                 if row is None or row["uri"] != item.uri:
                     self.resolve_uri(item.uri).unlink(missing_ok=True)
 

@@ -94,31 +94,46 @@ class RunLog:
         stages that only add what is missing, so running twice stores the same rows once).
         """
         fingerprint = digest({"stage": stage, "config": config})
-        host, pid, stamp = socket.gethostname(), os.getpid(), now()
         statuses = (*_RESUMABLE, RunStatus.COMPLETED) if extend_completed else _RESUMABLE
-        with self._transaction() as conn:
-            if resume:
-                marks = ", ".join("?" * len(statuses))
-                for row in conn.execute(
-                    f"SELECT * FROM runs WHERE stage = ? AND fingerprint = ? AND status IN ({marks}) "
-                    "ORDER BY started_at DESC", (stage, fingerprint, *statuses),
-                ).fetchall():
-                    if self._take_lock(row["run_id"]):
-                        conn.execute(
-                            "UPDATE runs SET status = ?, pid = ?, host = ?, updated_at = ?, "
-                            "attempts = attempts + 1, error = NULL, finished_at = NULL WHERE run_id = ?",
-                            (RunStatus.RUNNING, pid, host, stamp, row["run_id"]),
-                        )
-                        return self._get(conn, row["run_id"])
-            run_id = f"{stage}-{stamp[:19].replace('-', '').replace(':', '')}-{secrets.token_hex(3)}"
-            self._take_lock(run_id)
-            conn.execute(
-                "INSERT INTO runs (run_id, stage, name, config, fingerprint, code_version, models, counts, "
-                "status, started_at, updated_at, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?)",
-                (run_id, stage, name, dumps(dict(config)), fingerprint, code_version(),
-                 dumps(dict(models or {})), RunStatus.RUNNING, stamp, stamp, pid, host),
-            )
-            return self._get(conn, run_id)
+        claimed: list[str] = []  # the lock taken, let go again should the transaction fail
+        try:
+            with self._transaction() as conn:
+                return self._get(conn, self._claim(conn, stage, name, config, models, fingerprint,
+                                                   statuses if resume else (), claimed))
+        except BaseException:
+            for run_id in claimed:
+                self._release_lock(run_id)
+            raise
+
+    def _claim(self, conn: sqlite3.Connection, stage: str, name: str, config: Mapping[str, Any],
+               models: Mapping[str, Any] | None, fingerprint: str, statuses: tuple[RunStatus, ...],
+               claimed: list[str]) -> str:
+        """Take up the newest run of ``statuses`` that no live process holds, or insert a new one."""
+        host, pid, stamp = socket.gethostname(), os.getpid(), now()
+        if statuses:
+            marks = ", ".join("?" * len(statuses))
+            for row in conn.execute(
+                f"SELECT * FROM runs WHERE stage = ? AND fingerprint = ? AND status IN ({marks}) "
+                "ORDER BY started_at DESC", (stage, fingerprint, *statuses),
+            ).fetchall():
+                if self._take_lock(row["run_id"]):
+                    claimed.append(row["run_id"])
+                    conn.execute(
+                        "UPDATE runs SET status = ?, pid = ?, host = ?, updated_at = ?, "
+                        "attempts = attempts + 1, error = NULL, finished_at = NULL WHERE run_id = ?",
+                        (RunStatus.RUNNING, pid, host, stamp, row["run_id"]),
+                    )
+                    return row["run_id"]
+        run_id = f"{stage}-{stamp[:19].replace('-', '').replace(':', '')}-{secrets.token_hex(3)}"
+        self._take_lock(run_id)
+        claimed.append(run_id)
+        conn.execute(
+            "INSERT INTO runs (run_id, stage, name, config, fingerprint, code_version, models, counts, "
+            "status, started_at, updated_at, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?)",
+            (run_id, stage, name, dumps(dict(config)), fingerprint, code_version(),
+             dumps(dict(models or {})), RunStatus.RUNNING, stamp, stamp, pid, host),
+        )
+        return run_id
 
     @contextmanager
     def track(self, stage: str, name: str, config: Mapping[str, Any], *,
