@@ -77,7 +77,9 @@ def remove_orphaned_temporaries(folder: Path) -> int:
     """Delete the temporary files of ``atomic_write_bytes`` under ``folder`` that no live process
     holds (a killed writer's leftovers); return how many."""
     removed = 0
-    for tmp in folder.rglob(f".*{TEMPORARY_SUFFIX}"):
+    leftovers = (Path(directory) / name for directory, _, names in os.walk(folder) for name in names
+                 if name.startswith(".") and name.endswith(TEMPORARY_SUFFIX))
+    for tmp in leftovers:
         try:
             with tmp.open("rb") as handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
