@@ -144,8 +144,8 @@ def ingest_manifest(
                                                     "manifest's folder).")] = None,
     allow_absolute: Annotated[bool, typer.Option("--allow-absolute", help="Accept absolute paths and "
                                                  "paths that leave the root.")] = False,
-    download_deadline: Annotated[float, typer.Option(help="Seconds a URL download may take in all.")]
-    = DEFAULT_DEADLINE_S,
+    download_deadline: Annotated[float, typer.Option(
+        help="Seconds a URL download may take in all.")] = DEFAULT_DEADLINE_S,
     download_max_bytes: Annotated[int, typer.Option(help="Bytes a URL download may bring.")] = DEFAULT_MAX_BYTES,
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
