@@ -64,7 +64,8 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
           ) -> list[tuple[Item, list[Evidence]]]:
     """The items to show (not ``exclude``d), with their evidence: one row per attribute (the highest
     score when several runs scored it; core attributes first, then by score), units decided by other
-    rounds and another class's cues scored only as negatives left out, most uncertain first, strata taking turns, at most ``spec.budget``. A stratum is a
+    rounds and another class's cues scored only as negatives left out, most uncertain first, strata
+    taking turns, at most ``spec.budget``. A stratum is a
     class, or a (class, spurious attribute) group for items of a group table, so small groups are
     verified in full first."""
     decided = decided_elsewhere(workspace, spec.name)

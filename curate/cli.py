@@ -27,10 +27,12 @@ from curate.build import BuildError, build, make_builder
 from curate.evaluate import EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source
+from curate.ingest.download import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES
 from curate.options import parse_pairs
 from curate.secrets import scrub
 from curate.taxonomy import OffTaxonomyError
-from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace
+from curate.workspace import RunNotFoundError, SchemaTooNewError, Workspace, WorkspaceFault
+from curate.workspace.faults import DiskFullError, is_disk_full
 
 if TYPE_CHECKING:
     from annotation.server import Connection, Login
@@ -51,7 +53,8 @@ err = Console(stderr=True)
 # imported inside the commands that need them (the CLI starts in about a second); their errors are
 # looked up only if those modules were loaded, since only then can they have been raised.
 USER_ERRORS: tuple[type[BaseException], ...] = (SourceError, RunNotFoundError, SchemaTooNewError, OffTaxonomyError,
-                                                EvaluateError, BuildError, FileNotFoundError, KeyError, ValueError)
+                                                EvaluateError, BuildError, FileNotFoundError, KeyError, ValueError,
+                                                WorkspaceFault)
 LAZY_ERRORS = (("curate.propose.base", "ProposeError"), ("curate.models.registry", "UnknownModelError"),
                ("curate.publish", "PublishError"), ("annotation.rounds", "BridgeError"),
                ("annotation.server", "ServerError"), ("curate.models.llm", "LLMConfigError"))
@@ -79,10 +82,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if not isinstance(error, _user_error_types()):
+        if isinstance(error, OSError) and is_disk_full(error):  # a full disk outside the workspace's own files
+            error = DiskFullError(Path(error.filename) if error.filename else None)
+        elif not isinstance(error, _user_error_types()):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        err.print(Text.assemble(("error: ", "red"), scrub(str(message))))
+        err.print(Text.assemble(("error: ", "red"), scrub(str(message))), soft_wrap=True)
         raise typer.Exit(2) from error
 
 
@@ -138,6 +143,9 @@ def ingest_manifest(
                                                     "manifest's folder).")] = None,
     allow_absolute: Annotated[bool, typer.Option("--allow-absolute", help="Accept absolute paths and "
                                                  "paths that leave the root.")] = False,
+    download_deadline: Annotated[float, typer.Option(
+        help="Seconds a URL download may take in all.")] = DEFAULT_DEADLINE_S,
+    download_max_bytes: Annotated[int, typer.Option(help="Bytes a URL download may bring.")] = DEFAULT_MAX_BYTES,
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
     batch_size: BatchOption = 256, quiet: QuietOption = False,
@@ -145,7 +153,8 @@ def ingest_manifest(
     """Ingest a manifest table: one row per image, with a path or URL and a label."""
     options = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
                "license_column": license_column, "root": root, "allow_absolute": allow_absolute,
-               "metadata_columns": tuple(metadata_column) if metadata_column else None}
+               "metadata_columns": tuple(metadata_column) if metadata_column else None,
+               "download_deadline_s": download_deadline, "download_max_bytes": download_max_bytes}
     _run_ingest(workspace, "manifest", path, options, _common(locals()))
 
 
@@ -624,13 +633,15 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id or a unique pre
 
 @app.command()
 def quarantine(source: Annotated[str | None, typer.Option(help="Only this source id.")] = None,
+               limit: Annotated[int | None, typer.Option(min=0, help="List at most this many.")] = None,
                workspace: WorkspaceOption = Path(".")) -> None:
     """List quarantined entries with their reasons."""
     with _user_errors():
-        held = Workspace.open(workspace).catalog.quarantined(source)
+        catalog = Workspace.open(workspace).catalog
+        held, total = catalog.quarantined(source, limit), catalog.count_quarantined(source)
     out.print(_table("quarantined", ["source", "locator", "reason", "detail"],
                      [[q.source_id, q.locator, q.reason, q.detail] for q in held]))
-    _summary(f"{len(held)} quarantined entries")
+    _summary(f"{total} quarantined entries" + (f" (showing {len(held)})" if len(held) < total else ""))
 
 
 @app.command()

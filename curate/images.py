@@ -35,6 +35,9 @@ _EXIF_ORIENTATION = 0x0112
 REJECTION_REASONS = {
     "empty": "the file has no bytes",
     "unreadable": "the bytes could not be read (missing file, permissions, I/O error, download failure)",
+    "not-a-file": "the path is not a regular file (a FIFO, device, socket or folder), so it is never opened",
+    "too-large": "a download is larger than the byte cap",
+    "timed-out": "a download did not finish within its deadline",
     "not-an-image": "no image format recognises the bytes",
     "truncated": "the image ends before its data does",
     "corrupt": "the image format was recognised but decoding failed",
@@ -84,6 +87,7 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
     """Decode ``data`` completely and describe it, or raise ``ImageRejected``."""
     if not data:
         raise ImageRejected("empty", "0 bytes")
+    _let_our_pixel_limit_decide(max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -114,6 +118,14 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
             return ImageInfo(width, height, image.mode, image.format or "unknown",
                              orientation if 1 <= orientation <= 8 else 1,
                              int(getattr(image, "n_frames", 1)))
+
+
+def _let_our_pixel_limit_decide(max_pixels: int) -> None:
+    """Pillow refuses, while opening, any image over twice ``Image.MAX_IMAGE_PIXELS`` (178,956,970 by
+    default). Raise that limit (never lower it) so that ``max_pixels`` is the limit that applies."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is not None and 2 * pillow_limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 
 
 def _decode_failure(error: Exception) -> ImageRejected:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,23 @@ def test_non_images_stay_clean_rejections_after_ultralytics_patched_pillow() -> 
     with pytest.raises(ImageRejected) as caught:
         inspect_image(b"plain text is not an image")
     assert caught.value.reason == "not-an-image"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` 1-bit pixels and then ends: cheap at any size."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)[:20])
+
+
+def test_a_pixel_limit_above_pillows_own_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    huge = _png_header_only(15_000, 12_000)  # 180 M pixels: over Pillow's 178,956,970
+    with pytest.raises(ImageRejected) as caught:
+        inspect_image(huge)
+    assert caught.value.reason == "too-many-pixels"  # the default limit still refuses it
+    with pytest.raises(ImageRejected) as caught:
+        inspect_image(huge, max_pixels=200_000_000)
+    assert caught.value.reason == "truncated"  # allowed in, then found to end early

@@ -129,3 +129,28 @@ def _snapshot(workspace: Workspace) -> tuple[object, ...]:
         conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()  # noqa: S608
         for table in ("items", "item_sources", "quarantine")
     )
+
+
+def test_a_run_counts_unchanged_entries_once(workspace: Workspace, tmp_path: Path,
+                                            write_image: Callable[..., Path]) -> None:
+    for index in range(30):
+        write_image(tmp_path / "grow" / "a" / f"{index:02d}.png", index)
+    ingest(workspace, FolderSource(tmp_path / "grow"), progress=False)
+    for index in range(30, 42):  # twelve more: the next ingest stores them over three batches
+        write_image(tmp_path / "grow" / "a" / f"{index:02d}.png", index)
+    result = ingest(workspace, FolderSource(tmp_path / "grow"), IngestOptions(batch_size=5), progress=False)
+    assert result.counts == {"new_items": 12, "unchanged": 30}
+    assert result.run.counts == {"new_items": 12, "unchanged": 30}
+
+
+def test_quarantine_lists_at_most_limit_entries(workspace: Workspace, image_tree: Path) -> None:
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    ingest(workspace, FolderSource(image_tree), progress=False)
+    listed = CliRunner().invoke(app, ["quarantine", "--limit", "2", "-w", str(workspace.root)])
+    assert listed.exit_code == 0 and listed.output.rstrip().endswith("4 quarantined entries (showing 2)")
+    assert sum("dog/" in line for line in listed.output.splitlines()) == 2
+    everything = CliRunner().invoke(app, ["quarantine", "-w", str(workspace.root)])
+    assert everything.output.rstrip().endswith("4 quarantined entries")

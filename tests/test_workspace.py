@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -92,16 +96,59 @@ def test_an_unknown_run_id_is_a_clear_error(workspace: Workspace) -> None:
         workspace.runs.get("ingest-nothing")
 
 
+_START_RUN = ("import sys, time; from curate.workspace import Workspace; "
+              "run = Workspace.open(sys.argv[1]).runs.start('ingest', 'x', {'path': '/data'}); "
+              "print(run.run_id, flush=True); time.sleep(float(sys.argv[2]))")
+
+
+def _run_in_process(workspace: Workspace, seconds: float) -> tuple[subprocess.Popen[str], str]:
+    """A process that starts the run ``ingest x {'path': '/data'}``, holds it ``seconds``, then exits
+    without finishing it (as a killed process would)."""
+    process = subprocess.Popen([sys.executable, "-c", _START_RUN, str(workspace.root), str(seconds)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def _dead_run(workspace: Workspace) -> str:
+    process, run_id = _run_in_process(workspace, 0)
+    process.wait(timeout=60)
+    return run_id
+
+
 def test_a_dead_run_reads_as_interrupted_and_the_same_config_resumes_it(workspace: Workspace) -> None:
-    run = workspace.runs.start("ingest", "x", {"path": "/data"})
-    with workspace.transaction() as conn:  # pretend its process died
-        conn.execute("UPDATE runs SET pid = 2147483646 WHERE run_id = ?", (run.run_id,))
-    assert workspace.runs.get(run.run_id).status == RunStatus.INTERRUPTED
+    run = workspace.runs.get(_dead_run(workspace))
+    assert run.status == RunStatus.INTERRUPTED
     other = workspace.runs.start("ingest", "x", {"path": "/elsewhere"})
     assert other.run_id != run.run_id
     resumed = workspace.runs.start("ingest", "x", {"path": "/data"})
     assert resumed.run_id == run.run_id and resumed.attempts == 2
     assert resumed.status == RunStatus.RUNNING
+
+
+def test_a_live_run_is_held_by_its_process_and_released_when_it_dies(workspace: Workspace) -> None:
+    process, run_id = _run_in_process(workspace, 60)
+    try:
+        assert workspace.runs.get(run_id).status == RunStatus.RUNNING
+        beside = workspace.runs.start("ingest", "x", {"path": "/data"})  # the same config, while it runs
+        assert beside.run_id != run_id
+        workspace.runs.finish(beside.run_id, RunStatus.FAILED, "made only to look")
+    finally:
+        process.kill()
+        process.wait()
+    assert workspace.runs.get(run_id).status == RunStatus.INTERRUPTED
+    assert workspace.runs.start("ingest", "x", {"path": "/data"}).run_id in (run_id, beside.run_id)
+
+
+@pytest.mark.parametrize("fault", ["host name changed", "pid reused"])
+def test_a_dead_run_resumes_after_a_host_name_change_or_pid_reuse(workspace: Workspace, fault: str) -> None:
+    run_id = _dead_run(workspace)
+    host, pid = ("old-container-7f3a", 4242) if fault == "host name changed" else (socket.gethostname(), os.getpid())
+    with workspace.transaction() as conn:  # the container restarted under a new name / the pid is live again
+        conn.execute("UPDATE runs SET host = ?, pid = ? WHERE run_id = ?", (host, pid, run_id))
+    assert workspace.runs.list("ingest")[0].status == RunStatus.INTERRUPTED
+    resumed = workspace.runs.start("ingest", "x", {"path": "/data"})
+    assert resumed.run_id == run_id and resumed.attempts == 2
 
 
 def test_a_completed_run_is_not_resumed(workspace: Workspace) -> None:

@@ -104,7 +104,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
             name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
             pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
                                          f"{row['class_label']}: '{row['attribute']}' ({kind})"))
-        _set_counts(workspace, run, {"rows": stats.height, "pictures": len(pictures)})
+        workspace.runs.set_counts(run.run_id, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
@@ -154,18 +154,10 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
         result = spurious_gaps(workspace, model, source, run_id, k, seed, classes, mask, bootstrap=bootstrap)
         workspace.tables.write(GAPS_TABLE, result.table.with_columns(pl.lit(run.run_id).alias("run_id")),
                                part=run.run_id)
-        _set_counts(workspace, run, {"rows": result.table.height,
-                                     "images_without_object_boxes": result.skipped_without_boxes,
-                                     "failed_answers": result.failed_answers})
+        workspace.runs.set_counts(run.run_id, {"rows": result.table.height,
+                                               "images_without_object_boxes": result.skipped_without_boxes,
+                                               "failed_answers": result.failed_answers})
     return workspace.runs.get(run.run_id), result.table
-
-
-def _set_counts(workspace: Workspace, run: Run, counts: dict[str, int]) -> None:
-    """Make the run's counts describe the table it has just (re)written: a re-run replaces its table
-    part, so its counts are set, not added to."""
-    stored = workspace.runs.get(run.run_id).counts
-    with workspace.transaction() as conn:
-        workspace.runs.add_counts(conn, run.run_id, {key: value - stored.get(key, 0) for key, value in counts.items()})
 
 
 def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> object:

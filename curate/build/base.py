@@ -161,6 +161,5 @@ def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResul
             for name, writer in release.extra_files.items():
                 writer(folder / name)
             (folder / "release.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {f"rows_{k}": v for k, v in release.counts().items()})
+        workspace.runs.set_counts(run.run_id, {f"rows_{k}": v for k, v in release.counts().items()})
     return BuildResult(target, release, workspace.runs.get(run.run_id), time.perf_counter() - started)

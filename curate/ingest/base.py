@@ -8,6 +8,7 @@ kind of source is one new module with one ``@register_source`` class.
 from __future__ import annotations
 
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -123,9 +124,39 @@ def file_fingerprint(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (links followed); anything else (a FIFO, a
+    device, a socket, a folder) is rejected without ever being opened for a blocking read.
+
+    >>> read_regular_file(Path("/dev/null"))
+    Traceback (most recent call last):
+    ...
+    curate.images.ImageRejected: not-a-file: /dev/null is a character device, not a regular file
+    """
+    _require_regular(path, os.stat(path).st_mode)
+    # O_NONBLOCK: should the path be swapped for a FIFO after the check, open() still returns at once
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+        raise ImageRejected("not-a-file", f"{path} is {kind}, not a regular file")
+
+
 def file_entry(path: Path, locator: str, **fields_: Any) -> Entry:
-    """An entry whose bytes are the local file ``path``."""
-    return Entry(locator=locator, fingerprint=file_fingerprint(path), read=path.read_bytes,
+    """An entry whose bytes are the local file ``path`` (read only if it is a regular file)."""
+    return Entry(locator=locator, fingerprint=file_fingerprint(path), read=lambda: read_regular_file(path),
                  local_path=path, **fields_)
 
 

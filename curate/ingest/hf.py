@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.ingest.base import Entry, IngestSource, SourceError, register_source
+from curate.ingest.base import Entry, IngestSource, SourceError, read_regular_file, register_source
 
 ROW_BATCH = 64
 _SCALARS = (str, int, float, bool, type(None))
@@ -114,7 +114,7 @@ def _reader(image: Any) -> Any:
             if image.get("bytes"):
                 return image["bytes"]
             if image.get("path"):
-                return Path(image["path"]).read_bytes()
+                return read_regular_file(Path(image["path"]))
         raise OSError(f"the image cell holds no bytes and no path ({type(image).__name__})")
 
     return read

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from curate.images import ImageRejected
 from curate.ingest.base import (
     Entry,
@@ -21,17 +19,7 @@ from curate.ingest.base import (
     resolve_under_root,
     row_locators,
 )
-
-DOWNLOAD_TIMEOUT_S = 30.0
-
-
-def _download(url: str) -> bytes:
-    try:
-        response = httpx.get(url, timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True)
-        response.raise_for_status()
-    except httpx.HTTPError as error:
-        raise ImageRejected("unreadable", f"download of {url} failed: {error}") from error
-    return response.content
+from curate.ingest.download import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES, DownloadLimits, download
 
 
 def _text(value: Any) -> str | None:
@@ -46,6 +34,7 @@ class ManifestSource(TableSource):
     ``root`` defaults to the manifest's folder; paths may not leave it (no ``..``, no absolute
     paths, no links outward) unless ``allow_absolute``. Every column not named by an option is
     kept as metadata, or only ``metadata_columns`` when given. A path listed twice keeps both rows.
+    A URL download may take ``download_deadline_s`` seconds in all and bring ``download_max_bytes``.
 
     >>> ManifestSource(Path("/no/manifest.csv"))
     Traceback (most recent call last):
@@ -61,11 +50,14 @@ class ManifestSource(TableSource):
     metadata_columns: tuple[str, ...] | None = None
     root: Path | None = None
     allow_absolute: bool = False
+    download_deadline_s: float = DEFAULT_DEADLINE_S
+    download_max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         path = Path(self.path).resolve()
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "root", Path(self.root).resolve() if self.root else path.parent)
+        DownloadLimits(self.download_deadline_s, self.download_max_bytes)  # refuse bad limits before any row
         if self.metadata_columns is not None:
             object.__setattr__(self, "metadata_columns", tuple(self.metadata_columns))
         frame = read_table(path)
@@ -95,16 +87,18 @@ class ManifestSource(TableSource):
             "license": _text(row[self.license_column]) if self.license_column else None,
             "metadata": metadata,
         }
-        return path_entry(locator, row[self.path_column], self.root, self.allow_absolute, **fields_)
+        limits = DownloadLimits(self.download_deadline_s, self.download_max_bytes)
+        return path_entry(locator, row[self.path_column], self.root, self.allow_absolute, limits, **fields_)
 
 
-def path_entry(locator: str, value: Any, root: Path | None, allow_absolute: bool, **fields_: Any) -> Entry:
+def path_entry(locator: str, value: Any, root: Path | None, allow_absolute: bool,
+               limits: DownloadLimits = DownloadLimits(), **fields_: Any) -> Entry:  # noqa: B008 - frozen
     """The entry for one table cell holding a path or URL; bad cells become rejected entries."""
     if root is None:
         raise SourceError("a table source needs a root folder")
     text = "" if value is None else str(value).strip()
     if text.startswith(("http://", "https://")):
-        return Entry(locator=locator, fingerprint=f"url:{text}", read=lambda: _download(text), **fields_)
+        return Entry(locator=locator, fingerprint=f"url:{text}", read=lambda: download(text, limits), **fields_)
     try:
         if not text:
             raise ImageRejected("bad-entry", "the path cell is empty")

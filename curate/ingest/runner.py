@@ -119,37 +119,55 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
               "ingest": options.recorded()}
     known = workspace.catalog.known_locators(registered.source_id)
     totals: Counter[str] = Counter()
+    # The run's stored counts gain the entries unchanged since an earlier run once, with the last
+    # batch (an attempt killed before it counts none of them; entries this run itself stored
+    # before an interruption are already counted as what they became).
+    unchanged_since_earlier_runs = 0
 
-    def fresh_entries(advance: object) -> Iterator[tuple[Entry, str]]:
+    def fresh_entries(run_id: str, advance: object) -> Iterator[tuple[Entry, str]]:
+        nonlocal unchanged_since_earlier_runs
         for entry in source.entries():
             fingerprint = digest([entry.fingerprint, entry.label, entry.split, entry.metadata,
                                   entry.license or options.license])
-            if known.get(entry.locator) == fingerprint:
+            stored = known.get(entry.locator)
+            if stored is not None and stored[0] == fingerprint:
                 totals["unchanged"] += 1
+                unchanged_since_earlier_runs += stored[1] != run_id
                 advance()  # type: ignore[operator]
                 continue
             yield entry, fingerprint
 
-    def work(entry: Entry, fingerprint: str) -> tuple[Item, SourceRef] | Quarantined:
-        return _process(workspace, registered.source_id, entry, fingerprint, options)
+    uncommitted_blobs: dict[str, Item] = {}  # blobs written for items not committed yet
 
-    def flush(run_id: str, found: list[tuple[Item, SourceRef]], held: list[Quarantined]) -> None:
-        unchanged = totals.pop("unchanged", 0)
+    def work(entry: Entry, fingerprint: str) -> tuple[Item, SourceRef] | Quarantined:
+        result = _process(workspace, registered.source_id, entry, fingerprint, options)
+        if not isinstance(result, Quarantined) and result[0].uri.startswith("blob:"):
+            uncommitted_blobs[result[0].item_id] = result[0]
+        return result
+
+    def flush(run_id: str, found: list[tuple[Item, SourceRef]], held: list[Quarantined], unchanged: int = 0) -> None:
         added = workspace.catalog.record_ingest_batch(run_id, found, held, unchanged)
-        totals.update(added)
+        for item, _ in found:
+            uncommitted_blobs.pop(item.item_id, None)
+        totals.update({k: v for k, v in added.items() if k != "unchanged"})
         found.clear()
         held.clear()
 
-    with workspace.runs.track("ingest", f"{source.kind} {source.location}", config) as run, \
-            progress_bar(f"ingest {source.kind}", source.estimate(), enabled=progress) as advance, \
-            ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        found: list[tuple[Item, SourceRef]] = []
-        held: list[Quarantined] = []
-        for result in _bounded_map(pool, fresh_entries(advance), 4 * max(1, options.workers), work):
-            (held.append(result) if isinstance(result, Quarantined) else found.append(result))
-            advance()
-            if len(found) + len(held) >= options.batch_size:
-                flush(run.run_id, found, held)
-        flush(run.run_id, found, held)
+    try:
+        with workspace.runs.track("ingest", f"{source.kind} {source.location}", config) as run, \
+                progress_bar(f"ingest {source.kind}", source.estimate(), enabled=progress) as advance, \
+                ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+            workspace.remove_orphaned_blobs()
+            found: list[tuple[Item, SourceRef]] = []
+            held: list[Quarantined] = []
+            for result in _bounded_map(pool, fresh_entries(run.run_id, advance), 4 * max(1, options.workers), work):
+                (held.append(result) if isinstance(result, Quarantined) else found.append(result))
+                advance()
+                if len(found) + len(held) >= options.batch_size:
+                    flush(run.run_id, found, held)
+            flush(run.run_id, found, held, unchanged_since_earlier_runs)
+    except BaseException:  # the pool has finished its jobs: no blob may outlive the rows it was for
+        workspace.discard_unstored_blobs(uncommitted_blobs.values())
+        raise
     return IngestResult(workspace.runs.get(run.run_id), registered,
                         {k: v for k, v in sorted(totals.items()) if v}, time.perf_counter() - started)

@@ -277,7 +277,5 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
                 changed = hub.upload(target, location, private, tag, dry_run, endpoint=endpoint).changed
             except hub.HubError as error:
                 raise PublishError(str(error)) from error
-        with workspace.transaction() as conn:
-            workspace.runs.add_counts(conn, run.run_id, {"rows": sum(t["rows"] for t in written),
-                                                         "files_changed": len(changed)})
+        workspace.runs.set_counts(run.run_id, {"rows": sum(t["rows"] for t in written), "files_changed": len(changed)})
     return PublishResult(to, after, workspace.runs.get(run.run_id), time.perf_counter() - started, changed)

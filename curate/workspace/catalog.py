@@ -110,13 +110,14 @@ class Catalog:
                 return source
         raise KeyError(f"no source {source_id!r}")
 
-    def known_locators(self, source_id: str) -> dict[str, str]:
-        """locator -> fingerprint of every entry of a source already ingested or quarantined."""
+    def known_locators(self, source_id: str) -> dict[str, tuple[str, str]]:
+        """locator -> (fingerprint, run id that stored it) of every entry of a source already
+        ingested or quarantined."""
         conn = self._connect()
-        known = dict(conn.execute("SELECT locator, fingerprint FROM quarantine WHERE source_id = ?",
-                                  (source_id,)).fetchall())
-        known.update(conn.execute("SELECT locator, fingerprint FROM item_sources WHERE source_id = ?",
-                                  (source_id,)).fetchall())
+        known: dict[str, tuple[str, str]] = {}
+        for table in ("quarantine", "item_sources"):  # an entry is in one of them; the item wins
+            known.update((row[0], (row[1], row[2])) for row in conn.execute(
+                f"SELECT locator, fingerprint, run_id FROM {table} WHERE source_id = ?", (source_id,)))  # noqa: S608
         return known
 
     # ingest -------------------------------------------------------------------------------
@@ -212,13 +213,18 @@ class Catalog:
         return [SourceRef(r["source_id"], r["locator"], r["item_id"], r["fingerprint"], r["label"],
                           r["split"], json.loads(r["metadata"])) for r in rows]
 
-    def quarantined(self, source_id: str | None = None) -> list[Quarantined]:
-        """Entries that did not become items, with their reasons."""
+    def quarantined(self, source_id: str | None = None, limit: int | None = None) -> list[Quarantined]:
+        """Entries that did not become items, with their reasons (the first ``limit`` of them)."""
         clause, args = _where(source_id=source_id)
-        rows = self._connect().execute(f"SELECT * FROM quarantine {clause} ORDER BY source_id, locator",
-                                       args).fetchall()
+        rows = self._connect().execute(f"SELECT * FROM quarantine {clause} ORDER BY source_id, locator LIMIT ?",
+                                       [*args, -1 if limit is None else limit]).fetchall()
         return [Quarantined(r["source_id"], r["locator"], r["reason"], r["detail"], r["fingerprint"],
                             r["label"], r["split"], json.loads(r["metadata"])) for r in rows]
+
+    def count_quarantined(self, source_id: str | None = None) -> int:
+        """How many entries are quarantined (of one source, or in all)."""
+        clause, args = _where(source_id=source_id)
+        return self._connect().execute(f"SELECT COUNT(*) FROM quarantine {clause}", args).fetchone()[0]
 
     # evidence, cues and verdicts ----------------------------------------------------------
     def _count(self, conn: sqlite3.Connection, counts: RunCounts | None) -> None:

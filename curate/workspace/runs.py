@@ -2,16 +2,23 @@
 
 A run that died (its process is gone while it still says ``running``) reads as ``interrupted``;
 starting the same stage with the same config again resumes it under the same ``run_id``.
+
+Liveness is a lock, not a host name and a pid (containers change the one and reuse the other):
+the process running a run holds ``flock`` on ``runs/<run_id>.lock``; the kernel releases it when
+the process dies, however it dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import socket
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
@@ -51,21 +58,6 @@ def code_version() -> str:
     return f"{curate.__version__}+g{commit}" if commit else curate.__version__
 
 
-def _process_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (killed, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
 def _row_to_run(row: sqlite3.Row) -> Run:
     return Run(
         run_id=row["run_id"], stage=row["stage"], name=row["name"], config=json.loads(row["config"]),
@@ -87,9 +79,12 @@ class RunLog:
     <RunStatus.COMPLETED: 'completed'>
     """
 
-    def __init__(self, connect: Connect, transaction: Transaction) -> None:
+    def __init__(self, connect: Connect, transaction: Transaction, lock_dir: Path) -> None:
         self._connect = connect
         self._transaction = transaction
+        self._lock_dir = lock_dir
+        self._held: dict[str, int] = {}  # run id -> descriptor of the lock this process holds
+        self._held_guard = threading.Lock()
 
     def start(self, stage: str, name: str, config: Mapping[str, Any],
               models: Mapping[str, Any] | None = None, *, resume: bool = True,
@@ -100,30 +95,46 @@ class RunLog:
         stages that only add what is missing, so running twice stores the same rows once).
         """
         fingerprint = digest({"stage": stage, "config": config})
-        host, pid, stamp = socket.gethostname(), os.getpid(), now()
         statuses = (*_RESUMABLE, RunStatus.COMPLETED) if extend_completed else _RESUMABLE
-        with self._transaction() as conn:
-            if resume:
-                marks = ", ".join("?" * len(statuses))
-                for row in conn.execute(
-                    f"SELECT * FROM runs WHERE stage = ? AND fingerprint = ? AND status IN ({marks}) "
-                    "ORDER BY started_at DESC", (stage, fingerprint, *statuses),
-                ):
-                    if not self._is_live(row):
-                        conn.execute(
-                            "UPDATE runs SET status = ?, pid = ?, host = ?, updated_at = ?, "
-                            "attempts = attempts + 1, error = NULL, finished_at = NULL WHERE run_id = ?",
-                            (RunStatus.RUNNING, pid, host, stamp, row["run_id"]),
-                        )
-                        return self._get(conn, row["run_id"])
-            run_id = f"{stage}-{stamp[:19].replace('-', '').replace(':', '')}-{secrets.token_hex(3)}"
-            conn.execute(
-                "INSERT INTO runs (run_id, stage, name, config, fingerprint, code_version, models, counts, "
-                "status, started_at, updated_at, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?)",
-                (run_id, stage, name, dumps(dict(config)), fingerprint, code_version(),
-                 dumps(dict(models or {})), RunStatus.RUNNING, stamp, stamp, pid, host),
-            )
-            return self._get(conn, run_id)
+        claimed: list[str] = []  # the lock taken, let go again should the transaction fail
+        try:
+            with self._transaction() as conn:
+                return self._get(conn, self._claim(conn, stage, name, config, models, fingerprint,
+                                                   statuses if resume else (), claimed))
+        except BaseException:
+            for run_id in claimed:
+                self._release_lock(run_id)
+            raise
+
+    def _claim(self, conn: sqlite3.Connection, stage: str, name: str, config: Mapping[str, Any],
+               models: Mapping[str, Any] | None, fingerprint: str, statuses: tuple[RunStatus, ...],
+               claimed: list[str]) -> str:
+        """Take up the newest run of ``statuses`` that no live process holds, or insert a new one."""
+        host, pid, stamp = socket.gethostname(), os.getpid(), now()
+        if statuses:
+            marks = ", ".join("?" * len(statuses))
+            for row in conn.execute(
+                f"SELECT * FROM runs WHERE stage = ? AND fingerprint = ? AND status IN ({marks}) "
+                "ORDER BY started_at DESC", (stage, fingerprint, *statuses),
+            ).fetchall():
+                if self._take_lock(row["run_id"]):
+                    claimed.append(row["run_id"])
+                    conn.execute(
+                        "UPDATE runs SET status = ?, pid = ?, host = ?, updated_at = ?, "
+                        "attempts = attempts + 1, error = NULL, finished_at = NULL WHERE run_id = ?",
+                        (RunStatus.RUNNING, pid, host, stamp, row["run_id"]),
+                    )
+                    return row["run_id"]
+        run_id = f"{stage}-{stamp[:19].replace('-', '').replace(':', '')}-{secrets.token_hex(3)}"
+        self._take_lock(run_id)
+        claimed.append(run_id)
+        conn.execute(
+            "INSERT INTO runs (run_id, stage, name, config, fingerprint, code_version, models, counts, "
+            "status, started_at, updated_at, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?)",
+            (run_id, stage, name, dumps(dict(config)), fingerprint, code_version(),
+             dumps(dict(models or {})), RunStatus.RUNNING, stamp, stamp, pid, host),
+        )
+        return run_id
 
     @contextmanager
     def track(self, stage: str, name: str, config: Mapping[str, Any], *,
@@ -159,12 +170,14 @@ class RunLog:
                      (dumps(counts), now(), run_id))
 
     def count(self, run_id: str, delta: Mapping[str, int]) -> None:
-        """Add ``delta`` to a run's counts in a transaction of its own."""
+        """Add ``delta`` to a run's counts (in the caller's transaction when inside one)."""
         with self._transaction() as conn:
             self.add_counts(conn, run_id, delta)
 
     def set_counts(self, run_id: str, values: Mapping[str, int]) -> None:
-        """Set some of a run's counts to ``values`` (figures of the latest pass, not running totals)."""
+        """Set counts that describe a run's output (rows written), replacing earlier values, so a run
+        taken up again reports its output once; other counts are kept. Joins the caller's
+        transaction when inside one."""
         with self._transaction() as conn:
             row = conn.execute("SELECT counts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
@@ -184,7 +197,9 @@ class RunLog:
         with self._transaction() as conn:
             conn.execute("UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
                          "WHERE run_id = ?", (status, error, stamp, stamp, run_id))
-            return self._get(conn, run_id)
+            finished = self._get(conn, run_id)
+        self._release_lock(run_id)
+        return finished
 
     def get(self, run_id: str) -> Run:
         """One run by id or by a unique id prefix."""
@@ -208,12 +223,54 @@ class RunLog:
             raise RunNotFoundError(f"no run {'matches' if not rows else 'is unique for'} {run_id!r}")
         return self._with_live_status(rows[0])
 
+    # liveness ------------------------------------------------------------------------------
+    def _lock_path(self, run_id: str) -> Path:
+        return self._lock_dir / f"{run_id}.lock"
+
+    def _take_lock(self, run_id: str) -> bool:
+        """Hold the run's lock from now until ``finish`` (or this process's end); False when a live
+        process (this one included) holds it already."""
+        self._lock_dir.mkdir(exist_ok=True)
+        fd = os.open(self._lock_path(run_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:  # a shared lock is only ever a look (``_is_live``) that ends at once
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                time.sleep(0.001)
+                continue
+            with self._held_guard:
+                self._held[run_id] = fd
+            return True
+
+    def _release_lock(self, run_id: str) -> None:
+        with self._held_guard:
+            fd = self._held.pop(run_id, None)
+        if fd is not None:
+            os.close(fd)
+
     def _is_live(self, row: sqlite3.Row) -> bool:
-        if row["status"] != RunStatus.RUNNING or row["pid"] is None:
+        """True while some process holds the run's lock (a run without a lock file is not live)."""
+        if row["status"] != RunStatus.RUNNING:
             return False
-        if row["host"] != socket.gethostname():
-            return True  # cannot see another host's processes: assume it is alive
-        return _process_alive(row["pid"])
+        if row["run_id"] in self._held:
+            return True
+        try:
+            fd = os.open(self._lock_path(row["run_id"]), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def _with_live_status(self, row: sqlite3.Row) -> Run:
         run = _row_to_run(row)

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from curate.workspace._sql import atomic_write_bytes
+from curate.workspace.faults import DamagedFileError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -65,8 +66,12 @@ class SideTables:
                 raise KeyError(f"no part {part!r} of side table {name!r} in {self.root}")
             return pl.scan_parquet(folder / f"{part}.parquet")
         if single.exists():
+            _check_whole(single)
             return pl.scan_parquet(single)
-        if folder.is_dir() and any(folder.glob("*.parquet")):
+        parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        if parts:
+            for part in parts:
+                _check_whole(part)
             return pl.scan_parquet(folder / "*.parquet")
         raise KeyError(f"no side table {name!r} in {self.root}")
 
@@ -103,3 +108,21 @@ class SideTables:
     def _check(name: str) -> None:
         if not _NAME.match(name):
             raise ValueError(f"table names use letters, digits, '_', '-' and '.': {name!r}")
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _check_whole(path: Path) -> None:
+    """Refuse a parquet file that is not whole (cut short, or not parquet), naming it.
+
+    Only its first and last four bytes are read; polars would otherwise fail later, without the name.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(4)
+        size = handle.seek(0, io.SEEK_END)
+        handle.seek(max(size - 4, 0))
+        tail = handle.read(4)
+    if size < 12 or head != _PARQUET_MAGIC or tail != _PARQUET_MAGIC:
+        raise DamagedFileError(path, f"not a whole parquet file, {size:,} bytes",
+                               "delete it and run again the stage that wrote it")
