@@ -90,20 +90,24 @@ MCQ_REVIEW = beside_image("""      <Header value="$question"/>
       <TextArea name="comment" toName="image" placeholder="What is wrong?" maxSubmissions="1"/>""")
 
 SETTING_REVIEW = beside_image("""      <Header value="Class: $class_label. Check the setting of the image."/>
+      <Header value="Time of day" size="6"/>
       <Choices name="time" toName="image" choice="single-radio" showInline="true">
         <Choice value="day"/><Choice value="night"/><Choice value="none"/>
       </Choices>
+      <Header value="Weather" size="6"/>
       <Choices name="weather" toName="image" choice="single-radio" showInline="true">
         <Choice value="cloudy"/><Choice value="foggy"/><Choice value="partly cloudy"/><Choice value="raining"/>
         <Choice value="snowing"/><Choice value="sunny"/><Choice value="none"/>
       </Choices>
+      <Header value="Locations (all that apply)" size="6"/>
       <Choices name="locations" toName="image" choice="multiple" showInline="true">
         <Choice value="forest"/><Choice value="grass"/><Choice value="indoors"/><Choice value="rocks"/>
         <Choice value="sand"/><Choice value="street"/><Choice value="snow"/><Choice value="water"/>
         <Choice value="none"/>
       </Choices>""")
 
-LOGO_REVIEW = beside_image("""      <Choices name="is_logo" toName="image" choice="single-radio" showInline="true">
+LOGO_REVIEW = beside_image("""      <Header value="Is this picture a logo? If so, which brand (if you know it)?" size="6"/>
+      <Choices name="is_logo" toName="image" choice="single-radio" showInline="true">
         <Choice value="logo"/>
         <Choice value="not a logo"/>
       </Choices>

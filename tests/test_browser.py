@@ -73,3 +73,44 @@ def test_an_annotator_sees_named_prefills_answers_in_the_browser_and_pull_reads_
     assert pulled.counts["annotated_tasks"] == 1 and pulled.counts["rejected_annotations"] == 0
     answers = {(v.attribute, v.value, v.annotator) for v in round_workspace.catalog.verdicts("browser-1")}
     assert answers == {("leash", "spurious", "ann@example.org"), ("grass", "spurious", "ann@example.org")}
+
+
+def test_box_mcq_setting_and_logo_reviews_show_their_question_beside_the_image(
+        round_workspace: Workspace, browser: Any, tmp_path: Path) -> None:
+    import polars as pl
+
+    item = next(round_workspace.catalog.items())
+    width, height = item.display_size
+    round_workspace.catalog.add_evidence([Evidence(item.item_id, "saucer", "detector", "propose-1",
+                                                   EvidenceRole.CANDIDATE, "Co-occurring Objects", 0.4,
+                                                   [[0.1 * width, 0.1 * height, 0.6 * width, 0.6 * height, 0.4]])])
+    pl.DataFrame({"item_id": [item.item_id], "question": ["Which feature best indicates what this is?"],
+                  "choices": [["A. a cup", "B. a table", "C. a spoon", "D. daylight"]], "answer": ["A"]}
+                 ).write_parquet(tmp_path / "mcq.parquet")
+    pl.DataFrame({"item_id": [item.item_id], "time": ["day"], "weather": ["none"], "locations": ["indoors"]}
+                 ).write_csv(tmp_path / "settings.csv")
+    pl.DataFrame({"item_id": [item.item_id]}).write_csv(tmp_path / "logos.csv")
+    connection = server.connection(round_workspace.root)
+    shown = {"boxes": ("Fix the boxes of: saucer", "boxes correct"),
+             "mcq": ("Which feature best indicates what this is?", "answer wrong"),
+             "setting": ("Check the setting of the image", "Weather", "partly cloudy"),
+             "logo": ("not a logo", "logo")}
+    units = {"mcq": "mcq.parquet", "setting": "settings.csv", "logo": "logos.csv"}
+    admin = server.admin_login(round_workspace.root)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        login(page, connection.url, admin.email, admin.password)
+        for kind, texts in shown.items():
+            spec = rounds.RoundSpec(f"{kind}-look", kind=kind, units=str(tmp_path / units[kind]) if kind in units
+                                    else None)
+            report = rounds.push(round_workspace, connection, spec)
+            task: TaskPage = open_annotator_stream(page, connection.url, report.project_id)
+            page.screenshot(path=str(tmp_path / f"{kind}.png"))
+            assert task.image_width == width and task.failed_images == [], kind
+            for text in texts:  # in view beside the image, not below the fold
+                box = page.get_by_text(text, exact=False).first.bounding_box()
+                assert box is not None and box["y"] + box["height"] < 900, (kind, text)
+            if kind == "boxes":
+                assert page.locator(".lsf-outliner-item, [class*=outliner] [class*=item]").count() >= 1
+    finally:
+        page.close()
