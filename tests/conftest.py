@@ -46,6 +46,22 @@ def tiny_clip() -> str:
 
 
 @pytest.fixture
+def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Blocks every socket connection for the test and records where each one tried to go: a test
+    asserts the list is empty to prove nothing tried the network (not a time limit)."""
+    import socket
+
+    attempts: list[object] = []
+
+    def blocked(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("the network is blocked in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    return attempts
+
+
+@pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     return Workspace.init(tmp_path / "ws")
 
