@@ -137,3 +137,13 @@ def test_report_links_every_picture_and_figure(scored: Workspace, tmp_path: Path
     assert all((report_dir / link).is_file() for link in links)
     page = build_report(scored, "html").read_text()
     assert page.count("<img") == 5 and "<table>" in page and "<td>grass</td>" in page
+
+
+def test_importing_curate_leaves_matplotlib_backend_alone() -> None:
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import curate.build, curate.analyze.plots, curate.publish; "
+            "print(matplotlib.get_backend())")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == "svg"  # a notebook's inline backend survives `import curate`

@@ -6,23 +6,20 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from PIL import Image
 
 DPI = 120
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG. Figures are made without pyplot, so importing curate never changes
+    matplotlib's backend (a notebook keeps its inline plots) and no window ever opens."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
     return path
 
 
@@ -36,7 +33,8 @@ def lift_heatmap(stats: pl.DataFrame, path: Path, top: int = 12) -> Path:
         if row["class_label"] in classes:
             value = row["pmi"]
             grid[classes.index(row["class_label"]), cues.index(row["attribute"])] = math.nan if value is None else value
-    figure, axes = plt.subplots(figsize=(max(4, 0.45 * len(cues) + 2), max(2.5, 0.45 * len(classes) + 1.5)))
+    figure = Figure(figsize=(max(4, 0.45 * len(cues) + 2), max(2.5, 0.45 * len(classes) + 1.5)))
+    axes = figure.subplots()
     limit = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
     shown = axes.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     axes.set_xticks(range(len(cues)), cues, rotation=60, ha="right", fontsize=8)
@@ -48,7 +46,8 @@ def lift_heatmap(stats: pl.DataFrame, path: Path, top: int = 12) -> Path:
 
 def group_sizes(counts: Mapping[str, int], path: Path, title: str = "items per group") -> Path:
     """Bar chart of group sizes (e.g. ``{"y:landbird_a:water": 184, ...}``)."""
-    figure, axes = plt.subplots(figsize=(max(4, 0.6 * len(counts) + 2), 3))
+    figure = Figure(figsize=(max(4, 0.6 * len(counts) + 2), 3))
+    axes = figure.subplots()
     axes.bar(range(len(counts)), list(counts.values()), color="#4c72b0")
     axes.set_xticks(range(len(counts)), list(counts), rotation=45, ha="right", fontsize=8)
     axes.set_ylabel("items")
@@ -60,7 +59,8 @@ def accuracy_per_group(metrics: Mapping[str, float | int], path: Path) -> Path:
     """Bar chart of the ``acc_<group>`` metrics, with ``acc_avg`` as a line."""
     groups = {k.removeprefix("acc_"): float(v) for k, v in metrics.items()
               if k.startswith("acc_") and ":" in k}
-    figure, axes = plt.subplots(figsize=(max(4, 0.6 * len(groups) + 2), 3))
+    figure = Figure(figsize=(max(4, 0.6 * len(groups) + 2), 3))
+    axes = figure.subplots()
     axes.bar(range(len(groups)), list(groups.values()), color="#55a868")
     if "acc_avg" in metrics:
         axes.axhline(float(metrics["acc_avg"]), color="black", linestyle="--", label="acc_avg")
@@ -75,7 +75,8 @@ def accuracy_per_group(metrics: Mapping[str, float | int], path: Path) -> Path:
 def image_strips(top: Sequence[Image.Image], bottom: Sequence[Image.Image], path: Path, title: str) -> Path:
     """Two rows of thumbnails: the images scoring highest and lowest for a cue."""
     columns = max(len(top), len(bottom), 1)
-    figure, axes = plt.subplots(2, columns, figsize=(max(4.0, 1.6 * columns), 3.6), squeeze=False)
+    figure = Figure(figsize=(max(4.0, 1.6 * columns), 3.6))
+    axes = figure.subplots(2, columns, squeeze=False)
     for row, (name, images) in enumerate((("top", top), ("bottom", bottom))):
         for column in range(columns):
             axis = axes[row][column]
