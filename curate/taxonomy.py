@@ -72,8 +72,3 @@ def canonical_type(text: str) -> str:
     if found is None:
         raise OffTaxonomyError(f"{text!r} is not one of the nine MM-SpuBench types")
     return found
-
-
-def is_canonical(text: str) -> bool:
-    """True only for the nine exact strings (no aliasing)."""
-    return text in SPURIOUS_TYPES

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,6 @@ SPLIT_NAMES = ("train", "val", "validation", "test")
 MAX_SHARD_BYTES = 256 * 1024 * 1024
 MAX_SHARD_ROWS = 50_000
 HIDDEN_COLUMNS = ("uri",)  # local locations: replaced by the embedded image
-
-
-@dataclass
-class PublishedTable:
-    """One (config, split) written as shards."""
-
-    config: str
-    split: str
-    rows: int
-    files: list[str] = field(default_factory=list)
 
 
 def configs_of(tables: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -93,16 +92,6 @@ class SideTables:
         found = {p.stem for p in self.root.glob("*.parquet")}
         found |= {p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))}
         return sorted(found)
-
-    def delete(self, name: str, part: str | None = None) -> None:
-        """Remove a table and all its parts, or only one ``part``."""
-        self._check(name)
-        if part is not None:
-            self._check(part)
-            (self.root / name / f"{part}.parquet").unlink(missing_ok=True)
-            return
-        (self.root / f"{name}.parquet").unlink(missing_ok=True)
-        shutil.rmtree(self.root / name, ignore_errors=True)
 
     @staticmethod
     def _check(name: str) -> None:
