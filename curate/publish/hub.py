@@ -65,10 +65,10 @@ def _remote_files(api: Any, repo_id: str) -> dict[str, str]:
 
 
 def _remote_card(api: Any, repo_id: str) -> dict[str, Any]:
-    from huggingface_hub.utils import get_session
+    from huggingface_hub.utils import build_hf_headers, get_session
 
     url = f"{api.endpoint}/datasets/{repo_id}/resolve/main/README.md"
-    response = get_session().get(url, headers=api._build_hf_headers(), follow_redirects=True)
+    response = get_session().get(url, headers=build_hf_headers(token=api.token), follow_redirects=True)
     return split_card(response.text)[0] if response.status_code == 200 else {}
 
 
