@@ -30,6 +30,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from curate.ingest import FolderSource, ingest  # noqa: E402
+from curate.records import Verdict  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
 
 TINY_CLIP_CONFIG = Path(__file__).parent / "data" / "curate-tiny-clip.json"
@@ -64,6 +66,49 @@ def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     return Workspace.init(tmp_path / "ws")
+
+
+POOLS = {("dog", 0): 40, ("dog", 1): 10, ("cat", 1): 30, ("cat", 0): 20}  # (class, water present): items
+
+
+@pytest.fixture
+def judged(workspace: Workspace, tmp_path: Path) -> Workspace:
+    seed = 0
+    for (label, water), count in POOLS.items():
+        for _ in range(count):
+            seed += 1
+            folder = tmp_path / "img" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            distinct_image(seed, (6, 6)).save(folder / f"{water}-{seed}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    water_of = {ref.item_id: int(ref.locator.split("/")[1][0]) for ref in workspace.catalog.references()}
+    workspace.catalog.add_verdicts(
+        Verdict(item_id, "water", annotator, "round-1", "spurious" if water else "not present")
+        for item_id, water in water_of.items() for annotator in ("ann", "bob"))
+    return workspace
+
+
+@pytest.fixture
+def verified(workspace: Workspace, tmp_path: Path) -> Workspace:
+    for index in range(9):
+        (tmp_path / "img" / "bottle").mkdir(parents=True, exist_ok=True)
+        distinct_image(700 + index, (8, 8)).save(tmp_path / "img" / "bottle" / f"{index}.png")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    rows = []
+    for n, item in enumerate(workspace.catalog.items()):
+        attributes = {"cap": ("core", None), "label text": ("core", None), "glass": ("core", None),
+                      "marble table": ("spurious", "Background"), "round shape": ("spurious", "Shape"),
+                      "shiny surface": ("spurious", "Texture and Noise"), "hand": ("spurious", "Co-occurring Objects"),
+                      "wooden floor": ("spurious", "Background")}
+        if n == 8:  # one item with a single verified core attribute cannot make an item
+            attributes = {"cap": ("core", None), **{k: v for k, v in attributes.items() if v[0] == "spurious"}}
+        for annotator in ("ann", "bob"):
+            rows += [Verdict(item.item_id, name, annotator, "r1", role, kind)
+                     for name, (role, kind) in attributes.items()]
+    rows.append(Verdict(next(workspace.catalog.items()).item_id, "sticker", "ann", "r1", "core"))
+    rows.append(Verdict(next(workspace.catalog.items()).item_id, "sticker", "bob", "r1", "not present"))  # a tie
+    workspace.catalog.add_verdicts(rows)
+    return workspace
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -45,26 +45,6 @@ def test_a_waterbirds_table_is_exported_again_with_its_split_and_group_counts(wo
     assert len(wilds["metadata_array"]) == 11788 and result.run.stage == "build"
 
 
-POOLS = {("dog", 0): 40, ("dog", 1): 10, ("cat", 1): 30, ("cat", 0): 20}  # (class, water present): items
-
-
-@pytest.fixture
-def judged(workspace: Workspace, tmp_path: Path) -> Workspace:
-    seed = 0
-    for (label, water), count in POOLS.items():
-        for _ in range(count):
-            seed += 1
-            folder = tmp_path / "img" / label
-            folder.mkdir(parents=True, exist_ok=True)
-            distinct_image(seed, (6, 6)).save(folder / f"{water}-{seed}.png")
-    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
-    water_of = {ref.item_id: int(ref.locator.split("/")[1][0]) for ref in workspace.catalog.references()}
-    workspace.catalog.add_verdicts(
-        Verdict(item_id, "water", annotator, "round-1", "spurious" if water else "not present")
-        for item_id, water in water_of.items() for annotator in ("ann", "bob"))
-    return workspace
-
-
 def test_splits_from_verdicts_by_hand(judged: Workspace, tmp_path: Path) -> None:
     builder = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.9)
     release = builder.build(judged)

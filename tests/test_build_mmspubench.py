@@ -6,11 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import distinct_image
 
 from curate.build import BuildError, build, import_mmspubench, make_builder
-from curate.ingest import FolderSource, ingest
-from curate.records import Verdict
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
 
@@ -51,29 +48,6 @@ def test_the_importer_accepts_lists_and_literal_strings_and_flags_the_rest(tmp_p
 
 SPURIOUS_OF_FIXTURE = (("marble table", "Background"), ("round shape", "Shape"), ("shiny surface", "Texture and Noise"),
                        ("hand", "Co-occurring Objects"), ("wooden floor", "Background"))
-
-
-@pytest.fixture
-def verified(workspace: Workspace, tmp_path: Path) -> Workspace:
-    for index in range(9):
-        (tmp_path / "img" / "bottle").mkdir(parents=True, exist_ok=True)
-        distinct_image(700 + index, (8, 8)).save(tmp_path / "img" / "bottle" / f"{index}.png")
-    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
-    rows = []
-    for n, item in enumerate(workspace.catalog.items()):
-        attributes = {"cap": ("core", None), "label text": ("core", None), "glass": ("core", None),
-                      "marble table": ("spurious", "Background"), "round shape": ("spurious", "Shape"),
-                      "shiny surface": ("spurious", "Texture and Noise"), "hand": ("spurious", "Co-occurring Objects"),
-                      "wooden floor": ("spurious", "Background")}
-        if n == 8:  # one item with a single verified core attribute cannot make an item
-            attributes = {"cap": ("core", None), **{k: v for k, v in attributes.items() if v[0] == "spurious"}}
-        for annotator in ("ann", "bob"):
-            rows += [Verdict(item.item_id, name, annotator, "r1", role, kind)
-                     for name, (role, kind) in attributes.items()]
-    rows.append(Verdict(next(workspace.catalog.items()).item_id, "sticker", "ann", "r1", "core"))
-    rows.append(Verdict(next(workspace.catalog.items()).item_id, "sticker", "bob", "r1", "not present"))  # a tie
-    workspace.catalog.add_verdicts(rows)
-    return workspace
 
 
 def test_items_from_verdicts_follow_the_released_schema(verified: Workspace, tmp_path: Path) -> None:

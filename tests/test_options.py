@@ -9,7 +9,6 @@ from typing import Literal
 
 import polars as pl
 import pytest
-from test_build_groups import judged  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from curate.build import BuildError, make_builder
@@ -74,7 +73,7 @@ def test_python_values_are_checked_too() -> None:
         parse_pairs(["novalue"])
 
 
-def test_the_issue_examples_through_the_api(judged: Workspace) -> None:  # noqa: F811
+def test_the_issue_examples_through_the_api(judged: Workspace) -> None:
     with pytest.raises(BuildError, match="builder 'groups' option allow_machine: 'ture' is not a bool"):
         make_builder("groups", attribute="water", allow_machine="ture")
     with pytest.raises(BuildError, match="option balance: 'globally' is not one of within_class, all"):
@@ -112,7 +111,7 @@ def test_evaluator_options_are_checked_before_anything_runs(tmp_path: Path, work
     ("balance=globally", "option balance: 'globally' is not one of within_class, all"),
     ("majority=1,x", "option majority: value 2: 'x' is not an integer"),
 ])
-def test_the_issue_examples_through_the_cli(judged: Workspace, tmp_path: Path,  # noqa: F811
+def test_the_issue_examples_through_the_cli(judged: Workspace, tmp_path: Path,
                                             setting: str, message: str) -> None:
     out = tmp_path / "rel"
     result = runner.invoke(app, ["build", "groups", "--out", str(out), "--set", "attribute=water",
@@ -123,7 +122,7 @@ def test_the_issue_examples_through_the_cli(judged: Workspace, tmp_path: Path,  
     assert not out.exists() and judged.runs.list("build") == []  # nothing ran
 
 
-def test_a_good_majority_builds_through_the_cli(judged: Workspace, tmp_path: Path) -> None:  # noqa: F811
+def test_a_good_majority_builds_through_the_cli(judged: Workspace, tmp_path: Path) -> None:
     result = runner.invoke(app, ["build", "groups", "--out", str(tmp_path / "rel"), "--set", "attribute=water",
                                  "--set", "classes=dog,cat", "--set", "majority=1,0", "--set", "balance=all",
                                  "--set", "train_correlation=0.8",

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_build_groups import judged  # noqa: F401  (fixture)
-
 from curate.build import build, make_builder
 from curate.publish import publish
 from curate.workspace import Workspace
 
 
-def test_a_completed_build_and_publish_run_again_count_their_rows_once(judged: Workspace,  # noqa: F811
+def test_a_completed_build_and_publish_run_again_count_their_rows_once(judged: Workspace,
                                                                       tmp_path: Path) -> None:
     builder = make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.9)
     first = build(judged, builder, tmp_path / "release")
