@@ -130,6 +130,11 @@ def ingest_folder(
     _run_ingest(workspace, "folder", path, {}, _common(locals()))
 
 
+PathMapOption = Annotated[list[str] | None, typer.Option(
+    "--path-map", help="OLD_PREFIX=NEW_PREFIX: rewrite paths written on another machine (repeatable; the "
+                       "result must still lie under the root).")]
+
+
 @ingest_app.command("manifest")
 def ingest_manifest(
     path: Annotated[Path, typer.Argument(help="CSV, TSV, parquet or JSON-lines manifest.")],
@@ -143,6 +148,7 @@ def ingest_manifest(
                                                     "manifest's folder).")] = None,
     allow_absolute: Annotated[bool, typer.Option("--allow-absolute", help="Accept absolute paths and "
                                                  "paths that leave the root.")] = False,
+    path_map: PathMapOption = None,
     download_deadline: Annotated[float, typer.Option(
         help="Seconds a URL download may take in all.")] = DEFAULT_DEADLINE_S,
     download_max_bytes: Annotated[int, typer.Option(help="Bytes a URL download may bring.")] = DEFAULT_MAX_BYTES,
@@ -153,6 +159,7 @@ def ingest_manifest(
     """Ingest a manifest table: one row per image, with a path or URL and a label."""
     options = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
                "license_column": license_column, "root": root, "allow_absolute": allow_absolute,
+               "path_map": tuple(path_map or ()),
                "metadata_columns": tuple(metadata_column) if metadata_column else None,
                "download_deadline_s": download_deadline, "download_max_bytes": download_max_bytes}
     _run_ingest(workspace, "manifest", path, options, _common(locals()))
@@ -192,6 +199,7 @@ def ingest_groups(
     y_names: Annotated[str | None, typer.Option(help="Class names by code, comma-separated.")] = None,
     a_names: Annotated[str | None, typer.Option(help="Attribute names by code, comma-separated.")] = None,
     split_names: Annotated[str, typer.Option(help="Split names by code, comma-separated.")] = "train,val,test",
+    path_map: PathMapOption = None,
     workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, copy: CopyOption = False, workers: WorkersOption = 2,
     batch_size: BatchOption = 256, quiet: QuietOption = False,
@@ -199,7 +207,8 @@ def ingest_groups(
     """Ingest a Waterbirds / SubpopBench-style group table, kept whole for later builders."""
     options = {"images": images, "id_column": id_column, "filename_column": filename_column,
                "split_column": split_column, "y_column": y_column, "a_column": a_column,
-               "y_names": _names(y_names), "a_names": _names(a_names), "split_names": _names(split_names)}
+               "y_names": _names(y_names), "a_names": _names(a_names), "split_names": _names(split_names),
+               "path_map": tuple(path_map or ())}
     _run_ingest(workspace, "groups", path, options, _common(locals()))
 
 

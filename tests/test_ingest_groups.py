@@ -77,3 +77,31 @@ def test_group_table_refuses_other_sources(workspace: Workspace, tmp_path: Path)
     result = ingest(workspace, FolderSource(tmp_path), progress=False)
     with pytest.raises(SourceError, match="not a group table"):
         group_table(workspace, result.source.source_id)
+
+
+def test_a_table_written_on_another_machine_is_read_through_a_path_map(workspace: Workspace, tmp_path: Path) -> None:
+    from conftest import distinct_image
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    old = "/restricted/projectnb/metashift/train"  # MetaShift's published metadata carries such paths
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    for index in range(3):
+        distinct_image(900 + index, (6, 6)).save(tmp_path / "images" / "cat" / f"{index}.jpg")
+    rows = [{"id": i, "filename": f"{old}/cat/cat(indoor)/../../cat/{i}.jpg" if i == 2 else f"{old}/cat/{i}.jpg",
+             "split": 0, "y": 0, "a": i % 2} for i in range(3)]
+    pl.DataFrame(rows).write_csv(tmp_path / "metadata.csv")
+    source = GroupTableSource(tmp_path / "metadata.csv", y_names=("cat",), a_names=("outdoor", "indoor"))
+    assert ingest(workspace, source, progress=False).counts["quarantined"] == 3  # every row an absolute path
+
+    command = ["ingest", "groups", str(tmp_path / "metadata.csv"), "--y-names", "cat", "--a-names",
+               "outdoor,indoor", "--path-map", f"{old}/=images/", "-w", str(workspace.root)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    labels = sorted(item.label for item in workspace.catalog.items())
+    assert labels == ["cat", "cat"]  # the mapped row with '..' is still refused: nothing leaves the root
+    reasons = {q.locator: q.reason for q in workspace.catalog.quarantined()}
+    assert list(reasons.values()).count("path-escape") >= 1
+    bad = CliRunner().invoke(app, [*command[:-2], "--path-map", "no-equals-sign", "-w", str(workspace.root)])
+    assert bad.exit_code != 0 and "OLD_PREFIX=NEW_PREFIX" in bad.output

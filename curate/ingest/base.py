@@ -160,6 +160,24 @@ def file_entry(path: Path, locator: str, **fields_: Any) -> Entry:
                  local_path=path, **fields_)
 
 
+def map_path(value: str, path_map: tuple[str, ...]) -> str:
+    """Rewrite a path written on another machine: each ``OLD_PREFIX=NEW_PREFIX`` in ``path_map`` is
+    tried in order and the first prefix that matches is replaced. The result is checked like any
+    other path (so it may not leave the root).
+
+    >>> map_path("/restricted/projectnb/metashift/train/cat/1.jpg", ("/restricted/projectnb/metashift/=images/",))
+    'images/train/cat/1.jpg'
+    """
+    rules = [rule.partition("=") for rule in path_map]
+    for rule, (old, sep, _) in zip(path_map, rules, strict=True):
+        if not sep or not old:
+            raise SourceError(f"a path map is OLD_PREFIX=NEW_PREFIX, got {rule!r}")
+    for old, _, new in rules:
+        if value.startswith(old):
+            return new + value[len(old):]
+    return value
+
+
 def resolve_under_root(root: Path, value: str, allow_absolute: bool = False) -> Path:
     """Resolve a path written in a table against ``root``, refusing escapes.
 

@@ -64,6 +64,7 @@ class GroupTableSource(TableSource):
     a_names: tuple[str, ...] | None = None
     split_names: tuple[str, ...] = DEFAULT_SPLIT_NAMES
     allow_absolute: bool = False
+    path_map: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         path = Path(self.path).resolve()
@@ -99,7 +100,7 @@ class GroupTableSource(TableSource):
                 "split_code": split_code, **{c: row[c] for c in extra},
             }
             yield path_entry(locator, row[self.filename_column], self.images, self.allow_absolute,
-                             label=_name(self.y_names, row[self.y_column], self.y_column),
+                             path_map=self.path_map, label=_name(self.y_names, row[self.y_column], self.y_column),
                              split=split, metadata=metadata)
 
 

@@ -13,6 +13,7 @@ from curate.ingest.base import (
     SourceError,
     TableSource,
     file_entry,
+    map_path,
     read_table,
     register_source,
     require_columns,
@@ -50,6 +51,7 @@ class ManifestSource(TableSource):
     metadata_columns: tuple[str, ...] | None = None
     root: Path | None = None
     allow_absolute: bool = False
+    path_map: tuple[str, ...] = ()
     download_deadline_s: float = DEFAULT_DEADLINE_S
     download_max_bytes: int = DEFAULT_MAX_BYTES
 
@@ -88,15 +90,18 @@ class ManifestSource(TableSource):
             "metadata": metadata,
         }
         limits = DownloadLimits(self.download_deadline_s, self.download_max_bytes)
-        return path_entry(locator, row[self.path_column], self.root, self.allow_absolute, limits, **fields_)
+        return path_entry(locator, row[self.path_column], self.root, self.allow_absolute, limits, self.path_map,
+                          **fields_)
 
 
 def path_entry(locator: str, value: Any, root: Path | None, allow_absolute: bool,
-               limits: DownloadLimits = DownloadLimits(), **fields_: Any) -> Entry:  # noqa: B008 - frozen
-    """The entry for one table cell holding a path or URL; bad cells become rejected entries."""
+               limits: DownloadLimits = DownloadLimits(), path_map: tuple[str, ...] = (),  # noqa: B008 - frozen
+               **fields_: Any) -> Entry:
+    """The entry for one table cell holding a path or URL (rewritten by ``path_map`` first); bad cells
+    become rejected entries."""
     if root is None:
         raise SourceError("a table source needs a root folder")
-    text = "" if value is None else str(value).strip()
+    text = map_path("" if value is None else str(value).strip(), path_map)
     if text.startswith(("http://", "https://")):
         return Entry(locator=locator, fingerprint=f"url:{text}", read=lambda: download(text, limits), **fields_)
     try:
