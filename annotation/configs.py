@@ -106,7 +106,7 @@ SETTING_REVIEW = beside_image("""      <Header value="Class: $class_label. Check
         <Choice value="none"/>
       </Choices>""")
 
-LOGO_REVIEW = beside_image("""      <Header value="Is this picture a logo? If so, which brand (if you know it)?" size="6"/>
+LOGO_REVIEW = beside_image("""      <Header value="Is this picture a logo? If so, which brand?" size="6"/>
       <Choices name="is_logo" toName="image" choice="single-radio" showInline="true">
         <Choice value="logo"/>
         <Choice value="not a logo"/>

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from curate.analyze import analyze_cues, measure_gaps
 from curate.analyze.report import build_report
-from curate.build import BuildError, build, make_builder
+from curate.builders import BuildError, build, make_builder
 from curate.evaluate import EvaluateError, evaluate
 from curate.images import DEFAULT_MAX_PIXELS
 from curate.ingest import IngestOptions, SourceError, ingest, make_source

@@ -143,7 +143,7 @@ def test_importing_curate_leaves_matplotlib_backend_alone() -> None:
     import subprocess
     import sys
 
-    code = ("import matplotlib; matplotlib.use('svg'); import curate.build, curate.analyze.plots, curate.publish; "
+    code = ("import matplotlib; matplotlib.use('svg'); import curate.builders, curate.analyze.plots, curate.publish; "
             "print(matplotlib.get_backend())")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert shown.strip() == "svg"  # a notebook's inline backend survives `import curate`

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import distinct_image
 
-from curate.build import BuildError, build, make_builder
+from curate.builders import BuildError, build, make_builder
 from curate.ingest import FolderSource, ingest
 from curate.propose import make_proposer, propose
 from curate.records import Verdict

@@ -10,8 +10,8 @@ import pytest
 from conftest import distinct_image
 from test_ingest_groups import WATERBIRDS_COUNTS, _waterbirds_like
 
-from curate.build import BuildError, build, make_builder
-from curate.build.groups import train_sizes
+from curate.builders import BuildError, build, make_builder
+from curate.builders.groups import train_sizes
 from curate.ingest import FolderSource, GroupTableSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
 from curate.workspace import Workspace

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from curate.analyze.cues import wilson
-from curate.build import BuildError, build, make_builder
-from curate.build.logobank import paste_logo
+from curate.builders import BuildError, build, make_builder
+from curate.builders.logobank import paste_logo
 from curate.ingest import FolderSource, ingest
 from curate.propose import make_proposer, propose
 from curate.records import Evidence, EvidenceRole, Verdict
@@ -121,7 +121,7 @@ def test_flip_rates_by_hand(pool: tuple[Workspace, dict[str, str]], monkeypatch:
 
 
 def test_builders_import_neither_torch_nor_ultralytics_nor_openai() -> None:
-    code = ("import sys, curate.build; "
+    code = ("import sys, curate.builders; "
             "print(sorted(m for m in ('torch', 'ultralytics', 'openai') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

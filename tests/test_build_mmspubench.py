@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curate.build import BuildError, build, import_mmspubench, make_builder
+from curate.builders import BuildError, build, import_mmspubench, make_builder
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from curate.build import BuildError, make_builder
+from curate.builders import BuildError, make_builder
 from curate.cli import app
 from curate.evaluate import EvaluateError, evaluate
 from curate.ingest import SourceError, make_source

@@ -12,7 +12,7 @@ import pytest
 from conftest import distinct_image
 from PIL import Image
 
-from curate.build import build, make_builder
+from curate.builders import build, make_builder
 from curate.ingest import FolderSource, ingest
 from curate.publish import PublishError, publish
 from curate.publish.folder import write_table
@@ -359,7 +359,7 @@ def test_a_rebuild_replaces_the_whole_release_and_publish_ships_only_its_tables(
 
     import polars as pl
 
-    from curate.build import BuildError
+    from curate.builders import BuildError
 
     release, hub = tmp_path / "release", tmp_path / "hub"
     build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), release)

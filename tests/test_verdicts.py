@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import distinct_image
 
-from curate.build import make_builder
+from curate.builders import make_builder
 from curate.ingest import FolderSource, ingest
 from curate.records import Verdict
 from curate.verdicts import ADJUDICATED, CONSENSUS, VerdictValue, resolve, resolved_verdicts, round_names

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.build.mmspubench import LETTERS, literal_list
+from curate.builders.mmspubench import LETTERS, literal_list
 
 Metrics = dict[str, float | int]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curate.build import build, make_builder
+from curate.builders import build, make_builder
 from curate.publish import publish
 from curate.workspace import Workspace
 

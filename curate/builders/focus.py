@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from curate.build.base import Builder, BuildError, Release, image_name, register_builder
+from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.build.base import Builder, BuildError, Release, image_name, register_builder
+from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace

@@ -31,8 +31,8 @@ import polars as pl
 from PIL import Image
 
 from curate.analyze.cues import wilson
-from curate.build.base import Builder, BuildError, Release, register_builder
-from curate.build.mmspubench import source_name
+from curate.builders.base import Builder, BuildError, Release, register_builder
+from curate.builders.mmspubench import source_name
 from curate.images import open_image
 from curate.progress import progress_bar
 from curate.verdicts import resolved_verdicts

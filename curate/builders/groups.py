@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from curate.build.base import Builder, BuildError, Release, image_name, register_builder
-from curate.build.near_duplicates import MAX_LEVEL, clusters, fingerprint
+from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
+from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.ingest import group_table
 from curate.progress import progress_bar
