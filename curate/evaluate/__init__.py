@@ -11,6 +11,7 @@ an ``evaluate`` run whose metrics are kept in the ``evaluations`` side table.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable
@@ -147,15 +148,21 @@ class EvaluateResult:
         return f"evaluate {self.run.config['kind']}: {shown}{counted} [run {self.run.run_id}]"
 
 
-def evaluate(workspace: Workspace, kind: str, predictions: str | Path, **options: Any) -> EvaluateResult:
-    """Evaluate a predictions table (CSV, parquet, JSON lines) as a recorded ``evaluate`` run."""
+def evaluate(workspace: Workspace, kind: str, predictions: str | Path | pl.DataFrame, **options: Any
+             ) -> EvaluateResult:
+    """Evaluate predictions (a CSV, parquet or JSON-lines table, or a polars DataFrame) as a recorded
+    ``evaluate`` run; the run's config holds the table's sha256 either way."""
     started = time.perf_counter()
     evaluator = EVALUATORS[kind]
     options = check_options(evaluator, options, f"evaluation {kind!r}", skip=("frame",), error=EvaluateError)
-    path = Path(predictions).resolve()
-    frame = read_table(path)
-    config = {"kind": kind, "predictions": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-              "options": options}
+    if isinstance(predictions, pl.DataFrame):
+        frame, buffer = predictions, io.BytesIO()
+        predictions.write_parquet(buffer)
+        where, digest = "a DataFrame", hashlib.sha256(buffer.getvalue()).hexdigest()
+    else:
+        path = Path(predictions).resolve()
+        frame, where, digest = read_table(path), str(path), hashlib.sha256(path.read_bytes()).hexdigest()
+    config = {"kind": kind, "predictions": where, "sha256": digest, "options": options}
     with workspace.runs.track("evaluate", kind, config, extend_completed=True) as run:
         metrics = evaluator(frame, **options)
         workspace.tables.write(EVALUATIONS_TABLE, pl.DataFrame(
