@@ -38,13 +38,31 @@ TINY_CLIP_CONFIG = Path(__file__).parent / "data" / "curate-tiny-clip.json"
 
 
 @pytest.fixture(scope="session")
-def tiny_clip() -> str:
-    """Registers ``tiny-clip``: a 3-million-parameter open_clip architecture with random weights and
-    512-d embeddings (what YOLO-World and YOLOE heads expect from their text encoder)."""
-    from curate.models import ModelSpec, add_model
+def tiny_clip() -> Iterator[str]:
+    """Registers ``tiny-clip`` for the session (and forgets it after): a 3-million-parameter open_clip
+    architecture with random weights and 512-d embeddings (what YOLO-World and YOLOE heads expect
+    from their text encoder)."""
+    from curate.models import ModelSpec, add_model, remove_model
 
     add_model(ModelSpec("tiny-clip", "open_clip", str(TINY_CLIP_CONFIG), "random", description="test model"))
-    return "tiny-clip"
+    yield "tiny-clip"
+    remove_model("tiny-clip")
+
+
+@pytest.fixture
+def register_model() -> Iterator[Callable[..., None]]:
+    """``register_model(spec)`` adds a model for one test; the registry is restored after it."""
+    from curate.models import add_model, remove_model
+
+    added: list[str] = []
+
+    def register(spec: Any) -> None:
+        added.append(spec.name)
+        add_model(spec)
+
+    yield register
+    for name in added:
+        remove_model(name)
 
 
 @pytest.fixture

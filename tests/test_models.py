@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,6 @@ from curate.models import (
     ModelSpec,
     UnknownModelError,
     WeightsNotFoundError,
-    add_model,
     get_spec,
     list_models,
     load_model,
@@ -71,7 +71,8 @@ def test_tiny_clip_embeds_unit_vectors_and_caches_texts(tiny_clip: str, workspac
     assert np.allclose(clip.encode_texts(["a leash", "a dog"], workspace.cache), texts[::-1])
 
 
-def test_local_file_and_local_dir_weights_load_the_saved_parameters(tiny_clip: str, tmp_path: Path) -> None:
+def test_local_file_and_local_dir_weights_load_the_saved_parameters(tiny_clip: str, tmp_path: Path,
+                                                                    register_model: Callable[..., None]) -> None:
     from safetensors.torch import save_file
 
     original: ClipModel = load_model(tiny_clip)
@@ -85,7 +86,7 @@ def test_local_file_and_local_dir_weights_load_the_saved_parameters(tiny_clip: s
     folder.mkdir()
     save_file(state, folder / "open_clip_model.safetensors")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": json.loads(TINY_CLIP_CONFIG.read_text())}))
-    add_model(ModelSpec("tiny-clip-dir", "open_clip", "curate-tiny-clip", f"local-dir:{folder}"))
+    register_model(ModelSpec("tiny-clip-dir", "open_clip", "curate-tiny-clip", f"local-dir:{folder}"))
     from_dir: ClipModel = load_model("tiny-clip-dir")
     assert from_dir.version.startswith("local-dir:open_clip_model.safetensors:")
     assert np.allclose(from_dir.encode_texts(["a cat"]), original.encode_texts(["a cat"]), atol=1e-6)
@@ -109,12 +110,14 @@ def test_detectors_take_their_vocabulary_from_our_text_encoder(name: str, tiny_c
 
 
 def test_a_detector_weight_file_is_found_by_name_in_the_weights_dir(tiny_clip: str, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    register_model: Callable[..., None]) -> None:
     built = load_model("yolo-world-v2-s", weights="random", text_encoder=tiny_clip)
     built.yolo.save(tmp_path / "yolov8s-worldv2.pt")
     monkeypatch.setenv("CURATE_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path.parent)
-    add_model(ModelSpec("world-random-encoder", "yolo-world", "yolov8s-worldv2", "yolov8s-worldv2.pt", tiny_clip))
+    register_model(ModelSpec("world-random-encoder", "yolo-world", "yolov8s-worldv2", "yolov8s-worldv2.pt",
+                             tiny_clip))
     loaded = load_model("world-random-encoder")
     assert loaded.version.startswith("yolov8s-worldv2@yolov8s-worldv2.pt:")
 

@@ -65,6 +65,11 @@ def add_model(spec: ModelSpec) -> None:
     _SPECS[spec.name] = spec
 
 
+def remove_model(name: str) -> None:
+    """Forget a model registered with ``add_model`` (a name not registered is fine)."""
+    _SPECS.pop(name, None)
+
+
 def get_spec(name: str, **overrides: str | None) -> ModelSpec:
     """The spec of a registered model; overrides that are not None replace its fields
     (``weights="random"``, ``text_encoder="my-clip"``)."""
