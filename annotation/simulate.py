@@ -67,6 +67,7 @@ def simulate(workspace: Workspace, connection: Connection, spec: RoundSpec, anno
     active = list(annotators)
     identities = {person.token: transport.call("who am I", transport.client(person).users.whoami).email
                   for person in active}
+    answered: set[tuple[str, int]] = set()
     with progress_bar(f"simulate {spec.name}", None, progress) as advance:
         while active:
             for person in list(active):
@@ -74,6 +75,10 @@ def simulate(workspace: Workspace, connection: Connection, spec: RoundSpec, anno
                 if task is None:
                     active.remove(person)
                     continue
+                if (person.token, int(task["id"])) in answered:  # never loop on a task the server keeps offering
+                    raise BridgeError(f"Label Studio offered task {task['id']} again to {identities[person.token]} "
+                                      "after their answer")
+                answered.add((person.token, int(task["id"])))
                 result, flipped = _simulated_answer(task, gold, error_rate, rng)
                 transport.annotate(person, int(task["id"]), result)
                 done[identities[person.token]] = done.get(identities[person.token], 0) + 1
