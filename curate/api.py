@@ -22,6 +22,8 @@ from curate.progress import progress_bars
 from curate.workspace import Workspace
 
 if TYPE_CHECKING:
+    import datasets
+
     from curate.analyze import AnalyzeResult
     from curate.builders import BuildResult
     from curate.evaluate import EvaluateResult
@@ -35,7 +37,8 @@ T = TypeVar("T")
 
 class Project:
     """A workspace with the road as methods: ``ingest``, ``propose``, ``analyze``, ``gap``, ``build``,
-    ``publish``, ``evaluate``; ``items``, ``evidence`` and ``verdicts`` as polars frames.
+    ``release`` (a built release as a ``datasets.DatasetDict``), ``publish``, ``evaluate``; ``items``,
+    ``evidence`` and ``verdicts`` as polars frames.
     ``progress=False`` turns every progress bar off."""
 
     def __init__(self, workspace: Workspace, progress: bool = True) -> None:
@@ -92,6 +95,13 @@ class Project:
         from curate.publish import publish
 
         return self._quietly(lambda: publish(self.workspace, release, to, **options))
+
+    def release(self, path: str | Path) -> datasets.DatasetDict:
+        """A release folder (from ``build``) as a ``datasets.DatasetDict`` with the features publishing
+        gives it: images decode to PIL, labels are ``ClassLabel``s."""
+        from curate.publish.folder import release_datasets
+
+        return release_datasets(self.workspace, Path(path))
 
     def evaluate(self, kind: str, predictions: str | Path | pl.DataFrame, **options: Any) -> EvaluateResult:
         """Score predictions (a table file or a DataFrame) with a registered evaluator."""

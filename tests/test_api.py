@@ -47,9 +47,14 @@ def test_a_notebook_travels_the_road_with_one_import(tmp_path: Path, tiny_clip: 
 
     built = project.build("groups", tmp_path / "release", attribute="water", train_correlation=0.5,
                           min_group_size=0, val_per_group=1, test_per_group=1)
+    in_memory = project.release(built.path)
+    first = in_memory[next(iter(in_memory))]
+    assert first.features["y"].names == ["cat", "dog"]
+    assert first[0]["image"].size == (24, 24)  # decoded, before publishing
     published = project.publish(built.path, f"folder:{tmp_path / 'hub'}")
     loaded = datasets.load_dataset(str(tmp_path / "hub"))
-    assert {split: loaded[split].num_rows for split in loaded} == built.release.counts()
+    assert {split: loaded[split].num_rows for split in loaded} == built.release.counts() == {
+        split: in_memory[split].num_rows for split in in_memory}
     test = loaded["test"].to_polars().select("y", "a", "split").with_columns(pred=pl.col("y"))
     scored = project.evaluate("groups", test.with_columns(split=pl.lit("test")))
     assert scored.metrics["acc_wg"] == 1.0 and scored.run.config["predictions"] == "a DataFrame"

@@ -189,3 +189,17 @@ def load_release(path: Path) -> tuple[dict[str, Any], dict[str, pl.LazyFrame]]:
             raise ValueError(f"{file} has {rows} rows but release.json says {manifest['counts'][name]}; "
                              "rebuild the release with `curate build`")
     return manifest, tables
+
+
+def release_datasets(workspace: Workspace, path: Path) -> datasets.DatasetDict:
+    """A release folder as a ``datasets.DatasetDict`` in memory, one entry per table, with the
+    features ``publish`` writes (images embedded, class and group labels as ``ClassLabel``): what a
+    notebook looks at before publishing."""
+    manifest, tables = load_release(path)
+    loaded = {}
+    for name, table in tables.items():
+        features = features_for(table, manifest)
+        parts = [part for part, _ in _encoded_batches(workspace, table, features)]
+        data = pa.concat_tables(parts) if parts else features.arrow_schema.empty_table()
+        loaded[name] = datasets.Dataset(data, info=datasets.DatasetInfo(features=features))
+    return datasets.DatasetDict(loaded)
