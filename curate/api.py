@@ -101,7 +101,7 @@ class Project:
         gives it: images decode to PIL, labels are ``ClassLabel``s."""
         from curate.publish.folder import release_datasets
 
-        return release_datasets(self.workspace, Path(path))
+        return self._quietly(lambda: release_datasets(self.workspace, Path(path)))
 
     def evaluate(self, kind: str, predictions: str | Path | pl.DataFrame, **options: Any) -> EvaluateResult:
         """Score predictions (a table file or a DataFrame) with a registered evaluator."""
@@ -123,12 +123,9 @@ class Project:
     def verdicts(self, rounds: str | None = None, raw: bool = False) -> pl.DataFrame:
         """One decision per unit (consensus, or an adjudication) of ``rounds`` (comma-separated; None:
         all); ``raw`` gives every person's answer instead."""
-        from curate.verdicts import resolved_verdicts, round_names, verdict_frame
+        from curate.verdicts import listed_verdicts, verdict_frame
 
-        wanted = round_names(rounds)
-        rows = ([v for v in self.workspace.catalog.verdicts() if wanted is None or v.round in wanted] if raw
-                else resolved_verdicts(self.workspace, rounds))
-        return verdict_frame(rows)
+        return verdict_frame(listed_verdicts(self.workspace, rounds, raw))
 
 
 _ITEM_SCHEMA = {"item_id": pl.String, "uri": pl.String, "label": pl.String, "width": pl.Int64, "height": pl.Int64,

@@ -403,13 +403,10 @@ def verdicts(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """List the decided verdicts (consensus, or an adjudication) that builds and analysis read."""
-    from curate.verdicts import resolved_verdicts, round_names, verdict_frame
+    from curate.verdicts import listed_verdicts, verdict_frame
 
     with _user_errors():
-        opened = Workspace.open(workspace)
-        wanted = round_names(round_)
-        rows = ([v for v in opened.catalog.verdicts() if wanted is None or v.round in wanted] if raw
-                else resolved_verdicts(opened, round_))
+        rows = listed_verdicts(Workspace.open(workspace), round_, raw)
         frame = verdict_frame(rows)
         if export_to is not None:
             (frame.write_csv if export_to.suffix == ".csv" else frame.write_parquet)(export_to)

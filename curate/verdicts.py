@@ -187,6 +187,16 @@ def resolved_verdicts(workspace: Workspace, rounds: str | Sequence[str] | None =
     return resolve(everything, wanted, min_share).decided
 
 
+def listed_verdicts(workspace: Workspace, rounds: str | Sequence[str] | None = None, raw: bool = False
+                    ) -> list[Verdict]:
+    """What ``curate verdicts`` and ``Project.verdicts`` show: the decided units of ``rounds``, or with
+    ``raw`` every person's answer in them."""
+    if not raw:
+        return resolved_verdicts(workspace, rounds)
+    wanted = round_names(rounds)
+    return [v for v in workspace.catalog.verdicts() if wanted is None or v.round in wanted]
+
+
 def verdict_frame(verdicts: Sequence[Verdict]) -> pl.DataFrame:
     """Verdicts as a table (``extra`` as JSON text), for exports and notebooks."""
     return pl.DataFrame(

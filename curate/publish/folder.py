@@ -199,7 +199,11 @@ def release_datasets(workspace: Workspace, path: Path) -> datasets.DatasetDict:
     loaded = {}
     for name, table in tables.items():
         features = features_for(table, manifest)
-        parts = [part for part, _ in _encoded_batches(workspace, table, features)]
+        parts = []
+        with progress_bar(f"load {name}", row_count(table)) as advance:
+            for part, _ in _encoded_batches(workspace, table, features):
+                parts.append(part)
+                advance(part.num_rows)
         data = pa.concat_tables(parts) if parts else features.arrow_schema.empty_table()
         loaded[name] = datasets.Dataset(data, info=datasets.DatasetInfo(features=features))
     return datasets.DatasetDict(loaded)
