@@ -41,6 +41,8 @@ PUSH_CHUNK = 500
 _ROUND_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 FIGURES_TABLE = "round-figures"
 REJECTIONS_TABLE = "round-rejections"
+REJECTION_SCHEMA = {"item_id": pl.String, "annotator": pl.String, "task_id": pl.String, "reason": pl.String,
+                    "round": pl.String}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +215,7 @@ def pull(workspace: Workspace, server: Connection, spec: RoundSpec) -> RoundRepo
                   "rejected_annotations": len(rejected)}
         workspace.runs.set_counts(run.run_id, {f"last_pull_{k}": v for k, v in counts.items()})
     workspace.tables.write(REJECTIONS_TABLE, pl.DataFrame(
-        rejected, schema={"item_id": pl.String, "annotator": pl.String, "task_id": pl.String, "reason": pl.String}
-    ).with_columns(pl.lit(spec.name).alias("round")), part=spec.name)
+        [{**row, "round": spec.name} for row in rejected], schema=REJECTION_SCHEMA), part=spec.name)
     figures = round_figures(workspace, spec)
     workspace.tables.write(FIGURES_TABLE, pl.DataFrame({"round": [spec.name], "run_id": [run.run_id],
                                                         "figures": [json.dumps(figures)]}), part=run.run_id)
@@ -223,11 +224,8 @@ def pull(workspace: Workspace, server: Connection, spec: RoundSpec) -> RoundRepo
 
 def rejections(workspace: Workspace, round_name: str) -> pl.DataFrame:
     """The annotations the last pull of a round rejected, with the reason of each."""
-    try:
-        return workspace.tables.scan(REJECTIONS_TABLE).filter(pl.col("round") == round_name).collect()
-    except KeyError:
-        return pl.DataFrame(schema={"item_id": pl.String, "annotator": pl.String, "task_id": pl.String,
-                                    "reason": pl.String, "round": pl.String})
+    found = workspace.tables.part(REJECTIONS_TABLE, round_name)
+    return found if found is not None else pl.DataFrame(schema=REJECTION_SCHEMA)
 
 
 def status(workspace: Workspace, server: Connection, spec: RoundSpec) -> dict[str, float]:

@@ -80,10 +80,10 @@ class SideTables:
 
     def part(self, name: str, part: str) -> pl.DataFrame | None:
         """One part of a partitioned table, or None when it was never written (or was deleted)."""
-        self._check(name)
-        self._check(part)
-        path = self.root / name / f"{part}.parquet"
-        return pl.read_parquet(path) if path.exists() else None
+        try:
+            return self.scan(name, part).collect()
+        except KeyError:
+            return None
 
     def names(self) -> list[str]:
         """Names of the tables that exist."""
