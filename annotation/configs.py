@@ -5,8 +5,10 @@
 
 Attribute verification shows up to ``ATTRIBUTE_SLOTS`` attributes per image, each on a row of its
 own: the attribute's name and proposed type, then one-click choices whose options come from the task
-data (dynamic ``Choices``), so unused rows show nothing. Control names (``verdict_<i>``, ``type_<i>``)
-differ from the task data keys (``attr_<i>_...``), so exports never overwrite data values.
+data (dynamic ``Choices``), so unused rows show nothing; the type picker's nine values are fixed in
+the config (it opens only once a row is answered "spurious"), so tasks do not carry them. Control names
+(``verdict_<i>``, ``type_<i>``) differ from the task data keys (``attr_<i>_...``), so exports never
+overwrite data values.
 """
 
 from __future__ import annotations
@@ -41,12 +43,17 @@ ATTRIBUTE_SLOTS = 12
 """Attributes one task can show (a round's ``max_attributes`` is at most this)."""
 
 
+_TYPE_CHOICES = "\n".join(f'        <Choice value="{kind}"/>' for kind in SPURIOUS_TYPES)
+
+
 def _attribute_slot(index: int) -> str:
     return f"""      <Header value="$attr_{index}_title" size="5"/>
       <Choices name="verdict_{index}" toName="image" value="$attr_{index}_options" choice="single-radio"
                showInline="true"/>
-      <Choices name="type_{index}" toName="image" value="$attr_{index}_type_options" choice="single" layout="select"
-               visibleWhen="choice-selected" whenTagName="verdict_{index}" whenChoiceValue="spurious"/>"""
+      <Choices name="type_{index}" toName="image" choice="single" layout="select"
+               visibleWhen="choice-selected" whenTagName="verdict_{index}" whenChoiceValue="spurious">
+{_TYPE_CHOICES}
+      </Choices>"""
 
 
 ATTRIBUTE_VERIFICATION = beside_image(f"""      <Header value="Class: $class_label"/>
@@ -162,6 +169,8 @@ def attribute_task_data(item_id: str, image_url: str, class_label: str | None, r
     >>> data = attribute_task_data("i1", "/x.png", "dog", [AttributeRow("leash", "Co-occurring Objects")])
     >>> data["attr_0_title"], [o["value"] for o in data["attr_0_options"]], data["attr_1_options"]
     ('leash  (Co-occurring Objects)', ['core', 'spurious', 'not present', 'unsure'], [])
+    >>> sorted(key for key in data if key.startswith("attr_0_"))  # the nine types live in the config
+    ['attr_0_name', 'attr_0_options', 'attr_0_title']
     """
     if len(rows) > ATTRIBUTE_SLOTS:
         raise ConfigError(f"a task shows at most {ATTRIBUTE_SLOTS} attributes, got {len(rows)}")
@@ -175,7 +184,6 @@ def attribute_task_data(item_id: str, image_url: str, class_label: str | None, r
         data[f"attr_{index}_name"] = row.name if row else ""
         data[f"attr_{index}_title"] = row.title if row else ""
         data[f"attr_{index}_options"] = [{"value": v} for v in ATTRIBUTE_CHOICES] if row else []
-        data[f"attr_{index}_type_options"] = [{"value": t} for t in SPURIOUS_TYPES] if row else []
     return data
 
 

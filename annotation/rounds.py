@@ -19,6 +19,7 @@ import itertools
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,26 +134,32 @@ def push(workspace: Workspace, server: Connection, spec: RoundSpec, chunk_size: 
         existing = transport.project_tasks(ls, project_id)
         present = {task.data.get("unit", task.data.get("item_id")) for task in existing}
         planned = ROUND_KINDS[spec.kind].plan(workspace, spec, present)
+        # Tasks already there are reconciled too: a push killed between an import and its patch is repaired.
+        shared = _apply_overlap(ls, [(int(t.id), _wanted(t.meta), int(t.overlap or 1)) for t in existing])
         with progress_bar(f"push {spec.name}", len(planned.tasks)) as advance:
             for start in range(0, len(planned.tasks), chunk_size or PUSH_CHUNK):
                 chunk = planned.tasks[start:start + (chunk_size or PUSH_CHUNK)]
-                transport.import_tasks(ls, project_id, chunk)
+                task_ids = transport.import_tasks(ls, project_id, chunk)
+                shared += _apply_overlap(ls, [(task_id, _wanted(task["meta"]), 1)
+                                              for task_id, task in zip(task_ids, chunk, strict=True)])
                 workspace.runs.count(run.run_id, {"tasks_pushed": len(chunk)})
                 advance(len(chunk))
-        shared = _apply_overlap(ls, project_id)
     return RoundReport(run.run_id, project_id, {"tasks_pushed": len(planned.tasks), "already_there": len(present),
                                                 "gold_tasks": planned.gold, "shared_tasks": shared})
 
 
-def _apply_overlap(ls: LabelStudio, project_id: int) -> int:
-    """Give every task the overlap its meta asks for; returns how many tasks wait for several people."""
-    shared = 0
-    for task in transport.project_tasks(ls, project_id):
-        wanted = int((task.meta or {}).get("overlap", 1))
-        shared += wanted > 1
-        if int(task.overlap or 1) != wanted:
-            transport.set_overlap(ls, int(task.id), wanted)
-    return shared
+def _wanted(meta: dict[str, Any] | None) -> int:
+    """The overlap a task was planned with (kept in its meta)."""
+    return int((meta or {}).get("overlap", 1))
+
+
+def _apply_overlap(ls: LabelStudio, tasks: Sequence[tuple[int, int, int]]) -> int:
+    """Give each (task id, wanted overlap, current overlap) the overlap it wants (imports get the
+    project's, 1); returns how many of them wait for several people."""
+    for task_id, wanted, current in tasks:
+        if wanted != current:
+            transport.set_overlap(ls, task_id, wanted)
+    return sum(wanted > 1 for _, wanted, _ in tasks)
 
 
 def _config(spec: RoundSpec) -> dict[str, Any]:

@@ -71,8 +71,14 @@ def project_tasks(ls: LabelStudio, project_id: int) -> list[Any]:
     return list(call("list tasks", ls.tasks.list, project=project_id, fields="all", page_size=1000))
 
 
-def import_tasks(ls: LabelStudio, project_id: int, tasks: Sequence[Task]) -> None:
-    call("import tasks", ls.projects.import_tasks, id=project_id, request=list(tasks), return_task_ids=True)
+def import_tasks(ls: LabelStudio, project_id: int, tasks: Sequence[Task]) -> list[int]:
+    """Create ``tasks`` in one request; returns their new ids, in order."""
+    response = call("import tasks", ls.projects.import_tasks, id=project_id, request=list(tasks),
+                    return_task_ids=True)
+    task_ids = [int(task_id) for task_id in getattr(response, "task_ids", None) or []]
+    if len(task_ids) != len(tasks):
+        raise BridgeError(f"Label Studio created {len(task_ids)} task ids for {len(tasks)} tasks sent")
+    return task_ids
 
 
 def set_overlap(ls: LabelStudio, task_id: int, annotators: int) -> None:
@@ -80,11 +86,16 @@ def set_overlap(ls: LabelStudio, task_id: int, annotators: int) -> None:
     call("set task overlap", ls.tasks.update, id=str(task_id), overlap=annotators)
 
 
+EXPORT_TIMEOUT_S = 1800
+"""The open edition builds an export snapshot inside one request: a large project needs minutes."""
+
+
 def export(ls: LabelStudio, project_id: int, title: str) -> list[Task]:
     """A full JSON export snapshot of the project (tasks, annotations, predictions)."""
-    snapshot = call("create export", ls.projects.exports.create, id=project_id, title=title)
+    slow = {"timeout_in_seconds": EXPORT_TIMEOUT_S}
+    snapshot = call("create export", ls.projects.exports.create, id=project_id, title=title, request_options=slow)
     raw = b"".join(call("download export", ls.projects.exports.download, id=project_id, export_pk=snapshot.id,
-                        export_type="JSON"))
+                        export_type="JSON", request_options=slow))
     return list(json.loads(raw))
 
 

@@ -56,14 +56,14 @@ def main() -> None:
                     "data": {"image": f"/data/local-files/?d=x/{index}.png", "item_id": str(index)},
                     "predictions": [{"model_version": "propose-bench", "score": 0.5, "result": []}]}])
             one_by_one = SINGLE / (time.perf_counter() - started)
+            print(f"push {report.counts['tasks_pushed']} tasks with predictions: {bulk:.0f} tasks/s in bulk, "
+                  f"{one_by_one:.1f} tasks/s one task per request")
+            print(f"ratio bulk / one-by-one push: {bulk / one_by_one:.0f}x (goal >= 10x)", flush=True)
             started = time.perf_counter()
             pulled = pull(workspace, running, RoundSpec("bench", budget=TASKS))
             pull_seconds = time.perf_counter() - started
         finally:
             server.stop(workspace.root)
-    print(f"push {report.counts['tasks_pushed']} tasks with predictions: {bulk:.0f} tasks/s in bulk, "
-          f"{one_by_one:.1f} tasks/s one task per request")
-    print(f"ratio bulk / one-by-one push: {bulk / one_by_one:.0f}x (goal >= 10x)")
     print(f"pull {TASKS} tasks (export snapshot, checks, {pulled.counts['verdicts']} verdicts): {pull_seconds:.1f}s, "
           f"{TASKS / pull_seconds:.0f} tasks/s")
 
