@@ -14,6 +14,7 @@ from conftest import distinct_image
 from curate.analyze.context_shift import context_shift, drop_interval
 from curate.builders import BuildError, build, make_builder
 from curate.builders.context_shift import Disjoint, Shifted
+from curate.evaluate import EvaluateError, evaluate
 from curate.ingest import FolderSource, ManifestSource, ingest
 from curate.publish import publish
 from curate.publish.folder import release_datasets
@@ -43,8 +44,9 @@ def contexts(workspace: Workspace, tmp_path: Path) -> Workspace:
 
 
 def episodes_of(workspace: Workspace, **options: object) -> pl.DataFrame:
-    return make_builder("context-shift", context_column="context", classes=("dog", "cat", "cow"), ways=2, shots=2,
-                        queries=3, episodes=20, **options).build(workspace).tables["episodes"]
+    options = {"context_column": "context", "classes": ("dog", "cat", "cow"), "ways": 2, "shots": 2, "queries": 3,
+               "episodes": 20, **options}
+    return make_builder("context-shift", **options).build(workspace).tables["episodes"]
 
 
 def shared_contexts(episodes: pl.DataFrame) -> int:
@@ -193,3 +195,25 @@ def test_the_release_loads_with_datasets_and_its_card_tells_the_measure(contexts
     assert "Policy `shifted`: Query contexts are the concept's least frequent ones" in card
     assert "| cow | street | 3 |" in card and "**ours, not MetaCoCo's**" in card
     assert f"Model: {tiny_clip} (" in card and "`fox`: concept 'fox' has 1 context" in card
+    assert "curate evaluate few-shot predictions.parquet" in card and "Warning: the measure's model has random" in card
+    assert "nothing to score" not in card
+
+
+def test_a_few_shot_learner_is_scored_per_episode(contexts: Workspace) -> None:
+    episodes = episodes_of(contexts, episodes=4)
+    # right on every query of episodes 0 and 1, wrong on every query of 2 and 3; support rows have no prediction
+    predicted = episodes.with_columns(pl.when(pl.col("role") == "support").then(None)
+                                      .when(pl.col("episode") < 2).then(pl.col("way"))
+                                      .otherwise(1 - pl.col("way")).alias("pred"))
+    metrics = evaluate(contexts, "few-shot", predicted).metrics
+    assert (metrics["acc_episode_mean"], metrics["acc_episode_worst"], metrics["count_episodes"]) == (0.5, 0.0, 4)
+    assert metrics["count"] == 4 * 2 * 3 and metrics["missing_predictions"] == 0
+    half = 1.959964 * np.std([1, 1, 0, 0], ddof=1) / 2
+    assert (metrics["ci_low_acc_episode_mean"], metrics["ci_high_acc_episode_mean"]) == pytest.approx(
+        (0.5 - half, 0.5 + half))
+    first_query = predicted["role"].to_list().index("query")
+    one_missing = predicted.with_row_index().with_columns(
+        pl.when(pl.col("index") == first_query).then(None).otherwise(pl.col("pred")).alias("pred"))
+    with pytest.raises(EvaluateError, match="1 of 24 rows have no pred"):
+        evaluate(contexts, "few-shot", one_missing)
+    assert evaluate(contexts, "few-shot", one_missing, missing="wrong").metrics["missing_predictions"] == 1
