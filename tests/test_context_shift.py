@@ -115,6 +115,8 @@ def test_impossible_requests_are_clear_errors(contexts: Workspace) -> None:
                      skip_unfit=True).build(contexts)
     with pytest.raises(BuildError, match="no item has a 'place' metadata column"):
         make_builder("context-shift", context_column="place").build(contexts)
+    with pytest.raises(BuildError, match="give either context_column .* or verdict_round / context_attributes"):
+        make_builder("context-shift", context_column="context", context_attributes=("snow",)).build(contexts)
 
 
 def test_counts_match_the_tables_and_unfit_concepts_can_be_left_out(contexts: Workspace) -> None:

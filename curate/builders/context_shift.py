@@ -252,6 +252,9 @@ class ContextShiftBuilder(Builder):
         if min(self.ways, self.shots, self.queries, self.episodes) < 1 or self.common_contexts < 1:
             raise BuildError(f"ways, shots, queries, episodes and common_contexts are counts of at least 1; got "
                              f"{self.ways}, {self.shots}, {self.queries}, {self.episodes}, {self.common_contexts}")
+        if self.context_column and (self.verdict_round or self.context_attributes):
+            raise BuildError("give either context_column (contexts from metadata) or verdict_round / "
+                             "context_attributes (contexts from verdicts), not both")
         images, labels_from = self._images(workspace)
         policies, unfit = self._policies(images)
         images = images.filter(pl.col("concept").is_in(list(policies)))
