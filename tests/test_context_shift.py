@@ -3,6 +3,7 @@ under each policy, the counts, our CLIP context-shift measure, the card and load
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -184,6 +185,12 @@ def test_the_release_loads_with_datasets_and_its_card_tells_the_measure(contexts
     assert shift.equals(recomputed)
     cow = shift.filter(pl.col("concept") == "cow").row(0, named=True)
     assert cow["common_contexts"] == ["grass"] and cow["query_contexts"] == ["beach"]
+    listed = json.loads((result.path / "episodes.json").read_text())
+    first = result.release.tables["episodes"].filter(pl.col("episode") == 0)
+    assert len(listed) == 5 and listed[0]["support"] == [
+        list(row) for row in first.filter(pl.col("role") == "support").select("file_name", "way").rows()]
+    assert listed[0]["concepts"] == first.sort("way")["concept"].unique(maintain_order=True).to_list()
+    assert all((result.path / name).is_file() for episode in listed for name, _ in episode["query"])
     in_memory = release_datasets(contexts, result.path)
     assert set(in_memory) == {"images", "episodes", "contexts", "shift"}
     assert in_memory["images"].features["y"].names == ["cat", "cow", "dog"]

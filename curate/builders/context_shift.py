@@ -23,15 +23,18 @@ Tables: ``images`` (one row per image: ``item_id``, ``file_name``, ``concept``, 
 and ``a`` indexes into ``y_names`` / ``a_names``), ``episodes`` (``episode``, ``way``, ``role``
 support / query, ``item_id``, ``file_name``, ``concept``, ``context``: what few-shot loaders read)
 and ``contexts`` (images per concept x context, and how often each pair is used as support and as
-query). With ``measure_model``, CLIP scores every image and ``shift`` holds our context-shift
-measure per concept (``curate.analyze.context_shift``).
+query); ``episodes.json`` holds the same episodes as lists of ``[file_name, way]``. With
+``measure_model``, CLIP scores every image and ``shift`` holds our context-shift measure per concept
+(``curate.analyze.context_shift``).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,6 +142,18 @@ class Shifted(EpisodePolicy):
 
     def draw(self, rng: np.random.Generator) -> ContextSplit:
         return self.split
+
+
+def _episode_lists(episodes: pl.DataFrame, path: Path) -> None:
+    """``episodes.json``: one object per episode, ``concepts`` in way order and its ``support`` and
+    ``query`` as ``[file_name, way]`` pairs (files of the release folder), for loaders that read lists."""
+    listed = []
+    for (number,), rows in episodes.group_by(["episode"], maintain_order=True):
+        ways = rows.group_by("way").agg(pl.col("concept").first()).sort("way")
+        listed.append({"episode": number, "concepts": ways["concept"].to_list(),
+                       **{role: rows.filter(pl.col("role") == role).select("file_name", "way").rows()
+                          for role in ("support", "query")}})
+    path.write_text(json.dumps(listed))
 
 
 @register_builder("context-shift")
@@ -282,7 +297,8 @@ class ContextShiftBuilder(Builder):
                                for c in y_names}}
         if self.measure_model:
             tables["images"], tables["shift"], metadata["context_shift"] = self._measure(workspace, images, episodes)
-        return Release(self.name, tables, metadata, images=dict(zip(images["file_name"], images["uri"], strict=True)))
+        return Release(self.name, tables, metadata, {"episodes.json": lambda path: _episode_lists(episodes, path)},
+                       dict(zip(images["file_name"], images["uri"], strict=True)))
 
     def _measure(self, workspace: Workspace, images: pl.DataFrame,
                  episodes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
