@@ -109,6 +109,8 @@ def test_impossible_requests_are_clear_errors(contexts: Workspace) -> None:
         Disjoint("cow", {"grass": 9, "beach": 3, "street": 3}, shots=10, queries=5)
     with pytest.raises(BuildError, match="contexts left for support after the rarest"):
         Shifted("cat", {"sofa": 1, "grass": 4}, shots=2, queries=3)
+    with pytest.raises(BuildError, match="counts of at least 1 and bootstrap at least 0; got 2, 0, 3"):
+        episodes_of(contexts, shots=0)
     with pytest.raises(BuildError, match="unknown episode policy 'random'; known: disjoint, shifted"):
         episodes_of(contexts, policy="random")
     with pytest.raises(BuildError, match="4-way episodes need 4 concepts that fit the disjoint policy; 3 do"):
@@ -156,6 +158,9 @@ def test_contexts_from_verdicts_leave_out_images_with_none_or_several(workspace:
     assert release.metadata["concepts_left_out"].keys() == {"cat"}  # only sofa is left for cat
     assert (release.metadata["labels_from"]["left_out_several_contexts"],
             release.metadata["labels_from"]["left_out_no_context"]) == (1, 1)
+    workspace.catalog.add_verdicts(Verdict(ids[0], place, "a", "ctx-2", "spurious") for place in ("grass", "snow"))
+    with pytest.raises(BuildError, match=r"no image has exactly one context \(1 have several, 7 none\)"):
+        make_builder("context-shift", verdict_round="ctx-2").build(workspace)
 
 
 def test_our_measure_is_the_drop_from_common_to_query_contexts() -> None:

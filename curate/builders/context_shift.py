@@ -221,6 +221,9 @@ class ContextShiftBuilder(Builder):
         rows = [{"item_id": i.item_id, "uri": i.uri, "file_name": image_name(i.item_id, i.uri),
                  "concept": i.label, "context": contexts[i.item_id]}
                 for i in sorted(items, key=lambda i: i.item_id) if i.item_id in contexts]
+        if not rows:
+            raise BuildError(f"no image has exactly one context ({left_out['several']} have several, "
+                             f"{left_out['none']} none)")
         how = {"context_column": self.context_column} if self.context_column else {
             "verdict_round": self.verdict_round or "all rounds",
             "context_attributes": sorted(self.context_attributes) if self.context_attributes else "any"}
@@ -264,9 +267,10 @@ class ContextShiftBuilder(Builder):
                                "file_name": files[item_id], "concept": concept, "context": contexts[item_id]}
 
     def build(self, workspace: Workspace) -> Release:
-        if min(self.ways, self.shots, self.queries, self.episodes) < 1 or self.common_contexts < 1:
-            raise BuildError(f"ways, shots, queries, episodes and common_contexts are counts of at least 1; got "
-                             f"{self.ways}, {self.shots}, {self.queries}, {self.episodes}, {self.common_contexts}")
+        if min(self.ways, self.shots, self.queries, self.episodes, self.common_contexts) < 1 or self.bootstrap < 0:
+            raise BuildError(f"ways, shots, queries, episodes and common_contexts are counts of at least 1 and "
+                             f"bootstrap at least 0; got {self.ways}, {self.shots}, {self.queries}, {self.episodes}, "
+                             f"{self.common_contexts} and {self.bootstrap}")
         if self.context_column and (self.verdict_round or self.context_attributes):
             raise BuildError("give either context_column (contexts from metadata) or verdict_round / "
                              "context_attributes (contexts from verdicts), not both")
