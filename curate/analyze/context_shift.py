@@ -38,7 +38,7 @@ SHIFT_COLUMNS = ("concept", "common_contexts", "query_contexts", "n_common", "n_
 
 
 def clip_scores(workspace: Workspace, items: Sequence[Item], concepts: Sequence[str], model: str,
-                weights: str | None = None, batch_size: int = 32) -> tuple[pl.DataFrame, str]:
+                weights: str | None = None, device: str = "cpu", batch_size: int = 32) -> tuple[pl.DataFrame, str]:
     """Per item (its ``label`` is its concept): ``clip_prediction`` (the zero-shot winner among
     ``concepts``), ``clip_correct`` and ``clip_similarity`` (cosine to its own concept's prompt);
     nulls for an image that no longer opens. Also the model as the card names it (``name (version)``)."""
@@ -46,7 +46,7 @@ def clip_scores(workspace: Workspace, items: Sequence[Item], concepts: Sequence[
 
     from curate.analyze.gap import ClipZeroShot
 
-    clip = ClipZeroShot(model, weights, template=PROMPT).clip
+    clip = ClipZeroShot(model, weights, device, template=PROMPT).clip
     texts = clip.encode_texts([PROMPT.format(label=c) for c in concepts])
     index = {c: n for n, c in enumerate(concepts)}
     rows = []

@@ -174,6 +174,7 @@ class ContextShiftBuilder(Builder):
     skip_unfit: bool = False
     measure_model: str | None = None  # a CLIP model for our context-shift measure (None: not measured)
     measure_weights: str | None = None
+    measure_device: str = "cpu"
     common_contexts: int = 1
     bootstrap: int = 1000
 
@@ -312,7 +313,7 @@ class ContextShiftBuilder(Builder):
         by_id = {item.item_id: item for item in workspace.catalog.items()}
         concepts = sorted(images["concept"].unique().to_list())
         scores, model = clip_scores(workspace, [by_id[i] for i in images["item_id"]], concepts,
-                                    str(self.measure_model), self.measure_weights)
+                                    str(self.measure_model), self.measure_weights, self.measure_device)
         images = images.join(scores, on="item_id", how="left")
         shift = context_shift(images, episodes, self.common_contexts, self.bootstrap, self.seed)
         means = {f"mean_{name}": shift[name].mean() for name in ("acc_drop", "sim_drop")}  # nulls left out
