@@ -211,6 +211,7 @@ def test_the_release_loads_with_datasets_and_its_card_tells_the_measure(contexts
     assert f"Model: {tiny_clip} (" in card and "`fox`: concept 'fox' has 1 context" in card
     assert "curate evaluate few-shot predictions.parquet" in card and "Warning: the measure's model has random" in card
     assert "nothing to score" not in card
+    assert f"| cow | grass | beach | {cow['n_common']} / {cow['n_query']} | " in card  # the measure, per concept
 
 
 def test_a_few_shot_learner_is_scored_per_episode(contexts: Workspace) -> None:

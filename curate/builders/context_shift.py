@@ -319,4 +319,4 @@ class ContextShiftBuilder(Builder):
         means = {f"mean_{name}": shift[name].mean() for name in ("acc_drop", "sim_drop")}  # nulls left out
         return images, shift, {
             "model": model, "prompt": PROMPT, "common_contexts": self.common_contexts, "bootstrap": self.bootstrap,
-            "unscored_images": int(images["clip_similarity"].null_count()), **means}
+            "unscored_images": int(images["clip_similarity"].null_count()), **means, "per_concept": shift.to_dicts()}
