@@ -1,10 +1,10 @@
 """Build: release tables from the workspace, one registered builder per kind of benchmark.
 
 >>> sorted(BUILDERS)
-['focus', 'groups', 'logobank', 'mmspubench']
+['context-shift', 'focus', 'groups', 'logobank', 'mmspubench']
 """
 
-from curate.builders import focus, groups, logobank, mmspubench  # noqa: F401  (registers the builders)
+from curate.builders import context_shift, focus, groups, logobank, mmspubench  # noqa: F401  (registers the builders)
 from curate.builders.base import (
            BUILDERS,
            Builder,

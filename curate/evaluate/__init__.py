@@ -1,11 +1,11 @@
 """Evaluate: metrics of a model's predictions on a benchmark, as recorded runs.
 
-Evaluators are a registry (``groups``, ``mcq``, ``focus``, ``spurious-imagenet``); each reads a
+Evaluators are a registry (``groups``, ``mcq``, ``focus``, ``spurious-imagenet``, ``few-shot``); each reads a
 predictions table and returns named metrics (see ``curate.evaluate.metrics``). Every evaluation is
 an ``evaluate`` run whose metrics are kept in the ``evaluations`` side table.
 
 >>> sorted(EVALUATORS)
-['focus', 'groups', 'mcq', 'spurious-imagenet']
+['few-shot', 'focus', 'groups', 'mcq', 'spurious-imagenet']
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from curate.evaluate.metrics import Metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
+from curate.evaluate.metrics import Metrics, episode_metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
 from curate.ingest.base import read_table
 from curate.options import check_options
 from curate.records import Run
@@ -129,6 +129,23 @@ def evaluate_spurious_imagenet(frame: pl.DataFrame, label: str = "class_label", 
         aucs.append(result["roc_auc"])
     metrics["ap_mean"], metrics["roc_auc_mean"] = sum(aps) / len(aps), sum(aucs) / len(aucs)
     return metrics
+
+
+@register_evaluator("few-shot")
+def evaluate_few_shot(frame: pl.DataFrame, truth: str = "way", pred: str = "pred", episode: str = "episode",
+                      role: str = "role", missing: Missing = "error", confidence: float = 0.95) -> Metrics:
+    """Few-shot episodes (the context-shift release's ``episodes`` table): the query rows (all rows
+    without a ``role`` column) are scored, ``pred`` against ``truth`` (the way, or the concept with
+    ``truth=concept``); accuracy per episode and its mean with a normal interval
+    (``curate.evaluate.metrics.episode_metrics``). Support rows need no prediction."""
+    _require(frame, truth, pred, episode)
+    if role in frame.columns:
+        frame = frame.filter(pl.col(role) == "query")
+    _check_missing(frame, pred, missing)
+    try:
+        return episode_metrics(frame, episode, truth, pred, confidence)
+    except ValueError as problem:
+        raise EvaluateError(str(problem)) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,3 +233,33 @@ def spurious_score(positive: Sequence[float], negative: Sequence[float]) -> Metr
     scores = np.r_[np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)]
     return {"ap": float(average_precision_score(truth, scores)), "roc_auc": float(roc_auc_score(truth, scores)),
             "n_positive": len(positive), "n_negative": len(negative)}
+
+
+def episode_metrics(frame: pl.DataFrame, episode: str = "episode", truth: str = "way", pred: str = "pred",
+                    confidence: float = 0.95) -> Metrics:
+    """Few-shot accuracy over episodes (query rows only; a missing prediction is wrong):
+    ``acc_episode_mean`` (the mean of per-episode accuracies), ``ci_low_`` / ``ci_high_acc_episode_mean``
+    (the normal interval ``mean +- z * sd / sqrt(episodes)`` few-shot papers report), ``acc_episode_worst``,
+    ``acc_avg`` (over all query rows), ``count_episodes``, ``count`` and ``missing_predictions``.
+
+    >>> frame = pl.DataFrame({"episode": [0, 0, 1, 1], "way": [0, 1, 0, 1], "pred": [0, 1, 1, None]})
+    >>> m = episode_metrics(frame)
+    >>> m["acc_episode_mean"], m["acc_episode_worst"], m["missing_predictions"]
+    (0.5, 0.0, 1)
+    """
+    from statistics import NormalDist
+
+    if frame.is_empty():
+        raise ValueError("no query rows to evaluate")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence is in (0, 1), not {confidence}")
+    scored = frame.with_columns((pl.col(pred) == pl.col(truth)).fill_null(False).cast(pl.Float64).alias("_correct"))
+    per_episode = scored.group_by(episode).agg(pl.col("_correct").mean())["_correct"].to_numpy()
+    mean = float(per_episode.mean())
+    half = (NormalDist().inv_cdf(0.5 + confidence / 2) * float(per_episode.std(ddof=1)) / np.sqrt(per_episode.size)
+            if per_episode.size > 1 else 0.0)
+    return {"acc_episode_mean": mean, "ci_low_acc_episode_mean": mean - half,
+            "ci_high_acc_episode_mean": mean + half, "ci_confidence": confidence,
+            "acc_episode_worst": float(per_episode.min()), "acc_avg": float(scored["_correct"].mean()),  # type: ignore[arg-type]
+            "count_episodes": int(per_episode.size), "count": scored.height,
+            "missing_predictions": int(frame[pred].null_count())}
