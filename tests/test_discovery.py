@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.ingest import FolderSource, ingest
-from curate.propose import ProposeError, make_proposer, propose
-from curate.propose.errors import caption_words, mentions
-from curate.records import Cue, RunStatus
+from curate.propose import ProposeError, Proposer, make_proposer, propose
+from curate.propose.errors import METHODS, ClassErrors, Tools, caption_words, mentions
+from curate.records import Cue, Item, RunStatus
 from curate.workspace import Workspace
 
 POSES = ("sitting", "lying", "running", "jumping", "sleeping", "standing", "playing", "resting")
@@ -178,14 +178,44 @@ def test_ladder_hypotheses_are_scored_like_cues_and_keep_their_type(planted: Pla
     assert prompt.count("in the snow") == ON_SNOW and "on the green grass" in prompt
 
 
-def test_type_with_llm_types_discovered_cues(planted: Planted, tiny_clip: str, server: StandIn) -> None:
-    result = propose(planted.workspace, make_proposer(
-        "errors", predictions=str(planted.predictions), captions=str(planted.captions), caption_column="text",
-        base_url=server.base_url, clip_model=tiny_clip, rank_by="error_gap", type_with_llm=True), ["dog"],
-        progress=False)
+def test_type_with_llm_types_discovered_cues_and_a_class_left_untyped_waits_for_the_rerun(
+        planted: Planted, tiny_clip: str, server: StandIn) -> None:
+    def proposer() -> Proposer:
+        return make_proposer("errors", predictions=str(planted.predictions), captions=str(planted.captions),
+                             caption_column="text", base_url=server.base_url, clip_model=tiny_clip,
+                             rank_by="error_gap", type_with_llm=True, max_retries=0)
+
+    server.faults_when.append((lambda body: "snow" in body["messages"][1]["content"], ("500",)))
+    failed = propose(planted.workspace, proposer(), ["dog"], progress=False)
+    assert failed.run.status == RunStatus.COMPLETED_WITH_FAILURES and failed.counts.get("cues", 0) == 0
+    server.faults_when.clear()
+    result = propose(planted.workspace, proposer(), ["dog"], progress=False)
+    assert result.run.run_id == failed.run.run_id and result.run.status == RunStatus.COMPLETED
     cues = _cues(planted.workspace, result.run.run_id)
     assert cues[0].attribute == "snow" and cues[0].taxonomy_type == "Background"
-    assert all(cue.taxonomy_type for cue in cues) and len(server.requests) == len(cues)
+    assert all(cue.taxonomy_type for cue in cues) and all("type_error" not in cue.extra for cue in cues)
+
+
+class AgreeingClip(Tools):
+    """CLIP towers built to agree: wrong images lie along one axis, right ones along another, and the
+    text "snow" along the wrong images' axis; "red ball" sits halfway, every other phrase apart."""
+
+    def text_vectors(self, phrases: Sequence[str], template: str = "") -> np.ndarray:
+        axes = {"snow": [1.0, 0.0, 0.0], "red ball": [0.7071, 0.7071, 0.0]}
+        return np.array([axes.get(p, [0.0, 0.0, 1.0]) for p in phrases])
+
+
+def test_b2t_ranks_by_clip_score_when_the_towers_agree(planted: Planted) -> None:
+    wrong = np.array([scene(i)[1] for i in range(DOGS)])
+    data = ClassErrors("dog", [Item(f"i{i}", "", "dog", 1, 1, "RGB", "PNG", 0) for i in range(DOGS)],
+                       ["cat" if w else "dog" for w in wrong], wrong, [caption(*scene(i)) for i in range(DOGS)],
+                       np.array([[1.0, 0.0, 0.0] if w else [0.0, 1.0, 0.0] for w in wrong]))
+    proposer = make_proposer("errors", predictions=str(planted.predictions))  # rank_by="clip", B2T's own
+    findings = sorted(METHODS["b2t"](AgreeingClip(proposer, None, None, None), data),  # type: ignore[arg-type]
+                      key=lambda finding: -finding.rank_value)
+    assert findings[0].attribute == "snow" and findings[0].rank_value == 1.0
+    ball = next(f for f in findings if f.attribute == "red ball")
+    assert abs(ball.rank_value) < 1e-3 and ball.extra["clip_score"] == ball.rank_value
 
 
 def test_domino_finds_the_error_slice_and_names_it_from_the_captions(planted: Planted, tiny_clip: str) -> None:

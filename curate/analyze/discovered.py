@@ -27,10 +27,10 @@ def discovered_sections(workspace: Workspace, top: int = 5, strip_k: int = 5) ->
         pictures = []
         for cue in (cue for cue in cues if cue.extra["rank"] == 1):
             name = f"discovered-{_slug(cue.class_label)}-{_slug(cue.attribute)}.png"
+            with_cue, without = ([_thumbnail(workspace, workspace.catalog.item(i).uri)
+                                  for i in cue.extra[key][:strip_k]] for key in ("examples", "counterexamples"))
             pictures.append(image_strips(
-                [_thumbnail(workspace, workspace.catalog.item(i).uri) for i in cue.extra["examples"][:strip_k]],
-                [_thumbnail(workspace, workspace.catalog.item(i).uri) for i in cue.extra["counterexamples"][:strip_k]],
-                workspace.root / "reports" / run.run_id / name,
+                with_cue, without, workspace.root / "reports" / run.run_id / name,  # type: ignore[arg-type]
                 f"{cue.class_label}: '{cue.attribute}' (top: with it, wrong first; bottom: without it)"))
         sections.append({"method": run.config["options"]["method"], "run_id": run.run_id, "top": top, "rows": rows,
                          "pictures": pictures})

@@ -61,6 +61,7 @@ from curate.propose.prompts import PromptSet, load_prompts
 from curate.propose.vlm import data_url
 from curate.records import Cue, Evidence, EvidenceRole, Item
 from curate.registry import Registry
+from curate.secrets import scrub
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
 
 SOURCE = "errors"
@@ -439,7 +440,7 @@ class ErrorsProposer(LLMOptions, Proposer):
         """The class's predicted items that have a caption and an embedding, or None when some captions
         failed (left for the re-run) or no wrong or no right image is left (counted)."""
         context = tools.context
-        vectors = {}
+        vectors: dict[str, np.ndarray] = {}
         for batch in store.batches(items, self.batch_size):
             vectors |= dict(zip((i.item_id for i in batch.items), batch.vectors, strict=True))
             context.count(unreadable=len(batch.failures))
@@ -481,6 +482,8 @@ class ErrorsProposer(LLMOptions, Proposer):
         findings = sorted(METHODS[self.method](tools, data), key=lambda f: -f.rank_value)
         findings = [f for f in findings if f.rank_value > 0][:self.top]
         types = self._types(tools, data.label, findings)
+        if types is None:
+            return
         cues, rows = [], []
         for rank, (finding, (kind, type_error)) in enumerate(zip(findings, types, strict=True), start=1):
             present = finding.presence >= 0.5
@@ -498,21 +501,28 @@ class ErrorsProposer(LLMOptions, Proposer):
                             EvidenceRole.CANDIDATE, extra))
             rows += [Evidence(item.item_id, finding.attribute, SOURCE, tools.context.run.run_id, EvidenceRole.CANDIDATE,
                               kind, float(finding.presence[i]), [], None, None,
-                              {"method": self.method, "error": bool(data.wrong[i]), "pred": data.preds[i],
-                               "caption": data.captions[i]})
+                              {"method": self.method, "error": bool(data.wrong[i]), "pred": data.preds[i]}
+                              | ({"caption": data.captions[i]} if present[i] else {}))
                      for i, item in enumerate(data.items)]
         tools.context.write_evidence(rows, items=len(data.items), errors=int(data.wrong.sum()))
         tools.context.write_cues(cues)  # after the evidence: a class with cues is done
 
-    def _types(self, tools: Tools, label: str, findings: list[Finding]) -> list[tuple[str | None, str | None]]:
+    def _types(self, tools: Tools, label: str, findings: list[Finding]) -> list[tuple[str | None, str | None]] | None:
         """(type, why untyped) of each finding: the method's own type, else the LLM's with
-        ``type_with_llm``, else untyped."""
+        ``type_with_llm``, else untyped; None when the server failed to answer (the class is left for
+        the re-run)."""
         asked = [f for f in findings if f.taxonomy_type is None]
         answers: dict[str, Any] = {}
+        errors = dict.fromkeys((f.attribute for f in asked), UNTYPED)
         if asked and self.type_with_llm:
             values = tools.ask([(tools.messages("type", cue=f.attribute, label=label, types="\n".join(SPURIOUS_TYPES)),
                                  CueType) for f in asked])
+            unanswered = sum(1 for v in values if v.retryable)
+            if unanswered:
+                tools.context.failed_requests += unanswered
+                return None
             answers = {f.attribute: v.value for f, v in zip(asked, values, strict=True) if v.ok}
+            errors = {f.attribute: scrub(v.error or "") for f, v in zip(asked, values, strict=True) if not v.ok}
         typed: list[tuple[str | None, str | None]] = []
         for finding in findings:
             if finding.taxonomy_type is not None:
@@ -520,5 +530,5 @@ class ErrorsProposer(LLMOptions, Proposer):
             elif finding.attribute in answers:
                 typed.append((answers[finding.attribute].type, None))
             else:
-                typed.append((None, "the LLM gave no type in the nine" if self.type_with_llm else UNTYPED))
+                typed.append((None, errors[finding.attribute]))
         return typed
