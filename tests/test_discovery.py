@@ -134,7 +134,8 @@ def test_b2t_ranks_the_planted_attribute_first_with_captions_from_a_table_and_no
     evidence = planted.workspace.catalog.evidence(source="errors", run_id=result.run.run_id)
     snow = {e.item_id: e for e in evidence if e.attribute == "snow"}
     assert set(snow) == planted.dogs and {i for i, e in snow.items() if e.score == 1.0} == planted.wrong
-    assert all(e.extra["error"] == (i in planted.wrong) for i, e in snow.items())
+    assert all(e.extra["error"] == (i in planted.wrong) and e.extra["pred_score"] == 0.9 for i, e in snow.items())
+    assert all(("caption" in e.extra) == (e.score == 1.0) for e in snow.values())
 
 
 def test_captions_from_the_vlm_find_the_same_cue_and_a_rerun_asks_nothing(planted: Planted, tiny_clip: str,

@@ -24,13 +24,16 @@ rate with the cue minus without). Each class's cues (the best ``top``) are store
 numbers of images, example item ids (wrong ones first) and counterexamples (images without the cue,
 right ones first), the CLIP score, the method and the options.
 Every image of the class gets an ``Evidence`` row per cue (score: 1 when its caption mentions the
-cue, else 0; for a Domino slice the membership probability), so rounds, analysis and builders take
-discovered cues like any other. Keywords that name the class are left out, as in the LLM cue path.
-Cues are typed into the nine MM-SpuBench types by the LLM with ``type_with_llm`` (Ladder's come
-typed); otherwise they stay untyped, with the reason in ``extra["type_error"]``, for a round to settle.
+cue, else 0; for a Domino slice the membership probability; ``extra`` holds the prediction, its
+``score`` as ``pred_score``, whether it is wrong, and the caption where it mentions the cue), so
+rounds, analysis and builders take discovered cues like any other. Keywords that name the class are
+left out, as in the LLM cue path. Cues are typed into the nine MM-SpuBench types by the LLM with
+``type_with_llm`` (Ladder's come typed); otherwise they stay untyped, with the reason in
+``extra["type_error"]``, for a round to settle. Classes the model never or always gets wrong have no
+contrast and are skipped (``classes_without_contrast``, set once in the run's counts).
 
-A class is done once its cues are stored; a class whose captions failed (the VLM server down) is
-left for the re-run, which asks only what failed (answers are cached).
+A class is done once its cues are stored; a class whose captions or types the server failed to give
+is left for the re-run, which asks only what failed (answers are cached).
 """
 
 from __future__ import annotations
@@ -219,6 +222,7 @@ class Tools:
     clip: ClipModel
     prompts: PromptSet
     client: LLMClient | None = None
+    pred_scores: dict[str, float] = field(default_factory=dict)
 
     def text_vectors(self, phrases: Sequence[str], template: str = B2T_TEMPLATE) -> np.ndarray:
         """Unit-length CLIP embeddings of the phrases in ``template`` (cached per text)."""
@@ -408,7 +412,9 @@ class ErrorsProposer(LLMOptions, Proposer):
             context.models[self.model] = f"{self.settings().server()} prompts={prompts.version}"
         clip = load_model(self.clip_model, weights=self.clip_weights, device=self.device)
         context.models[clip.name] = clip.version
-        tools = Tools(self, context, clip, prompts, client)
+        scores = (dict(frame.select("item_id", pl.col("score").cast(pl.Float64)).drop_nulls().iter_rows())
+                  if "score" in frame.columns else {})
+        tools = Tools(self, context, clip, prompts, client, scores)
         store = EmbeddingStore(context.workspace, clip, context.run.run_id)
         with progress_bar(f"errors {self.method}", len(labels), context.progress) as advance:
             for label in labels:
@@ -502,6 +508,8 @@ class ErrorsProposer(LLMOptions, Proposer):
             rows += [Evidence(item.item_id, finding.attribute, SOURCE, tools.context.run.run_id, EvidenceRole.CANDIDATE,
                               kind, float(finding.presence[i]), [], None, None,
                               {"method": self.method, "error": bool(data.wrong[i]), "pred": data.preds[i]}
+                              | ({"pred_score": tools.pred_scores[item.item_id]}
+                                 if item.item_id in tools.pred_scores else {})
                               | ({"caption": data.captions[i]} if present[i] else {}))
                      for i, item in enumerate(data.items)]
         tools.context.write_evidence(rows, items=len(data.items), errors=int(data.wrong.sum()))
