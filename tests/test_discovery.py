@@ -233,7 +233,7 @@ def test_domino_finds_the_error_slice_and_names_it_from_the_captions(planted: Pl
     assert {i for i, s in scores.items() if s >= 0.5} == planted.wrong
 
 
-def test_a_discovered_cue_reaches_a_rounds_tasks_and_the_cue_analysis(planted: Planted, tiny_clip: str) -> None:
+def test_a_discovered_cue_reaches_a_rounds_tasks_the_analysis_and_clip_on_every_class(planted: Planted, tiny_clip: str) -> None:
     from annotation import tasks
     from annotation.rounds import RoundSpec
     from curate.analyze import analyze_cues
@@ -247,6 +247,9 @@ def test_a_discovered_cue_reaches_a_rounds_tasks_and_the_cue_analysis(planted: P
     stats = analyze_cues(planted.workspace, source="errors").stats
     snow = stats.filter(pl.col("attribute") == "snow").row(0, named=True)
     assert (snow["n_class"], snow["n_both"]) == (DOGS, ON_SNOW)
+    propose(planted.workspace, make_proposer("clip", model=tiny_clip, cue_source="errors"), progress=False)
+    scored = {(e.item_id, e.attribute) for e in planted.workspace.catalog.evidence(source="clip")}
+    assert {item.item_id for item in planted.workspace.catalog.items()} == {i for i, a in scored if a == "snow"}
 
 
 def test_the_report_shows_each_classs_discovered_cues_with_an_image_strip(planted: Planted, tiny_clip: str) -> None:
