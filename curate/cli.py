@@ -225,12 +225,14 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 def propose_command(
     name: Annotated[str | None, typer.Argument(help="The proposer (same as --proposer).")] = None,
     proposer: Annotated[str | None, typer.Option("--proposer", "-p", help=(
-        "priors, llm-cues, vlm-attributes, clip, detector or clip+detector."))] = None,
+        "priors, llm-cues, vlm-attributes, clip, detector, clip+detector or errors."))] = None,
     classes: Annotated[str | None, typer.Option(help="Only these classes, comma-separated.")] = None,
     model: Annotated[str | None, typer.Option(help="Registered model name (see `curate models`).")] = None,
     weights: Annotated[str | None, typer.Option(help="Weights: file, local-dir:, hf-hub:, tag or 'random'.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any proposer option as key=value "
                                                    "(repeatable), e.g. --set conf=0.1.")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="errors: the model's predictions (item_id, pred).")] = None,
+    method: Annotated[str | None, typer.Option(help="errors: b2t, ladder or domino.")] = None,
     workspace: WorkspaceOption = Path("."), quiet: QuietOption = False,
 ) -> None:
     """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
@@ -242,7 +244,8 @@ def propose_command(
         if proposer is None or (name is not None and name != proposer):
             raise ProposeError("name one proposer, as an argument or with --proposer")
         options: dict[str, Any] = parse_pairs(set_ or [])
-        options |= {k: v for k, v in (("model", model), ("weights", weights)) if v is not None}
+        options |= {k: v for k, v in (("model", model), ("weights", weights), ("method", method),
+                                      ("predictions", predictions and str(predictions))) if v is not None}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
     _summary(result.summary())

@@ -14,6 +14,7 @@ import polars as pl
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from curate.analyze import GAPS_TABLE, STATS_TABLE
+from curate.analyze.discovered import discovered_sections
 from curate.analyze.gap import GAP_COLUMNS
 from curate.analyze.plots import accuracy_per_group, group_sizes
 from curate.evaluate import EVALUATIONS_TABLE
@@ -108,11 +109,14 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
                            f"group sizes of {Path(source.location).name}")
         groups.append({"location": Path(source.location).name, "picture": _relative(path, target),
                        "counts": counts})
+    discovered = [{**section, "pictures": [{"stem": p.stem, "relative": _relative(p, target)}
+                                           for p in section["pictures"]]}
+                  for section in discovered_sections(workspace, top)]
     environment = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
     environment.filters.update(num=_number, pct=_percent)
     text = environment.get_template("report.md.j2").render(
         name=workspace.root.name, written=now(), code_version=code_version(), status=workspace.status(), runs=runs,
-        analyses=analyses, gaps=gaps, evaluations=evaluations, groups=groups)
+        analyses=analyses, gaps=gaps, evaluations=evaluations, groups=groups, discovered=discovered)
     target.write_text(text if fmt == "md" else _markdown_to_html(text))
     return target
 
