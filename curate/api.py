@@ -24,13 +24,12 @@ from curate.workspace import Workspace
 if TYPE_CHECKING:
     import datasets
 
-    from curate.analyze import AnalyzeResult
+    from curate.analyze import AnalyzeResult, GapResult
     from curate.builders import BuildResult
     from curate.evaluate import EvaluateResult
     from curate.ingest import IngestResult
     from curate.propose import ProposeResult
     from curate.publish import PublishResult
-    from curate.records import Run
 
 T = TypeVar("T")
 
@@ -77,8 +76,8 @@ class Project:
 
         return self._quietly(lambda: analyze_cues(self.workspace, **options))
 
-    def gap(self, kind: str, options: dict[str, object] | None = None, **arguments: Any) -> tuple[Run, pl.DataFrame]:
-        """The spurious gap of a model under test (``table``, ``clip`` or ``vlm``)."""
+    def gap(self, kind: str, options: dict[str, object] | None = None, **arguments: Any) -> GapResult:
+        """The spurious gap of a model under test (``table``, ``clip`` or ``vlm``) and its ``gap`` run."""
         from curate.analyze import measure_gaps
 
         return self._quietly(lambda: measure_gaps(self.workspace, kind, options, **arguments))

@@ -156,6 +156,23 @@ class Verdict:
     extra: JsonDict = field(default_factory=dict)
 
 
+class Stage(StrEnum):
+    """The stages a run can belong to, in road order; the one place their names are defined.
+
+    >>> Stage.GAP == "gap"
+    True
+    """
+
+    INGEST = "ingest"
+    PROPOSE = "propose"
+    ANALYZE = "analyze"
+    GAP = "gap"
+    VERIFY = "verify"
+    BUILD = "build"
+    PUBLISH = "publish"
+    EVALUATE = "evaluate"
+
+
 class RunStatus(StrEnum):
     """Life cycle of a stage run. ``interrupted`` runs are resumed by the next identical run;
     ``completed_with_failures`` ones (some requests failed; ``error`` says how many) too, and the

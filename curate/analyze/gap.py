@@ -200,7 +200,7 @@ def masked_image(workspace: Workspace, item: Item, boxes: list[list[float]]) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class GapResult:
+class GapTable:
     """Per (class, cue) gaps, ranked by score within each class, with the ids of the top and bottom
     images; images that could not be masked and answers that failed (each image's answers counted once)."""
 
@@ -278,7 +278,7 @@ def _gap_row(label: str, attribute: str, taxonomy_type: str | None, groups: dict
 
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
                   k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object",
-                  progress: bool = True, bootstrap: int = BOOTSTRAP_DRAWS) -> GapResult:
+                  progress: bool = True, bootstrap: int = BOOTSTRAP_DRAWS) -> GapTable:
     """The natural, masked and combined spurious gap of ``model`` for every (class, cue), with its
     bootstrap interval and random-ordering baseline (``bootstrap`` draws each).
 
@@ -341,8 +341,8 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
                                  accuracies["bottom"], failed, bootstrap, seed))
     failed_answers = sum(a.failed for a in answered.values())
     if not rows:
-        return GapResult(pl.DataFrame(schema={c: pl.List(pl.String) if c.endswith("_items") else pl.Float64
+        return GapTable(pl.DataFrame(schema={c: pl.List(pl.String) if c.endswith("_items") else pl.Float64
                                               for c in GAP_COLUMNS}), skipped, failed_answers)
     table = pl.DataFrame(rows, infer_schema_length=None).sort(["class_label", "score"], descending=[False, True],
                                                                nulls_last=True)
-    return GapResult(table.select(GAP_COLUMNS), skipped, failed_answers)
+    return GapTable(table.select(GAP_COLUMNS), skipped, failed_answers)
