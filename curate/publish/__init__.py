@@ -21,6 +21,8 @@ from typing import Any
 
 import datasets
 import yaml
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from curate.folders import replaced
@@ -189,13 +191,20 @@ def _digests(folder: Path) -> dict[str, str]:
         if folder.exists() else {}
 
 
-def _info(name: str, splits: dict[str, str], features: datasets.Features, tables: dict[str, Any],
-          target: Path) -> dict[str, Any]:
-    """One config's ``dataset_info`` entry: features and, per split, rows and bytes on disk."""
-    return {"config_name": name, **datasets.DatasetInfo(features=features)._to_yaml_dict(), "splits": [
-        {"name": split, "num_examples": row_count(tables[table]),
-         "num_bytes": sum(p.stat().st_size for p in (target / "data" / name).glob(f"{split}-*.parquet"))}
-        for split, table in splits.items()]}
+def _dataset_info(configs: dict[str, dict[str, str]], features: dict[str, datasets.Features], tables: dict[str, Any],
+                  target: Path) -> Any:
+    """The card's ``dataset_info``, as ``datasets`` writes it: per config its features and, per split,
+    rows and bytes on disk."""
+    infos = DatasetInfosDict()
+    for name, splits in configs.items():
+        split_infos = datasets.SplitDict()
+        for split, table in splits.items():
+            split_infos.add(datasets.SplitInfo(split, num_examples=row_count(tables[table]), num_bytes=sum(
+                p.stat().st_size for p in (target / "data" / name).glob(f"{split}-*.parquet"))))
+        infos[name] = datasets.DatasetInfo(features=features[name], splits=split_infos)
+    card = DatasetCardData()
+    infos.to_dataset_card_data(card)
+    return card.to_dict()["dataset_info"]
 
 
 def _write_published(workspace: Workspace, folder: Path, tables: dict[str, Any], configs: dict[str, dict[str, str]],
@@ -212,7 +221,7 @@ def _write_published(workspace: Workspace, folder: Path, tables: dict[str, Any],
              "configs": [{"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
                                                               for s in splits]}
                          for name, splits in configs.items()],
-             "dataset_info": [_info(name, splits, features[name], tables, folder) for name, splits in configs.items()]}
+             "dataset_info": _dataset_info(configs, features, tables, folder)}
     (folder / "README.md").write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
     (folder / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
     validate_croissant(folder / "croissant.json")
