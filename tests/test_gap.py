@@ -13,7 +13,7 @@ from llm_standin import standin
 from PIL import Image
 
 from curate.analyze import GAPS_TABLE, measure_gaps
-from curate.analyze.gap import ClipZeroShot, PredictionTable, masked_image, spurious_gaps
+from curate.analyze.gap import ClipZeroShot, PredictionTable, VLMYesNo, masked_image, spurious_gaps
 from curate.images import open_image
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole
@@ -155,6 +155,22 @@ def test_a_vlm_answers_three_questions_per_image(dogs: tuple[Workspace, dict[str
         assert len(server.requests) == 3 * 8  # 2 top + 2 bottom, natural and masked
     row = table.row(0, named=True)
     assert row["natural_gap"] == 0.0 and row["masked_top_acc"] == 0.0 and row["score"] == 0.0
+
+
+def test_the_gap_vlm_takes_every_llm_setting(dogs: tuple[Workspace, dict[str, str]]) -> None:
+    from dataclasses import fields
+
+    from curate.llm_settings import LLMSettings
+    from curate.options import declared_options
+    from curate.propose import PROPOSERS
+
+    workspace, _ = dogs
+    with standin(lambda body: {"answer": "yes"}) as server:
+        measure_gaps(workspace, "vlm", {"base_url": server.base_url, "temperature": "0.7", "max_tokens": "20"}, k=2)
+    assert {(r["temperature"], r["max_tokens"]) for r in server.requests} == {(0.7, 20)}
+    settings = {f.name for f in fields(LLMSettings)}  # declared once: the gap's VLM and the LLM proposers take them all
+    for target in (VLMYesNo, PROPOSERS["llm-cues"], PROPOSERS["vlm-attributes"]):
+        assert settings <= set(declared_options(target)), target
 
 
 def test_a_failed_vlm_answer_is_wrong_on_natural_and_masked_images(dogs: tuple[Workspace, dict[str, str]]) -> None:

@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw
 
 from curate.analyze.cues import presence_from_evidence
 from curate.images import open_image, pil_open
+from curate.llm_settings import LLMSettings
 from curate.progress import progress_bar
 from curate.records import EvidenceRole, Item
 from curate.registry import Registry
@@ -102,7 +103,7 @@ class PredictionTable(ModelUnderTest):
     answer."""
 
     def __init__(self, path: str | Path, name: str = "table") -> None:
-        from curate.ingest.base import read_table
+        from curate.tabular import read_table
 
         frame = read_table(Path(path))
         missing = {"item_id", "variant"} - set(frame.columns)
@@ -153,17 +154,19 @@ class ClipZeroShot(ModelUnderTest):
 
 
 @MODELS_UNDER_TEST.register("vlm")
-class VLMYesNo(ModelUnderTest):
-    """An OpenAI-compatible VLM asked three yes/no questions per image; an answer that fails
-    (unparseable, refused, or a transport error) is counted as failed."""
+@dataclass
+class VLMYesNo(LLMSettings, ModelUnderTest):
+    """An OpenAI-compatible VLM (any ``LLMSettings``) asked three yes/no questions per image; an
+    answer that fails (unparseable, refused, or a transport error) is counted as failed."""
 
-    def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 workspace: Workspace | None = None, image_max_side: int = 768) -> None:
-        from curate.models.llm import LLMClient, LLMSettings
+    workspace: Workspace | None = None
+    image_max_side: int = 768
 
-        settings = LLMSettings(model=model, base_url=base_url, api_key_env=api_key_env)
-        self.client = LLMClient(settings, workspace.cache if workspace else None)
-        self.name, self.version, self.image_max_side = model, settings.server(), image_max_side
+    def __post_init__(self) -> None:
+        from curate.models.llm import LLMClient
+
+        self.client = LLMClient(self.settings(), self.workspace.cache if self.workspace else None)
+        self.name, self.version = self.model, self.server()
 
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
                      classes: Sequence[str]) -> list[Answers]:

@@ -17,7 +17,6 @@ from curate.analyze import GAPS_TABLE, STATS_TABLE, cue_runs, gap_runs
 from curate.analyze.gap import GAP_COLUMNS
 from curate.analyze.plots import accuracy_per_group, group_sizes
 from curate.evaluate import EVALUATIONS_TABLE
-from curate.ingest import group_table
 from curate.workspace import Workspace, code_version
 from curate.workspace._sql import now
 
@@ -101,7 +100,7 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
             evaluations.append({"kind": row["kind"], "run_id": row["run_id"], "metrics": metrics, "picture": picture})
     groups = []
     for source in (s for s in workspace.catalog.sources() if s.kind == "groups"):
-        table = group_table(workspace, source.source_id)
+        table = workspace.catalog.group_table(source.source_id)
         counts = {f"split {split}: y={y}, a={a}": n for split, y, a, n in
                   table.group_by(["split", "y", "a"]).len().sort(["split", "y", "a"]).iter_rows()}
         path = group_sizes(counts, workspace.root / "reports" / "groups" / f"{source.source_id}.png",

@@ -30,7 +30,6 @@ import polars as pl
 from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
-from curate.ingest import group_table
 from curate.progress import progress_bar
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
@@ -124,7 +123,7 @@ class GroupsBuilder(Builder):
 
     def _from_table(self, workspace: Workspace) -> Release:
         source = self._source(workspace)
-        table = group_table(workspace, source.source_id)
+        table = workspace.catalog.group_table(source.source_id)
         kept = table.filter(pl.col("item_id").is_not_null())
         options = source.options
         split_names = list(options.get("split_names") or SPLIT_CODES)

@@ -22,10 +22,10 @@ from typing import Any, Literal
 import polars as pl
 
 from curate.evaluate.metrics import Metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
-from curate.ingest.base import read_table
 from curate.options import check_options
 from curate.records import Run
 from curate.registry import Registry
+from curate.tabular import read_table
 from curate.workspace import Workspace
 
 EVALUATIONS_TABLE = "evaluations"

@@ -205,23 +205,6 @@ def resolve_under_root(root: Path, value: str, allow_absolute: bool = False) -> 
     return path
 
 
-def read_table(path: Path) -> pl.DataFrame:
-    """Read a CSV, TSV, parquet or JSON-lines table (by suffix) with polars."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise SourceError(f"no table at {path}")
-    try:
-        if suffix == ".parquet":
-            return pl.read_parquet(path)
-        if suffix in (".jsonl", ".ndjson"):
-            return pl.read_ndjson(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as error:
-        raise SourceError(f"cannot read table {path}: {error}") from error
-    raise SourceError(f"unknown table format {suffix!r} for {path}; use .csv, .tsv, .parquet or .jsonl")
-
-
 def require_columns(frame: pl.DataFrame, where: Path, **columns: str | None) -> None:
     """Fail clearly when a column an option names is not in the table."""
     missing = {option: name for option, name in columns.items() if name is not None and name not in frame.columns}

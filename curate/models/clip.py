@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.caching import CacheKey, ModelCache
 from curate.models.registry import ModelSpec, register_family
 from curate.models.weights import RANDOM, resolve_open_clip_weights, seeded
-from curate.workspace import Cache, CacheKey
 
 TEXT_BATCH = 64
 
@@ -60,7 +60,7 @@ class ClipModel:
             chunks.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1))
         return torch.cat(chunks).cpu().numpy()
 
-    def encode_texts(self, texts: Sequence[str], cache: Cache | None = None) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], cache: ModelCache | None = None) -> np.ndarray:
         """(N, D) unit-length text embeddings; with a ``cache`` each text is computed once ever."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)

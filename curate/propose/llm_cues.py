@@ -28,11 +28,11 @@ import inflect
 import polars as pl
 from pydantic import BaseModel, field_validator
 
+from curate.llm_settings import LLMSettings
 from curate.models.llm import LLMClient, Messages
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.llm_common import (
-    LLMOptions,
     count_cost,
     failure,
     failure_counts,
@@ -158,7 +158,7 @@ def clean_cues(label: str, raw: dict[str, list[str]]) -> dict[str, list[str]]:
 
 @register_proposer("llm-cues")
 @dataclass
-class LLMCuesProposer(LLMOptions, Proposer):
+class LLMCuesProposer(LLMSettings, Proposer):
     """Ask an OpenAI-compatible LLM for cues per class, by the SpurLens procedure."""
 
     prompts: str = "llm-cues-v2"
