@@ -12,7 +12,7 @@ it names (the same calls the CLI makes), and tables come back as polars frames.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -76,7 +76,7 @@ class Project:
 
         return self._quietly(lambda: analyze_cues(self.workspace, **options))
 
-    def gap(self, kind: str, options: dict[str, object] | None = None, **arguments: Any) -> GapResult:
+    def gap(self, kind: str, options: Mapping[str, object] | None = None, **arguments: Any) -> GapResult:
         """The spurious gap of a model under test (``table``, ``clip`` or ``vlm``) and its ``gap`` run."""
         from curate.analyze import measure_gaps
 

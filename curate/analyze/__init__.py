@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from curate.analyze.cues import cue_statistics, presence_from_evidence, presence_from_verdicts
 from curate.analyze.plots import image_strips, lift_heatmap
@@ -173,7 +174,7 @@ class GapResult:
                 f"in {self.seconds:.1f}s [run {self.run.run_id}]")
 
 
-def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | None = None,
+def measure_gaps(workspace: Workspace, kind: str, options: Mapping[str, object] | None = None,
                  source: str = "detector", run_id: str | None = None, k: int = 50, seed: int = RANKING_SEED,
                  classes: list[str] | None = None, mask: str = "object",
                  bootstrap: int | None = None) -> GapResult:
@@ -187,7 +188,7 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
     factory = MODELS_UNDER_TEST[kind]
     extra = {"workspace": workspace} if factory is VLMYesNo else {}
     options = check_options(factory, options or {}, f"model under test {kind!r}", skip=("workspace",))
-    model = factory(**options, **extra)  # type: ignore[arg-type]
+    model = factory(**options, **extra)
     bootstrap = BOOTSTRAP_DRAWS if bootstrap is None else bootstrap
     config = {"gap": kind, "options": options or {}, "evidence": source, "evidence_run": run_id, "k": k, "seed": seed,
               "classes": classes, "mask": mask, "bootstrap": bootstrap}
@@ -202,7 +203,7 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
     return GapResult(workspace.runs.get(run.run_id), result.table, time.perf_counter() - started)
 
 
-def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> object:
+def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> Image.Image:
     image = open_image(workspace.resolve_uri(uri))
     image.thumbnail((side, side))
     return image

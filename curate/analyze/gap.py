@@ -131,9 +131,9 @@ class ClipZeroShot(ModelUnderTest):
 
     def __init__(self, model: str = "clip-vit-b-32", weights: str | None = None, device: str = "cpu",
                  template: str = "a photo of a {label}.") -> None:
-        from curate.models import load_model
+        from curate.models import ClipModel, load_model
 
-        self.clip = load_model(model, weights=weights, device=device)
+        self.clip = load_model(model, weights=weights, device=device, kind=ClipModel)
         self.name, self.version, self.template = model, self.clip.version, template
 
     def predict(self, images: Sequence[Image.Image], classes: Sequence[str], batch_size: int = 32) -> list[str]:
@@ -181,6 +181,7 @@ class VLMYesNo(LLMSettings, ModelUnderTest):
                             + ' Answer as JSON: {"answer": "yes"} or {"answer": "no"}.'},
                            {"type": "image_url", "image_url": {"url": url}}]
                 requests.append(([{"role": "user", "content": content}], YesNo))
+        # ignored below (union-attr): value is set when r.ok
         said = [r.value.answer if r.ok else None for r in self.client.ask_many(requests)]  # type: ignore[union-attr]
         per_image = len(YES_NO_QUESTIONS)
         return [Answers(chunk.count("yes"), chunk.count("no"), chunk.count(None))
@@ -263,7 +264,7 @@ def _gap_row(label: str, attribute: str, taxonomy_type: str | None, groups: dict
 
     natural_top, natural_bottom = mean(top[:, 0]), mean(bottom[:, 0])
     masked_top, masked_bottom = mean(top[:, 1]), mean(bottom[:, 1])
-    natural_gap = natural_top - natural_bottom  # type: ignore[operator]
+    natural_gap = natural_top - natural_bottom  # type: ignore[operator]  # both means exist: every group has images
     masked_gap = masked_bottom - masked_top if masked_top is not None and masked_bottom is not None else None
     score = (natural_gap + masked_gap) / 2 if masked_gap is not None else None
     intervals = score_intervals(top, bottom, draws, cue_seed(seed, label, attribute, "gap-intervals")) \

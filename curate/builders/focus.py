@@ -87,7 +87,7 @@ class FocusBuilder(Builder):
             setting = Setting.of(row)
             if setting is not None:
                 scores[row.item_id][setting.kind][setting.value] = float(row.score or 0.0)
-        settings = {}
+        settings: dict[str, dict[str, Any]] = {}
         for item_id, by_kind in scores.items():
             if set(SettingKind) <= set(by_kind):
                 time, weather = by_kind[SettingKind.TIME], by_kind[SettingKind.WEATHER]
@@ -106,7 +106,7 @@ class FocusBuilder(Builder):
         if not settings:
             raise BuildError("no image has a verified setting (time, weather and locations)"
                              + ("" if self.allow_machine else "; allow_machine uses focus-settings evidence"))
-        rows, unknown = [], Counter()
+        rows, unknown = [], Counter[str]()
         for number, item_id in enumerate(sorted(settings)):
             item = workspace.catalog.item(item_id)
             label, setting = str(item.label), settings[item_id]

@@ -69,6 +69,7 @@ class IngestSource(ABC):
 
     def options(self) -> JsonDict:
         """The options this source was made with, JSON-ready (recorded with the source and run)."""
+        # ignored below (arg-type): every registered source is a dataclass
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
         return {k: _jsonable(v) for k, v in values.items()}
 

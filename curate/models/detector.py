@@ -115,10 +115,12 @@ def _load_detector(spec: ModelSpec, device: str) -> OpenSetDetector:
         raise ValueError(f"model {spec.name!r} names no text_encoder")
     resolved = _resolve(spec)
     # A randomly initialised detector gets a randomly initialised text encoder: nothing is fetched.
-    encoder = load_model(spec.text_encoder, weights=RANDOM if resolved.kind == RANDOM else None, device=device)
+    encoder = load_model(spec.text_encoder, weights=RANDOM if resolved.kind == RANDOM else None, device=device,
+                         kind=ClipModel)
     with seeded():
         yolo = (YOLOE if spec.family == "yoloe" else YOLOWorld)(resolved.location)
-    yolo.model.to(device)
+    network: Any = yolo.model  # ultralytics declares it str | None (a path before loading): here the nn.Module
+    network.to(device)
     return OpenSetDetector(spec, yolo, encoder, f"{resolved.version}+{encoder.version}")
 
 

@@ -305,15 +305,15 @@ class LLMClient:
             except openai.OpenAIError:  # LLMConfigError (a bad key) surfaces below, from ``ask``
                 self.stats.add(batch_failures=1)
             for custom_id, (text, refusal) in answers.items():
-                index = waiting.get(custom_id)
-                if index is None:
+                asked = waiting.get(custom_id)
+                if asked is None:
                     continue
-                messages, schema = requests[index]
+                messages, schema = requests[asked]
                 if self.cache is not None:
                     self.cache.put_json(self._key(messages, schema), {"text": text, "refusal": refusal})
                 value, _ = self._validate(text, refusal, schema)
                 if value is not None:
-                    results[index] = LLMResult(True, value, text, attempts=1)
+                    results[asked] = LLMResult(True, value, text, attempts=1)
         # cached, missing or malformed answers: ``ask`` replays the cache and re-asks what is needed
         return [result or self.ask(*requests[index]) for index, result in enumerate(results)]
 

@@ -93,6 +93,7 @@ class VLMAttributesProposer(LLMSettings, Proposer):
                     rows, failed = [], []
                     for item, result in zip(batch.items, client.ask_many(requests), strict=True):
                         if result.ok:
+                            # ignored below (arg-type): value is set when result.ok
                             rows += self._evidence(context, item, result.value, version)  # type: ignore[arg-type]
                         else:
                             failed.append(failure(context, label, "attributes", result, item.item_id))

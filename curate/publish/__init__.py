@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -151,7 +152,7 @@ def _context(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[s
 
 
 def render_card(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]], configs: list[str],
-                repo: str, licences: dict[str, int], pictures: list[str], item_ids: set[str] = frozenset(),
+                repo: str, licences: dict[str, int], pictures: list[str], item_ids: AbstractSet[str] = frozenset(),
                 hub_repo: bool = False, licence: str = "other") -> str:
     """The card body from the builder's template (``generic`` when it has none)."""
     folder = Path(str(resources.files("dataset_cards")))
@@ -259,7 +260,7 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     for item in workspace.catalog.items():
         if item.uri in uris:
             item_licences[item.license or license or "unknown (set --license)"] += 1
-    written = [{"config": name, "split": split, "rows": row_count(tables[table])}
+    written: list[dict[str, Any]] = [{"config": name, "split": split, "rows": row_count(tables[table])}
                for name, splits in configs.items() for split, table in splits.items()]
     known = [name for name in item_licences if not name.startswith("unknown")]
     licence = (license or (known[0] if len(item_licences) == 1 and known else "other")).lower()
