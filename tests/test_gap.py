@@ -157,6 +157,23 @@ def test_a_vlm_answers_three_questions_per_image(dogs: tuple[Workspace, dict[str
     assert row["natural_gap"] == 0.0 and row["masked_top_acc"] == 0.0 and row["score"] == 0.0
 
 
+def test_curate_gap_records_a_gap_run(dogs: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": 1} for i in ids.values() for v in ("natural", "masked")]
+                 ).write_csv(path)
+    result = CliRunner().invoke(app, ["gap", "table", "--set", f"path={path}", "--k", "2", "-w", str(workspace.root)])
+    assert result.exit_code == 0, result.output
+    run = workspace.runs.list("gap")[0]
+    assert "gap table: 1 (class, cue) rows, 0 failed answers" in result.output
+    assert f"[run {run.run_id}]" in result.output
+    assert run.run_id.startswith("gap-") and workspace.runs.list("analyze") == []
+
+
 def test_the_gap_vlm_takes_every_llm_setting(dogs: tuple[Workspace, dict[str, str]]) -> None:
     from dataclasses import fields
 
