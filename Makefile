@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 demo: install
 	bash tools/demo.sh
 
-test: install $(LABEL_STUDIO) $(CHROMIUM)
+test: lint $(LABEL_STUDIO) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 bench: install $(LABEL_STUDIO)
@@ -43,6 +43,7 @@ bench: install $(LABEL_STUDIO)
 
 lint: install
 	$(VENV)/bin/ruff check curate annotation tests tools
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .label-studio demo-workspace .pytest_cache

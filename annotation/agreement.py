@@ -10,10 +10,11 @@ Ratings are ``{unit: {annotator: value}}`` (a unit is an (item, attribute) pair)
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Hashable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from typing import Any
 
-Ratings = Mapping[Hashable, Mapping[str, str]]
+Ratings = Mapping[Any, Mapping[str, str]]  # any hashable unit (Mapping's key is invariant)
 
 
 def krippendorff_alpha(ratings: Ratings) -> float:
@@ -21,7 +22,7 @@ def krippendorff_alpha(ratings: Ratings) -> float:
 
     Returns nan when it is undefined (fewer than two pairable ratings, or a single value overall).
     """
-    coincidence: Counter[tuple[str, str]] = Counter()
+    coincidence: dict[tuple[str, str], float] = defaultdict(float)
     for by_annotator in ratings.values():
         values = list(by_annotator.values())
         m = len(values)
@@ -32,7 +33,7 @@ def krippendorff_alpha(ratings: Ratings) -> float:
             for k, n_k in counts.items():
                 pairs = n_c * (n_k - 1) if c == k else n_c * n_k
                 coincidence[(c, k)] += pairs / (m - 1)
-    totals: Counter[str] = Counter()
+    totals: dict[str, float] = defaultdict(float)
     for (c, _), weight in coincidence.items():
         totals[c] += weight
     n = sum(totals.values())
@@ -71,7 +72,7 @@ def fleiss_kappa(ratings: Ratings) -> float:
     return math.nan if expected == 1 else (observed - expected) / (1 - expected)
 
 
-def gold_accuracy(ratings: Ratings, gold: Mapping[Hashable, str]) -> dict[str, float]:
+def gold_accuracy(ratings: Ratings, gold: Mapping[Any, str]) -> dict[str, float]:
     """Per annotator, the share of gold units answered as the gold says.
 
     >>> gold_accuracy({"u1": {"ann": "a", "bob": "b"}, "u2": {"ann": "b"}}, {"u1": "a", "u2": "b"})

@@ -277,7 +277,7 @@ def round_figures(workspace: Workspace, spec: RoundSpec) -> dict[str, float]:
     if spec.gold_round and gold_ratings:
         gold = gold_answers(workspace, spec.gold_round)
         answered = {unit: r for unit, r in gold_ratings.items() if unit in gold}
-        for annotator, accuracy in gold_accuracy(answered, gold).items():  # type: ignore[arg-type]
+        for annotator, accuracy in gold_accuracy(answered, gold).items():
             figures[f"gold_accuracy:{annotator}"] = accuracy
             figures[f"gold_units:{annotator}"] = float(sum(annotator in r for r in answered.values()))
     return figures

@@ -32,9 +32,9 @@ from annotation.configs import (
 )
 from annotation.files import image_url
 from annotation.transport import PREFILL_VERSION, BridgeError, Task
-from curate.ingest.base import read_table
 from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item
 from curate.registry import Registry
+from curate.tabular import read_table
 from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, VerdictValue, resolve
 from curate.workspace import Workspace
 

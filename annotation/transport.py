@@ -49,6 +49,7 @@ def call(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def find_project(ls: LabelStudio, title: str, description: str) -> int | None:
     """The project with this exact title and description (curate writes the workspace id into both)."""
+    existing: Any
     for existing in call("list projects", ls.projects.list, title=title):
         if existing.title == title and (existing.description or "") == description:
             return int(existing.id)
@@ -63,7 +64,7 @@ def create_project(ls: LabelStudio, title: str, description: str, config: str, s
                    show_overlap_first=True)
     call("attach local files", ls.import_storage.local.create, project=created.id, path=storage_path,
          title="curate images", use_blob_urls=False)
-    return int(created.id)
+    return int(created.id)  # type: ignore[arg-type]  # the SDK types ids of unsaved projects None; a created one has one
 
 
 def project_tasks(ls: LabelStudio, project_id: int) -> list[Any]:

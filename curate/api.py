@@ -12,7 +12,7 @@ it names (the same calls the CLI makes), and tables come back as polars frames.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,13 +24,12 @@ from curate.workspace import Workspace
 if TYPE_CHECKING:
     import datasets
 
-    from curate.analyze import AnalyzeResult
+    from curate.analyze import AnalyzeResult, GapResult
     from curate.builders import BuildResult
     from curate.evaluate import EvaluateResult
     from curate.ingest import IngestResult
     from curate.propose import ProposeResult
     from curate.publish import PublishResult
-    from curate.records import Run
 
 T = TypeVar("T")
 
@@ -77,8 +76,8 @@ class Project:
 
         return self._quietly(lambda: analyze_cues(self.workspace, **options))
 
-    def gap(self, kind: str, options: dict[str, object] | None = None, **arguments: Any) -> tuple[Run, pl.DataFrame]:
-        """The spurious gap of a model under test (``table``, ``clip`` or ``vlm``)."""
+    def gap(self, kind: str, options: Mapping[str, object] | None = None, **arguments: Any) -> GapResult:
+        """The spurious gap of a model under test (``table``, ``clip`` or ``vlm``) and its ``gap`` run."""
         from curate.analyze import measure_gaps
 
         return self._quietly(lambda: measure_gaps(self.workspace, kind, options, **arguments))

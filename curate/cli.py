@@ -461,14 +461,14 @@ def gap(
     and the 95% range of the score under a random ordering."""
     with _user_errors():
         chosen = [c.strip() for c in classes.split(",")] if classes else None
-        result_run, table = measure_gaps(Workspace.open(workspace), kind, parse_pairs(set_ or []), source,
-                                         run, k, classes=chosen, mask=mask, bootstrap=bootstrap)
+        result = measure_gaps(Workspace.open(workspace), kind, parse_pairs(set_ or []), source,
+                              run, k, classes=chosen, mask=mask, bootstrap=bootstrap)
     out.print(_table("spurious gap", ["class", "cue", "natural", "masked", "score", "95% interval", "random 95%"],
                      [[r["class_label"], r["attribute"], _fmt(r["natural_gap"]), _fmt(r["masked_gap"]),
                        _fmt(r["score"]), f"[{_fmt(r['score_low'])}, {_fmt(r['score_high'])}]",
-                       f"[{_fmt(r['random_low'])}, {_fmt(r['random_high'])}]"] for r in table.iter_rows(named=True)]))
-    _summary(f"gap {kind}: {table.height} (class, cue) rows, {result_run.counts.get('failed_answers', 0)} failed "
-             f"answers (counted wrong) [run {result_run.run_id}]")
+                       f"[{_fmt(r['random_low'])}, {_fmt(r['random_high'])}]"]
+                      for r in result.table.iter_rows(named=True)]))
+    _summary(result.summary())
 
 
 def _fmt(value: float | None) -> str:

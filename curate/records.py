@@ -122,6 +122,48 @@ class Evidence:
     extra: JsonDict = field(default_factory=dict)
 
 
+class SettingKind(StrEnum):
+    """Which part of an image's setting (FOCUS) a value describes."""
+
+    TIME = "time"
+    WEATHER = "weather"
+    LOCATION = "location"
+
+
+SETTING = "setting"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One value of an image's setting (FOCUS): time, weather or a location. Evidence about it
+    carries the pair in ``extra[SETTING]``; its ``attribute`` (``time:night``) only names the row.
+
+    >>> row = Setting(SettingKind.TIME, "night").evidence("ab" * 32, "focus-settings", "propose-1", 0.8)
+    >>> row.attribute, Setting.of(row)
+    ('time:night', Setting(kind=<SettingKind.TIME: 'time'>, value='night'))
+    """
+
+    kind: SettingKind
+    value: str
+
+    def evidence(self, item_id: str, source: str, run_id: str, score: float, model: str | None = None,
+                 model_version: str | None = None) -> Evidence:
+        """A machine claim that ``item_id`` has this setting, with confidence ``score``."""
+        return Evidence(item_id, f"{self.kind}:{self.value}", source, run_id, EvidenceRole.CANDIDATE,
+                        "Background" if self.kind is SettingKind.LOCATION else None, score, [], model, model_version,
+                        {SETTING: {"kind": str(self.kind), "value": self.value}})
+
+    @classmethod
+    def of(cls, evidence: Evidence) -> Setting | None:
+        """The setting ``evidence`` is about, or None when it is about something else. Rows stored
+        before settings were typed carry only the ``kind:value`` attribute, read here and nowhere else."""
+        stored = evidence.extra.get(SETTING)
+        if stored is not None:
+            return cls(SettingKind(stored["kind"]), stored["value"])
+        kind, colon, value = evidence.attribute.partition(":")
+        return cls(SettingKind(kind), value) if colon and kind in SettingKind.__members__.values() else None
+
+
 @dataclass(frozen=True, slots=True)
 class Cue:
     """A candidate attribute for a whole class (from an LLM or the built-in priors), before any
@@ -154,6 +196,23 @@ class Verdict:
     value: str
     taxonomy_type: str | None = None
     extra: JsonDict = field(default_factory=dict)
+
+
+class Stage(StrEnum):
+    """The stages a run can belong to, in road order; the one place their names are defined.
+
+    >>> Stage.GAP == "gap"
+    True
+    """
+
+    INGEST = "ingest"
+    PROPOSE = "propose"
+    ANALYZE = "analyze"
+    GAP = "gap"
+    VERIFY = "verify"
+    BUILD = "build"
+    PUBLISH = "publish"
+    EVALUATE = "evaluate"
 
 
 class RunStatus(StrEnum):

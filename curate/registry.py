@@ -52,8 +52,8 @@ class Registry(Generic[T]):
         """Instantiate a registered plugin with its options converted to their declared types
         (``curate.options``); an option it does not declare, or a value that does not fit, is a
         one-line error."""
-        plugin = self[name]
-        return plugin(**check_options(plugin, options, f"{self.what} {name!r}", error=self.error))  # type: ignore[operator]
+        plugin: Callable[..., Any] = self[name]  # type: ignore[assignment]  # T is a class or factory, unbounded
+        return plugin(**check_options(plugin, options, f"{self.what} {name!r}", error=self.error))
 
     def __getitem__(self, name: str) -> T:
         if name not in self._entries:

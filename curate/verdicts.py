@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -59,15 +59,15 @@ SIMULATED_DOMAIN = "simulated.curate.invalid"
 """Simulated annotators log in as ``sim-<n>@simulated.curate.invalid``; their verdicts are flagged."""
 _PROVENANCE_KEYS = frozenset({"task_id", "annotation_id", GOLD_KEY, ADJUDICATES_KEY, SIMULATED_KEY})
 
-Ratings = Mapping[Hashable, Mapping[str, str]]
+Ratings = Mapping[Any, Mapping[str, str]]  # any hashable unit (Mapping's key is invariant)
 
 
 @dataclass(frozen=True, slots=True)
 class Consensus:
     """Decided units, and the units that need an adjudication, with the reason."""
 
-    decided: dict[Hashable, str]
-    to_adjudicate: dict[Hashable, str]
+    decided: dict[Any, str]
+    to_adjudicate: dict[Any, str]
 
 
 def consensus(ratings: Ratings, min_share: float = 0.5, min_raters: int = 1) -> Consensus:
@@ -79,8 +79,8 @@ def consensus(ratings: Ratings, min_share: float = 0.5, min_raters: int = 1) -> 
     >>> result.decided, result.to_adjudicate
     ({'u1': 'x'}, {'u2': 'tie between x, y'})
     """
-    decided: dict[Hashable, str] = {}
-    pending: dict[Hashable, str] = {}
+    decided: dict[Any, str] = {}
+    pending: dict[Any, str] = {}
     for unit, by_annotator in ratings.items():
         counts = Counter(by_annotator.values()).most_common()
         if len(by_annotator) < min_raters or not counts:
@@ -143,9 +143,9 @@ def resolve(verdicts: Iterable[Verdict], rounds: str | Sequence[str] | None = No
         ratings = {unit: {v.annotator: v.value for v in rows} for unit, rows in groups.items()}
         result = consensus(ratings, min_share)
         for unit, value in result.decided.items():
-            decided.append(_decision(groups[unit], str(value), how))  # type: ignore[index]
+            decided.append(_decision(groups[unit], str(value), how))
         for unit, reason in result.to_adjudicate.items():
-            still_open[unit] = reason  # type: ignore[index]
+            still_open[unit] = reason
     by_unit: dict[tuple[str, str], Verdict] = {}
     for verdict in decided:  # adjudications come second and overrule
         by_unit[(verdict.item_id, verdict.attribute)] = verdict

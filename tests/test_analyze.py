@@ -99,6 +99,22 @@ def test_analyze_run_stores_statistics_and_pictures(scored: Workspace) -> None:
     assert result.run.counts == {"rows": 2, "pictures": 3}
 
 
+def test_a_release_shows_the_pictures_of_the_analysis_that_covered_its_classes(scored: Workspace) -> None:
+    from curate.analyze import pictures_of
+
+    both = analyze_cues(scored, source="detector", strip_k=2)  # dogs and cats
+    cats = [i.item_id for i in scored.catalog.items(label="cat")]
+    scored.catalog.add_evidence(Evidence(i, "sofa", "clip", "propose-y", EvidenceRole.CANDIDATE, "Object", s)
+                                for i, s in zip(cats, (0.9, 0.8, 0.1, 0.0), strict=True))
+    only_cats = analyze_cues(scored, source="clip", strip_k=2)  # newer, and of cats only
+    folders = {p.parent.name for p in pictures_of(scored, {"dog"})}
+    assert [p.name for p in pictures_of(scored, {"dog"})] == ["strip-dog-grass.png"]
+    assert folders == {both.run.run_id}  # not the newest analysis, which never saw a dog
+    assert sorted(p.name for p in pictures_of(scored, {"cat"})) == ["lift-heatmap.png", "strip-cat-sofa.png"]
+    assert {p.parent.name for p in pictures_of(scored, {"cat"})} == {only_cats.run.run_id}
+    assert pictures_of(scored, {"bird"}) == []
+
+
 def test_human_verdicts_are_analyzed_apart(scored: Workspace) -> None:
     dog_items = [i.item_id for i in scored.catalog.items(label="dog")]
     cat_items = [i.item_id for i in scored.catalog.items(label="cat")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from conftest import distinct_image
 from curate.builders import BuildError, build, make_builder
 from curate.ingest import FolderSource, ingest
 from curate.propose import make_proposer, propose
-from curate.records import Verdict
+from curate.records import SETTING, Evidence, Setting, SettingKind, Verdict
 from curate.workspace import Workspace
 
 SETTINGS = [  # class, time, weather, locations, expected number of uncommon attributes
@@ -78,9 +79,22 @@ def test_machine_settings_from_clip_only_when_allowed(workspace: Workspace, tmp_
     result = propose(workspace, make_proposer("focus-settings", model=tiny_clip), progress=False)
     assert result.counts["evidence"] == 3 * (2 + 6 + 8)
     rows = workspace.catalog.evidence(source="focus-settings")
-    times = [r.score for r in rows if r.attribute.startswith("time:")]
+    settings = [Setting.of(r) for r in rows]  # each row carries its (kind, value) pair, typed
+    assert all(r.extra[SETTING] == {"kind": s.kind, "value": s.value} for r, s in zip(rows, settings, strict=True))
+    assert Counter(s.kind for s in settings) == {SettingKind.TIME: 6, SettingKind.WEATHER: 18, SettingKind.LOCATION: 24}
+    times = [r.score for r, s in zip(rows, settings, strict=True) if s.kind is SettingKind.TIME]
     assert np.allclose(np.add.reduceat(times, range(0, len(times), 2)), 1.0)  # a softmax per image
     with pytest.raises(BuildError, match="allow_machine"):
         make_builder("focus").build(workspace)
     release = make_builder("focus", allow_machine=True).build(workspace)
     assert release.metadata["labels_from"] == {"machine": 3} and sum(release.metadata["partitions"].values()) == 3
+
+
+def test_a_setting_is_read_from_its_record_and_from_rows_stored_before_it_was_typed() -> None:
+    typed = Setting(SettingKind.WEATHER, "partly cloudy").evidence("ab" * 32, "focus-settings", "propose-1", 0.5)
+    assert Setting.of(typed) == Setting(SettingKind.WEATHER, "partly cloudy") and typed.taxonomy_type is None
+    assert Setting(SettingKind.LOCATION, "sand").evidence("ab" * 32, "s", "r", 0.5).taxonomy_type == "Background"
+    older = Evidence("ab" * 32, "location:sand", "focus-settings", "propose-0", score=0.9)
+    assert Setting.of(older) == Setting(SettingKind.LOCATION, "sand")
+    assert Setting.of(Evidence("ab" * 32, "grass", "clip", "propose-0")) is None
+    assert Setting.of(Evidence("ab" * 32, "logo:nike", "clip", "propose-0")) is None

@@ -233,7 +233,8 @@ def test_domino_finds_the_error_slice_and_names_it_from_the_captions(planted: Pl
     assert {i for i, s in scores.items() if s >= 0.5} == planted.wrong
 
 
-def test_a_discovered_cue_reaches_a_rounds_tasks_the_analysis_and_clip_on_every_class(planted: Planted, tiny_clip: str) -> None:
+def test_a_discovered_cue_reaches_a_rounds_tasks_the_analysis_and_clip_on_every_class(
+        planted: Planted, tiny_clip: str) -> None:
     from annotation import tasks
     from annotation.rounds import RoundSpec
     from curate.analyze import analyze_cues

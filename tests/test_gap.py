@@ -13,7 +13,7 @@ from llm_standin import standin
 from PIL import Image
 
 from curate.analyze import GAPS_TABLE, measure_gaps
-from curate.analyze.gap import ClipZeroShot, PredictionTable, masked_image, spurious_gaps
+from curate.analyze.gap import ClipZeroShot, PredictionTable, VLMYesNo, masked_image, spurious_gaps
 from curate.images import open_image
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole
@@ -60,10 +60,12 @@ def test_gap_by_hand_with_a_prediction_table(dogs: tuple[Workspace, dict[str, st
     assert (row["random_low"], row["random_high"]) == (-0.75, 0.75) and abs(row["random_score"]) < 0.05
     assert row["failed_answers"] == 0
 
-    run, table = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
-    assert table.equals(result.table)  # the same draws on a re-run
-    assert run.counts == {"rows": 1, "images_without_object_boxes": 0, "failed_answers": 0}
-    again, _ = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    measured = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    run = measured.run
+    assert measured.table.equals(result.table)  # the same draws on a re-run
+    assert run.stage == "gap" and run.counts == {"rows": 1, "images_without_object_boxes": 0, "failed_answers": 0}
+    assert workspace.runs.list("analyze") == []  # a gap run is not a cue analysis
+    again = measure_gaps(workspace, "table", {"path": str(path)}, k=2).run
     assert again.run_id == run.run_id and again.counts == run.counts  # a re-run replaces its table and counts
     assert workspace.tables.read(GAPS_TABLE)["score"].to_list() == [0.75]
 
@@ -122,7 +124,8 @@ def test_clip_zero_shot_gap_equals_the_gap_of_its_own_predictions(workspace: Wor
     natural_gap = accuracy(top, natural, True) - accuracy(bottom, natural, True)
     masked_gap = accuracy(bottom, masked, False) - accuracy(top, masked, False)
     assert natural_gap != 0  # the case is not degenerate: the model tells these images apart
-    run, table = measure_gaps(workspace, "clip", {"model": tiny_clip, "template": "{label}"}, k=2)
+    measured = measure_gaps(workspace, "clip", {"model": tiny_clip, "template": "{label}"}, k=2)
+    run, table = measured.run, measured.table
     row = table.row(0, named=True)
     assert row["natural_gap"] == pytest.approx(natural_gap) and row["masked_gap"] == pytest.approx(masked_gap)
     assert row["score"] == pytest.approx((natural_gap + masked_gap) / 2)
@@ -134,7 +137,7 @@ def test_a_clip_that_cannot_tell_classes_apart_has_no_gap(dogs: tuple[Workspace,
                                                           tiny_clip: str) -> None:
     workspace, _ = dogs
     # one text for every class: the first class (cat) always wins, so no image is ever called a dog
-    _, table = measure_gaps(workspace, "clip", {"model": tiny_clip, "template": "a photo."}, k=2)
+    table = measure_gaps(workspace, "clip", {"model": tiny_clip, "template": "a photo."}, k=2).table
     row = table.row(0, named=True)
     assert (row["natural_top_acc"], row["natural_bottom_acc"]) == (0.0, 0.0)
     assert (row["masked_top_acc"], row["masked_bottom_acc"]) == (1.0, 1.0)
@@ -148,10 +151,43 @@ def test_a_vlm_answers_three_questions_per_image(dogs: tuple[Workspace, dict[str
         return {"answer": "yes"}
 
     with standin(always_yes) as server:
-        _, table = measure_gaps(workspace, "vlm", {"base_url": server.base_url}, k=2)
+        table = measure_gaps(workspace, "vlm", {"base_url": server.base_url}, k=2).table
         assert len(server.requests) == 3 * 8  # 2 top + 2 bottom, natural and masked
     row = table.row(0, named=True)
     assert row["natural_gap"] == 0.0 and row["masked_top_acc"] == 0.0 and row["score"] == 0.0
+
+
+def test_curate_gap_records_a_gap_run(dogs: tuple[Workspace, dict[str, str]], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    workspace, ids = dogs
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": i, "variant": v, "present": 1} for i in ids.values() for v in ("natural", "masked")]
+                 ).write_csv(path)
+    result = CliRunner().invoke(app, ["gap", "table", "--set", f"path={path}", "--k", "2", "-w", str(workspace.root)])
+    assert result.exit_code == 0, result.output
+    run = workspace.runs.list("gap")[0]
+    assert "gap table: 1 (class, cue) rows, 0 failed answers" in result.output
+    assert f"[run {run.run_id}]" in result.output
+    assert run.run_id.startswith("gap-") and workspace.runs.list("analyze") == []
+
+
+def test_the_gap_vlm_takes_every_llm_setting(dogs: tuple[Workspace, dict[str, str]]) -> None:
+    from dataclasses import fields
+
+    from curate.llm_settings import LLMSettings
+    from curate.options import declared_options
+    from curate.propose import PROPOSERS
+
+    workspace, _ = dogs
+    with standin(lambda body: {"answer": "yes"}) as server:
+        measure_gaps(workspace, "vlm", {"base_url": server.base_url, "temperature": "0.7", "max_tokens": "20"}, k=2)
+    assert {(r["temperature"], r["max_tokens"]) for r in server.requests} == {(0.7, 20)}
+    settings = {f.name for f in fields(LLMSettings)}  # declared once: the gap's VLM and the LLM proposers take them all
+    for target in (VLMYesNo, PROPOSERS["llm-cues"], PROPOSERS["vlm-attributes"]):
+        assert settings <= set(declared_options(target)), target
 
 
 def test_a_failed_vlm_answer_is_wrong_on_natural_and_masked_images(dogs: tuple[Workspace, dict[str, str]]) -> None:
@@ -163,7 +199,8 @@ def test_a_failed_vlm_answer_is_wrong_on_natural_and_masked_images(dogs: tuple[W
                 "no" if question.startswith("Does this") else "perhaps"}  # the third never parses
 
     with standin(one_of_each) as server:
-        run, table = measure_gaps(workspace, "vlm", {"base_url": server.base_url}, k=2)
+        measured = measure_gaps(workspace, "vlm", {"base_url": server.base_url}, k=2)
+    run, table = measured.run, measured.table
     row = table.row(0, named=True)
     # per image: one yes (right on natural images), one no (right once the dog is masked), one failure
     assert row["natural_top_acc"] == row["natural_bottom_acc"] == pytest.approx(1 / 3)
@@ -274,7 +311,7 @@ def test_the_report_shows_each_gap_with_its_interval_baseline_and_failures(dogs:
     says = {"0.png": (1, 1), "1.png": (1, 1), "2.png": (1, 0), "3.png": (None, 0)}  # (natural, masked)
     pl.DataFrame([{"item_id": ids[n], "variant": v, "present": p} for n, answers in says.items()
                   for v, p in zip(("natural", "masked"), answers, strict=True)]).write_csv(path)
-    run, _ = measure_gaps(workspace, "table", {"path": str(path)}, k=2)
+    run = measure_gaps(workspace, "table", {"path": str(path)}, k=2).run
     text = build_report(workspace).read_text()
     assert f"## Spurious gap: table (run `{run.run_id}`)" in text and "1 answers failed and count as wrong" in text
     assert "| dog | grass | 2 | 0.500 | 1.000 | 0.750 | [0.500, 1.000] | [-0.750, 0.750] | 1 |" in text

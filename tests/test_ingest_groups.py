@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from curate.ingest import GroupTableSource, SourceError, group_table, ingest
+from curate.ingest import GroupTableSource, SourceError, ingest
 from curate.workspace import Workspace
 
 # Waterbirds' published split / group sizes, keyed by (split code, y, a).
@@ -45,7 +45,7 @@ def test_waterbirds_style_table_keeps_its_splits_and_groups_exactly(workspace: W
                               y_names=("landbird", "waterbird"), a_names=("land", "water"))
     result = ingest(workspace, source, progress=False)
     assert result.counts == {"new_items": 11787, "quarantined": 1, "quarantined:not-an-image": 1}
-    kept = group_table(workspace, result.source.source_id)
+    kept = workspace.catalog.group_table(result.source.source_id)
     original = pl.read_csv(table).rename({"img_id": "id", "img_filename": "filename", "place": "a"})
     columns = ["id", "filename", "split", "y", "a"]
     assert kept.select(columns).equals(original.select(columns).sort("id"))
@@ -75,8 +75,8 @@ def test_group_table_refuses_other_sources(workspace: Workspace, tmp_path: Path)
     from curate.ingest import FolderSource
 
     result = ingest(workspace, FolderSource(tmp_path), progress=False)
-    with pytest.raises(SourceError, match="not a group table"):
-        group_table(workspace, result.source.source_id)
+    with pytest.raises(ValueError, match="not a group table"):
+        workspace.catalog.group_table(result.source.source_id)
 
 
 def test_a_table_written_on_another_machine_is_read_through_a_path_map(workspace: Workspace, tmp_path: Path) -> None:

@@ -71,6 +71,14 @@ def test_tiny_clip_embeds_unit_vectors_and_caches_texts(tiny_clip: str, workspac
     assert np.allclose(clip.encode_texts(["a leash", "a dog"], workspace.cache), texts[::-1])
 
 
+def test_a_model_loaded_as_a_kind_is_checked_to_be_one(tiny_clip: str) -> None:
+    from curate.models import OpenSetDetector
+
+    assert isinstance(load_model(tiny_clip, kind=ClipModel), ClipModel)
+    with pytest.raises(UnknownModelError, match=r"is a ClipModel, not a OpenSetDetector$"):
+        load_model(tiny_clip, kind=OpenSetDetector)
+
+
 def test_local_file_and_local_dir_weights_load_the_saved_parameters(tiny_clip: str, tmp_path: Path,
                                                                     register_model: Callable[..., None]) -> None:
     from safetensors.torch import save_file

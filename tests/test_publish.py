@@ -169,6 +169,15 @@ def test_every_config_of_a_multi_table_release_loads(tmp_path: Path, workspace: 
     card = (published / "README.md").read_text()
     assert "| 2 | 1 |" in card  # night and water are uncommon for cats: partition 2
     assert 'load_dataset("focus-hub", "ranking")' in card
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard
+
+    infos = DatasetInfosDict.from_dataset_card_data(DatasetCard(card).data)  # the card's dataset_info, read back
+    assert sorted(infos) == ["default", "ranking"]
+    assert infos["ranking"].features == datasets.Features({"logo_id": datasets.Value("string"),
+                                                           "flip_to_rate": datasets.Value("float64")})
+    assert infos["default"].splits["test"].num_examples == 1 and infos["ranking"].splits["test"].num_bytes > 0
+    assert infos["default"].features == datasets.load_dataset(str(published), "default", split="test").features
 
 
 def test_a_card_that_would_leak_a_path_or_token_stops_everything(judged: Workspace, tmp_path: Path,

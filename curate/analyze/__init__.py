@@ -2,24 +2,27 @@
 
 ``analyze_cues`` is a recorded ``analyze`` run: its statistics go to the ``cue-stats`` side table
 and its PNGs to ``reports/<run id>/`` in the workspace, where reports and dataset cards find them.
+``measure_gaps`` is a recorded ``gap`` run: a model's spurious gaps go to the ``spurious-gaps``
+side table.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from curate.analyze.cues import cue_statistics, presence_from_evidence, presence_from_verdicts
 from curate.analyze.plots import image_strips, lift_heatmap
 from curate.images import open_image
 from curate.options import check_options
-from curate.records import Run
+from curate.records import Run, Stage
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
@@ -88,7 +91,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
                          + (f" in run {run_id}" if run_id else ""))
     config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
-    with workspace.runs.track("analyze", kind, config, extend_completed=True) as run:
+    with workspace.runs.track(Stage.ANALYZE, kind, config, extend_completed=True) as run:
         stats = cue_statistics(presence, kind)
         workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
         folder = workspace.root / "reports" / run.run_id
@@ -108,21 +111,45 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
+def cue_runs(workspace: Workspace) -> list[Run]:
+    """The cue analyses, newest first (gap runs recorded as ``analyze`` by earlier versions left out).
+
+    >>> cue_runs(Workspace.init(__import__("tempfile").mkdtemp()))
+    []
+    """
+    return [r for r in workspace.runs.list(Stage.ANALYZE) if "gap" not in r.config]
+
+
+def gap_runs(workspace: Workspace) -> list[Run]:
+    """The spurious-gap runs, newest first, including those earlier versions recorded as ``analyze``.
+
+    >>> gap_runs(Workspace.init(__import__("tempfile").mkdtemp()))
+    []
+    """
+    legacy = [r for r in workspace.runs.list(Stage.ANALYZE) if "gap" in r.config]
+    return sorted(workspace.runs.list(Stage.GAP) + legacy, key=lambda r: r.started_at, reverse=True)
+
+
 def pictures_of(workspace: Workspace, classes: set[str]) -> list[Path]:
-    """The latest cue analysis's pictures that show only ``classes``: each class's strip, and the
-    lift heatmap when the analysis covered no other class (what a release of ``classes`` may show).
+    """The pictures of the cue analysis that covered ``classes`` (the newest covering them all, else
+    the one covering most of them): each class's strip, and the lift heatmap when the analysis
+    covered no other class (what a release of ``classes`` may show).
 
     >>> pictures_of(Workspace.init(__import__("tempfile").mkdtemp()), {"dog"})
     []
     """
-    runs = [r for r in workspace.runs.list("analyze") if "evidence" in r.config and "gap" not in r.config]
+    runs = cue_runs(workspace)
     if not runs or STATS_TABLE not in workspace.tables.names():
         return []
-    run = runs[0]
-    stats = workspace.tables.scan(STATS_TABLE).filter(pl.col("run_id") == run.run_id).collect()
+    stats_of = workspace.tables.scan(STATS_TABLE).filter(pl.col("run_id").is_in([r.run_id for r in runs])).collect()
+    covered = {r.run_id: set(stats_of.filter(pl.col("run_id") == r.run_id)["class_label"].to_list()) for r in runs}
+    run = max(runs, key=lambda r: len(covered[r.run_id] & classes))  # max keeps the first (newest) of equals
+    if not covered[run.run_id] & classes:
+        return []
+    stats = stats_of.filter(pl.col("run_id") == run.run_id)
     folder = workspace.root / "reports" / run.run_id
-    analysed = set(stats["class_label"].to_list())
-    pictures = [folder / "lift-heatmap.png"] if analysed and analysed <= classes else []
+    analysed = covered[run.run_id]
+    pictures = [folder / "lift-heatmap.png"] if analysed <= classes else []
     pictures += [folder / f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
                  for row in stats.filter((pl.col("rank") == 1) & pl.col("class_label").is_in(sorted(classes)))
                  .sort("class_label").iter_rows(named=True)]
@@ -132,24 +159,40 @@ def pictures_of(workspace: Workspace, classes: set[str]) -> list[Path]:
 GAPS_TABLE = "spurious-gaps"
 
 
-def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | None = None,
+@dataclass(frozen=True, slots=True)
+class GapResult:
+    """The spurious gaps of one model under test, ranked within each class, and their ``gap`` run."""
+
+    run: Run
+    table: pl.DataFrame
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the end of a command."""
+        return (f"gap {self.run.config['gap']}: {self.table.height} (class, cue) rows, "
+                f"{self.run.counts.get('failed_answers', 0)} failed answers (counted wrong) "
+                f"in {self.seconds:.1f}s [run {self.run.run_id}]")
+
+
+def measure_gaps(workspace: Workspace, kind: str, options: Mapping[str, object] | None = None,
                  source: str = "detector", run_id: str | None = None, k: int = 50, seed: int = RANKING_SEED,
                  classes: list[str] | None = None, mask: str = "object",
-                 bootstrap: int | None = None) -> tuple[Run, pl.DataFrame]:
+                 bootstrap: int | None = None) -> GapResult:
     """Spurious gaps of a model under test (``table``, ``clip`` or ``vlm`` with its ``options``), with
     bootstrap intervals and the random-ordering baseline (``bootstrap`` draws, 1000 by default), as a
-    recorded ``analyze`` run; the table goes to the ``spurious-gaps`` side table and the run counts
+    recorded ``gap`` run; the table goes to the ``spurious-gaps`` side table and the run counts
     the answers that failed (``failed_answers``)."""
     from curate.analyze.gap import BOOTSTRAP_DRAWS, MODELS_UNDER_TEST, VLMYesNo, spurious_gaps
 
+    started = time.perf_counter()
     factory = MODELS_UNDER_TEST[kind]
     extra = {"workspace": workspace} if factory is VLMYesNo else {}
     options = check_options(factory, options or {}, f"model under test {kind!r}", skip=("workspace",))
-    model = factory(**options, **extra)  # type: ignore[arg-type]
+    model = factory(**options, **extra)
     bootstrap = BOOTSTRAP_DRAWS if bootstrap is None else bootstrap
     config = {"gap": kind, "options": options or {}, "evidence": source, "evidence_run": run_id, "k": k, "seed": seed,
               "classes": classes, "mask": mask, "bootstrap": bootstrap}
-    with workspace.runs.track("analyze", f"gap {kind}", config, extend_completed=True) as run:
+    with workspace.runs.track(Stage.GAP, kind, config, extend_completed=True) as run:
         workspace.runs.set_models(run.run_id, {model.name: model.version})
         result = spurious_gaps(workspace, model, source, run_id, k, seed, classes, mask, bootstrap=bootstrap)
         workspace.tables.write(GAPS_TABLE, result.table.with_columns(pl.lit(run.run_id).alias("run_id")),
@@ -157,10 +200,10 @@ def measure_gaps(workspace: Workspace, kind: str, options: dict[str, object] | N
         workspace.runs.set_counts(run.run_id, {"rows": result.table.height,
                                                "images_without_object_boxes": result.skipped_without_boxes,
                                                "failed_answers": result.failed_answers})
-    return workspace.runs.get(run.run_id), result.table
+    return GapResult(workspace.runs.get(run.run_id), result.table, time.perf_counter() - started)
 
 
-def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> object:
+def _thumbnail(workspace: Workspace, uri: str, side: int = 160) -> Image.Image:
     image = open_image(workspace.resolve_uri(uri))
     image.thumbnail((side, side))
     return image
@@ -170,5 +213,5 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40]
 
 
-__all__ = ["GAPS_TABLE", "STATS_TABLE", "AnalyzeResult", "analyze_cues", "cue_seed", "cue_statistics",
-           "measure_gaps", "rank_by_score"]
+__all__ = ["GAPS_TABLE", "STATS_TABLE", "AnalyzeResult", "GapResult", "analyze_cues", "cue_runs", "cue_seed",
+           "cue_statistics", "gap_runs", "measure_gaps", "rank_by_score"]

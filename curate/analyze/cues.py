@@ -20,7 +20,7 @@ cue (machine rows scored only as negatives, ``own`` false, count but get no row 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -29,7 +29,7 @@ from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item, Verdict
 from curate.verdicts import ABSENT, PRESENT
 
 Z_95 = 1.959963984540054
-VERDICT_PRESENT = {value: True for value in PRESENT} | {value: False for value in ABSENT}
+VERDICT_PRESENT: dict[str, bool] = {str(value): True for value in PRESENT} | {str(value): False for value in ABSENT}
 STAT_COLUMNS = ("class_label", "attribute", "evidence", "taxonomy_type", "n_scored", "n_class", "n_cue", "n_both",
                 "p_cue_given_class", "p_cue_given_class_low", "p_cue_given_class_high", "p_class_given_cue",
                 "p_class_given_cue_low", "p_class_given_cue_high", "lift", "pmi", "nmi", "predictivity_acc",
@@ -72,7 +72,7 @@ def presence_from_verdicts(verdicts: Iterable[Verdict], items: dict[str, Item]) 
     return _frame(rows)
 
 
-def _frame(rows: list[dict[str, object]]) -> pl.DataFrame:
+def _frame(rows: Sequence[Mapping[str, object]]) -> pl.DataFrame:
     schema = {"item_id": pl.String, "class_label": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
               "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
     return pl.DataFrame(rows, schema=schema).unique(["item_id", "attribute"], keep="first", maintain_order=True)

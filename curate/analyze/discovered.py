@@ -30,7 +30,7 @@ def discovered_sections(workspace: Workspace, top: int = 5, strip_k: int = 5) ->
             with_cue, without = ([_thumbnail(workspace, workspace.catalog.item(i).uri)
                                   for i in cue.extra[key][:strip_k]] for key in ("examples", "counterexamples"))
             pictures.append(image_strips(
-                with_cue, without, workspace.root / "reports" / run.run_id / name,  # type: ignore[arg-type]
+                with_cue, without, workspace.root / "reports" / run.run_id / name,
                 f"{cue.class_label}: '{cue.attribute}' (top: with it, wrong first; bottom: without it)"))
         sections.append({"method": run.config["options"]["method"], "run_id": run.run_id, "top": top, "rows": rows,
                          "pictures": pictures})

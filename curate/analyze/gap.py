@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw
 
 from curate.analyze.cues import presence_from_evidence
 from curate.images import open_image, pil_open
+from curate.llm_settings import LLMSettings
 from curate.progress import progress_bar
 from curate.records import EvidenceRole, Item
 from curate.registry import Registry
@@ -102,7 +103,7 @@ class PredictionTable(ModelUnderTest):
     answer."""
 
     def __init__(self, path: str | Path, name: str = "table") -> None:
-        from curate.ingest.base import read_table
+        from curate.tabular import read_table
 
         frame = read_table(Path(path))
         missing = {"item_id", "variant"} - set(frame.columns)
@@ -130,9 +131,9 @@ class ClipZeroShot(ModelUnderTest):
 
     def __init__(self, model: str = "clip-vit-b-32", weights: str | None = None, device: str = "cpu",
                  template: str = "a photo of a {label}.") -> None:
-        from curate.models import load_model
+        from curate.models import ClipModel, load_model
 
-        self.clip = load_model(model, weights=weights, device=device)
+        self.clip = load_model(model, weights=weights, device=device, kind=ClipModel)
         self.name, self.version, self.template = model, self.clip.version, template
 
     def predict(self, images: Sequence[Image.Image], classes: Sequence[str], batch_size: int = 32) -> list[str]:
@@ -153,17 +154,19 @@ class ClipZeroShot(ModelUnderTest):
 
 
 @MODELS_UNDER_TEST.register("vlm")
-class VLMYesNo(ModelUnderTest):
-    """An OpenAI-compatible VLM asked three yes/no questions per image; an answer that fails
-    (unparseable, refused, or a transport error) is counted as failed."""
+@dataclass
+class VLMYesNo(LLMSettings, ModelUnderTest):
+    """An OpenAI-compatible VLM (any ``LLMSettings``) asked three yes/no questions per image; an
+    answer that fails (unparseable, refused, or a transport error) is counted as failed."""
 
-    def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 workspace: Workspace | None = None, image_max_side: int = 768) -> None:
-        from curate.models.llm import LLMClient, LLMSettings
+    workspace: Workspace | None = None
+    image_max_side: int = 768
 
-        settings = LLMSettings(model=model, base_url=base_url, api_key_env=api_key_env)
-        self.client = LLMClient(settings, workspace.cache if workspace else None)
-        self.name, self.version, self.image_max_side = model, settings.server(), image_max_side
+    def __post_init__(self) -> None:
+        from curate.models.llm import LLMClient
+
+        self.client = LLMClient(self.settings(), self.workspace.cache if self.workspace else None)
+        self.name, self.version = self.model, self.server()
 
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
                      classes: Sequence[str]) -> list[Answers]:
@@ -178,6 +181,7 @@ class VLMYesNo(ModelUnderTest):
                             + ' Answer as JSON: {"answer": "yes"} or {"answer": "no"}.'},
                            {"type": "image_url", "image_url": {"url": url}}]
                 requests.append(([{"role": "user", "content": content}], YesNo))
+        # ignored below (union-attr): value is set when r.ok
         said = [r.value.answer if r.ok else None for r in self.client.ask_many(requests)]  # type: ignore[union-attr]
         per_image = len(YES_NO_QUESTIONS)
         return [Answers(chunk.count("yes"), chunk.count("no"), chunk.count(None))
@@ -200,7 +204,7 @@ def masked_image(workspace: Workspace, item: Item, boxes: list[list[float]]) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class GapResult:
+class GapTable:
     """Per (class, cue) gaps, ranked by score within each class, with the ids of the top and bottom
     images; images that could not be masked and answers that failed (each image's answers counted once)."""
 
@@ -260,7 +264,7 @@ def _gap_row(label: str, attribute: str, taxonomy_type: str | None, groups: dict
 
     natural_top, natural_bottom = mean(top[:, 0]), mean(bottom[:, 0])
     masked_top, masked_bottom = mean(top[:, 1]), mean(bottom[:, 1])
-    natural_gap = natural_top - natural_bottom  # type: ignore[operator]
+    natural_gap = natural_top - natural_bottom  # type: ignore[operator]  # both means exist: every group has images
     masked_gap = masked_bottom - masked_top if masked_top is not None and masked_bottom is not None else None
     score = (natural_gap + masked_gap) / 2 if masked_gap is not None else None
     intervals = score_intervals(top, bottom, draws, cue_seed(seed, label, attribute, "gap-intervals")) \
@@ -278,7 +282,7 @@ def _gap_row(label: str, attribute: str, taxonomy_type: str | None, groups: dict
 
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
                   k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object",
-                  progress: bool = True, bootstrap: int = BOOTSTRAP_DRAWS) -> GapResult:
+                  progress: bool = True, bootstrap: int = BOOTSTRAP_DRAWS) -> GapTable:
     """The natural, masked and combined spurious gap of ``model`` for every (class, cue), with its
     bootstrap interval and random-ordering baseline (``bootstrap`` draws each).
 
@@ -341,8 +345,8 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
                                  accuracies["bottom"], failed, bootstrap, seed))
     failed_answers = sum(a.failed for a in answered.values())
     if not rows:
-        return GapResult(pl.DataFrame(schema={c: pl.List(pl.String) if c.endswith("_items") else pl.Float64
+        return GapTable(pl.DataFrame(schema={c: pl.List(pl.String) if c.endswith("_items") else pl.Float64
                                               for c in GAP_COLUMNS}), skipped, failed_answers)
     table = pl.DataFrame(rows, infer_schema_length=None).sort(["class_label", "score"], descending=[False, True],
                                                                nulls_last=True)
-    return GapResult(table.select(GAP_COLUMNS), skipped, failed_answers)
+    return GapTable(table.select(GAP_COLUMNS), skipped, failed_answers)

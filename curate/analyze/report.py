@@ -13,12 +13,11 @@ from typing import Any
 import polars as pl
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from curate.analyze import GAPS_TABLE, STATS_TABLE
+from curate.analyze import GAPS_TABLE, STATS_TABLE, cue_runs, gap_runs
 from curate.analyze.discovered import discovered_sections
 from curate.analyze.gap import GAP_COLUMNS
 from curate.analyze.plots import accuracy_per_group, group_sizes
 from curate.evaluate import EVALUATIONS_TABLE
-from curate.ingest import group_table
 from curate.workspace import Workspace, code_version
 from curate.workspace._sql import now
 
@@ -74,7 +73,7 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
     target.parent.mkdir(parents=True, exist_ok=True)
     runs = workspace.runs.list()
     analyses, gaps, evaluations = [], [], []
-    for run in (r for r in runs if r.stage == "analyze" and "gap" in r.config):
+    for run in gap_runs(workspace):
         try:  # each run's own part: parts from older versions have fewer columns
             table = workspace.tables.scan(GAPS_TABLE, part=run.run_id).collect()
         except KeyError:
@@ -84,7 +83,7 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
                      "bootstrap": run.config.get("bootstrap"), "failed": run.counts.get("failed_answers", 0),
                      "rows": table.sort(["class_label", "score"], descending=[False, True],
                                         nulls_last=True).to_dicts()})
-    for run in (r for r in runs if r.stage == "analyze" and "gap" not in r.config):
+    for run in cue_runs(workspace):
         if STATS_TABLE not in workspace.tables.names():
             break
         stats = workspace.tables.scan(STATS_TABLE).filter(pl.col("run_id") == run.run_id).collect()
@@ -102,7 +101,7 @@ def build_report(workspace: Workspace, fmt: str = "md", out: Path | None = None,
             evaluations.append({"kind": row["kind"], "run_id": row["run_id"], "metrics": metrics, "picture": picture})
     groups = []
     for source in (s for s in workspace.catalog.sources() if s.kind == "groups"):
-        table = group_table(workspace, source.source_id)
+        table = workspace.catalog.group_table(source.source_id)
         counts = {f"split {split}: y={y}, a={a}": n for split, y, a, n in
                   table.group_by(["split", "y", "a"]).len().sort(["split", "y", "a"]).iter_rows()}
         path = group_sizes(counts, workspace.root / "reports" / "groups" / f"{source.source_id}.png",

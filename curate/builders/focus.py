@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
+from curate.records import Setting, SettingKind
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 
@@ -81,17 +82,18 @@ class FocusBuilder(Builder):
         return {item_id: s for item_id, s in settings.items() if len(s) == len(ATTRIBUTES)}
 
     def _from_evidence(self, workspace: Workspace) -> dict[str, dict[str, Any]]:
-        scores: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+        scores: dict[str, dict[SettingKind, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
         for row in workspace.catalog.evidence(source=self.evidence_source):
-            kind, _, value = row.attribute.partition(":")
-            if kind in ("time", "weather", "location"):
-                scores[row.item_id][kind][value] = float(row.score or 0.0)
-        settings = {}
+            setting = Setting.of(row)
+            if setting is not None:
+                scores[row.item_id][setting.kind][setting.value] = float(row.score or 0.0)
+        settings: dict[str, dict[str, Any]] = {}
         for item_id, by_kind in scores.items():
-            if {"time", "weather", "location"} <= set(by_kind):
-                locations = sorted(v for v, s in by_kind["location"].items() if s >= self.location_threshold)
-                settings[item_id] = {"time": max(by_kind["time"], key=by_kind["time"].get),
-                                     "weather": max(by_kind["weather"], key=by_kind["weather"].get),
+            if set(SettingKind) <= set(by_kind):
+                time, weather = by_kind[SettingKind.TIME], by_kind[SettingKind.WEATHER]
+                locations = sorted(v for v, s in by_kind[SettingKind.LOCATION].items() if s >= self.location_threshold)
+                settings[item_id] = {"time": max(time, key=time.__getitem__),
+                                     "weather": max(weather, key=weather.__getitem__),
                                      "locations": locations or ["none"]}
         return settings
 
@@ -104,7 +106,7 @@ class FocusBuilder(Builder):
         if not settings:
             raise BuildError("no image has a verified setting (time, weather and locations)"
                              + ("" if self.allow_machine else "; allow_machine uses focus-settings evidence"))
-        rows, unknown = [], Counter()
+        rows, unknown = [], Counter[str]()
         for number, item_id in enumerate(sorted(settings)):
             item = workspace.catalog.item(item_id)
             label, setting = str(item.label), settings[item_id]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +31,6 @@ import polars as pl
 from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
-from curate.ingest import group_table
 from curate.progress import progress_bar
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
@@ -61,7 +61,7 @@ def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, in
     return min(n_major, math.floor(n_minor * p / (1 - p))), n_minor  # fewer majority items keep the share
 
 
-def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict[str, object]:
+def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict[str, Callable[[Path], object]]:
     """SubpopBench's metadata table and WILDS-style metadata, as file writers."""
 
     def subpopbench(path: Path) -> None:
@@ -124,7 +124,7 @@ class GroupsBuilder(Builder):
 
     def _from_table(self, workspace: Workspace) -> Release:
         source = self._source(workspace)
-        table = group_table(workspace, source.source_id)
+        table = workspace.catalog.group_table(source.source_id)
         kept = table.filter(pl.col("item_id").is_not_null())
         options = source.options
         split_names = list(options.get("split_names") or SPLIT_CODES)
@@ -170,7 +170,7 @@ class GroupsBuilder(Builder):
 
     def _from_attribute(self, workspace: Workspace) -> Release:
         items = [i for i in workspace.catalog.items() if i.label is not None]
-        y_names = list(self.classes or sorted({i.label for i in items}))  # type: ignore[arg-type]
+        y_names = list(self.classes or sorted({i.label for i in items if i.label is not None}))
         items = [i for i in items if i.label in y_names]
         presence, sources = self._presence(workspace, {i.item_id for i in items})
         if not presence:
@@ -188,13 +188,13 @@ class GroupsBuilder(Builder):
         pools: dict[tuple[int, int], list[str]] = {}
         for item in sorted(items, key=lambda i: i.item_id):
             if item.item_id in presence and item.item_id not in followers:  # one image per cluster is split
-                pools.setdefault((y_names.index(item.label), presence[item.item_id]), []).append(item.item_id)  # type: ignore[arg-type]
+                pools.setdefault((y_names.index(str(item.label)), presence[item.item_id]), []).append(item.item_id)
         for key in pools:
             pools[key] = [pools[key][i] for i in rng.permutation(len(pools[key]))]
         assigned = self._split(pools, len(y_names), majority)
         if self.near_duplicates == "together":  # the rest of a cluster joins its first image's split
             split_of = {item_id: split for item_id, _, _, split in assigned}
-            labels = {i.item_id: y_names.index(i.label) for i in items}  # type: ignore[arg-type]
+            labels = {i.item_id: y_names.index(str(i.label)) for i in items}
             assigned += [(member, labels[member], presence[member], split_of[first])
                          for member, first in sorted(followers.items()) if first in split_of]
         if not assigned:
@@ -290,4 +290,4 @@ class GroupsBuilder(Builder):
                   for split in sorted(rows["split"].unique().to_list(), key=lambda s: SPLIT_CODES.get(s, 9))}
         metadata = {"encoding": ENCODING, "y_names": y_names, "a_names": a_names, "group_counts": counts, **how}
         images = dict(zip(rows["filename"], rows["uri"], strict=True))  # every name in metadata.csv, written
-        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names), images)  # type: ignore[arg-type]
+        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names), images)

@@ -35,11 +35,13 @@ from curate.builders.base import Builder, BuildError, Release, register_builder
 from curate.builders.mmspubench import source_name
 from curate.images import open_image
 from curate.progress import progress_bar
+from curate.records import Item
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
 
-CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
+CORNERS: tuple[Corner, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def paste_logo(image: Image.Image, logo: Image.Image, corner: str, scale: float, margin: float = 0.02) -> Image.Image:
@@ -80,7 +82,7 @@ class LogoBankBuilder(Builder):
     model: str = "clip-vit-b-32"
     weights: str | None = None
     logo_scale: float = 0.2
-    corners: tuple[Literal["top-left", "top-right", "bottom-left", "bottom-right"], ...] = CORNERS
+    corners: tuple[Corner, ...] = CORNERS
     max_images: int = 100
     seed: int = 0
 
@@ -209,7 +211,7 @@ class LogoBankBuilder(Builder):
         bank, near_duplicates = self._bank(workspace)
         rng = np.random.default_rng(self.seed)
         bank_ids = set(bank["item_id"])
-        pool = {True: [], False: []}  # is the image of the target class?
+        pool: dict[bool, list[Item]] = {True: [], False: []}  # is the image of the target class?
         for item in workspace.catalog.items():
             if item.label and item.item_id not in bank_ids:
                 pool[item.label == self.target].append(item)

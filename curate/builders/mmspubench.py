@@ -150,7 +150,7 @@ class MMSpuBenchBuilder(Builder):
 
     def build(self, workspace: Workspace) -> Release:
         rng = np.random.default_rng(self.seed)
-        candidates, skipped = [], Counter()
+        candidates, skipped = [], Counter[str]()
         for item_id, attributes in sorted(self._verified(workspace).items()):
             core = sorted(a for a, (role, _) in attributes.items() if role == "core")
             spurious = sorted((a, t) for a, (role, t) in attributes.items() if role == "spurious" and t)[:5]

@@ -76,6 +76,7 @@ def clusters(fingerprints: Mapping[str, Fingerprint], max_bits: int = 6, max_lev
             join(pairs[level <= max_level])
     embedded = [n for n, i in enumerate(ids) if embeddings and i in embeddings]
     if len(embedded) > 1:
+        # ignored below (index): ``embedded`` is empty when embeddings is None
         vectors = np.stack([np.asarray(embeddings[ids[n]], dtype=np.float32) for n in embedded])  # type: ignore[index]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         index = np.asarray(embedded)

@@ -22,10 +22,10 @@ from typing import Any, Literal
 import polars as pl
 
 from curate.evaluate.metrics import Metrics, episode_metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
-from curate.ingest.base import read_table
 from curate.options import check_options
 from curate.records import Run
 from curate.registry import Registry
+from curate.tabular import read_table
 from curate.workspace import Workspace
 
 EVALUATIONS_TABLE = "evaluations"
@@ -118,6 +118,7 @@ def evaluate_spurious_imagenet(frame: pl.DataFrame, label: str = "class_label", 
     _require(frame, label, score, kind)
     _check_missing(frame, score, missing)
     metrics: Metrics = {"missing_predictions": int(frame[score].null_count())}
+    # ignored below (operator): polars types min()/max() as any literal; the score column is numeric
     low, high = (frame[score].min() or 0.0) - 1, (frame[score].max() or 0.0) + 1  # type: ignore[operator]
     frame = frame.with_columns(pl.col(score).fill_null(pl.when(pl.col(kind) == "real").then(low).otherwise(high)))
     aps, aucs = [], []

@@ -36,6 +36,7 @@ Metrics = dict[str, float | int]
 def _group_name(fields: Sequence[str], values: Sequence[object], names: Mapping[str, Sequence[str]]) -> str:
     parts = []
     for field, value in zip(fields, values, strict=True):
+        # ignored below (call-overload): a group value named in ``names`` is an integer code
         label = names[field][int(value)] if field in names else value  # type: ignore[call-overload]
         parts.append(f"{field}:{label}")
     return "_".join(parts)
@@ -200,6 +201,7 @@ def focus_metrics(frame: pl.DataFrame, correct: str = "correct", n_uncommon: str
     if frame.is_empty():
         raise ValueError("no predictions to evaluate")
     scored = frame.with_columns(pl.col(correct).cast(pl.Float64).fill_null(0.0))  # no answer is wrong
+    # ignored below (arg-type): polars types mean() as a wide union; a numeric column's is a float
     metrics: Metrics = {"acc_avg": float(scored[correct].mean()), "count": scored.height,  # type: ignore[arg-type]
                         "missing_predictions": int(frame[correct].null_count())}
     for row in scored.group_by(n_uncommon).agg(pl.col(correct).mean().alias("acc"), pl.len().alias("n")).sort(
@@ -213,6 +215,7 @@ def focus_metrics(frame: pl.DataFrame, correct: str = "correct", n_uncommon: str
         uncommon = scored.filter(pl.col(flag))[correct]
         common = scored.filter(~pl.col(flag))[correct]
         if uncommon.len() and common.len():
+            # ignored below (arg-type): polars types mean() as a wide union; a numeric column's is a float
             metrics[f"gap_{attribute}"] = float(uncommon.mean()) - float(common.mean())  # type: ignore[arg-type]
     return metrics
 

@@ -78,7 +78,7 @@ def image_batches(workspace: Workspace, items: Sequence[Item], batch_size: int,
         while (batch := ready.get()) is not _DONE:
             if isinstance(batch, BaseException):
                 raise batch
-            yield batch  # type: ignore[misc]
+            yield batch  # type: ignore[misc]  # the queue holds batches, exceptions and _DONE; only batches get here
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue

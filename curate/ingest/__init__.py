@@ -6,13 +6,13 @@
 
 from curate.ingest.base import SOURCES, Entry, IngestSource, SourceError, make_source, register_source
 from curate.ingest.folder import FolderSource
-from curate.ingest.groups import GroupTableSource, group_table
+from curate.ingest.groups import GroupTableSource
 from curate.ingest.hf import HuggingFaceSource
 from curate.ingest.manifest import ManifestSource
 from curate.ingest.runner import IngestOptions, IngestResult, ingest
 
 __all__ = [
     "SOURCES", "Entry", "FolderSource", "GroupTableSource", "HuggingFaceSource", "IngestOptions",
-    "IngestResult", "IngestSource", "ManifestSource", "SourceError", "group_table", "ingest",
+    "IngestResult", "IngestSource", "ManifestSource", "SourceError", "ingest",
     "make_source", "register_source",
 ]

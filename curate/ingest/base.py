@@ -69,6 +69,7 @@ class IngestSource(ABC):
 
     def options(self) -> JsonDict:
         """The options this source was made with, JSON-ready (recorded with the source and run)."""
+        # ignored below (arg-type): every registered source is a dataclass
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
         return {k: _jsonable(v) for k, v in values.items()}
 
@@ -203,23 +204,6 @@ def resolve_under_root(root: Path, value: str, allow_absolute: bool = False) -> 
         if not Path(os.path.realpath(path)).is_relative_to(real_root):
             raise ImageRejected("path-escape", f"{value!r} leads outside {root} through a link")
     return path
-
-
-def read_table(path: Path) -> pl.DataFrame:
-    """Read a CSV, TSV, parquet or JSON-lines table (by suffix) with polars."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise SourceError(f"no table at {path}")
-    try:
-        if suffix == ".parquet":
-            return pl.read_parquet(path)
-        if suffix in (".jsonl", ".ndjson"):
-            return pl.read_ndjson(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as error:
-        raise SourceError(f"cannot read table {path}: {error}") from error
-    raise SourceError(f"unknown table format {suffix!r} for {path}; use .csv, .tsv, .parquet or .jsonl")
 
 
 def require_columns(frame: pl.DataFrame, where: Path, **columns: str | None) -> None:

@@ -1,7 +1,7 @@
 """Group-metadata tables in the Waterbirds / SubpopBench style: ``id, filename, split, y, a``.
 
 The table is kept whole (every row, with its original id and split code, quarantined rows too) so
-that later builders can reproduce its splits and groups exactly. ``group_table`` gives it back.
+that later builders can reproduce its splits and groups exactly. ``Catalog.group_table`` gives it back.
 """
 
 from __future__ import annotations
@@ -11,22 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from curate.ingest.base import (
     Entry,
     SourceError,
     TableSource,
-    read_table,
     register_source,
     require_columns,
     row_locators,
 )
 from curate.ingest.manifest import path_entry
-from curate.workspace import Workspace
+from curate.tabular import read_table
 
 DEFAULT_SPLIT_NAMES = ("train", "val", "test")
-GROUP_TABLE_COLUMNS = ("id", "filename", "split", "y", "a", "item_id", "quarantine_reason")
 
 
 def _name(names: Sequence[str] | None, code: Any, what: str) -> str:
@@ -73,7 +69,7 @@ class GroupTableSource(TableSource):
         for option in ("y_names", "a_names", "split_names"):
             if getattr(self, option) is not None:
                 object.__setattr__(self, option, tuple(getattr(self, option)))
-        frame = read_table(path)
+        frame = read_table(path, SourceError)
         require_columns(frame, path, id_column=self.id_column, filename_column=self.filename_column,
                         split_column=self.split_column, y_column=self.y_column, a_column=self.a_column)
         for column, names in ((self.y_column, self.y_names), (self.a_column, self.a_names)):
@@ -102,29 +98,3 @@ class GroupTableSource(TableSource):
             yield path_entry(locator, row[self.filename_column], self.images, self.allow_absolute,
                              path_map=self.path_map, label=_name(self.y_names, row[self.y_column], self.y_column),
                              split=split, metadata=metadata)
-
-
-def group_table(workspace: Workspace, source_id: str) -> pl.DataFrame:
-    """The group table of an ingested ``groups`` source: every row, in id order.
-
-    Columns: ``id, filename, split, y, a`` as in the original table (split as originally coded),
-    plus ``item_id`` (null for rows whose image was quarantined) and ``quarantine_reason``.
-    """
-    source = workspace.catalog.source(source_id)
-    if source.kind != "groups":
-        raise SourceError(f"source {source_id} is a {source.kind!r} source, not a group table")
-    rows = [
-        {"id": ref.metadata["group_id"], "filename": ref.metadata["filename"],
-         "split": ref.metadata["split_code"], "y": ref.metadata["y"], "a": ref.metadata["a"],
-         "item_id": ref.item_id, "quarantine_reason": None}
-        for ref in workspace.catalog.references(source_id=source_id)
-    ] + [
-        {"id": held.metadata["group_id"], "filename": held.metadata["filename"],
-         "split": held.metadata["split_code"], "y": held.metadata["y"], "a": held.metadata["a"],
-         "item_id": None, "quarantine_reason": held.reason}
-        for held in workspace.catalog.quarantined(source_id=source_id)
-        if "group_id" in held.metadata
-    ]
-    if not rows:
-        return pl.DataFrame({column: [] for column in GROUP_TABLE_COLUMNS})
-    return pl.DataFrame(rows, infer_schema_length=None).sort("id")

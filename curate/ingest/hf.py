@@ -81,10 +81,11 @@ class HuggingFaceSource(IngestSource):
         return self.name if self.revision is None else f"{self.name}@{self.revision}"
 
     def estimate(self) -> int:
-        return sum(len(d) for d in self._splits.values())
+        splits: dict[str, Any] = self._splits  # type: ignore[attr-defined]  # set in __post_init__, not an option
+        return sum(len(d) for d in splits.values())
 
     def entries(self) -> Iterator[Entry]:
-        for split, dataset in self._splits.items():
+        for split, dataset in self._splits.items():  # type: ignore[attr-defined]  # set in __post_init__, not an option
             label_feature = dataset.features.get(self.label_column) if self.label_column else None
             names = getattr(label_feature, "names", None)
             index = 0

@@ -14,13 +14,13 @@ from curate.ingest.base import (
     TableSource,
     file_entry,
     map_path,
-    read_table,
     register_source,
     require_columns,
     resolve_under_root,
     row_locators,
 )
 from curate.ingest.download import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES, DownloadLimits, download
+from curate.tabular import read_table
 
 
 def _text(value: Any) -> str | None:
@@ -62,7 +62,7 @@ class ManifestSource(TableSource):
         DownloadLimits(self.download_deadline_s, self.download_max_bytes)  # refuse bad limits before any row
         if self.metadata_columns is not None:
             object.__setattr__(self, "metadata_columns", tuple(self.metadata_columns))
-        frame = read_table(path)
+        frame = read_table(path, SourceError)
         require_columns(frame, path, path_column=self.path_column, label_column=self.label_column,
                         split_column=self.split_column, license_column=self.license_column)
         for column in self.metadata_columns or ():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -90,11 +90,12 @@ def _process(workspace: Workspace, source_id: str, entry: Entry, fingerprint: st
 
 
 def _bounded_map(pool: ThreadPoolExecutor, jobs: Iterable[tuple[Entry, str]], window: int,
-                 work: object) -> Iterator[tuple[Item, SourceRef] | Quarantined]:
+                 work: Callable[[Entry, str], tuple[Item, SourceRef] | Quarantined],
+                 ) -> Iterator[tuple[Item, SourceRef] | Quarantined]:
     """Like ``pool.map`` in order, but with at most ``window`` jobs in flight."""
     pending: deque[Future[tuple[Item, SourceRef] | Quarantined]] = deque()
     for job in jobs:
-        pending.append(pool.submit(work, *job))  # type: ignore[arg-type]
+        pending.append(pool.submit(work, *job))
         if len(pending) >= window:
             yield pending.popleft().result()
     while pending:
@@ -124,7 +125,7 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
     # before an interruption are already counted as what they became).
     unchanged_since_earlier_runs = 0
 
-    def fresh_entries(run_id: str, advance: object) -> Iterator[tuple[Entry, str]]:
+    def fresh_entries(run_id: str, advance: Callable[[], None]) -> Iterator[tuple[Entry, str]]:
         nonlocal unchanged_since_earlier_runs
         for entry in source.entries():
             fingerprint = digest([entry.fingerprint, entry.label, entry.split, entry.metadata,
@@ -133,7 +134,7 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
             if stored is not None and stored[0] == fingerprint:
                 totals["unchanged"] += 1
                 unchanged_since_earlier_runs += stored[1] != run_id
-                advance()  # type: ignore[operator]
+                advance()
                 continue
             yield entry, fingerprint
 

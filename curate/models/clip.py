@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from curate.caching import CacheKey, ModelCache
 from curate.models.registry import ModelSpec, register_family
 from curate.models.weights import RANDOM, resolve_open_clip_weights, seeded
-from curate.workspace import Cache, CacheKey
 
 TEXT_BATCH = 64
 
@@ -23,10 +24,10 @@ class ClipModel:
     ``clip.encode_images(torch.stack([clip.preprocess_image(image)]))``.
     """
 
-    def __init__(self, spec: ModelSpec, model: torch.nn.Module, preprocess: object, tokenizer: object,
-                 version: str, device: str) -> None:
+    def __init__(self, spec: ModelSpec, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor], version: str, device: str) -> None:
         self.spec = spec
-        self.model = model.eval()
+        self.model: Any = model.eval()  # open_clip's CLIP: encode_image / encode_text are not nn.Module's
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.version = version
@@ -44,7 +45,7 @@ class ClipModel:
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """The model's own eval transform of an RGB image (one image, no batch axis)."""
-        return self.preprocess(image)  # type: ignore[operator]
+        return self.preprocess(image)
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> np.ndarray:
@@ -56,11 +57,11 @@ class ClipModel:
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         chunks = []
         for start in range(0, len(texts), TEXT_BATCH):
-            tokens = self.tokenizer(list(texts[start:start + TEXT_BATCH])).to(self.device)  # type: ignore[operator]
+            tokens = self.tokenizer(list(texts[start:start + TEXT_BATCH])).to(self.device)
             chunks.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1))
         return torch.cat(chunks).cpu().numpy()
 
-    def encode_texts(self, texts: Sequence[str], cache: Cache | None = None) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], cache: ModelCache | None = None) -> np.ndarray:
         """(N, D) unit-length text embeddings; with a ``cache`` each text is computed once ever."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)

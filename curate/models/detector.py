@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.caching import ModelCache
 from curate.models.clip import ClipModel
 from curate.models.registry import ModelSpec, load_model, register_family
 from curate.models.weights import RANDOM, ResolvedWeights, find_weight_file, seeded
-from curate.workspace import Cache
 
 # ultralytics must never install packages or phone home at run time; set before it is imported.
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -71,7 +71,7 @@ class OpenSetDetector:
     def name(self) -> str:
         return self.spec.name
 
-    def set_vocabulary(self, names: Sequence[str], cache: Cache | None = None) -> None:
+    def set_vocabulary(self, names: Sequence[str], cache: ModelCache | None = None) -> None:
         """Query the detector with these names from now on (embeddings cached when ``cache`` is given)."""
         names = tuple(dict.fromkeys(names))
         if names == self.vocabulary:
@@ -115,10 +115,12 @@ def _load_detector(spec: ModelSpec, device: str) -> OpenSetDetector:
         raise ValueError(f"model {spec.name!r} names no text_encoder")
     resolved = _resolve(spec)
     # A randomly initialised detector gets a randomly initialised text encoder: nothing is fetched.
-    encoder = load_model(spec.text_encoder, weights=RANDOM if resolved.kind == RANDOM else None, device=device)
+    encoder = load_model(spec.text_encoder, weights=RANDOM if resolved.kind == RANDOM else None, device=device,
+                         kind=ClipModel)
     with seeded():
         yolo = (YOLOE if spec.family == "yoloe" else YOLOWorld)(resolved.location)
-    yolo.model.to(device)
+    network: Any = yolo.model  # ultralytics declares it str | None (a path before loading): here the nn.Module
+    network.to(device)
     return OpenSetDetector(spec, yolo, encoder, f"{resolved.version}+{encoder.version}")
 
 

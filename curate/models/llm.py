@@ -30,15 +30,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
 from pydantic import BaseModel, ValidationError
 
+from curate.caching import CacheKey, ModelCache
+from curate.llm_settings import LLMSettings
 from curate.secrets import remember_secret, scrub
-from curate.workspace import Cache, CacheKey
 
 Messages = list[dict[str, Any]]
 
@@ -59,34 +60,6 @@ class LLMConfigError(RuntimeError):
 
 class MalformedResponseError(openai.OpenAIError):
     """An HTTP 200 whose body is not a chat completion (an HTML page, invalid JSON, no ``choices``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LLMSettings:
-    """Which server and model, and how patiently to talk to it."""
-
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int | None = None
-    structured: bool = True
-    concurrency: int = 4
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    max_malformed: int = 2
-    backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-    use_batch_api: bool = False
-    batch_poll_s: float = 30.0
-
-    def recorded(self) -> dict[str, Any]:
-        """The settings as recorded in a run config (the key's variable name, never the key)."""
-        return asdict(self)
-
-    def server(self) -> str:
-        """The server identity used in cache keys."""
-        return self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
 
 
 @dataclass(slots=True)
@@ -163,7 +136,7 @@ def _retry_after(error: Exception) -> float | None:
 class LLMClient:
     """Ask an OpenAI-compatible server for answers that fit a pydantic schema."""
 
-    def __init__(self, settings: LLMSettings, cache: Cache | None = None, http_client: Any = None,
+    def __init__(self, settings: LLMSettings, cache: ModelCache | None = None, http_client: Any = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.cache = cache
@@ -332,15 +305,15 @@ class LLMClient:
             except openai.OpenAIError:  # LLMConfigError (a bad key) surfaces below, from ``ask``
                 self.stats.add(batch_failures=1)
             for custom_id, (text, refusal) in answers.items():
-                index = waiting.get(custom_id)
-                if index is None:
+                asked = waiting.get(custom_id)
+                if asked is None:
                     continue
-                messages, schema = requests[index]
+                messages, schema = requests[asked]
                 if self.cache is not None:
                     self.cache.put_json(self._key(messages, schema), {"text": text, "refusal": refusal})
                 value, _ = self._validate(text, refusal, schema)
                 if value is not None:
-                    results[index] = LLMResult(True, value, text, attempts=1)
+                    results[asked] = LLMResult(True, value, text, attempts=1)
         # cached, missing or malformed answers: ``ask`` replays the cache and re-asks what is needed
         return [result or self.ask(*requests[index]) for index, result in enumerate(results)]
 

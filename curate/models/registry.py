@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from curate.registry import Registry
 
@@ -78,10 +78,29 @@ def get_spec(name: str, **overrides: str | None) -> ModelSpec:
     return replace(_SPECS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def load_model(name: str, weights: str | None = None, device: str = "cpu", **overrides: str | None) -> Any:
-    """Build a registered model; ``weights`` overrides the default (``"random"`` for tests).
+M = TypeVar("M")
 
-    Raises ``WeightsNotFoundError`` at once when the weights are not here.
+
+@overload
+def load_model(name: str, weights: str | None = None, device: str = "cpu", *, kind: type[M],
+               **overrides: str | None) -> M: ...
+
+
+@overload
+def load_model(name: str, weights: str | None = None, device: str = "cpu", *, kind: None = None,
+               **overrides: str | None) -> Any: ...
+
+
+def load_model(name: str, weights: str | None = None, device: str = "cpu", *, kind: type[M] | None = None,
+               **overrides: str | None) -> Any:
+    """Build a registered model; ``weights`` overrides the default (``"random"`` for tests). With
+    ``kind`` (``ClipModel``, ``OpenSetDetector``) the result is typed as, and checked to be, that class.
+
+    Raises ``WeightsNotFoundError`` at once when the weights are not here, and ``UnknownModelError``
+    when the model is not a ``kind``.
     """
     spec = get_spec(name, weights=weights, **overrides)
-    return FAMILIES[spec.family](spec, device)
+    model = FAMILIES[spec.family](spec, device)
+    if kind is not None and not isinstance(model, kind):
+        raise UnknownModelError(f"model {name!r} is a {type(model).__name__}, not a {kind.__name__}")
+    return model

@@ -52,19 +52,20 @@ from pydantic import BaseModel, Field, field_validator
 
 from curate.analyze.cues import wilson
 from curate.executors import image_batches
-from curate.ingest.base import SourceError, read_table
+from curate.llm_settings import LLMSettings
 from curate.models import ClipModel, load_model
 from curate.models.llm import LLMClient, LLMResult, Messages
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer, register_proposer
 from curate.propose.embeddings import EmbeddingStore
-from curate.propose.llm_common import LLMOptions, count_cost, spent
+from curate.propose.llm_common import count_cost, spent
 from curate.propose.llm_cues import CueType, names_the_class, normalise_cue, singular
 from curate.propose.prompts import PromptSet, load_prompts
 from curate.propose.vlm import data_url
 from curate.records import Cue, Evidence, EvidenceRole, Item
 from curate.registry import Registry
 from curate.secrets import scrub
+from curate.tabular import read_table
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
 
 SOURCE = "errors"
@@ -128,10 +129,7 @@ def read_predictions(path: str | Path) -> pl.DataFrame:
     >>> read_predictions(table).rows()
     [('ab', 'dog')]
     """
-    try:
-        frame = read_table(Path(path))
-    except SourceError as error:
-        raise ProposeError(str(error)) from None
+    frame = read_table(Path(path), ProposeError)
     _require(frame, f"predictions {path}", "item_id", "pred")
     frame = frame.with_columns(pl.col("item_id").cast(pl.String), pl.col("pred").cast(pl.String))
     if frame["pred"].null_count():
@@ -340,7 +338,7 @@ def domino(tools: Tools, data: ClassErrors) -> list[Finding]:
 
 @register_proposer(SOURCE)
 @dataclass
-class ErrorsProposer(LLMOptions, Proposer):
+class ErrorsProposer(LLMSettings, Proposer):
     """Discover each class's spurious cues from a model's mistakes (``method``: b2t, ladder, domino).
 
     >>> ErrorsProposer(predictions="").method
@@ -433,10 +431,7 @@ class ErrorsProposer(LLMOptions, Proposer):
                 return None
             table, where = frame, self.predictions
         else:
-            try:
-                table, where = read_table(Path(self.captions)), self.captions
-            except SourceError as error:
-                raise ProposeError(str(error)) from None
+            table, where = read_table(Path(self.captions), ProposeError), self.captions
         _require(table, f"captions {where}", "item_id", self.caption_column)
         rows = table.select(pl.col("item_id").cast(pl.String), pl.col(self.caption_column).cast(pl.String)).drop_nulls()
         return dict(rows.iter_rows())

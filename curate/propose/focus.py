@@ -17,7 +17,7 @@ from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.clip import ensemble
 from curate.propose.embeddings import EmbeddingStore
-from curate.records import Evidence, EvidenceRole
+from curate.records import Setting, SettingKind
 
 TIMES = ("day", "night")
 WEATHERS = ("cloudy", "foggy", "partly cloudy", "raining", "snowing", "sunny")
@@ -65,9 +65,9 @@ class FocusSettingsProposer(Proposer):
                               "weather": _softmax(scale * batch.vectors @ texts["weather"].T),
                               "location": 1 / (1 + np.exp(-scale * (batch.vectors @ texts["location"].T
                                                                    - (batch.vectors @ contrast)[:, None])))}
-                    rows = [Evidence(item.item_id, f"{kind}:{value}", self.name, context.run.run_id,
-                                     EvidenceRole.CANDIDATE, "Background" if kind == "location" else None,
-                                     float(scores[kind][row, col]), [], clip.name, clip.version)
+                    rows = [Setting(SettingKind(kind), value).evidence(item.item_id, self.name, context.run.run_id,
+                                                                       float(scores[kind][row, col]), clip.name,
+                                                                       clip.version)
                             for row, item in enumerate(batch.items)
                             for kind, values in (("time", TIMES), ("weather", WEATHERS), ("location", LOCATIONS))
                             for col, value in enumerate(values)]

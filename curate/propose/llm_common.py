@@ -1,4 +1,5 @@
-"""What the LLM-backed proposers share: their client options and where failures are recorded.
+"""What the LLM-backed proposers share: where failures are recorded and what they cost (their
+client options are ``curate.models.llm.LLMSettings``, which they inherit).
 
 The ``llm-failures`` side table holds, per run and class, the requests that are failing now: each
 time a class is worked on its part is replaced, so a repaired request leaves the table. A
@@ -9,38 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, fields
 
 import polars as pl
 
-from curate.models.llm import LLMClient, LLMResult, LLMSettings
+from curate.models.llm import LLMClient, LLMResult
 from curate.propose.base import ProposeContext
 from curate.secrets import scrub
 
 FAILURES_TABLE = "llm-failures"
 FAILURE_COLUMNS = {"run_id": pl.String, "class_label": pl.String, "step": pl.String, "cue": pl.String,
                    "error": pl.String, "retryable": pl.Boolean}
-
-
-@dataclass
-class LLMOptions:
-    """Options of an OpenAI-compatible server (``base_url`` for vLLM, Ollama ...); the key is read
-    from the variable ``api_key_env`` names and never recorded."""
-
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    concurrency: int = 4
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    max_malformed: int = 2
-    structured: bool = True
-    use_batch_api: bool = False
-
-    def settings(self) -> LLMSettings:
-        """The client settings these options describe."""
-        return LLMSettings(**{f.name: getattr(self, f.name) for f in fields(LLMOptions)})
 
 
 def failure(context: ProposeContext, label: str, step: str, result: LLMResult, cue: str = "") -> dict[str, object]:

@@ -28,11 +28,11 @@ import inflect
 import polars as pl
 from pydantic import BaseModel, field_validator
 
+from curate.llm_settings import LLMSettings
 from curate.models.llm import LLMClient, Messages
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.llm_common import (
-    LLMOptions,
     count_cost,
     failure,
     failure_counts,
@@ -116,8 +116,8 @@ def normalise_cue(text: str) -> str:
     >>> normalise_cue(" 3. Tennis Balls! ")
     'tennis ball'
     """
-    words = re.sub(r"^\s*(\d+[.)]|[-*•])\s*", "", text.lower())
-    words = re.sub(r"[^a-z0-9' -]+", " ", words).split()
+    unnumbered = re.sub(r"^\s*(\d+[.)]|[-*•])\s*", "", text.lower())
+    words = re.sub(r"[^a-z0-9' -]+", " ", unnumbered).split()
     return " ".join([*words[:-1], singular(words[-1])]) if words else ""
 
 
@@ -158,7 +158,7 @@ def clean_cues(label: str, raw: dict[str, list[str]]) -> dict[str, list[str]]:
 
 @register_proposer("llm-cues")
 @dataclass
-class LLMCuesProposer(LLMOptions, Proposer):
+class LLMCuesProposer(LLMSettings, Proposer):
     """Ask an OpenAI-compatible LLM for cues per class, by the SpurLens procedure."""
 
     prompts: str = "llm-cues-v2"
@@ -200,7 +200,7 @@ class LLMCuesProposer(LLMOptions, Proposer):
         raw: dict[str, list[str]] = {}
         for name, result in zip(LIST_PROMPTS, listed, strict=True):
             if result.ok:
-                raw[name] = result.value.items[:self.n_items]  # type: ignore[union-attr]
+                raw[name] = result.value.items[:self.n_items]  # type: ignore[union-attr]  # value is set when result.ok
             else:
                 failures.append(failure(context, label, name, result))
         candidates = clean_cues(label, raw)
@@ -214,7 +214,7 @@ class LLMCuesProposer(LLMOptions, Proposer):
             for template in FILTERS:
                 result = next(answers)
                 if result.ok:
-                    verdicts[template] = result.value.answer  # type: ignore[union-attr]
+                    verdicts[template] = result.value.answer  # type: ignore[union-attr]  # value is set when result.ok
                 else:
                     verdicts[template] = "unanswered"
                     failures.append(failure(context, label, template, result, cue))
@@ -230,6 +230,7 @@ class LLMCuesProposer(LLMOptions, Proposer):
                 failures.append(failure(context, label, "type", result, cue))
                 extra["type_error"] = result.error
             cues.append(Cue(label, cue, self.name, context.run.run_id,
+                            # ignored below (union-attr): value is set when result.ok
                             result.value.type if result.ok else None,  # type: ignore[union-attr]
                             EvidenceRole.CANDIDATE, extra))
         return raw, candidates, cues, failures

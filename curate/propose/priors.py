@@ -49,7 +49,7 @@ class PriorsProposer(Proposer):
         core = _load_core(Path(self.core)) if self.core else {}
         wanted = {canonical_type(t) for t in self.types} if self.types else set(priors)
         for label in context.pending_classes():
-            cues = {}
+            cues: dict[str, str] = {}  # cue -> its type
             for type_name, names in priors.items():
                 for name in names if type_name in wanted else []:
                     cues.setdefault(name, type_name)  # a cue listed under two types keeps the first

@@ -15,11 +15,11 @@ from PIL import Image
 from pydantic import BaseModel, Field, field_validator
 
 from curate.executors import image_batches
+from curate.llm_settings import LLMSettings
 from curate.models.llm import LLMClient, Messages
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.llm_common import (
-    LLMOptions,
     count_cost,
     failure,
     failure_counts,
@@ -63,7 +63,7 @@ def data_url(image: Image.Image, max_side: int, quality: int = 90) -> str:
 
 @register_proposer("vlm-attributes")
 @dataclass
-class VLMAttributesProposer(LLMOptions, Proposer):
+class VLMAttributesProposer(LLMSettings, Proposer):
     """Ask a vision-language model (OpenAI-compatible) for the attributes of every image."""
 
     prompts: str = "vlm-attributes-v1"
@@ -93,6 +93,7 @@ class VLMAttributesProposer(LLMOptions, Proposer):
                     rows, failed = [], []
                     for item, result in zip(batch.items, client.ask_many(requests), strict=True):
                         if result.ok:
+                            # ignored below (arg-type): value is set when result.ok
                             rows += self._evidence(context, item, result.value, version)  # type: ignore[arg-type]
                         else:
                             failed.append(failure(context, label, "attributes", result, item.item_id))

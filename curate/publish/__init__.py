@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 import datasets
 import yaml
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from curate.folders import replaced
@@ -151,7 +154,7 @@ def _context(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[s
 
 
 def render_card(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]], configs: list[str],
-                repo: str, licences: dict[str, int], pictures: list[str], item_ids: set[str] = frozenset(),
+                repo: str, licences: dict[str, int], pictures: list[str], item_ids: AbstractSet[str] = frozenset(),
                 hub_repo: bool = False, licence: str = "other") -> str:
     """The card body from the builder's template (``generic`` when it has none)."""
     folder = Path(str(resources.files("dataset_cards")))
@@ -191,13 +194,20 @@ def _digests(folder: Path) -> dict[str, str]:
         if folder.exists() else {}
 
 
-def _info(name: str, splits: dict[str, str], features: datasets.Features, tables: dict[str, Any],
-          target: Path) -> dict[str, Any]:
-    """One config's ``dataset_info`` entry: features and, per split, rows and bytes on disk."""
-    return {"config_name": name, **datasets.DatasetInfo(features=features)._to_yaml_dict(), "splits": [
-        {"name": split, "num_examples": row_count(tables[table]),
-         "num_bytes": sum(p.stat().st_size for p in (target / "data" / name).glob(f"{split}-*.parquet"))}
-        for split, table in splits.items()]}
+def _dataset_info(configs: dict[str, dict[str, str]], features: dict[str, datasets.Features], tables: dict[str, Any],
+                  target: Path) -> Any:
+    """The card's ``dataset_info``, as ``datasets`` writes it: per config its features and, per split,
+    rows and bytes on disk."""
+    infos = DatasetInfosDict()
+    for name, splits in configs.items():
+        split_infos = datasets.SplitDict()
+        for split, table in splits.items():
+            split_infos.add(datasets.SplitInfo(split, num_examples=row_count(tables[table]), num_bytes=sum(
+                p.stat().st_size for p in (target / "data" / name).glob(f"{split}-*.parquet"))))
+        infos[name] = datasets.DatasetInfo(features=features[name], splits=split_infos)
+    card = DatasetCardData()
+    infos.to_dataset_card_data(card)
+    return card.to_dict()["dataset_info"]
 
 
 def _write_published(workspace: Workspace, folder: Path, tables: dict[str, Any], configs: dict[str, dict[str, str]],
@@ -214,7 +224,7 @@ def _write_published(workspace: Workspace, folder: Path, tables: dict[str, Any],
              "configs": [{"config_name": name, "data_files": [{"split": s, "path": f"data/{name}/{s}-*"}
                                                               for s in splits]}
                          for name, splits in configs.items()],
-             "dataset_info": [_info(name, splits, features[name], tables, folder) for name, splits in configs.items()]}
+             "dataset_info": _dataset_info(configs, features, tables, folder)}
     (folder / "README.md").write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
     (folder / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
     validate_croissant(folder / "croissant.json")
@@ -252,7 +262,7 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     for item in workspace.catalog.items():
         if item.uri in uris:
             item_licences[item.license or license or "unknown (set --license)"] += 1
-    written = [{"config": name, "split": split, "rows": row_count(tables[table])}
+    written: list[dict[str, Any]] = [{"config": name, "split": split, "rows": row_count(tables[table])}
                for name, splits in configs.items() for split, table in splits.items()]
     known = [name for name in item_licences if not name.startswith("unknown")]
     licence = (license or (known[0] if len(item_licences) == 1 and known else "other")).lower()

@@ -44,7 +44,7 @@ def configs_of(tables: dict[str, Any]) -> dict[str, dict[str, str]]:
     return configs
 
 
-def _value(dtype: pl.DataType) -> Any:
+def _value(dtype: pl.DataType | pl.datatypes.DataTypeClass) -> Any:
     if dtype == pl.Boolean:
         return datasets.Value("bool")
     if dtype.is_integer():
@@ -111,7 +111,7 @@ def _encoded_batches(workspace: Workspace, table: Table, features: datasets.Feat
             columns["spurious_correlation_type"] = [[names.index(t) for t in row]
                                                     for row in columns["spurious_correlation_type"]]
         encoded = features.encode_batch(columns)
-        yield pa.Table.from_pydict(encoded, schema=features.arrow_schema), size + chunk.estimated_size()
+        yield pa.Table.from_pydict(encoded, schema=features.arrow_schema), size + int(chunk.estimated_size())
 
 
 def write_table(workspace: Workspace, table: Table, features: datasets.Features, folder: Path,

@@ -233,7 +233,8 @@ class Workspace:
         """
         if table not in EXPORT_SCHEMAS:
             raise ValueError(f"cannot export {table!r}; tables: {', '.join(EXPORT_SCHEMAS)}")
-        return write_rows(Path(path), EXPORT_SCHEMAS[table], self.catalog.export_rows(table, **filters))
+        # ignored below (arg-type): filters name columns, never batch_size
+        return write_rows(Path(path), EXPORT_SCHEMAS[table], self.catalog.export_rows(table, **filters))  # type: ignore[arg-type]
 
 
 def _connect(database: Path, mode: str) -> sqlite3.Connection:
@@ -244,7 +245,7 @@ def _connect(database: Path, mode: str) -> sqlite3.Connection:
                                isolation_level=None, factory=FaultAwareConnection)
     except sqlite3.Error as error:
         raise (sqlite_fault(error, database) or error) from error
-    conn.path = database  # type: ignore[attr-defined]
+    conn.path = database
     return conn
 
 

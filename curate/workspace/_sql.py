@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from curate.caching import digest as digest  # canonical JSON and its hash live beside the cache key
+from curate.caching import dumps as dumps
 from curate.workspace.faults import DiskFullError, is_disk_full
 
 
 def now() -> str:
     """The current UTC time as an ISO 8601 string with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, so equal values give equal strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def digest(value: Any) -> str:
-    """sha256 hex of the canonical JSON of ``value``."""
-    return hashlib.sha256(dumps(value).encode()).hexdigest()
 
 
 TEMPORARY_SUFFIX = ".tmp"

@@ -7,46 +7,18 @@ reused only when all of them match. Small values live in SQLite, large ones as f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.workspace._sql import atomic_write_bytes, digest, now
+from curate.caching import CacheKey
+from curate.workspace._sql import atomic_write_bytes, now
 
 INLINE_LIMIT_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    """What a cached value depends on.
-
-    >>> key = CacheKey.make("llm", "gpt-4o-mini", "2024-07-18", {"temperature": 0}, "prompt text")
-    >>> len(key.digest)
-    64
-    """
-
-    namespace: str
-    model: str
-    version: str
-    params_hash: str
-    input_hash: str
-
-    @classmethod
-    def make(cls, namespace: str, model: str, version: str, params: Mapping[str, Any],
-             content: bytes | str) -> CacheKey:
-        """Build a key from parameters (hashed as canonical JSON) and the input (hashed)."""
-        raw = content.encode() if isinstance(content, str) else content
-        return cls(namespace, model, version, digest(dict(params)), hashlib.sha256(raw).hexdigest())
-
-    @property
-    def digest(self) -> str:
-        """The sha256 that addresses the value."""
-        return digest([self.namespace, self.model, self.version, self.params_hash, self.input_hash])
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from curate.records import Cue, Evidence, EvidenceRole, Item, Quarantined, SourceRef, Verdict
 from curate.workspace._sql import digest, dumps, now
 from curate.workspace.runs import RunLog
@@ -74,6 +76,9 @@ def _item_from_row(row: sqlite3.Row) -> Item:
         orientation=row["orientation"], n_frames=row["n_frames"], license=row["license"],
         metadata=json.loads(row["metadata"]),
     )
+
+
+GROUP_TABLE_COLUMNS = ("id", "filename", "split", "y", "a", "item_id", "quarantine_reason")
 
 
 class Catalog:
@@ -225,6 +230,27 @@ class Catalog:
         """How many entries are quarantined (of one source, or in all)."""
         clause, args = _where(source_id=source_id)
         return self._connect().execute(f"SELECT COUNT(*) FROM quarantine {clause}", args).fetchone()[0]
+
+    def group_table(self, source_id: str) -> pl.DataFrame:
+        """The group table of an ingested ``groups`` source: every row, in id order.
+
+        Columns: ``id, filename, split, y, a`` as in the original table (split as originally coded),
+        plus ``item_id`` (null for rows whose image was quarantined) and ``quarantine_reason``.
+        """
+        source = self.source(source_id)
+        if source.kind != "groups":
+            raise ValueError(f"source {source_id} is a {source.kind!r} source, not a group table")
+
+        def row(metadata: dict[str, Any], item_id: str | None, reason: str | None) -> dict[str, Any]:
+            return {"id": metadata["group_id"], "filename": metadata["filename"], "split": metadata["split_code"],
+                    "y": metadata["y"], "a": metadata["a"], "item_id": item_id, "quarantine_reason": reason}
+
+        rows = [row(ref.metadata, ref.item_id, None) for ref in self.references(source_id=source_id)] + [
+            row(held.metadata, None, held.reason) for held in self.quarantined(source_id=source_id)
+            if "group_id" in held.metadata]
+        if not rows:
+            return pl.DataFrame({column: [] for column in GROUP_TABLE_COLUMNS})
+        return pl.DataFrame(rows, infer_schema_length=None).sort("id")
 
     # evidence, cues and verdicts ----------------------------------------------------------
     def _count(self, conn: sqlite3.Connection, counts: RunCounts | None) -> None:

@@ -71,15 +71,17 @@ class FaultAwareCursor(sqlite3.Cursor):
         if fault is not None:
             raise fault from error
 
-    def execute(self, sql: str, parameters: object = (), /) -> FaultAwareCursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: object = (), /) -> FaultAwareCursor:
         try:
+            # ignored below (arg-type): sqlite3 takes any parameters object; typeshed narrows it
             return super().execute(sql, parameters)  # type: ignore[arg-type]
         except sqlite3.Error as error:
             self._fault(error)
             raise
 
-    def executemany(self, sql: str, parameters: object, /) -> FaultAwareCursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: object, /) -> FaultAwareCursor:
         try:
+            # ignored below (arg-type): sqlite3 takes any parameters object; typeshed narrows it
             return super().executemany(sql, parameters)  # type: ignore[arg-type]
         except sqlite3.Error as error:
             self._fault(error)
@@ -94,7 +96,7 @@ class FaultAwareCursor(sqlite3.Cursor):
 
     def fetchmany(self, size: int | None = 1) -> list[object]:
         try:
-            return super().fetchmany(size)  # type: ignore[arg-type]
+            return super().fetchmany(size)
         except sqlite3.Error as error:
             self._fault(error)
             raise
@@ -120,11 +122,14 @@ class FaultAwareConnection(sqlite3.Connection):
 
     path: Path
 
+    # ignored below (override): typeshed's cursor() has no default factory
     def cursor(self, factory: type[sqlite3.Cursor] = FaultAwareCursor) -> sqlite3.Cursor:  # type: ignore[override]
         return super().cursor(factory)
 
-    def execute(self, sql: str, parameters: object = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: object = (), /) -> sqlite3.Cursor:
+        # ignored below (arg-type): sqlite3 takes any parameters object; typeshed narrows it
         return self.cursor().execute(sql, parameters)  # type: ignore[arg-type]
 
-    def executemany(self, sql: str, parameters: object, /) -> sqlite3.Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: object, /) -> sqlite3.Cursor:
+        # ignored below (arg-type): sqlite3 takes any parameters object; typeshed narrows it
         return self.cursor().executemany(sql, parameters)  # type: ignore[arg-type]

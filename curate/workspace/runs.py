@@ -207,7 +207,7 @@ class RunLog:
 
     def list(self, stage: str | None = None) -> list[Run]:
         """All runs, newest first; dead ``running`` runs read as ``interrupted``."""
-        query, args = "SELECT * FROM runs", ()
+        query, args = "SELECT * FROM runs", tuple[str, ...]()
         if stage is not None:
             query, args = query + " WHERE stage = ?", (stage,)
         rows = self._connect().execute(query + " ORDER BY started_at DESC", args).fetchall()

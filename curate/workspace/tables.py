@@ -69,8 +69,8 @@ class SideTables:
             return pl.scan_parquet(single)
         parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
         if parts:
-            for part in parts:
-                _check_whole(part)
+            for path in parts:
+                _check_whole(path)
             return pl.scan_parquet(folder / "*.parquet")
         raise KeyError(f"no side table {name!r} in {self.root}")
 
