@@ -113,6 +113,18 @@ LOGO_REVIEW = beside_image("""      <Header value="Is this picture a logo? If so
       </Choices>
       <TextArea name="brand" toName="image" placeholder="Which brand?" maxSubmissions="1"/>""")
 
+SPURIOUS_ONLY_REVIEW = beside_image("""      <Header value="Is there $cue in the image?"/>
+      <Choices name="cue_present" toName="image" choice="single-radio" showInline="true">
+        <Choice value="yes"/><Choice value="no"/><Choice value="unsure"/>
+      </Choices>
+      <Header value="Is there a $class_label (the object itself, any part of it)?"/>
+      <Choices name="object_present" toName="image" choice="single-radio" showInline="true">
+        <Choice value="yes"/><Choice value="no"/><Choice value="unsure"/>
+      </Choices>
+      <TextArea name="comment" toName="image" placeholder="Anything wrong with the image?" maxSubmissions="1"/>""")
+"""Spurious ImageNet's two questions per candidate image of a (class, cue) pair; the image is kept when
+the cue is there and the class object is not."""
+
 # kind -> (config, the controls pull reads back)
 CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "attributes": (ATTRIBUTE_VERIFICATION, ("verdict_0", "type_0", "missed", "comment")),
@@ -120,6 +132,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mcq": (MCQ_REVIEW, ("answer_right", "ambiguous", "comment")),
     "setting": (SETTING_REVIEW, ("time", "weather", "locations")),
     "logo": (LOGO_REVIEW, ("is_logo", "brand")),
+    "spurious-only": (SPURIOUS_ONLY_REVIEW, ("cue_present", "object_present")),
 }
 
 

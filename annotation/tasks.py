@@ -35,7 +35,14 @@ from annotation.transport import PREFILL_VERSION, BridgeError, Task
 from curate.ingest.base import read_table
 from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item
 from curate.registry import Registry
-from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, VerdictValue, resolve
+from curate.verdicts import (
+    ADJUDICATES_KEY,
+    GOLD_KEY,
+    SPURIOUS_ONLY_QUESTIONS,
+    VerdictValue,
+    question_attribute,
+    resolve,
+)
 from curate.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -321,3 +328,27 @@ ROUND_KINDS.register("attributes")(RoundKind(_attribute_tasks, _read_attributes)
 ROUND_KINDS.register("boxes")(RoundKind(_box_tasks, _read_boxes))
 for _table_kind in TABLE_KINDS:
     ROUND_KINDS.register(_table_kind)(RoundKind(_table_tasks, _table_reader(_table_kind)))
+
+
+# spurious-only: two questions per (image, pair), from the candidates table of the builder ----------
+def _spurious_only_data(row: dict[str, Any]) -> dict[str, Any]:
+    return {"unit": f"{row['item_id']}|{row['class_label']}|{row['cue']}", "class_label": row["class_label"],
+            "cue": row["cue"]}
+
+
+def _read_spurious_only(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+    """Both answers of one task as readings of the pair's two question attributes."""
+    chosen = read_choices_result(result, CONFIGS["spurious-only"][0])
+    extra: dict[str, Any] = {"comment": "\n".join(chosen["comment"])} if chosen.get("comment") else {}
+    readings: list[Reading] = []
+    for question in SPURIOUS_ONLY_QUESTIONS:
+        values = chosen.get(f"{question}_present", [])
+        if len(values) != 1:
+            raise ConfigError(f"answer both questions (is the cue there? is the class object there?); "
+                              f"{question}: {values or 'no answer'}")
+        readings.append((question_attribute(question, data["class_label"], data["cue"]), values[0], None, extra))
+    return readings
+
+
+TABLE_KINDS["spurious-only"] = TableKind(("item_id", "class_label", "cue"), _spurious_only_data, lambda row: [])
+ROUND_KINDS.register("spurious-only")(RoundKind(_table_tasks, _read_spurious_only))

@@ -1,10 +1,10 @@
 """Build: release tables from the workspace, one registered builder per kind of benchmark.
 
 >>> sorted(BUILDERS)
-['focus', 'groups', 'logobank', 'mmspubench']
+['focus', 'groups', 'logobank', 'mmspubench', 'spurious-only']
 """
 
-from curate.builders import focus, groups, logobank, mmspubench  # noqa: F401  (registers the builders)
+from curate.builders import focus, groups, logobank, mmspubench, spurious_only  # noqa: F401  (registers the builders)
 from curate.builders.base import (
            BUILDERS,
            Builder,

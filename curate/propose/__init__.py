@@ -1,10 +1,11 @@
 """Propose: cues per class (priors, LLM) and evidence per item (CLIP, detector).
 
 >>> sorted(PROPOSERS)
-['clip', 'clip+detector', 'detector', 'focus-settings', 'llm-cues', 'logo-mining', 'priors', 'vlm-attributes']
+['clip', 'clip+detector', 'detector', 'focus-settings', 'llm-cues', 'logo-mining', 'neural-pca', 'priors',
+ 'vlm-attributes']
 """
 
-from curate.propose import clip, detector, focus, llm_cues, logos, priors, vlm  # noqa: F401  (registers them)
+from curate.propose import clip, detector, focus, llm_cues, logos, neural_pca, priors, vlm  # noqa: F401  (registers them)
 from curate.propose.base import (
     PROPOSERS,
     ProposeContext,

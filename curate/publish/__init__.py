@@ -47,6 +47,8 @@ EVALUATION = {
     "mmspubench": ("mcq", "`prediction` (the letter chosen) beside `answer` and `spurious_correlation_type` "
                           "(as type names: `features['spurious_correlation_type'].feature.int2str`)"),
     "focus": ("focus", "`correct` (true when the model named the `category`) beside `n_uncommon`"),
+    "spurious-only": ("spurious-imagenet", "`score` (the predicted probability of `class_label`) beside `kind`, "
+                                           "plus your own class test images as rows with `kind` \"real\""),
 }
 _SECRET = re.compile(r"(sk-[A-Za-z0-9]{8,}|hf_[A-Za-z0-9]{8,}|Token [A-Za-z0-9]{20,})")
 
