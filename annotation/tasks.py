@@ -352,3 +352,42 @@ def _read_spurious_only(result: Sequence[dict[str, Any]], data: dict[str, Any]) 
 
 TABLE_KINDS["spurious-only"] = TableKind(("item_id", "class_label", "cue"), _spurious_only_data, lambda row: [])
 ROUND_KINDS.register("spurious-only")(RoundKind(_table_tasks, _read_spurious_only))
+
+
+# component: one task per neural-PCA component of a class, its top images side by side ------------------
+def _component_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> Planned:
+    """One task per component (evidence attribute with an ``extra["component"]``) of ``spec.source``:
+    its class's ``spec.max_attributes`` highest-scored images; the verdict is stored on the first."""
+    by_component: dict[str, list[Evidence]] = defaultdict(list)
+    for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
+        if "component" in row.extra and NEGATIVE_OF not in row.extra:
+            by_component[row.attribute].append(row)
+    if not by_component:
+        raise BridgeError(f"no component evidence of {spec.source!r}: run `curate propose neural-pca` and push with "
+                          "--source neural-pca")
+    tasks = []
+    for attribute in sorted(by_component)[:spec.budget]:
+        if attribute in present:
+            continue
+        rows = sorted(by_component[attribute], key=lambda r: (-(r.score or 0.0), r.item_id))[:spec.max_attributes]
+        items = [workspace.catalog.item(r.item_id) for r in rows]
+        data = {"item_id": items[0].item_id, "unit": attribute, "attribute": attribute,
+                "class_label": str(rows[0].extra.get("class", items[0].label)),
+                "images": [image_url(workspace, item) for item in items], "shown": [i.item_id for i in items]}
+        tasks.append({"data": data, "meta": {"item_id": items[0].item_id, "round": spec.name,
+                                             "evidence_runs": sorted({r.run_id for r in rows}), "overlap": 1},
+                      "predictions": []})
+    return Planned(tasks)
+
+
+def _read_component(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+    chosen = read_choices_result(result, CONFIGS["component"][0])
+    verdict = chosen.get("component_verdict", [])
+    if len(verdict) != 1:
+        raise ConfigError(f"one verdict on the component is expected, got {verdict or 'none'}")
+    kind = chosen.get("type", [None])[0] if verdict[0] == VerdictValue.SPURIOUS else None
+    extra = {key: " ".join(chosen[key]) for key in ("name", "comment") if chosen.get(key)}
+    return [(data["attribute"], verdict[0], kind, extra)]
+
+
+ROUND_KINDS.register("component")(RoundKind(_component_tasks, _read_component))

@@ -7,24 +7,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torchvision
 from conftest import distinct_image
 
+from annotation.configs import ConfigError
+from annotation.rounds import RoundSpec
+from annotation.tasks import ROUND_KINDS
+from curate.builders import make_builder
 from curate.ingest import FolderSource, ingest
 from curate.models.weights import seeded
 from curate.propose import ProposeError, make_proposer, propose
 from curate.propose.neural_pca import NeuralPCA, load_classifier
-from curate.records import NEGATIVE_OF
+from curate.records import NEGATIVE_OF, Verdict
 from curate.workspace import Workspace
 
 
-def test_the_logit_is_exactly_the_sum_of_alphas_on_a_random_resnet() -> None:
+@pytest.mark.parametrize("architecture", ["resnet18", "timm:resnet18"])
+def test_the_logit_is_exactly_the_sum_of_alphas_on_a_random_resnet(architecture: str) -> None:
     with seeded(1):
         images = torch.randn(10, 3, 64, 64)
     with seeded():  # the same seeded initialisation load_classifier uses
-        reference = torchvision.models.resnet18(weights=None, num_classes=3).eval()
-    classifier = load_classifier("resnet18", "random", num_classes=3)
+        reference = (timm.create_model("resnet18", pretrained=False, num_classes=3) if architecture.startswith("timm:")
+                     else torchvision.models.resnet18(weights=None, num_classes=3)).eval()
+    classifier = load_classifier(architecture, "random", num_classes=3)
     with torch.inference_mode():
         logits = reference(images).double().numpy()  # the untouched network's own forward pass
         features = classifier.features(images).double().numpy()
@@ -35,7 +42,7 @@ def test_the_logit_is_exactly_the_sum_of_alphas_on_a_random_resnet() -> None:
         assert alphas.shape == (10, 512)
         decomposed = alphas.sum(axis=1) + pca.mean.sum() + classifier.bias[k]
         np.testing.assert_allclose(decomposed, logits[:, k], rtol=0, atol=1e-5)
-    assert classifier.version == "resnet18@random"
+    assert classifier.version == f"{architecture}@random"
 
 
 def test_a_planted_direction_is_the_top_component() -> None:
@@ -52,7 +59,7 @@ def test_a_planted_direction_is_the_top_component() -> None:
         NeuralPCA.fit(features[:1], weight, 0.0)
 
 
-def test_the_proposer_stores_top_images_of_each_component_and_ranks_the_pool(workspace: Workspace,
+def test_components_are_proposed_judged_and_rank_spurious_only_candidates(workspace: Workspace,
                                                                             tmp_path: Path) -> None:
     folder = tmp_path / "pool"
     for index in range(12):
@@ -80,6 +87,36 @@ def test_the_proposer_stores_top_images_of_each_component_and_ranks_the_pool(wor
     again = propose(workspace, proposer, progress=False)  # resumed: every class is done, nothing is added
     assert again.run.run_id == result.run.run_id and len(workspace.catalog.evidence(source="neural-pca")) == len(rows)
 
+    # people judge each component on its top images; a spurious one becomes a pair whose candidates
+    # are the pool images the component ranks highest
+    kind = ROUND_KINDS["component"]
+    spec = RoundSpec("components-1", source="neural-pca", kind="component", max_attributes=2)
+    tasks = {t["data"]["attribute"]: t["data"] for t in kind.plan(workspace, spec, set()).tasks}
+    assert sorted(tasks) == [f"neural-pca:{c}:{n}" for c in ("cat", "dog") for n in (1, 2)]
+    data = tasks["neural-pca:dog:1"]
+    top = sorted((r for r in rows if r.attribute == "neural-pca:dog:1" and NEGATIVE_OF not in r.extra),
+                 key=lambda r: -float(r.score or 0.0))
+    assert data["shown"] == [r.item_id for r in top[:2]] and len(data["images"]) == 2 and data["class_label"] == "dog"
+    answer = [{"from_name": "component_verdict", "to_name": "image", "type": "choices",
+               "value": {"choices": ["spurious"]}},
+              {"from_name": "type", "to_name": "image", "type": "choices", "value": {"choices": ["Background"]}},
+              {"from_name": "name", "to_name": "image", "type": "textarea", "value": {"text": ["grass"]}}]
+    [(attribute, value, kind_of_type, extra)] = kind.read(answer, data)
+    assert (attribute, value, kind_of_type, extra) == ("neural-pca:dog:1", "spurious", "Background", {"name": "grass"})
+    with pytest.raises(ConfigError, match="one verdict"):
+        kind.read(answer[1:], data)
+    workspace.catalog.add_verdicts([Verdict(data["item_id"], attribute, "ann", "components-1", value, kind_of_type,
+                                            extra)])
+    candidates = make_builder("spurious-only", pairs_round="components-1", evidence_source="neural-pca",
+                              candidates_per_pair=3).build(workspace)
+    table = candidates.tables["candidates"]
+    pool = sorted((r for r in rows if r.attribute == "neural-pca:dog:1" and NEGATIVE_OF in r.extra),
+                  key=lambda r: -float(r.score or 0.0))
+    assert table["item_id"].to_list() == [r.item_id for r in pool[:3]]
+    assert set(table["pair"]) == {"dog|neural-pca:dog:1"}
+    assert candidates.metadata["pairs"][0]["verified_by"]["named"] == "grass"
+    assert candidates.metadata["pairs"][0]["cue_type"] == "Background"
+
 
 def test_a_class_without_an_output_is_a_clear_error(workspace: Workspace, tmp_path: Path) -> None:
     (tmp_path / "pool" / "dog").mkdir(parents=True)
@@ -89,3 +126,14 @@ def test_a_class_without_an_output_is_a_clear_error(workspace: Workspace, tmp_pa
     with pytest.raises(ProposeError, match="class_index names no output for dog"):
         propose(workspace, make_proposer("neural-pca", architecture="resnet18",
                                          class_index=str(tmp_path / "index.json")), progress=False)
+
+
+def test_weights_from_a_state_dict_file_are_used_and_a_misfit_is_a_clear_error(tmp_path: Path) -> None:
+    with seeded(7):
+        trained = torchvision.models.resnet18(weights=None, num_classes=2)
+    torch.save(trained.state_dict(), tmp_path / "mine.pt")
+    classifier = load_classifier("resnet18", str(tmp_path / "mine.pt"), num_classes=2)
+    np.testing.assert_array_equal(classifier.weight, trained.fc.weight.detach().double().numpy())
+    assert classifier.version.startswith("resnet18@mine.pt:")
+    with pytest.raises(ProposeError, match="does not fit resnet18 with 5 classes"):
+        load_classifier("resnet18", str(tmp_path / "mine.pt"), num_classes=5)

@@ -138,7 +138,7 @@ def test_the_release_loads_with_datasets_and_its_card_names_the_pairs(pool: tupl
     row = loaded[0]
     assert row["image"].size == (24, 16) and row["pair"] == "dog|water" and row["kind"] == "spurious"
     card = (tmp_path / "hub" / "README.md").read_text()
-    assert "| dog | water | Background | 2 | 75 | 73 |" in card
+    assert "| dog | water | - | Background | 2 | 75 | 73 |" in card
     assert "curate evaluate spurious-imagenet" in card and "average precision" in card
 
 

@@ -99,8 +99,9 @@ class SpuriousOnlyBuilder(Builder):
             if len(verdicts) < self.min_pair_images:
                 continue
             types = Counter(v.taxonomy_type for v in verdicts if v.taxonomy_type).most_common(1)
+            names = Counter(str(v.extra["name"]) for v in verdicts if v.extra.get("name")).most_common(1)
             pairs.append(Pair(label, cue, types[0][0] if types else None, {
-                "images_judged_spurious": len(verdicts),
+                "named": names[0][0] if names else None, "images_judged_spurious": len(verdicts),
                 "decided_by": dict(sorted(Counter(v.annotator for v in verdicts).items())),
                 "rounds": sorted({r for v in verdicts for r in v.round.split(",")}),
                 "simulated": any(v.extra.get("simulated") for v in verdicts)}))
@@ -181,6 +182,7 @@ class SpuriousOnlyBuilder(Builder):
                              "file_name": image_name(f"{kept:03d}", item.uri,
                                                      f"images/{_slug(pair.class_label)}__{_slug(pair.cue)}"),
                              "y": y_names.index(pair.class_label), "class_label": pair.class_label, "cue": pair.cue,
+                             "cue_name": pair.provenance["named"] or pair.cue,
                              "cue_type": pair.cue_type, "pair": pair.name, "kind": "spurious",
                              "cue_score": score if math.isfinite(score) else None, "source_label": item.label,
                              "cue_votes": json.dumps(cue.extra.get("votes", {}), sort_keys=True),
@@ -194,7 +196,8 @@ class SpuriousOnlyBuilder(Builder):
                              f"({', '.join(p.name for p in pairs)})")
         frame = pl.DataFrame(rows, schema={"item_id": pl.String, "uri": pl.String, "file_name": pl.String,
                                            "y": pl.Int64, "class_label": pl.String, "cue": pl.String,
-                                           "cue_type": pl.String, "pair": pl.String, "kind": pl.String,
+                                           "cue_name": pl.String, "cue_type": pl.String, "pair": pl.String,
+                                           "kind": pl.String,
                                            "cue_score": pl.Float64, "source_label": pl.String,
                                            "cue_votes": pl.String, "object_votes": pl.String,
                                            "decided_by": pl.String})

@@ -123,10 +123,10 @@ def _split(model: torch.nn.Module, architecture: str) -> tuple[Callable[[torch.T
     import torch
 
     if hasattr(model, "forward_head") and hasattr(model, "get_classifier"):  # timm
-        head = model.get_classifier()
+        head = model.get_classifier()  # type: ignore[operator]
         if not isinstance(head, torch.nn.Linear):
             raise ProposeError(f"{architecture}'s classifier is a {type(head).__name__}, not a linear layer")
-        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True), head
+        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True), head  # type: ignore[operator]
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     if not linears:
         raise ProposeError(f"{architecture} has no linear last layer to decompose")
