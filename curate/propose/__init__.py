@@ -1,6 +1,6 @@
 """Propose: cues per class (priors, LLM) and evidence per item (CLIP, detector).
 
->>> sorted(PROPOSERS)
+>>> sorted(PROPOSERS)  # doctest: +NORMALIZE_WHITESPACE
 ['clip', 'clip+detector', 'detector', 'focus-settings', 'llm-cues', 'logo-mining', 'neural-pca', 'priors',
  'vlm-attributes']
 """
