@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from annotation.configs import CONFIGS, ConfigError, checked
 from annotation.rounds import RoundSpec
+from annotation.server import Connection
 from annotation.tasks import ROUND_KINDS
 from curate.builders import BuildError, build, make_builder
 from curate.evaluate import EvaluateError, evaluate
@@ -176,3 +177,52 @@ def test_ap_and_roc_auc_match_sklearn_and_the_fooled_share_is_counted(tmp_path: 
         evaluate(workspace, "spurious-imagenet", unpredicted, pred="pred")
     fooled = evaluate(workspace, "spurious-imagenet", unpredicted, pred="pred", missing="wrong").metrics
     assert fooled["predicted_as_class:cat"] == 1.0 and fooled["missing_predictions"] == 14  # counted as fooled
+
+
+def test_a_spurious_only_round_goes_through_label_studio(pool: tuple[Workspace, dict[str, str]],
+                                                         label_studio: Connection, tmp_path: Path) -> None:
+    from label_studio_sdk import LabelStudio
+
+    from annotation.rounds import pull, push
+
+    workspace, ids = pool
+    build(workspace, make_builder("spurious-only", pairs_round="attrs", candidates_per_pair=3), tmp_path / "c")
+    spec = RoundSpec("so-1", kind="spurious-only", units=str(tmp_path / "c" / "units.csv"))
+    report = push(workspace, label_studio, spec)
+    assert report.counts["tasks_pushed"] == 3 and push(workspace, label_studio, spec).counts["already_there"] == 3
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    tasks = {t.data["item_id"]: t for t in ls.tasks.list(project=report.project_id, fields="all")}
+    me = ls.users.whoami().id
+    for name, answer in (("cat/0.png", _answer("yes", "yes")), ("u0.png", _answer("yes", "no")),
+                         ("cat/1.png", _answer("yes", "no")[:1])):  # one question left open: rejected
+        ls.annotations.create(id=tasks[ids[name]].id, result=answer, completed_by=me)
+    pulled = pull(workspace, label_studio, spec)
+    assert pulled.counts["verdicts"] == 4 and pulled.counts["rejected_annotations"] == 1
+    release = make_builder("spurious-only", stage="release", pairs_round="attrs", verdict_round="so-1").build(workspace)
+    assert release.tables["test"]["item_id"].to_list() == [ids["u0.png"]]
+
+
+def test_a_component_round_goes_through_label_studio(pool: tuple[Workspace, dict[str, str]],
+                                                     label_studio: Connection) -> None:
+    from label_studio_sdk import LabelStudio
+
+    from annotation.rounds import pull, push
+
+    workspace, ids = pool
+    workspace.catalog.add_evidence([Evidence(ids[name], "neural-pca:dog:1", "neural-pca", "npca", score=score,
+                                             extra={"class": "dog", "component": 1, "rank": rank})
+                                    for rank, (name, score) in enumerate((("dog/1.png", 3.0), ("dog/0.png", 2.0),
+                                                                          ("dog/2.png", 1.0)), 1)])
+    spec = RoundSpec("components-1", source="neural-pca", kind="component", max_attributes=2)
+    report = push(workspace, label_studio, spec)
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    [task] = list(ls.tasks.list(project=report.project_id, fields="all"))
+    assert task.data["shown"] == [ids["dog/1.png"], ids["dog/0.png"]] and len(task.data["images"]) == 2
+    ls.annotations.create(id=task.id, completed_by=ls.users.whoami().id, result=[
+        {"from_name": "component_verdict", "to_name": "image", "type": "choices", "value": {"choices": ["spurious"]}},
+        {"from_name": "type", "to_name": "image", "type": "choices", "value": {"choices": ["Background"]}},
+        {"from_name": "name", "to_name": "image", "type": "textarea", "value": {"text": ["pond"]}}])
+    pull(workspace, label_studio, spec)
+    [verdict] = workspace.catalog.verdicts("components-1")
+    assert (verdict.item_id, verdict.attribute, verdict.value, verdict.taxonomy_type, verdict.extra["name"]) == (
+        ids["dog/1.png"], "neural-pca:dog:1", "spurious", "Background", "pond")
