@@ -42,6 +42,7 @@ def test_the_logit_is_exactly_the_sum_of_alphas_on_a_random_resnet(architecture:
         assert alphas.shape == (10, 512)
         decomposed = alphas.sum(axis=1) + pca.mean.sum() + classifier.bias[k]
         np.testing.assert_allclose(decomposed, logits[:, k], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(pca.alphas(features, 4, chunk=3), alphas[:, :4], rtol=0, atol=1e-12)  # in chunks
     assert classifier.version == f"{architecture}@random"
 
 

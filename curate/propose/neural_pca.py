@@ -73,10 +73,17 @@ class NeuralPCA:
         vectors = vectors * np.where(vectors.sum(axis=0) < 0, -1.0, 1.0)  # a fixed sign (alpha does not depend on it)
         return cls(weight, float(bias), mean, vectors, variances)
 
-    def alphas(self, features: np.ndarray) -> np.ndarray:
-        """``alpha_l(x)`` for every row of ``features`` and every component: shape (images, components)."""
-        centred = np.asarray(features, dtype=np.float64) * self.weight - self.mean
-        return (centred @ self.components) * self.components.sum(axis=0)
+    def alphas(self, features: np.ndarray, count: int | None = None, chunk: int = 65536) -> np.ndarray:
+        """``alpha_l(x)`` for every row of ``features`` and the first ``count`` components (all when
+        None): shape (images, components); rows are taken ``chunk`` at a time, so only the result grows
+        with the pool."""
+        basis = self.components[:, :count]
+        scale = basis.sum(axis=0)
+        out = np.empty((len(features), basis.shape[1]))
+        for start in range(0, len(features), chunk):
+            centred = np.asarray(features[start:start + chunk], dtype=np.float64) * self.weight - self.mean
+            out[start:start + chunk] = (centred @ basis) * scale
+        return out
 
     def explained(self) -> np.ndarray:
         """Each component's share of the contributions' total variance."""
@@ -220,7 +227,7 @@ class NeuralPCAProposer(Proposer):
                 context.count(classes_skipped=1)
                 continue
             pca = NeuralPCA.fit(features[mine], weight[index[label]], float(bias[index[label]]))
-            alphas = pca.alphas(features)
+            alphas = pca.alphas(features, self.components)
             context.write_evidence(self._rows(context, label, pca, alphas, kept, mine, classifier.version),
                                    classes=1)
 
@@ -233,7 +240,7 @@ class NeuralPCAProposer(Proposer):
             for batch in image_batches(context.workspace, items, self.batch_size, _transform(self.image_size)):
                 if batch.items:
                     out = classifier.features(torch.stack(batch.transformed).to(self.device))
-                    vectors.append(out.detach().cpu().double().numpy())
+                    vectors.append(out.detach().cpu().float().numpy())  # float32 while held; PCA in float64
                     kept += batch.items
                 context.count(items=len(batch.items), unreadable=len(batch.failures))
                 advance(len(batch.items) + len(batch.failures))
