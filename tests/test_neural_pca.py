@@ -138,3 +138,6 @@ def test_weights_from_a_state_dict_file_are_used_and_a_misfit_is_a_clear_error(t
     assert classifier.version.startswith("resnet18@mine.pt:")
     with pytest.raises(ProposeError, match="does not fit resnet18 with 5 classes"):
         load_classifier("resnet18", str(tmp_path / "mine.pt"), num_classes=5)
+    for unknown in ("resnet-nineteen", "timm:resnet-nineteen"):
+        with pytest.raises(ProposeError, match="unknown (torchvision|timm) model"):
+            load_classifier(unknown, "random", num_classes=2)

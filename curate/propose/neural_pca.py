@@ -113,7 +113,10 @@ def _build(architecture: str, num_classes: int) -> torch.nn.Module:
     if architecture.startswith("timm:"):
         import timm
 
-        return timm.create_model(architecture.removeprefix("timm:"), pretrained=False, num_classes=num_classes)
+        name = architecture.removeprefix("timm:")
+        if name not in timm.list_models():
+            raise ProposeError(f"unknown timm model {name!r}; `timm.list_models('*{name[:4]}*')` lists similar names")
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
     import torchvision
 
     try:
