@@ -120,6 +120,36 @@ LOGO_REVIEW = beside_image("""      <Header value="Is this picture a logo? If so
       </Choices>
       <TextArea name="brand" toName="image" placeholder="Which brand?" maxSubmissions="1"/>""")
 
+SPURIOUS_ONLY_REVIEW = beside_image("""      <Header value="Is there $cue in the image?"/>
+      <Choices name="cue_present" toName="image" choice="single-radio" showInline="true">
+        <Choice value="yes"/><Choice value="no"/><Choice value="unsure"/>
+      </Choices>
+      <Header value="Is there a $class_label (the object itself, any part of it)?"/>
+      <Choices name="object_present" toName="image" choice="single-radio" showInline="true">
+        <Choice value="yes"/><Choice value="no"/><Choice value="unsure"/>
+      </Choices>
+      <TextArea name="comment" toName="image" placeholder="Anything wrong with the image?" maxSubmissions="1"/>""")
+"""Spurious ImageNet's two questions per candidate image of a (class, cue) pair; the image is kept when
+the cue is there and the class object is not."""
+
+COMPONENT_VERDICTS = ("spurious", "not spurious", "inconsistent")
+COMPONENT_REVIEW = f"""<View>
+  <Header value="Class: $class_label. These images raise one component of the classifier's logit for the class most."/>
+  <Header value="Is what they share spurious for the class (there, but not what makes it a $class_label)?" size="5"/>
+  <Choices name="component_verdict" toName="image" choice="single-radio" showInline="true">
+{chr(10).join(f'    <Choice value="{v}"/>' for v in COMPONENT_VERDICTS)}
+  </Choices>
+  <Choices name="type" toName="image" choice="single" layout="select" visibleWhen="choice-selected"
+           whenTagName="component_verdict" whenChoiceValue="spurious">
+{chr(10).join(f'    <Choice value="{t}"/>' for t in SPURIOUS_TYPES)}
+  </Choices>
+  <TextArea name="name" toName="image" placeholder="Name what they share (water, leash ...)" maxSubmissions="1"/>
+  <TextArea name="comment" toName="image" placeholder="Anything wrong?" maxSubmissions="1"/>
+  <Image name="image" valueList="$images"/>
+</View>"""
+"""A component of a class's neural PCA (Spurious ImageNet): its top images, judged spurious, not
+spurious or inconsistent (the images share nothing one can name), with the type and a name."""
+
 # kind -> (config, the controls pull reads back)
 CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "attributes": (ATTRIBUTE_VERIFICATION, ("verdict_0", "type_0", "missed", "comment")),
@@ -127,6 +157,8 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mcq": (MCQ_REVIEW, ("answer_right", "ambiguous", "comment")),
     "setting": (SETTING_REVIEW, ("time", "weather", "locations")),
     "logo": (LOGO_REVIEW, ("is_logo", "brand")),
+    "spurious-only": (SPURIOUS_ONLY_REVIEW, ("cue_present", "object_present")),
+    "component": (COMPONENT_REVIEW, ("component_verdict", "type", "name")),
 }
 
 

@@ -35,7 +35,14 @@ from annotation.transport import PREFILL_VERSION, BridgeError, Task
 from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item
 from curate.registry import Registry
 from curate.tabular import read_table
-from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, VerdictValue, resolve
+from curate.verdicts import (
+    ADJUDICATES_KEY,
+    GOLD_KEY,
+    SPURIOUS_ONLY_QUESTIONS,
+    VerdictValue,
+    question_attribute,
+    resolve,
+)
 from curate.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -321,3 +328,66 @@ ROUND_KINDS.register("attributes")(RoundKind(_attribute_tasks, _read_attributes)
 ROUND_KINDS.register("boxes")(RoundKind(_box_tasks, _read_boxes))
 for _table_kind in TABLE_KINDS:
     ROUND_KINDS.register(_table_kind)(RoundKind(_table_tasks, _table_reader(_table_kind)))
+
+
+# spurious-only: two questions per (image, pair), from the candidates table of the builder ----------
+def _spurious_only_data(row: dict[str, Any]) -> dict[str, Any]:
+    return {"unit": f"{row['item_id']}|{row['class_label']}|{row['cue']}", "class_label": row["class_label"],
+            "cue": row["cue"]}
+
+
+def _read_spurious_only(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+    """Both answers of one task as readings of the pair's two question attributes."""
+    chosen = read_choices_result(result, CONFIGS["spurious-only"][0])
+    extra: dict[str, Any] = {"comment": "\n".join(chosen["comment"])} if chosen.get("comment") else {}
+    readings: list[Reading] = []
+    for question in SPURIOUS_ONLY_QUESTIONS:
+        values = chosen.get(f"{question}_present", [])
+        if len(values) != 1:
+            raise ConfigError(f"answer both questions (is the cue there? is the class object there?); "
+                              f"{question}: {values or 'no answer'}")
+        readings.append((question_attribute(question, data["class_label"], data["cue"]), values[0], None, extra))
+    return readings
+
+
+TABLE_KINDS["spurious-only"] = TableKind(("item_id", "class_label", "cue"), _spurious_only_data, lambda row: [])
+ROUND_KINDS.register("spurious-only")(RoundKind(_table_tasks, _read_spurious_only))
+
+
+# component: one task per neural-PCA component of a class, its top images side by side ------------------
+def _component_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> Planned:
+    """One task per component (evidence attribute with an ``extra["component"]``) of ``spec.source``:
+    its class's ``spec.max_attributes`` highest-scored images; the verdict is stored on the first."""
+    by_component: dict[str, list[Evidence]] = defaultdict(list)
+    for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
+        if "component" in row.extra and NEGATIVE_OF not in row.extra:
+            by_component[row.attribute].append(row)
+    if not by_component:
+        raise BridgeError(f"no component evidence of {spec.source!r}: run `curate propose neural-pca` and push with "
+                          "--source neural-pca")
+    tasks = []
+    for attribute in sorted(by_component)[:spec.budget]:
+        if attribute in present:
+            continue
+        rows = sorted(by_component[attribute], key=lambda r: (-(r.score or 0.0), r.item_id))[:spec.max_attributes]
+        items = [workspace.catalog.item(r.item_id) for r in rows]
+        data = {"item_id": items[0].item_id, "unit": attribute, "attribute": attribute,
+                "class_label": str(rows[0].extra.get("class", items[0].label)),
+                "images": [image_url(workspace, item) for item in items], "shown": [i.item_id for i in items]}
+        tasks.append({"data": data, "meta": {"item_id": items[0].item_id, "round": spec.name,
+                                             "evidence_runs": sorted({r.run_id for r in rows}), "overlap": 1},
+                      "predictions": []})
+    return Planned(tasks)
+
+
+def _read_component(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[Reading]:
+    chosen = read_choices_result(result, CONFIGS["component"][0])
+    verdict = chosen.get("component_verdict", [])
+    if len(verdict) != 1:
+        raise ConfigError(f"one verdict on the component is expected, got {verdict or 'none'}")
+    kind = chosen.get("type", [None])[0] if verdict[0] == VerdictValue.SPURIOUS else None
+    extra = {key: " ".join(chosen[key]) for key in ("name", "comment") if chosen.get(key)}
+    return [(data["attribute"], verdict[0], kind, extra)]
+
+
+ROUND_KINDS.register("component")(RoundKind(_component_tasks, _read_component))

@@ -328,7 +328,8 @@ def annotate_push(
     adjudicate: Annotated[str | None, typer.Option(help="Decide the units this earlier round left open: only "
                                                         "the disputed attributes, with the votes so far.")] = None,
     kind: Annotated[str, typer.Option(help="attributes (every attribute of an image), boxes (the boxes of "
-                                           "one cue), or mcq, setting, logo (with --units).")] = "attributes",
+                                           "one cue), component (neural-PCA components), or mcq, setting, logo, "
+                                           "spurious-only (with --units).")] = "attributes",
     units: Annotated[Path | None, typer.Option(help="Units table for mcq / setting / logo rounds.")] = None,
     chunk_size: Annotated[int, typer.Option(help="Tasks per request.")] = 500,
     url: UrlOption = None, workspace: WorkspaceOption = Path("."),

@@ -204,3 +204,20 @@ def verdict_frame(verdicts: Sequence[Verdict]) -> pl.DataFrame:
           "taxonomy_type": v.taxonomy_type, "extra": json.dumps(v.extra, sort_keys=True)} for v in verdicts],
         schema={"item_id": pl.String, "attribute": pl.String, "annotator": pl.String, "round": pl.String,
                 "value": pl.String, "taxonomy_type": pl.String, "extra": pl.String})
+
+
+SPURIOUS_ONLY_QUESTIONS = ("cue", "object")
+"""The two questions a spurious-only round asks of a candidate image for one (class, cue) pair."""
+SPURIOUS_ONLY_ANSWERS = ("yes", "no", "unsure")
+
+
+def question_attribute(question: str, class_label: str, cue: str) -> str:
+    """The verdict attribute of one spurious-only question about one (class, cue) pair: each pair's
+    questions are units of their own, so an image that is a candidate for two pairs is judged for each.
+
+    >>> question_attribute("cue", "dog", "leash"), question_attribute("object", "dog", "leash")
+    ('cue|dog|leash', 'object|dog|leash')
+    """
+    if question not in SPURIOUS_ONLY_QUESTIONS:
+        raise ValueError(f"question is one of {SPURIOUS_ONLY_QUESTIONS}, not {question!r}")
+    return f"{question}|{class_label}|{cue}"

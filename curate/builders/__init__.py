@@ -1,10 +1,17 @@
 """Build: release tables from the workspace, one registered builder per kind of benchmark.
 
 >>> sorted(BUILDERS)
-['context-shift', 'focus', 'groups', 'logobank', 'mmspubench']
+['context-shift', 'focus', 'groups', 'logobank', 'mmspubench', 'spurious-only']
 """
 
-from curate.builders import context_shift, focus, groups, logobank, mmspubench  # noqa: F401  (registers the builders)
+from curate.builders import (  # noqa: F401  (registers the builders)
+    context_shift,
+    focus,
+    groups,
+    logobank,
+    mmspubench,
+    spurious_only,
+)
 from curate.builders.base import (
            BUILDERS,
            Builder,

@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 import polars as pl
 
-from curate.evaluate.metrics import Metrics, episode_metrics, focus_metrics, group_metrics, mcq_metrics, spurious_score
+from curate.evaluate.metrics import (
+    Metrics,
+    episode_metrics,
+    focus_metrics,
+    group_metrics,
+    mcq_metrics,
+    spurious_only_metrics,
+)
 from curate.options import check_options
 from curate.records import Run
 from curate.registry import Registry
@@ -110,26 +117,25 @@ def evaluate_focus(frame: pl.DataFrame, correct: str = "correct", n_uncommon: st
 
 @register_evaluator("spurious-imagenet")
 def evaluate_spurious_imagenet(frame: pl.DataFrame, label: str = "class_label", score: str = "score",
-                               kind: str = "kind", missing: Missing = "error") -> Metrics:
-    """Per class: AP and ROC AUC separating real images (``kind == "real"``) from spurious-feature
-    images (``kind == "spurious"``) by the model's score for the class; means over classes. With
+                               kind: str = "kind", pred: str | None = None, missing: Missing = "error") -> Metrics:
+    """Per class k: AP and ROC AUC separating its real test images (``kind == "real"``, positives) from
+    its spurious-only images (``kind == "spurious"``, negatives) by the model's probability of k
+    (``score``); their means over classes; and, given ``pred`` (the predicted class name), the share of
+    spurious-only images predicted as k (``curate.evaluate.metrics.spurious_only_metrics``). With
     ``missing="wrong"`` a missing score ranks on the wrong side (below every real image's score when
-    real, above every spurious one's when spurious)."""
-    _require(frame, label, score, kind)
+    real, above every spurious one's when spurious) and a missing prediction counts as predicted k."""
+    _require(frame, label, score, kind, *([pred] if pred else []))
     _check_missing(frame, score, missing)
-    metrics: Metrics = {"missing_predictions": int(frame[score].null_count())}
-    # ignored below (operator): polars types min()/max() as any literal; the score column is numeric
-    low, high = (frame[score].min() or 0.0) - 1, (frame[score].max() or 0.0) + 1  # type: ignore[operator]
-    frame = frame.with_columns(pl.col(score).fill_null(pl.when(pl.col(kind) == "real").then(low).otherwise(high)))
-    aps, aucs = [], []
-    for (name,), rows in frame.group_by([label], maintain_order=True):
-        result = spurious_score(rows.filter(pl.col(kind) == "real")[score].to_list(),
-                                rows.filter(pl.col(kind) == "spurious")[score].to_list())
-        metrics[f"ap_class:{name}"], metrics[f"roc_auc_class:{name}"] = result["ap"], result["roc_auc"]
-        aps.append(result["ap"])
-        aucs.append(result["roc_auc"])
-    metrics["ap_mean"], metrics["roc_auc_mean"] = sum(aps) / len(aps), sum(aucs) / len(aucs)
-    return metrics
+    if pred:
+        _check_missing(frame.filter(pl.col(kind) == "spurious"), pred, missing)
+    unknown = sorted(set(frame[kind].drop_nulls().unique()) - {"real", "spurious"})
+    if unknown or frame[kind].null_count():
+        raise EvaluateError(f"{kind} is 'real' (a class's test image) or 'spurious' (a spurious-only image), "
+                            f"not {unknown or [None]}")
+    try:
+        return spurious_only_metrics(frame, label, score, kind, pred)
+    except ValueError as problem:
+        raise EvaluateError(str(problem)) from None
 
 
 @register_evaluator("few-shot")
@@ -159,8 +165,9 @@ class EvaluateResult:
 
     def summary(self) -> str:
         """One line for the end of a command."""
+        headline = ("acc_avg", "acc_wg", "ap_mean", "roc_auc_mean", "predicted_as_class_mean")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()
-                          if k.startswith(("acc_avg", "acc_wg", "ap_mean", "roc_auc_mean")) and isinstance(v, float))
+                          if k.startswith(headline) and isinstance(v, float))
         missing = self.metrics.get("missing_predictions", 0)
         counted = f", {missing} missing predictions counted wrong" if missing else ""
         return f"evaluate {self.run.config['kind']}: {shown}{counted} [run {self.run.run_id}]"

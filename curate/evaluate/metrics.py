@@ -11,6 +11,10 @@
 - ``ci_low_<metric>`` / ``ci_high_<metric>``: percentile bootstrap interval of an accuracy (see
   ``group_metrics``).
 - ``missing_predictions``: rows without a prediction, counted as wrong.
+- ``ap_class:<k>`` / ``roc_auc_class:<k>``, ``ap_mean`` / ``roc_auc_mean``: Spurious ImageNet's
+  separation of class k's real images from its spurious-only images (see ``spurious_only_metrics``);
+  ``predicted_as_class:<k>`` and ``predicted_as_class_mean``: the share of spurious-only images
+  predicted as their class.
 
 >>> import polars as pl
 >>> frame = pl.DataFrame({"y": [0, 0, 1, 1], "a": [0, 1, 1, 1], "pred": [0, 1, 1, 0]})
@@ -263,6 +267,57 @@ def episode_metrics(frame: pl.DataFrame, episode: str = "episode", truth: str = 
             if per_episode.size > 1 else 0.0)
     return {"acc_episode_mean": mean, "ci_low_acc_episode_mean": mean - half,
             "ci_high_acc_episode_mean": mean + half, "ci_confidence": confidence,
+            # ignored below (arg-type): polars types mean() as a wide union; a numeric column's is a float
             "acc_episode_worst": float(per_episode.min()), "acc_avg": float(scored["_correct"].mean()),  # type: ignore[arg-type]
             "count_episodes": int(per_episode.size), "count": scored.height,
             "missing_predictions": int(frame[pred].null_count())}
+
+
+def spurious_only_metrics(frame: pl.DataFrame, label: str = "class_label", score: str = "score", kind: str = "kind",
+                          pred: str | None = None) -> Metrics:
+    """Spurious ImageNet's spurious score per class k: positives are k's real test images
+    (``kind == "real"``), negatives k's spurious-only images (``kind == "spurious"``), ranked by the
+    model's probability of k (``score``). ``ap_class:<k>`` (average precision, what the public code
+    computes) and ``roc_auc_class:<k>`` (what its README names), their unweighted means over classes,
+    and with ``pred`` (the predicted class name) ``predicted_as_class:<k>``: the share of k's
+    spurious-only images predicted as k, and its mean. A missing score ranks on the wrong side
+    (below every real image's score when real, above every spurious one's when spurious); a missing
+    prediction counts as predicted k; ``missing_predictions`` counts both.
+
+    >>> frame = pl.DataFrame({"class_label": ["k"] * 4, "score": [0.9, 0.8, 0.1, 0.85],
+    ...                       "kind": ["real", "real", "spurious", "spurious"], "pred": ["k", "k", "j", "k"]})
+    >>> m = spurious_only_metrics(frame, pred="pred")
+    >>> m["roc_auc_class:k"], m["predicted_as_class:k"], m["count_spurious_class:k"]
+    (0.75, 0.5, 2)
+    """
+    if frame.is_empty():
+        raise ValueError("no predictions to evaluate")
+    missing = int(frame[score].null_count())
+    # ignored below (operator): polars types min()/max() as any literal; the score column is numeric
+    low, high = (frame[score].min() or 0.0) - 1, (frame[score].max() or 0.0) + 1  # type: ignore[operator]
+    frame = frame.with_columns(pl.col(score).fill_null(pl.when(pl.col(kind) == "real").then(low).otherwise(high)))
+    metrics: Metrics = {}
+    per_class: dict[str, list[float]] = {"ap": [], "roc_auc": [], "predicted_as_class": []}
+    for (name,), rows in frame.group_by([label], maintain_order=True):
+        spurious = rows.filter(pl.col(kind) == "spurious")
+        real = rows.filter(pl.col(kind) == "real")[score].to_list()
+        if not real or spurious.is_empty():
+            raise ValueError(f"class {name!r} has {len(real)} real and {spurious.height} spurious-only rows; "
+                             "each class needs both")
+        result = spurious_score(real, spurious[score].to_list())
+        metrics[f"ap_class:{name}"], metrics[f"roc_auc_class:{name}"] = result["ap"], result["roc_auc"]
+        metrics[f"count_real_class:{name}"] = result["n_positive"]
+        metrics[f"count_spurious_class:{name}"] = result["n_negative"]
+        per_class["ap"].append(result["ap"])
+        per_class["roc_auc"].append(result["roc_auc"])
+        if pred:
+            missing += int(spurious[pred].null_count())
+            # ignored below (arg-type): polars types mean() as a wide union; a numeric column's is a float
+            fooled = float((spurious[pred].cast(pl.String) == str(name)).fill_null(True).mean())  # type: ignore[arg-type]
+            metrics[f"predicted_as_class:{name}"] = fooled
+            per_class["predicted_as_class"].append(fooled)
+    for key, values in per_class.items():
+        if values:
+            metrics[f"{key}_mean"] = float(np.mean(values))
+    metrics["missing_predictions"] = missing
+    return metrics

@@ -1,10 +1,21 @@
 """Propose: cues per class (priors, LLM) and evidence per item (CLIP, detector).
 
->>> sorted(PROPOSERS)
-['clip', 'clip+detector', 'detector', 'errors', 'focus-settings', 'llm-cues', 'logo-mining', 'priors', 'vlm-attributes']
+>>> sorted(PROPOSERS)  # doctest: +NORMALIZE_WHITESPACE
+['clip', 'clip+detector', 'detector', 'errors', 'focus-settings', 'llm-cues', 'logo-mining', 'neural-pca',
+ 'priors', 'vlm-attributes']
 """
 
-from curate.propose import clip, detector, errors, focus, llm_cues, logos, priors, vlm  # noqa: F401  (registers them)
+from curate.propose import (  # noqa: F401  (registers them)
+    clip,
+    detector,
+    errors,
+    focus,
+    llm_cues,
+    logos,
+    neural_pca,
+    priors,
+    vlm,
+)
 from curate.propose.base import (
     PROPOSERS,
     ProposeContext,

@@ -52,6 +52,8 @@ EVALUATION = {
     "focus": ("focus", "`correct` (true when the model named the `category`) beside `n_uncommon`"),
     "context-shift": ("few-shot", "`pred` (the predicted `way`) on the query rows of the `episodes` table (support "
                                   "rows need none)"),
+    "spurious-only": ("spurious-imagenet", "`score` (the predicted probability of `class_label`) beside `kind`, "
+                                           "plus your own class test images as rows with `kind` \"real\""),
 }
 _SECRET = re.compile(r"(sk-[A-Za-z0-9]{8,}|hf_[A-Za-z0-9]{8,}|Token [A-Za-z0-9]{20,})")
 

@@ -1,0 +1,212 @@
+"""``spurious-only``: images that show a class's spurious cue without the class object (Spurious ImageNet).
+
+Two stages, with a verification round between them:
+
+1. ``candidates``: the (class, cue) pairs people verified as spurious (``resolved_verdicts`` of
+   ``pairs_round``: images of class k whose cue was judged ``spurious``), and for each pair the
+   images *not* of class k (other classes' images, or items ingested without a label) that the
+   cue's evidence scores highest, ``candidates_per_pair`` of them. Writes ``units.csv`` for a
+   two-question round (``curate annotate push NAME --kind spurious-only --units units.csv``): is
+   the cue there, is the class object there?
+2. ``release``: per pair, the candidates people answered with cue *yes* and object *no* (each
+   question decided by ``resolved_verdicts`` of ``verdict_round``), best cue score first, at most
+   ``per_pair`` (75, as Spurious ImageNet). Each row carries its pair, the cue's type and its votes;
+   ``release.json`` carries each pair's verdict provenance and how many images it was short.
+
+Positives of the matching evaluation (``curate evaluate spurious-imagenet``) are the model's
+class-k *test* images, which this release does not hold: a user adds them with ``kind = "real"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
+from curate.records import NEGATIVE_OF, Verdict
+from curate.verdicts import (
+    SPURIOUS_ONLY_ANSWERS,
+    SPURIOUS_ONLY_QUESTIONS,
+    VerdictValue,
+    question_attribute,
+    resolved_verdicts,
+)
+from curate.workspace import Workspace
+
+YES, NO = SPURIOUS_ONLY_ANSWERS[:2]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A (class, cue) pair people verified as spurious, with the type they gave and the verdicts behind it."""
+
+    class_label: str
+    cue: str
+    cue_type: str | None
+    provenance: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.class_label}|{self.cue}"
+
+
+@register_builder("spurious-only")
+@dataclass
+class SpuriousOnlyBuilder(Builder):
+    """Spurious-only images per verified (class, cue) pair: candidates to verify, then the release."""
+
+    stage: Literal["candidates", "release"] = "candidates"
+    pairs_round: str | None = None  # the rounds whose "spurious" verdicts make the pairs (None: all)
+    verdict_round: str | None = None  # the two-question round(s) that decide the candidates (None: all)
+    evidence_source: str | None = None  # the proposer whose scores rank candidates (None: any)
+    classes: tuple[str, ...] | None = None
+    min_pair_images: int = 1  # images of the class whose cue was judged spurious, for a pair to count
+    candidates_per_pair: int = 150
+    per_pair: int = 75
+
+    def defining_attributes(self) -> list[str] | None:
+        return [] if self.stage == "candidates" else None
+
+    def build(self, workspace: Workspace) -> Release:
+        stages = {"candidates": self._candidates_release, "release": self._spurious_release}
+        if self.stage not in stages:
+            raise BuildError(f"stage is one of {', '.join(stages)}, not {self.stage!r}")
+        if self.per_pair < 1 or self.candidates_per_pair < 1 or self.min_pair_images < 1:
+            raise BuildError("per_pair, candidates_per_pair and min_pair_images are at least 1")
+        return stages[self.stage](workspace)
+
+    # the pairs ------------------------------------------------------------------------------------
+    def pairs(self, workspace: Workspace) -> list[Pair]:
+        """The verified pairs, sorted by class and cue."""
+        labels = {item.item_id: item.label for item in workspace.catalog.items()}
+        found: dict[tuple[str, str], list[Verdict]] = defaultdict(list)
+        for verdict in resolved_verdicts(workspace, self.pairs_round):
+            label = labels.get(verdict.item_id)
+            if verdict.value == VerdictValue.SPURIOUS and label and (self.classes is None or label in self.classes):
+                found[(label, verdict.attribute)].append(verdict)
+        pairs = []
+        for (label, cue), verdicts in sorted(found.items()):
+            if len(verdicts) < self.min_pair_images:
+                continue
+            types = Counter(v.taxonomy_type for v in verdicts if v.taxonomy_type).most_common(1)
+            names = Counter(str(v.extra["name"]) for v in verdicts if v.extra.get("name")).most_common(1)
+            pairs.append(Pair(label, cue, types[0][0] if types else None, {
+                "named": names[0][0] if names else None, "images_judged_spurious": len(verdicts),
+                "decided_by": dict(sorted(Counter(v.annotator for v in verdicts).items())),
+                "rounds": sorted({r for v in verdicts for r in v.round.split(",")}),
+                "simulated": any(v.extra.get("simulated") for v in verdicts)}))
+        if not pairs:
+            raise BuildError(f"no (class, cue) pair was verified as spurious by people (in "
+                             f"{self.pairs_round or 'any round'}, at least {self.min_pair_images} images each): "
+                             "verify cues in an attribute round first")
+        return pairs
+
+    def _ranked(self, workspace: Workspace, pairs: list[Pair]) -> dict[str, list[tuple[str, float]]]:
+        """Per pair, the images not of its class, by the cue's best evidence score (highest first)."""
+        labels = {item.item_id: item.label for item in workspace.catalog.items()}
+        cues = defaultdict(list)
+        for pair in pairs:
+            cues[pair.cue].append(pair)
+        best: dict[str, dict[str, float]] = defaultdict(dict)
+        for row in workspace.catalog.evidence(source=self.evidence_source):
+            for pair in cues.get(row.attribute, []):
+                scored_for = row.extra.get(NEGATIVE_OF)
+                if labels.get(row.item_id) == pair.class_label or (scored_for and scored_for != pair.class_label):
+                    continue
+                score = float(row.score if row.score is not None else -math.inf)
+                kept = best[pair.name].get(row.item_id)
+                best[pair.name][row.item_id] = score if kept is None else max(kept, score)
+        return {pair.name: sorted(best[pair.name].items(), key=lambda kv: (-kv[1], kv[0])) for pair in pairs}
+
+    # 1. candidates ---------------------------------------------------------------------------------
+    def _candidates_release(self, workspace: Workspace) -> Release:
+        pairs = self.pairs(workspace)
+        ranked = self._ranked(workspace, pairs)
+        rows = [{"item_id": item_id, "uri": workspace.catalog.item(item_id).uri, "class_label": pair.class_label,
+                 "cue": pair.cue, "cue_type": pair.cue_type, "pair": pair.name, "cue_score": score, "rank": rank + 1}
+                for pair in pairs for rank, (item_id, score) in enumerate(ranked[pair.name][:self.candidates_per_pair])]
+        if not rows:
+            raise BuildError(f"no image outside the pairs' classes has evidence on their cues "
+                             f"({', '.join(p.name for p in pairs)}); score the pool with a proposer first")
+        frame = pl.DataFrame(rows, schema={"item_id": pl.String, "uri": pl.String, "class_label": pl.String,
+                                           "cue": pl.String, "cue_type": pl.String, "pair": pl.String,
+                                           "cue_score": pl.Float64, "rank": pl.Int64})
+        counts = dict(Counter(frame["pair"]))
+        metadata = {"pairs": [{"class_label": p.class_label, "cue": p.cue, "cue_type": p.cue_type,
+                               "verified_by": p.provenance, "candidates": counts.get(p.name, 0)} for p in pairs],
+                    "candidates_per_pair": self.candidates_per_pair}
+        return Release(self.name, {"candidates": frame}, metadata,
+                       {"units.csv": lambda path: frame.select("item_id", "class_label", "cue").write_csv(path)})
+
+    # 2. the release --------------------------------------------------------------------------------
+    def _answers(self, workspace: Workspace) -> dict[tuple[str, str], Verdict]:
+        """(item, question attribute) -> the decided answer of the two-question round."""
+        return {(v.item_id, v.attribute): v for v in resolved_verdicts(workspace, self.verdict_round)
+                if v.attribute.split("|", 1)[0] in SPURIOUS_ONLY_QUESTIONS and v.value in (YES, NO)}
+
+    def _spurious_release(self, workspace: Workspace) -> Release:
+        pairs = self.pairs(workspace)
+        ranked = self._ranked(workspace, pairs)
+        answers = self._answers(workspace)
+        if not answers:
+            raise BuildError(f"no candidate has decided answers of a spurious-only round (in "
+                             f"{self.verdict_round or 'any round'}): push and pull one on the candidates' units.csv")
+        y_names = sorted({p.class_label for p in pairs})
+        rows: list[dict[str, Any]] = []
+        report = []
+        for pair in pairs:
+            outcome: Counter[str] = Counter()
+            kept = 0
+            for item_id, score in ranked[pair.name]:
+                cue = answers.get((item_id, question_attribute("cue", pair.class_label, pair.cue)))
+                thing = answers.get((item_id, question_attribute("object", pair.class_label, pair.cue)))
+                if cue is None or thing is None:
+                    outcome["undecided"] += 1
+                    continue
+                outcome[f"cue {cue.value}, object {thing.value}"] += 1
+                if cue.value != YES or thing.value != NO or kept >= self.per_pair:
+                    continue
+                kept += 1
+                item = workspace.catalog.item(item_id)
+                rows.append({"item_id": item_id, "uri": item.uri,
+                             "file_name": image_name(f"{kept:03d}", item.uri,
+                                                     f"images/{_slug(pair.class_label)}__{_slug(pair.cue)}"),
+                             "y": y_names.index(pair.class_label), "class_label": pair.class_label, "cue": pair.cue,
+                             "cue_name": pair.provenance["named"] or pair.cue,
+                             "cue_type": pair.cue_type, "pair": pair.name, "kind": "spurious",
+                             "cue_score": score if math.isfinite(score) else None, "source_label": item.label,
+                             "cue_votes": json.dumps(cue.extra.get("votes", {}), sort_keys=True),
+                             "object_votes": json.dumps(thing.extra.get("votes", {}), sort_keys=True),
+                             "decided_by": ",".join(sorted({cue.annotator, thing.annotator}))})
+            report.append({"class_label": pair.class_label, "cue": pair.cue, "cue_type": pair.cue_type,
+                           "verified_by": pair.provenance, "wanted": self.per_pair, "kept": kept,
+                           "short": self.per_pair - kept, "answers": dict(sorted(outcome.items()))})
+        if not rows:
+            raise BuildError("people answered cue yes and object no for no candidate of any pair "
+                             f"({', '.join(p.name for p in pairs)})")
+        frame = pl.DataFrame(rows, schema={"item_id": pl.String, "uri": pl.String, "file_name": pl.String,
+                                           "y": pl.Int64, "class_label": pl.String, "cue": pl.String,
+                                           "cue_name": pl.String, "cue_type": pl.String, "pair": pl.String,
+                                           "kind": pl.String,
+                                           "cue_score": pl.Float64, "source_label": pl.String,
+                                           "cue_votes": pl.String, "object_votes": pl.String,
+                                           "decided_by": pl.String})
+        frame = frame.with_row_index("id", offset=1).with_columns(pl.col("id").cast(pl.Int64))
+        metadata = {"y_names": y_names, "pairs": report, "per_pair": self.per_pair,
+                    "pairs_round": self.pairs_round or "all rounds",
+                    "verdict_round": self.verdict_round or "all rounds",
+                    "kept_when": "people said the cue is in the image (yes) and the class object is not (no)",
+                    "labels_from": {"pairs": "human verdicts (spurious)",
+                                    "images": "human verdicts (cue yes, object no)", "machine": 0}}
+        return Release(self.name, {"test": frame}, metadata, images=dict(zip(frame["file_name"], frame["uri"],
+                                                                             strict=True)))
