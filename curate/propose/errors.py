@@ -291,7 +291,7 @@ def ladder(tools: Tools, data: ClassErrors) -> list[Finding]:
         tools.context.failed_requests += int(answer.retryable)
         return []
     phrases: dict[str, str | None] = {}
-    for hypothesis in answer.value.hypotheses:  # type: ignore[union-attr]
+    for hypothesis in answer.value.hypotheses:  # type: ignore[union-attr]  # an ok answer has a value
         phrases.setdefault(normalise_cue(hypothesis.attribute), hypothesis.type)
     return _scored_phrases(tools, data, {p: t for p, t in phrases.items() if p})
 
@@ -470,7 +470,7 @@ class ErrorsProposer(LLMSettings, Proposer):
                 for image in batch.images])
             for item, answer in zip(batch.items, answers, strict=True):
                 if answer.ok:
-                    captions[item.item_id] = answer.value.caption  # type: ignore[union-attr]
+                    captions[item.item_id] = answer.value.caption  # type: ignore[union-attr]  # ok: has a value
                 failed += int(answer.retryable)
         if failed:
             tools.context.failed_requests += failed

@@ -133,9 +133,11 @@ def _split(model: torch.nn.Module, architecture: str) -> tuple[Callable[[torch.T
     import torch
 
     if hasattr(model, "forward_head") and hasattr(model, "get_classifier"):  # timm
+        # ignored below (operator): nn.Module types unknown attributes as Tensor | Module; timm's are methods
         head = model.get_classifier()  # type: ignore[operator]
         if not isinstance(head, torch.nn.Linear):
             raise ProposeError(f"{architecture}'s classifier is a {type(head).__name__}, not a linear layer")
+        # ignored below (operator): as above, timm's forward_head / forward_features are methods
         return lambda x: model.forward_head(model.forward_features(x), pre_logits=True), head  # type: ignore[operator]
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     if not linears:
@@ -144,6 +146,7 @@ def _split(model: torch.nn.Module, architecture: str) -> tuple[Callable[[torch.T
     head = model.get_submodule(name)
     parent, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attribute, torch.nn.Identity())
+    # ignored below (return-value): get_submodule is typed Module; the name was picked among Linear layers
     return model, head  # type: ignore[return-value]
 
 
