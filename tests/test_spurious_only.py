@@ -118,7 +118,9 @@ def test_only_cue_yes_object_no_is_kept_best_first_up_to_n(pool: tuple[Workspace
     assert table["item_id"].to_list() == [ids["cat/1.png"], ids["cat/2.png"]]  # by cue score, 2 of 3 kept
     assert table["kind"].to_list() == ["spurious"] * 2 and table["cue_type"].to_list() == ["Background"] * 2
     assert json.loads(table["cue_votes"][0]) == {"yes": 2} and table["source_label"].to_list() == ["cat", "cat"]
-    [pair] = json.loads((tmp_path / "release" / "release.json").read_text())["pairs"]
+    manifest = json.loads((tmp_path / "release" / "release.json").read_text())
+    assert manifest["fed_by"]["classes"] == ["dog"]  # the pair's class, not the images' own (cat)
+    [pair] = manifest["pairs"]
     assert (pair["kept"], pair["short"]) == (2, 0)
     assert pair["answers"] == {"cue no, object no": 1, "cue yes, object no": 3, "cue yes, object yes": 1,
                                "undecided": 1}  # cat/3 was scored, never answered

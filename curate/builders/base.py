@@ -49,14 +49,17 @@ def image_name(stem: str, uri: str, folder: str = "images") -> str:
 
 @dataclass
 class Release:
-    """Split -> rows, metadata for the card, extra files (name -> writer of that file) and the
-    images the release names by file (release-relative name -> item uri; ``build`` copies them)."""
+    """Split -> rows, metadata for the card, extra files (name -> writer of that file), the
+    images the release names by file (release-relative name -> item uri; ``build`` copies them) and
+    the classes it is about when those are not its images' own labels (a spurious-only set is about
+    the class its images are made to be mistaken for)."""
 
     builder: str
     tables: dict[str, pl.DataFrame]
     metadata: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, Callable[[Path], object]] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
+    classes: list[str] | None = None
 
     def counts(self) -> dict[str, int]:
         """Rows per split."""
@@ -108,15 +111,17 @@ class BuildResult:
 
 
 def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[str, Any]:
-    """What this release was made from: its items' classes, the rounds whose verdicts judged them
-    (of the builder's ``verdict_round`` and ``attribute`` when it has them), the proposal runs that
+    """What this release was made from: its classes (its items' own unless it names them), the
+    rounds whose verdicts judged them (of the builder's ``verdict_round`` and ``attribute`` when it
+    has them), the proposal runs that
     stored evidence on them, the attributes that define its labels, and the analysis pictures of
     those classes (workspace-relative)."""
     from curate.analyze import pictures_of
 
     item_ids = {i for table in release.tables.values() if "item_id" in table.columns
                 for i in table["item_id"].drop_nulls().to_list()}
-    classes = sorted({item.label for item in workspace.catalog.items() if item.item_id in item_ids and item.label})
+    classes = sorted(release.classes if release.classes is not None else
+                     {item.label for item in workspace.catalog.items() if item.item_id in item_ids and item.label})
     attributes = builder.defining_attributes()
     rounds = sorted({v.round for v in workspace.catalog.verdicts(getattr(builder, "verdict_round", None))
                      if v.item_id in item_ids and (attributes is None or v.attribute in attributes)})

@@ -208,5 +208,5 @@ class SpuriousOnlyBuilder(Builder):
                     "kept_when": "people said the cue is in the image (yes) and the class object is not (no)",
                     "labels_from": {"pairs": "human verdicts (spurious)",
                                     "images": "human verdicts (cue yes, object no)", "machine": 0}}
-        return Release(self.name, {"test": frame}, metadata, images=dict(zip(frame["file_name"], frame["uri"],
-                                                                             strict=True)))
+        return Release(self.name, {"test": frame}, metadata, classes=sorted(frame["class_label"].unique()),
+                       images=dict(zip(frame["file_name"], frame["uri"], strict=True)))
