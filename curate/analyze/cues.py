@@ -163,9 +163,10 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True):
         scored = scored.sort("class_label")
         n_scored, n_cue, n_classes = int(scored["n_class"].sum()), int(scored["n_both"].sum()), scored.height
-        values = (scan.filter(pl.col("attribute") == attribute).select("order", "class_label", "score")
+        values = (scan.filter(pl.col("attribute") == attribute)  # classes as codes in their sorted order
+                  .select("order", "score", code=pl.col("class_label").rank("dense").cast(pl.Int64))
                   .collect(engine="streaming").sort("order"))
-        acc, majority = predictivity(values["score"].to_numpy(), values["class_label"].to_numpy())
+        acc, majority = predictivity(values["score"].to_numpy(), values["code"].to_numpy())
         for row in scored.filter(pl.col("listed")).iter_rows(named=True):
             n_class, n_both = int(row["n_class"]), int(row["n_both"])
             p_class_given_cue = n_both / n_cue if n_cue else math.nan
