@@ -115,9 +115,9 @@ class Project:
 
     def evidence(self, source: str | None = None, run_id: str | None = None, item_id: str | None = None
                  ) -> pl.DataFrame:
-        """Machine evidence, filtered by proposer, run or item."""
-        return _frame(self.workspace.catalog.evidence(item_id=item_id, source=source, run_id=run_id),
-                      _EVIDENCE_SCHEMA)
+        """Machine evidence, filtered by proposer, run or item (``extra`` as JSON text)."""
+        return self.workspace.catalog.evidence_scan(item_id=item_id, source=source, run_id=run_id).sort(
+            "item_id", "attribute", "source", "run_id").collect()
 
     def verdicts(self, rounds: str | None = None, raw: bool = False) -> pl.DataFrame:
         """One decision per unit (consensus, or an adjudication) of ``rounds`` (comma-separated; None:
@@ -130,12 +130,6 @@ class Project:
 _ITEM_SCHEMA = {"item_id": pl.String, "uri": pl.String, "label": pl.String, "width": pl.Int64, "height": pl.Int64,
                 "mode": pl.String, "format": pl.String, "size_bytes": pl.Int64, "orientation": pl.Int64,
                 "n_frames": pl.Int64, "license": pl.String, "metadata": pl.String}
-_EVIDENCE_SCHEMA = {"item_id": pl.String, "attribute": pl.String, "source": pl.String, "run_id": pl.String,
-                    "role": pl.String, "taxonomy_type": pl.String, "score": pl.Float64,
-                    "boxes": pl.List(pl.List(pl.Float64)), "model": pl.String, "model_version": pl.String,
-                    "extra": pl.String}
-
-
 def _frame(records: Iterable[Any], schema: dict[str, Any]) -> pl.DataFrame:
     import json
 

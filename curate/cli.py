@@ -559,13 +559,16 @@ def evidence(
     """Query evidence rows by proposer, run or item; show them and optionally export them."""
     with _user_errors():
         opened = Workspace.open(workspace)
-        rows = opened.catalog.evidence(item_id=item, source=source, run_id=run)
+        matching = opened.catalog.evidence_scan(item_id=item, source=source, run_id=run)
+        total = matching.select(pl.len()).collect().item()
+        shown = matching.sort("item_id", "attribute", "source", "run_id").head(limit).collect()
         if export_to is not None:
             opened.export("evidence", export_to, item_id=item, source=source, run_id=run)
     out.print(_table("evidence", ["item", "attribute", "type", "source", "score", "boxes", "model"],
-                     [[e.item_id[:12], e.attribute, e.taxonomy_type, e.source,
-                       "" if e.score is None else f"{e.score:.4f}", len(e.boxes), e.model] for e in rows[:limit]]))
-    _summary(f"{len(rows)} evidence rows" + (f" (showing {limit})" if len(rows) > limit else "")
+                     [[e["item_id"][:12], e["attribute"], e["taxonomy_type"], e["source"],
+                       "" if e["score"] is None else f"{e['score']:.4f}", len(e["boxes"] or []), e["model"]]
+                      for e in shown.iter_rows(named=True)]))
+    _summary(f"{total} evidence rows" + (f" (showing {limit})" if total > limit else "")
              + (f", exported to {export_to}" if export_to else ""))
 
 

@@ -163,3 +163,20 @@ def test_importing_curate_leaves_matplotlib_backend_alone() -> None:
             "print(matplotlib.get_backend())")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert shown.strip() == "svg"  # a notebook's inline backend survives `import curate`
+
+
+def test_naive_bayes_predictions_are_scikit_learns() -> None:
+    from sklearn.naive_bayes import GaussianNB
+
+    from curate.analyze.cues import gaussian_nb_predictions
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, k = int(rng.integers(4, 300)), int(rng.integers(2, 6))
+        labels = np.array([f"c{v}" for v in rng.integers(0, k, n)])
+        x = (rng.random((n, 1)) ** rng.uniform(0.2, 5)).round(int(rng.integers(1, 6)))
+        test = rng.random((50, 1))
+        if np.ptp(x) == 0 or len(np.unique(labels)) < 2:
+            continue
+        expected = GaussianNB().fit(x, labels).predict(test)
+        assert gaussian_nb_predictions(x, labels, test).tolist() == expected.tolist(), trial

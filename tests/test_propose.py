@@ -268,3 +268,48 @@ def test_a_capped_negative_pool_is_the_same_sample_on_every_run(animals: Workspa
     assert again.counts == {}
     with pytest.raises(ProposeError, match="negatives is how many other classes' images"):
         propose(animals, make_proposer("clip", model=tiny_clip, negatives=-1), progress=False)
+
+
+def test_new_cues_then_new_items_are_scored_exactly_once(animals: Workspace, tiny_clip: str, tmp_path: Path) -> None:
+    """Pending work is (item, cue): cues added after a proposal are scored on every item, items added
+    after it on every cue, and nothing already stored is scored again."""
+    _background_priors(animals)
+    clip = make_proposer("clip", model=tiny_clip, negatives=0)
+    first = propose(animals, clip, progress=False)
+    background = {(r.item_id, r.attribute) for r in animals.catalog.evidence(source="clip")}
+    propose(animals, make_proposer("priors", types=("Shape",)), progress=False)
+    shape_cues = {(c.class_label, c.attribute) for c in animals.catalog.cues() if c.taxonomy_type == "Shape"}
+    second = propose(animals, clip, progress=False)
+    assert second.run.run_id == first.run.run_id
+    wanted = {(i.item_id, attribute) for i in animals.catalog.items() for label, attribute in shape_cues
+              if label == i.label} - background
+    assert wanted and second.counts["evidence"] == len(wanted)
+    after = {(r.item_id, r.attribute) for r in animals.catalog.evidence(source="clip")}
+    assert after == background | wanted
+
+    (tmp_path / "more" / "dog").mkdir(parents=True)
+    distinct_image(99).save(tmp_path / "more" / "dog" / "new.png")
+    ingest(animals, FolderSource(tmp_path / "more"), progress=False)
+    third = propose(animals, clip, progress=False)
+    [new] = [i for i in animals.catalog.items() if i.uri.endswith("new.png")]
+    dog_cues = {c.attribute for c in animals.catalog.cues(class_label="dog")}
+    assert third.counts["evidence"] == len(dog_cues) and third.counts["items"] == 1
+    final = animals.evidence.scan(source="clip").collect()
+    assert set(final.filter(pl.col("item_id") == new.item_id)["attribute"]) == dog_cues
+    assert final.height == final.select("item_id", "attribute").n_unique() == len(after) + len(dog_cues)
+
+
+def test_pairs_scored_by_another_model_version_are_scored_again(animals: Workspace, tiny_clip: str) -> None:
+    """Pending work is (item, cue, model version): a row the loaded model's earlier version stored is
+    replaced, the rest stays done."""
+    _background_priors(animals)
+    clip = make_proposer("clip", model=tiny_clip, negatives=0)
+    propose(animals, clip, progress=False)
+    stale = animals.catalog.evidence(source="clip")[0]
+    animals.catalog.add_evidence([Evidence(stale.item_id, stale.attribute, stale.source, stale.run_id, stale.role,
+                                           stale.taxonomy_type, 0.123, [], stale.model, "old-weights", stale.extra)])
+    again = propose(animals, clip, progress=False)
+    assert again.counts["evidence"] == 1
+    rows = animals.catalog.evidence(source="clip")
+    assert {r.model_version for r in rows} == {"curate-tiny-clip@random"} and len(rows) == len(set(
+        (r.item_id, r.attribute) for r in rows))

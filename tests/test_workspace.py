@@ -28,7 +28,7 @@ def test_init_creates_a_wal_catalogue_at_the_current_schema(tmp_path: Path) -> N
     assert ws.schema_version == SCHEMA_VERSION
     assert ws.connect().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in ws.connect().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"items", "sources", "item_sources", "quarantine", "runs", "evidence", "verdicts", "cache"} <= tables
+    assert {"items", "sources", "item_sources", "quarantine", "runs", "evidence_shards", "verdicts", "cache"} <= tables
     assert all((ws.root / folder).is_dir() for folder in ("blobs", "tables", "cache"))
     assert Workspace.init(tmp_path / "ws").schema_version == SCHEMA_VERSION  # idempotent
 

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from curate.analyze.cues import cue_statistics, presence_from_evidence, presence_from_verdicts
+from curate.analyze.cues import cue_statistics, labels_frame, presence_from_verdicts, presence_scan
 from curate.analyze.plots import image_strips, lift_heatmap
 from curate.images import open_image
 from curate.options import check_options
@@ -78,16 +78,17 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     highest-ranked cue. With ``use_verdicts`` presence comes from human verdicts (of
     ``verdict_round``, or all rounds) instead of ``source``'s evidence."""
     started = time.perf_counter()
-    items = {item.item_id: item for item in workspace.catalog.items()}
+    labels = labels_frame(workspace.catalog.items_frame(columns=["label"]))
+    presence: pl.LazyFrame | pl.DataFrame
     if use_verdicts:
         kind = f"human:{verdict_round or 'all rounds'}"
-        presence = presence_from_verdicts(resolved_verdicts(workspace, verdict_round), items)
+        presence = presence_from_verdicts(resolved_verdicts(workspace, verdict_round), labels)
         threshold = None
     else:
         threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
         kind = f"machine:{source}"
-        presence = presence_from_evidence(workspace.catalog.evidence(source=source, run_id=run_id), items, threshold)
-    if presence.is_empty():
+        presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels, threshold)
+    if presence.lazy().select(pl.len()).collect().item() == 0:
         raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
                          + (f" in run {run_id}" if run_id else ""))
     config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
@@ -97,13 +98,13 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         folder = workspace.root / "reports" / run.run_id
         pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top)]
         for row in stats.filter(pl.col("rank") == 1).iter_rows(named=True):
-            scored = presence.filter((pl.col("class_label") == row["class_label"])
-                                     & (pl.col("attribute") == row["attribute"]))
+            scored = presence.lazy().filter((pl.col("class_label") == row["class_label"])
+                                            & (pl.col("attribute") == row["attribute"])).sort("item_id").collect()
             order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
                                   cue=(row["class_label"], row["attribute"]))
             k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
             top, bottom = order[:k], order[::-1][:k]
-            thumbs = {i: _thumbnail(workspace, items[i].uri) for i in {*top, *bottom}}
+            thumbs = {i: _thumbnail(workspace, workspace.catalog.item(i).uri) for i in {*top, *bottom}}
             name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
             pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
                                          f"{row['class_label']}: '{row['attribute']}' ({kind})"))

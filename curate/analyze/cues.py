@@ -20,13 +20,14 @@ cue (machine rows scored only as negatives, ``own`` false, count but get no row 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
 
 from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item, Verdict
 from curate.verdicts import ABSENT, PRESENT
+from curate.workspace.evidence import evidence_frame
 
 Z_95 = 1.959963984540054
 VERDICT_PRESENT: dict[str, bool] = {str(value): True for value in PRESENT} | {str(value): False for value in ABSENT}
@@ -51,31 +52,49 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+PRESENCE_SCHEMA = {"item_id": pl.String, "class_label": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
+                   "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
+
+
+def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """``item_id, class_label`` of the labelled items of an items frame (``Catalog.items_frame``)."""
+    return items.lazy().filter(pl.col("label").is_not_null()).select("item_id", pl.col("label").alias("class_label"))
+
+
+def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
+    """``PRESENCE_SCHEMA`` rows from an evidence scan (``Catalog.evidence_scan``) about labelled items
+    (``labels_frame``): evidence about the class object itself (role ``core``) is left out, ``own``
+    is false for rows scored only as negatives for another class's cue. Where several runs or
+    proposers scored one (item, cue), the row of the first run (by id) counts."""
+    rows = (evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
+            .join(labels, on="item_id", how="inner")
+            .select("item_id", "class_label", "attribute", "taxonomy_type", "run_id", "source",
+                    score=pl.col("score").fill_null(0.0),
+                    own=pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_null()))
+    if rows.select(pl.struct("run_id", "source").n_unique()).collect().item() > 1:
+        rows = rows.sort("run_id", "source", maintain_order=True).unique(["item_id", "attribute"], keep="first",
+                                                                          maintain_order=True)
+    return rows.with_columns(present=pl.col("score") >= threshold).select(*PRESENCE_SCHEMA)
+
+
 def presence_from_evidence(evidence: Iterable[Evidence], items: dict[str, Item], threshold: float) -> pl.DataFrame:
-    """``item_id, class_label, attribute, taxonomy_type, score, present, own`` from machine evidence
-    about cues (evidence about the class object itself, role ``core``, is left out); ``own`` is false
-    for rows scored only as negatives for another class's cue."""
-    rows = [{"item_id": e.item_id, "class_label": items[e.item_id].label, "attribute": e.attribute,
-             "taxonomy_type": e.taxonomy_type, "score": float(e.score or 0.0),
-             "present": float(e.score or 0.0) >= threshold, "own": NEGATIVE_OF not in e.extra}
-            for e in evidence
-            if e.role != EvidenceRole.CORE and e.item_id in items and items[e.item_id].label is not None]
-    return _frame(rows)
+    """``presence_scan`` of evidence records about ``items``, as one frame in (item, attribute) order."""
+    labels = pl.DataFrame({"item_id": list(items), "label": [item.label for item in items.values()]},
+                          schema={"item_id": pl.String, "label": pl.String})
+    return (presence_scan(evidence_frame(evidence).lazy(), labels_frame(labels), threshold)
+            .sort("item_id", "attribute").collect())
 
 
-def presence_from_verdicts(verdicts: Iterable[Verdict], items: dict[str, Item]) -> pl.DataFrame:
-    """The same table from human verdicts (``unsure`` and unknown values are left out)."""
-    rows = [{"item_id": v.item_id, "class_label": items[v.item_id].label, "attribute": v.attribute,
-             "taxonomy_type": v.taxonomy_type, "score": float(VERDICT_PRESENT[v.value]),
-             "present": VERDICT_PRESENT[v.value], "own": True}
-            for v in verdicts if v.value in VERDICT_PRESENT and v.item_id in items and items[v.item_id].label]
-    return _frame(rows)
-
-
-def _frame(rows: Sequence[Mapping[str, object]]) -> pl.DataFrame:
-    schema = {"item_id": pl.String, "class_label": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
-              "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
-    return pl.DataFrame(rows, schema=schema).unique(["item_id", "attribute"], keep="first", maintain_order=True)
+def presence_from_verdicts(verdicts: Iterable[Verdict], labels: pl.LazyFrame) -> pl.DataFrame:
+    """The same table from human verdicts about labelled items (``labels_frame``); ``unsure`` and
+    unknown values are left out."""
+    rows = [(v.item_id, v.attribute, v.taxonomy_type, VERDICT_PRESENT[v.value])
+            for v in verdicts if v.value in VERDICT_PRESENT]
+    frame = pl.DataFrame(rows, schema={"item_id": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
+                                       "present": pl.Boolean}, orient="row").with_row_index("order")
+    return (frame.lazy().join(labels, on="item_id", how="inner").sort("order")
+            .with_columns(score=pl.col("present").cast(pl.Float64), own=pl.lit(True))
+            .select(*PRESENCE_SCHEMA).unique(["item_id", "attribute"], keep="first", maintain_order=True).collect())
 
 
 def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
@@ -86,7 +105,6 @@ def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: i
     (1.0, 0.5)
     """
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.naive_bayes import GaussianNB
 
     values, counts = np.unique(labels, return_counts=True)
     majority = float(counts.max() / counts.sum())
@@ -99,47 +117,100 @@ def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: i
             seen, seen_counts = np.unique(labels[train], return_counts=True)
             predicted = np.full(len(test), seen[seen_counts.argmax()])
         else:
-            predicted = GaussianNB().fit(x[train], labels[train]).predict(x[test])
+            predicted = gaussian_nb_predictions(x[train], labels[train], x[test])
         correct += int((predicted == labels[test]).sum())
     return correct / len(labels), majority
 
 
-def cue_statistics(presence: pl.DataFrame, evidence_kind: str) -> pl.DataFrame:
+def gaussian_nb_predictions(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """What ``sklearn.naive_bayes.GaussianNB().fit(x_train, y_train).predict(x_test)`` predicts, in its
+    arithmetic (so the same numbers) without its per-fit overhead, for (n, 1) arrays of one score.
+
+    >>> gaussian_nb_predictions(np.array([[0.0], [0.1], [0.9], [1.0]]), np.array(["a", "a", "b", "b"]),
+    ...                         np.array([[0.2], [0.8]])).tolist()
+    ['a', 'b']
+    """
+    classes, counts = np.unique(y_train, return_counts=True)
+    epsilon = 1e-9 * np.var(x_train, axis=0).max()
+    prior = counts.astype(np.float64) / counts.astype(np.float64).sum()
+    joint = []
+    for k, label in enumerate(classes):
+        own = x_train[y_train == label]
+        mean = np.average(own, axis=0)
+        var = np.average((own - mean) ** 2, axis=0) + epsilon
+        log_likelihood = -0.5 * np.sum(np.log(2.0 * np.pi * var))
+        log_likelihood -= 0.5 * np.sum(((x_test - mean) ** 2) / var, 1)
+        joint.append(np.log(prior[k]) + log_likelihood)
+    return classes[np.argmax(np.array(joint).T, axis=1)]
+
+
+def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) -> pl.DataFrame:
     """One row per (class, cue) with the statistics above, ranked within each class by lift, then
     P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
-    Without an ``own`` column every class scored gets a row."""
-    from sklearn.metrics import normalized_mutual_info_score
+    Without an ``own`` column every class scored gets a row.
 
+    Counts are polars aggregations over the (lazy) presence table; predictivity reads one cue's
+    scores at a time, so memory follows the largest cue, not the whole table.
+    """
+    scan = presence.lazy().with_row_index("order")
+    if "own" not in scan.collect_schema():
+        scan = scan.with_columns(own=pl.lit(True))
+    pairs = scan.group_by("attribute", "class_label").agg(
+        n_class=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
+        taxonomy_type=pl.col("taxonomy_type").sort_by("order").first(), first=pl.col("order").min(),
+    ).collect(engine="streaming")
     rows = []
-    for (attribute,), scored in presence.group_by(["attribute"], maintain_order=True):
-        labels = scored["class_label"].to_numpy()
-        present = scored["present"].to_numpy()
-        acc, majority = predictivity(scored["score"].to_numpy(), labels)
-        n_scored, n_cue = len(labels), int(present.sum())
-        classes = np.unique(labels)
-        listed = set(scored.filter(pl.col("own"))["class_label"]) if "own" in scored.columns else set(classes)
-        for label in (label for label in classes if label in listed):
-            is_class = labels == label
-            n_class, n_both = int(is_class.sum()), int((is_class & present).sum())
-            p_cue_given_class = n_both / n_class
+    for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True):
+        scored = scored.sort("class_label")
+        n_scored, n_cue, n_classes = int(scored["n_class"].sum()), int(scored["n_both"].sum()), scored.height
+        values = (scan.filter(pl.col("attribute") == attribute)  # classes as codes in their sorted order
+                  .select("order", "score", code=pl.col("class_label").rank("dense").cast(pl.Int64))
+                  .collect(engine="streaming").sort("order"))
+        acc, majority = predictivity(values["score"].to_numpy(), values["code"].to_numpy())
+        for row in scored.filter(pl.col("listed")).iter_rows(named=True):
+            n_class, n_both = int(row["n_class"]), int(row["n_both"])
             p_class_given_cue = n_both / n_cue if n_cue else math.nan
             lift = p_class_given_cue / (n_class / n_scored) if n_cue else math.nan
             rows.append({
-                "class_label": str(label), "attribute": str(attribute), "evidence": evidence_kind,
-                "taxonomy_type": scored.filter(pl.col("class_label") == label)["taxonomy_type"][0],
+                "class_label": str(row["class_label"]), "attribute": str(attribute), "evidence": evidence_kind,
+                "taxonomy_type": row["taxonomy_type"],
                 "n_scored": n_scored, "n_class": n_class, "n_cue": n_cue, "n_both": n_both,
-                "p_cue_given_class": p_cue_given_class,
+                "p_cue_given_class": n_both / n_class,
                 **dict(zip(("p_cue_given_class_low", "p_cue_given_class_high"), wilson(n_both, n_class), strict=True)),
                 "p_class_given_cue": p_class_given_cue,
                 **dict(zip(("p_class_given_cue_low", "p_class_given_cue_high"), wilson(n_both, n_cue), strict=True)),
                 "lift": lift, "pmi": math.log2(lift) if lift and not math.isnan(lift) else math.nan,
-                "nmi": float(normalized_mutual_info_score(is_class, present)) if len(classes) > 1 else math.nan,
+                "nmi": binary_nmi(n_scored, n_class, n_cue, n_both) if n_classes > 1 else math.nan,
                 "predictivity_acc": acc, "majority_acc": majority, "predictivity_gain": acc - majority,
-                "n_classes_scored": len(classes),
+                "n_classes_scored": n_classes,
             })
     if not rows:
         return pl.DataFrame(schema={c: pl.String for c in STAT_COLUMNS})
     frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col(pl.Float64).fill_nan(None))
     ranked = frame.sort(["class_label", "lift", "p_cue_given_class"], descending=[False, True, True],
-                        nulls_last=True)
+                        nulls_last=True, maintain_order=True)
     return ranked.with_columns(pl.int_range(1, pl.len() + 1).over("class_label").alias("rank")).select(STAT_COLUMNS)
+
+
+def binary_nmi(n: int, n_class: int, n_cue: int, n_both: int) -> float:
+    """Normalised mutual information (arithmetic mean of the entropies, as scikit-learn's default)
+    between "is this class" and "has this cue", from their 2x2 counts.
+
+    >>> round(binary_nmi(8, 4, 4, 3), 4)
+    0.1887
+    """
+    cells = np.array([[n_both, n_class - n_both], [n_cue - n_both, n - n_class - n_cue + n_both]], dtype=float)
+    rows, cols = cells.sum(axis=1), cells.sum(axis=0)
+    if (rows > 0).sum() == (cols > 0).sum() == 1:
+        return 1.0  # neither splits the images: scikit-learn's convention
+
+    def entropy(counts: np.ndarray) -> float:
+        p = counts[counts > 0] / n
+        return float(-(p * np.log(p)).sum())
+
+    nonzero = cells > 0
+    mutual = float((cells[nonzero] / n * np.log(cells[nonzero] * n / np.outer(rows, cols)[nonzero])).sum())
+    mutual = max(mutual, 0.0)
+    if mutual == 0.0:
+        return 0.0
+    return mutual / ((entropy(rows) + entropy(cols)) / 2)

@@ -132,11 +132,11 @@ class GroupsBuilder(Builder):
         a_values = sorted(kept["a"].unique().to_list())
         y_names = list(options.get("y_names") or [str(v) for v in range(max(y_values) + 1)])
         a_names = list(options.get("a_names") or [str(v) for v in range(max(a_values) + 1)])
-        uris = {item.item_id: item.uri for item in workspace.catalog.items(source_id=source.source_id)}
+        uris = workspace.catalog.items_frame(source_id=source.source_id, columns=["uri"])
         rows = kept.with_columns(
             pl.col("split").map_elements(lambda s: split_names[int(s)] if str(s).isdigit() else str(s),
                                          return_dtype=pl.String),
-            pl.col("item_id").replace_strict(uris, default=None).alias("uri"),
+            pl.col("item_id").replace_strict(uris["item_id"], uris["uri"], default=None).alias("uri"),
         )
         return self._release(rows, y_names, a_names, {
             "labels_from": f"group table {Path(source.location).name} ({source.source_id})",
@@ -145,10 +145,13 @@ class GroupsBuilder(Builder):
                                                                "are the group table's own"}})
 
     # verdicts on an attribute, split by us ------------------------------------------------------
-    def _presence(self, workspace: Workspace, item_ids: set[str]) -> tuple[dict[str, int], Counter[str]]:
+    def _presence(self, workspace: Workspace, items: pl.DataFrame) -> tuple[dict[str, int], Counter[str]]:
         votes: dict[str, Counter[str]] = {}
-        for verdict in resolved_verdicts(workspace, self.verdict_round):
-            if verdict.attribute == self.attribute and verdict.item_id in item_ids:
+        verdicts = [v for v in resolved_verdicts(workspace, self.verdict_round) if v.attribute == self.attribute]
+        known = set(items.filter(pl.col("item_id").is_in(pl.Series([v.item_id for v in verdicts],
+                                                                    dtype=pl.String).implode()))["item_id"])
+        for verdict in verdicts:
+            if verdict.item_id in known:
                 votes.setdefault(verdict.item_id, Counter())[verdict.value] += 1
         presence: dict[str, int] = {}
         sources: Counter[str] = Counter()
@@ -161,46 +164,50 @@ class GroupsBuilder(Builder):
             else:
                 sources["undecided"] += 1
         if self.allow_machine:
-            for row in workspace.catalog.evidence(source=self.evidence_source):
-                if row.attribute == self.attribute and row.item_id in item_ids and row.item_id not in presence \
-                        and row.item_id not in votes:
-                    presence[row.item_id] = int((row.score or 0.0) >= self.threshold)
-                    sources["machine"] += 1
+            machine = (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
+                       .join(items.lazy().select("item_id"), on="item_id", how="semi")
+                       .filter(~pl.col("item_id").is_in(pl.Series(list(votes), dtype=pl.String).implode()))
+                       .sort("item_id", "run_id").unique("item_id", keep="first", maintain_order=True)
+                       .select("item_id", present=(pl.col("score").fill_null(0.0) >= self.threshold).cast(pl.Int64))
+                       .collect())
+            presence.update(zip(machine["item_id"], machine["present"], strict=True))
+            sources["machine"] += machine.height
         return presence, sources
 
     def _from_attribute(self, workspace: Workspace) -> Release:
-        items = [i for i in workspace.catalog.items() if i.label is not None]
-        y_names = list(self.classes or sorted({i.label for i in items if i.label is not None}))
-        items = [i for i in items if i.label in y_names]
-        presence, sources = self._presence(workspace, {i.item_id for i in items})
+        items = workspace.catalog.items_frame(columns=["uri", "label"]).filter(pl.col("label").is_not_null())
+        y_names = list(self.classes or sorted(items["label"].unique().to_list()))
+        items = items.filter(pl.col("label").is_in(pl.Series(y_names, dtype=pl.String).implode()))
+        presence, sources = self._presence(workspace, items)
         if not presence:
             raise BuildError(f"no item has a verdict on {self.attribute!r}"
                              + ("" if self.allow_machine else " (allow_machine uses machine evidence)"))
+        decided = items.filter(pl.col("item_id").is_in(pl.Series(list(presence), dtype=pl.String).implode()))
+        uris = dict(zip(decided["item_id"], decided["uri"], strict=True))
+        labels = {i: y_names.index(label) for i, label in zip(decided["item_id"], decided["label"], strict=True)}
         a_names = [f"no {self.attribute}", str(self.attribute)]
         majority = list(self.majority or [min(y, 1) for y in range(len(y_names))])
         if len(majority) != len(y_names) or not set(majority) <= {0, 1}:
             raise BuildError(f"majority gives the majority a (0 or 1) of each of the {len(y_names)} classes "
                              f"{', '.join(y_names)}; got {tuple(majority)}")
-        uris = {i.item_id: i.uri for i in items}
         found, near_duplicates = self._near_duplicates(workspace, {i: uris[i] for i in presence})
         followers = {member: cluster[0] for cluster in found for member in cluster[1:]}
         rng = np.random.default_rng(self.seed)
         pools: dict[tuple[int, int], list[str]] = {}
-        for item in sorted(items, key=lambda i: i.item_id):
-            if item.item_id in presence and item.item_id not in followers:  # one image per cluster is split
-                pools.setdefault((y_names.index(str(item.label)), presence[item.item_id]), []).append(item.item_id)
+        for item_id in sorted(presence):
+            if item_id not in followers:  # one image per cluster is split
+                pools.setdefault((labels[item_id], presence[item_id]), []).append(item_id)
         for key in pools:
             pools[key] = [pools[key][i] for i in rng.permutation(len(pools[key]))]
         assigned = self._split(pools, len(y_names), majority)
         if self.near_duplicates == "together":  # the rest of a cluster joins its first image's split
             split_of = {item_id: split for item_id, _, _, split in assigned}
-            labels = {i.item_id: y_names.index(str(i.label)) for i in items}
             assigned += [(member, labels[member], presence[member], split_of[first])
                          for member, first in sorted(followers.items()) if first in split_of]
         if not assigned:
-            decided = {f"{y_names[y]}|{a_names[a]}": len(ids) for (y, a), ids in sorted(pools.items())}
+            per_group = {f"{y_names[y]}|{a_names[a]}": len(ids) for (y, a), ids in sorted(pools.items())}
             raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
-                             f"items with and without {self.attribute!r} (decided items per class|group: {decided})")
+                             f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
         present = Counter((split, y, a) for _, y, a, split in assigned)
         for split in SPLIT_CODES:
             for y in range(len(y_names)):

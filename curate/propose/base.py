@@ -152,10 +152,12 @@ def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | N
     chosen = tuple(sorted(set(classes))) if classes is not None else None
     config = {"proposer": proposer.name, "options": proposer.options(), "classes": chosen}
     context: ProposeContext | None = None
+    workspace.evidence.sweep()  # what a killed proposal left unregistered
     with workspace.runs.track("propose", proposer.name, config, extend_completed=True,
                               failures=lambda: context.failed_requests if context else 0) as run:
         context = ProposeContext(workspace, run, chosen, progress)
         proposer.run(context)
         workspace.runs.set_models(run.run_id, context.models)
+        workspace.evidence.compact(run.run_id)  # one shard per finished run, however small its batches
     return ProposeResult(workspace.runs.get(run.run_id), dict(sorted(context.counts.items())),
                          time.perf_counter() - started)

@@ -96,7 +96,8 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     """Every class's cues on its own pending images, then on its negative pool (see ``negative_pool``).
 
     Each pass reads what the run has stored when it starts, so a re-run or a resumed run scores only
-    the missing (image, attribute) pairs. Own images come first so that a pair both lists share is
+    the missing (image, attribute) pairs, and pairs a model now loaded at another version
+    (``context.models``) stored are scored again. Own images come first so that a pair both lists share is
     scored on its own class's terms; a pair first scored for the pool is scored again once its own
     class lists the attribute.
     """
@@ -114,7 +115,8 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     for own in (True, False):
         for label in (label for label in labels if cues_of[label]):
             candidates = by_label.get(label, []) if own else negative_pool(everything, label, negatives)
-            stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in candidates))
+            stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in candidates),
+                                                                   context.models)
             done = {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
                     for item_id, attributes in stored.items()}
             wanted = {cue.attribute for cue in cues_of[label]}

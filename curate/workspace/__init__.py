@@ -2,7 +2,8 @@
 
 Layout of a workspace folder::
 
-    curate.sqlite   catalogue (WAL): sources, items, quarantine, runs, evidence, verdicts, cache
+    curate.sqlite   catalogue (WAL): sources, items, quarantine, runs, cues, verdicts, cache, evidence shards
+    evidence/       machine evidence, zstd parquet: run=<run id>/<shard>.parquet, registered in the catalogue
     blobs/          image bytes that had no stable file (datasets, URLs, ``copy=True``), by sha256
     tables/         parquet side tables (exports, embeddings)
     cache/          large cached values, by key digest
@@ -31,7 +32,8 @@ from curate.records import Item
 from curate.workspace._sql import atomic_write_bytes, remove_orphaned_temporaries
 from curate.workspace.cache import Cache, CacheKey, CacheStats
 from curate.workspace.catalog import Catalog, Source, SourceStatus, WorkspaceStatus
-from curate.workspace.export import EXPORT_SCHEMAS, write_rows
+from curate.workspace.evidence import EvidenceStore
+from curate.workspace.export import EXPORT_SCHEMAS, write_frame, write_rows
 from curate.workspace.faults import (
     DamagedFileError,
     DiskFullError,
@@ -47,6 +49,7 @@ from curate.workspace.tables import SideTables
 
 __all__ = [
     "SCHEMA_VERSION", "Cache", "CacheKey", "CacheStats", "Catalog", "DamagedFileError", "DiskFullError",
+    "EvidenceStore",
     "RunLog", "RunNotFoundError", "SchemaTooNewError", "SideTables", "Source", "SourceStatus", "Workspace",
     "WorkspaceFault", "WorkspaceNotFoundError", "WorkspaceStatus", "code_version",
 ]
@@ -72,7 +75,8 @@ class Workspace:
         self.database = self.root / DATABASE_NAME
         self._local = threading.local()
         self.runs = RunLog(self.connect, self.transaction, self.root / "runs")
-        self.catalog = Catalog(self.connect, self.transaction, self.runs)
+        self.evidence = EvidenceStore(self.root, self.connect, self.transaction, self.runs.add_counts)
+        self.catalog = Catalog(self.connect, self.transaction, self.runs, self.evidence)
         self.cache = Cache(self.root / "cache", self.connect, self.transaction)
         self.tables = SideTables(self.root / "tables")
 
@@ -111,6 +115,7 @@ class Workspace:
             raise DamagedFileError(workspace.database, "it holds no curate catalogue (empty or not initialised)",
                                    catalogue_remedy(workspace.database))
         migrate(workspace.connect())
+        workspace.evidence.sweep()
         return workspace
 
     @property
@@ -233,6 +238,8 @@ class Workspace:
         """
         if table not in EXPORT_SCHEMAS:
             raise ValueError(f"cannot export {table!r}; tables: {', '.join(EXPORT_SCHEMAS)}")
+        if table == "evidence":
+            return write_frame(Path(path), EXPORT_SCHEMAS[table], self.catalog.evidence_scan(**filters))
         # ignored below (arg-type): filters name columns, never batch_size
         return write_rows(Path(path), EXPORT_SCHEMAS[table], self.catalog.export_rows(table, **filters))  # type: ignore[arg-type]
 

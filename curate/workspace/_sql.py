@@ -31,7 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = _locked_temporary(path)
+        handle, tmp = locked_temporary(path)
     except OSError as error:
         if is_disk_full(error):
             raise DiskFullError(path) from error
@@ -49,8 +49,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _locked_temporary(path: Path) -> tuple[BinaryIO, Path]:
-    """A new temporary file beside ``path``, open and locked by this process."""
+def locked_temporary(path: Path) -> tuple[BinaryIO, Path]:
+    """A new temporary file beside ``path``, open and locked by this process (so
+    ``remove_orphaned_temporaries`` leaves it alone while the handle is open)."""
     while True:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
         handle = os.fdopen(fd, "wb")

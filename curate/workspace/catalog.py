@@ -14,6 +14,7 @@ import polars as pl
 
 from curate.records import Cue, Evidence, EvidenceRole, Item, Quarantined, SourceRef, Verdict
 from curate.workspace._sql import digest, dumps, now
+from curate.workspace.evidence import EvidenceStore, evidence_records
 from curate.workspace.runs import RunLog
 
 Connect = Callable[[], sqlite3.Connection]
@@ -69,6 +70,31 @@ def _where(**filters: str | None) -> tuple[str, list[str]]:
     return (f"WHERE {clause}" if clause else ""), list(chosen.values())
 
 
+ITEM_COLUMNS: dict[str, pl.DataType] = {
+    "item_id": pl.String(), "uri": pl.String(), "label": pl.String(), "width": pl.Int64(), "height": pl.Int64(),
+    "mode": pl.String(), "format": pl.String(), "size_bytes": pl.Int64(), "orientation": pl.Int64(),
+    "n_frames": pl.Int64(), "license": pl.String(), "metadata": pl.String(), "run_id": pl.String(),
+    "created_at": pl.String(),
+}
+
+
+def _item_schema(columns: Sequence[str]) -> dict[str, pl.DataType]:
+    """``item_id`` and ``columns`` with their types."""
+    return {name: ITEM_COLUMNS[name] for name in ("item_id", *(c for c in columns if c != "item_id"))}
+
+
+def _item_filters(label: str | None, source_id: str | None) -> tuple[str, list[str]]:
+    """`` AND ...`` conditions (or nothing) and their arguments for items of a class and/or a source."""
+    where, args = [], []
+    if label is not None:
+        where.append("label = ?")
+        args.append(label)
+    if source_id is not None:
+        where.append("item_id IN (SELECT item_id FROM item_sources WHERE source_id = ?)")
+        args.append(source_id)
+    return (f" AND {' AND '.join(where)}" if where else ""), args
+
+
 def _item_from_row(row: sqlite3.Row) -> Item:
     return Item(
         item_id=row["item_id"], uri=row["uri"], label=row["label"], width=row["width"],
@@ -84,10 +110,11 @@ GROUP_TABLE_COLUMNS = ("id", "filename", "split", "y", "a", "item_id", "quaranti
 class Catalog:
     """Reads and writes of the catalogue tables. Writes happen in whole transactions."""
 
-    def __init__(self, connect: Connect, transaction: Transaction, runs: RunLog) -> None:
+    def __init__(self, connect: Connect, transaction: Transaction, runs: RunLog, evidence: EvidenceStore) -> None:
         self._connect = connect
         self._transaction = transaction
         self._runs = runs
+        self._evidence = evidence
 
     # sources ------------------------------------------------------------------------------
     def register_source(self, kind: str, location: str, options: dict[str, Any]) -> Source:
@@ -187,14 +214,7 @@ class Catalog:
     def items(self, label: str | None = None, source_id: str | None = None,
               batch_size: int = 1000) -> Iterator[Item]:
         """Stream items (optionally of one class or one source) in ``item_id`` order."""
-        where, args = [], []
-        if label is not None:
-            where.append("label = ?")
-            args.append(label)
-        if source_id is not None:
-            where.append("item_id IN (SELECT item_id FROM item_sources WHERE source_id = ?)")
-            args.append(source_id)
-        clause = f" AND {' AND '.join(where)}" if where else ""
+        clause, args = _item_filters(label, source_id)
         last = ""
         conn = self._connect()
         while True:
@@ -204,6 +224,35 @@ class Catalog:
                 return
             yield from (_item_from_row(row) for row in rows)
             last = rows[-1]["item_id"]
+
+    def item_batches(self, label: str | None = None, source_id: str | None = None, batch_size: int = 100_000,
+                     columns: Sequence[str] = tuple(ITEM_COLUMNS)) -> Iterator[pl.DataFrame]:
+        """Items as polars frames of ``columns`` (of ``ITEM_COLUMNS``; ``metadata`` as JSON text),
+        ``batch_size`` rows at a time in ``item_id`` order: what bulk readers stream instead of ``Item``
+        records."""
+        where, args = _item_filters(label, source_id)
+        schema = _item_schema(columns)
+        selected = ", ".join(schema)
+        last, conn = "", self._connect()
+        while True:
+            rows = conn.execute(f"SELECT {selected} FROM items WHERE item_id > ?{where} "  # noqa: S608
+                                "ORDER BY item_id LIMIT ?", (last, *args, batch_size)).fetchall()
+            if not rows:
+                return
+            yield pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+            last = rows[-1]["item_id"]
+
+    def items_frame(self, label: str | None = None, source_id: str | None = None,
+                    columns: Sequence[str] = tuple(ITEM_COLUMNS)) -> pl.DataFrame:
+        """All (matching) items as one polars frame of ``columns`` (see ``item_batches``).
+
+        >>> import tempfile
+        >>> from curate.workspace import Workspace
+        >>> Workspace.init(tempfile.mkdtemp()).catalog.items_frame(columns=["label"]).columns
+        ['item_id', 'label']
+        """
+        batches = list(self.item_batches(label, source_id, columns=columns))
+        return pl.concat(batches) if batches else pl.DataFrame(schema=_item_schema(columns))
 
     def labels(self) -> list[str]:
         """The class labels items carry, sorted."""
@@ -258,28 +307,37 @@ class Catalog:
             self._runs.add_counts(conn, *counts)
 
     def add_evidence(self, rows: Iterable[Evidence], counts: RunCounts | None = None) -> int:
-        """Store evidence rows; the same key twice keeps the latest. Returns rows written.
+        """Store evidence rows (parquet shards, see ``curate.workspace.evidence``); the same key twice
+        keeps the latest. Returns rows written.
 
         ``counts`` (run id, counts) are added to that run in the same transaction.
         """
-        with self._transaction() as conn:
-            self._count(conn, counts)
-            return sum(conn.execute(
-                "INSERT OR REPLACE INTO evidence (item_id, attribute, source, run_id, role, taxonomy_type, "
-                "score, boxes, model, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.item_id, e.attribute, e.source, e.run_id, e.role, e.taxonomy_type, e.score,
-                 dumps(e.boxes), e.model, e.model_version, dumps(e.extra)),
-            ).rowcount for e in rows)
+        return self._evidence.write(rows, counts)
+
+    def evidence_scan(self, *, run_id: str | None = None, source: str | None = None,
+                      class_label: str | None = None, attribute: str | None = None,
+                      model_version: str | None = None, item_id: str | None = None) -> pl.LazyFrame:
+        """Evidence as a lazy polars frame (``curate.workspace.evidence.SCHEMA``), filters in the scan;
+        ``class_label`` keeps rows about items of that class.
+
+        >>> import tempfile
+        >>> from curate.workspace import Workspace
+        >>> Workspace.init(tempfile.mkdtemp()).catalog.evidence_scan(source="clip").collect().height
+        0
+        """
+        scan = self._evidence.scan(run_id=run_id, source=source, attribute=attribute,
+                                   model_version=model_version, item_id=item_id)
+        if class_label is not None:
+            scan = scan.join(self.items_frame(label=class_label).lazy().select("item_id"), on="item_id", how="semi")
+        return scan
 
     def evidence(self, item_id: str | None = None, source: str | None = None,
                  run_id: str | None = None) -> list[Evidence]:
-        """Evidence rows, filtered by item, proposer or run."""
-        clause, args = _where(item_id=item_id, source=source, run_id=run_id)
-        rows = self._connect().execute(f"SELECT * FROM evidence {clause} ORDER BY item_id, attribute",
-                                       args).fetchall()
-        return [Evidence(r["item_id"], r["attribute"], r["source"], r["run_id"], EvidenceRole(r["role"]),
-                         r["taxonomy_type"], r["score"], json.loads(r["boxes"]), r["model"],
-                         r["model_version"], json.loads(r["extra"])) for r in rows]
+        """Evidence records, filtered by item, proposer or run, by item and attribute (for readers that
+        want records of a few rows; bulk readers use ``evidence_scan``)."""
+        frame = self.evidence_scan(item_id=item_id, source=source, run_id=run_id).sort(
+            ["item_id", "attribute", "source", "run_id"]).collect()
+        return list(evidence_records(frame))
 
     def add_cues(self, rows: Iterable[Cue], counts: RunCounts | None = None, *,
                  replacing: tuple[str, str, str] | None = None) -> int:
@@ -309,30 +367,27 @@ class Catalog:
 
     def evidence_item_ids(self, run_id: str) -> set[str]:
         """Items that already have evidence from a run (what a resumed run skips)."""
-        rows = self._connect().execute("SELECT DISTINCT item_id FROM evidence WHERE run_id = ?", (run_id,))
-        return {row[0] for row in rows}
+        return set(self._evidence.scan(run_id=run_id).select("item_id").unique().collect()["item_id"])
 
     def evidence_runs(self, item_ids: Iterable[str]) -> set[str]:
         """The runs that stored evidence on any of ``item_ids`` (what fed a release of them)."""
-        ids, found = sorted(set(item_ids)), set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = self._connect().execute("SELECT DISTINCT run_id FROM evidence WHERE item_id IN "
-                                           f"({', '.join('?' * len(chunk))})", chunk)
-            found |= {row[0] for row in rows}
-        return found
+        scan = self._evidence.scan(item_ids=sorted(set(item_ids)))
+        return set(scan.select("run_id").unique().collect()["run_id"])
 
-    def evidence_attributes(self, run_id: str, item_ids: Iterable[str],
-                            chunk: int = 900) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per item, the attributes a run already has evidence for, with each row's ``extra``."""
+    def evidence_attributes(self, run_id: str, item_ids: Iterable[str], versions: Mapping[str, str] | None = None,
+                            ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per item, the attributes a run already has evidence for, with each row's ``extra``; with
+        ``versions`` (model -> version now loaded) rows another version of such a model stored do
+        not count (they are to be scored again)."""
         found: dict[str, dict[str, dict[str, Any]]] = {}
-        wanted, conn = list(item_ids), self._connect()
-        for start in range(0, len(wanted), chunk):
-            part = wanted[start:start + chunk]
-            rows = conn.execute(f"SELECT item_id, attribute, extra FROM evidence WHERE run_id = ? AND item_id IN "
-                                f"({', '.join('?' * len(part))})", (run_id, *part))
-            for item_id, attribute, extra in rows:
-                found.setdefault(item_id, {})[attribute] = json.loads(extra)
+        scan = self._evidence.scan(run_id=run_id, item_ids=list(item_ids))
+        if versions:
+            loaded = pl.DataFrame({"model": list(versions), "loaded": list(versions.values())}, orient="col",
+                                  schema={"model": pl.String, "loaded": pl.String}).lazy()
+            scan = scan.join(loaded, on="model", how="left").filter(
+                pl.col("loaded").is_null() | (pl.col("loaded") == pl.col("model_version")))
+        for item_id, attribute, extra in scan.select("item_id", "attribute", "extra").collect().iter_rows():
+            found.setdefault(item_id, {})[attribute] = json.loads(extra)
         return found
 
     def add_verdicts(self, rows: Iterable[Verdict]) -> int:
@@ -391,13 +446,13 @@ class Catalog:
             label_conflicts=scalar("SELECT COUNT(*) FROM (SELECT item_id FROM item_sources "
                                    "WHERE label IS NOT NULL GROUP BY item_id HAVING COUNT(DISTINCT label) > 1)"),
             runs_per_stage={stage: dict(counts) for stage, counts in stages.items()},
-            evidence=scalar("SELECT COUNT(*) FROM evidence"), verdicts=scalar("SELECT COUNT(*) FROM verdicts"),
+            evidence=self._evidence.count(), verdicts=scalar("SELECT COUNT(*) FROM verdicts"),
             cache_entries=cache_entries, side_tables=side_tables,
         )
 
     def export_rows(self, table: str, batch_size: int = 10_000,
                     **filters: str | None) -> Iterator[list[dict[str, Any]]]:
-        """Raw rows of ``items`` (with first source and number of sources), ``evidence`` or ``cues``,
+        """Raw rows of ``items`` (with first source and number of sources) or ``cues``,
         in batches by rowid, for bulk exports."""
         clause, args = _where(**filters)
         query = _EXPORT_QUERIES[table].format(where=f"{clause} AND" if clause else "WHERE")
@@ -416,6 +471,5 @@ _EXPORT_QUERIES = {
              "WHERE s.item_id = i.item_id ORDER BY s.source_id, s.locator LIMIT 1) AS first_source, "
              "(SELECT COUNT(*) FROM item_sources s WHERE s.item_id = i.item_id) AS n_sources "
              "FROM items i {where} i.rowid > ? ORDER BY i.rowid LIMIT ?",
-    "evidence": "SELECT rowid AS row_number, * FROM evidence {where} rowid > ? ORDER BY rowid LIMIT ?",
     "cues": "SELECT rowid AS row_number, * FROM cues {where} rowid > ? ORDER BY rowid LIMIT ?",
 }

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -50,3 +51,26 @@ def write_rows(path: Path, schema: pa.Schema, batches: Iterable[list[dict[str, A
     finally:
         tmp.unlink(missing_ok=True)
     return written
+
+
+def write_frame(path: Path, schema: pa.Schema, frame: pl.LazyFrame) -> int:
+    """Stream a lazy frame to ``path`` (.parquet or .csv) atomically in ``schema``'s columns (list
+    columns as JSON text, like the catalogue's other JSON fields); return the row count."""
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"export to .parquet or .csv, not {path.suffix or 'no suffix'!r}")
+    lists = [name for name, dtype in frame.collect_schema().items() if isinstance(dtype, pl.List)]
+    frame = frame.with_columns(pl.struct(name).struct.json_encode().str.slice(len(name) + 4).str.strip_suffix("}")
+                               .alias(name) for name in lists).select(schema.names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if path.suffix == ".parquet":
+            frame.sink_parquet(tmp)
+        else:
+            frame.sink_csv(tmp)
+        written = pl.scan_parquet(tmp).select(pl.len()).collect().item() if path.suffix == ".parquet" else \
+            pl.scan_csv(tmp).select(pl.len()).collect().item()
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int(written)

@@ -6,7 +6,10 @@ version of a workspace is the number of migrations applied to it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 
 _V1_CATALOGUE = """
 CREATE TABLE meta (
@@ -136,9 +139,44 @@ CREATE TABLE cues (
 CREATE INDEX evidence_run ON evidence(run_id);
 """
 
-# One SQL script per version. Scripts run statement by statement inside the caller's
-# transaction (sqlite3's executescript would commit half-way).
-MIGRATIONS: tuple[str, ...] = (_V1_CATALOGUE, _V2_CUES)
+_V3_EVIDENCE_SHARDS = """
+CREATE TABLE evidence_shards (
+    shard_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX evidence_shards_run ON evidence_shards(run_id)
+"""
+MIGRATION_CHUNK_ROWS = 500_000
+
+
+def _v3_evidence_to_parquet(conn: sqlite3.Connection) -> None:
+    """Evidence leaves SQLite for parquet shards (``curate.workspace.evidence``), one or more per run,
+    registered in the same transaction that drops the table."""
+    from curate.workspace.evidence import EvidenceStore, frame_from_sql
+
+    for statement in _V3_EVIDENCE_SHARDS.split(";"):
+        conn.execute(statement)
+    store = EvidenceStore(Path(conn.path).parent, lambda: conn, _joined(conn), lambda *_: None)  # type: ignore[attr-defined]
+    runs = [row[0] for row in conn.execute("SELECT DISTINCT run_id FROM evidence ORDER BY run_id")]
+    for run_id in runs:
+        cursor = conn.execute("SELECT * FROM evidence WHERE run_id = ? ORDER BY rowid", (run_id,))
+        while rows := cursor.fetchmany(MIGRATION_CHUNK_ROWS):
+            store.write_frame(frame_from_sql(rows))
+    conn.execute("DROP TABLE evidence")
+
+
+def _joined(conn: sqlite3.Connection) -> Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]]:
+    """A transaction factory that joins the migration's open transaction."""
+    return lambda: contextlib.nullcontext(conn)
+
+
+# One SQL script (or function) per version. Scripts run statement by statement inside the caller's
+# transaction (sqlite3's executescript would commit half-way); functions run inside it too.
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[Migration, ...] = (_V1_CATALOGUE, _V2_CUES, _v3_evidence_to_parquet)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -162,10 +200,14 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute("BEGIN EXCLUSIVE")
         try:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
+            step = MIGRATIONS[version]
             if current == version:  # another process may have migrated meanwhile
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                if callable(step):
+                    step(conn)
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:

@@ -1,5 +1,5 @@
 """SIGKILL at a random batch of `curate propose clip`: the same command again resumes the same run and
-ends with the evidence and embeddings of a run that was never interrupted, none twice."""
+ends with the evidence (parquet shards) and embeddings of a run that was never interrupted, none twice."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ COMMAND = ("from curate.models import ModelSpec, add_model; import sys; "
 def _evidence(database: Path) -> int:
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
     try:
-        return conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
+        return conn.execute("SELECT COALESCE(SUM(rows), 0) FROM evidence_shards").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
     finally:
@@ -80,6 +80,11 @@ def test_sigkill_at_a_random_batch_of_propose_clip_then_resume(tmp_path: Path, t
     resumed = propose(workspace, make_proposer("clip", **options), progress=False)
     assert resumed.run.run_id == killed.run_id and resumed.run.attempts == 2
     assert _evidence_rows(workspace) == expected  # nothing lost, nothing twice
+    stored_files = workspace.evidence.scan(source="clip").collect()
+    assert stored_files.height == stored_files.select("item_id", "attribute").n_unique() == len(expected)
+    registered = {row[0] for row in workspace.connect().execute("SELECT path FROM evidence_shards")}
+    on_disk = {p.relative_to(workspace.root).as_posix() for p in (workspace.root / "evidence").rglob("*.parquet")}
+    assert on_disk == registered and len(registered) == 1  # the clip run compacted, no leftovers
     embeddings = workspace.tables.read(embeddings_table(tiny_clip))
     # no embedding twice; those the killed process held unflushed are computed again when next needed
     assert embeddings.height == embeddings["item_id"].n_unique() <= IMAGES
