@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset or group table.",
+ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset, group table, shards.",
                          no_args_is_help=True)
 annotate_app = typer.Typer(help="Human verification rounds in a real Label Studio server.", no_args_is_help=True)
 runs_app = typer.Typer(help="List stored runs, or show one with `curate runs show ID`.")
@@ -210,6 +210,22 @@ def ingest_groups(
                "y_names": _names(y_names), "a_names": _names(a_names), "split_names": _names(split_names),
                "path_map": tuple(path_map or ())}
     _run_ingest(workspace, "groups", path, options, _common(locals()))
+
+
+@ingest_app.command("webdataset")
+def ingest_webdataset(
+    shards: Annotated[str, typer.Argument(help="A tar shard, a folder of shards, or a brace pattern such as "
+                                               "'shards/{00000..00099}.tar' (quote it).")],
+    label_field: Annotated[str | None, typer.Option(help="Take the label from this field of each .json "
+                                                         "member instead of the .cls member.")] = None,
+    class_names: Annotated[str | None, typer.Option(help="Class names by .cls index, comma-separated.")] = None,
+    workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, workers: WorkersOption = 2, batch_size: BatchOption = 256,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest WebDataset tar shards as img2dataset writes them (image + .json / .txt / .cls per sample)."""
+    options = {"label_field": label_field, "class_names": _names(class_names)}
+    _run_ingest(workspace, "webdataset", shards, options, _common(locals()))
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
