@@ -667,14 +667,34 @@ def quarantine(source: Annotated[str | None, typer.Option(help="Only this source
 
 
 @app.command()
-def export(table: Annotated[str, typer.Argument(help="items, evidence or cues.")],
-           target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file.")],
+def export(table: Annotated[str, typer.Argument(help="items, evidence, cues, or fiftyone (a workspace view).")],
+           target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file (fiftyone: a folder).")],
            source: Annotated[str | None, typer.Option(help="Only rows of this proposer (evidence, cues).")] = None,
            run: Annotated[str | None, typer.Option(help="Only rows of this run (evidence, cues).")] = None,
+           label: Annotated[str | None, typer.Option(help="fiftyone: only items of this class.")] = None,
+           release: Annotated[Path | None, typer.Option(help="fiftyone: only the items of this release folder, "
+                                                              "with their splits.")] = None,
+           dataset: Annotated[str | None, typer.Option(help="fiftyone: also load it into a FiftyOne dataset of "
+                                                            "this name (needs curate[fiftyone]).")] = None,
+           persistent: Annotated[bool, typer.Option(help="fiftyone: keep that dataset after the session.")] = False,
            workspace: WorkspaceOption = Path(".")) -> None:
-    """Export a workspace table to parquet or CSV (streamed)."""
+    """Export a workspace table to parquet or CSV (streamed), or a workspace view to FiftyOne."""
+    if table == "fiftyone":
+        _export_fiftyone(workspace, target, label, release, dataset, persistent)
+        return
     started = time.perf_counter()
     filters = {"source": source, "run_id": run} if table != "items" else {}
     with _user_errors():
         written = Workspace.open(workspace).export(table, target, **filters)
     _summary(f"exported {written} rows of {table} to {target} in {time.perf_counter() - started:.1f}s")
+
+
+def _export_fiftyone(workspace: Path, target: Path, label: str | None, release: Path | None, dataset: str | None,
+                     persistent: bool) -> None:
+    from curate.export import export_fiftyone, load_fiftyone
+
+    with _user_errors():
+        written = export_fiftyone(Workspace.open(workspace), target, label=label, release=release)
+        if dataset is not None:
+            load_fiftyone(target, dataset, persistent)
+    _summary(written.summary() + (f"; loaded as FiftyOne dataset {dataset!r}" if dataset else ""))
