@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from curate.analyze import AnalyzeResult, GapResult
     from curate.builders import BuildResult
     from curate.evaluate import EvaluateResult
+    from curate.export import FiftyOneExport
     from curate.ingest import IngestResult
     from curate.propose import ProposeResult
     from curate.publish import PublishResult
@@ -107,6 +108,14 @@ class Project:
         from curate.evaluate import evaluate
 
         return self._quietly(lambda: evaluate(self.workspace, kind, predictions, **options))
+
+    def export_fiftyone(self, out: str | Path, *, label: str | None = None, release: str | Path | None = None,
+                        rounds: str | None = None) -> FiftyOneExport:
+        """Write a FiftyOne dataset folder of the items (of ``label``, or of ``release`` with their splits),
+        their evidence and verdicts; open it with ``curate.export.load_fiftyone`` or ``fo.Dataset.from_dir``."""
+        from curate.export import export_fiftyone
+
+        return export_fiftyone(self.workspace, out, label=label, release=release, rounds=rounds)
 
     # what the workspace holds ------------------------------------------------------------------------
     def items(self, label: str | None = None, source_id: str | None = None) -> pl.DataFrame:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Build, verify and publish benchmarks of spurious correlations.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset or group table.",
+ingest_app = typer.Typer(help="Bring images into the workspace from a folder, manifest, dataset, group table, shards.",
                          no_args_is_help=True)
 annotate_app = typer.Typer(help="Human verification rounds in a real Label Studio server.", no_args_is_help=True)
 runs_app = typer.Typer(help="List stored runs, or show one with `curate runs show ID`.")
@@ -210,6 +210,22 @@ def ingest_groups(
                "y_names": _names(y_names), "a_names": _names(a_names), "split_names": _names(split_names),
                "path_map": tuple(path_map or ())}
     _run_ingest(workspace, "groups", path, options, _common(locals()))
+
+
+@ingest_app.command("webdataset")
+def ingest_webdataset(
+    shards: Annotated[str, typer.Argument(help="A tar shard, a folder of shards, or a brace pattern such as "
+                                               "'shards/{00000..00099}.tar' (quote it).")],
+    label_field: Annotated[str | None, typer.Option(help="Take the label from this field of each .json "
+                                                         "member instead of the .cls member.")] = None,
+    class_names: Annotated[str | None, typer.Option(help="Class names by .cls index, comma-separated.")] = None,
+    workspace: WorkspaceOption = Path("."), license: LicenseOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS, workers: WorkersOption = 2, batch_size: BatchOption = 256,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest WebDataset tar shards as img2dataset writes them (image + .json / .txt / .cls per sample)."""
+    options = {"label_field": label_field, "class_names": _names(class_names)}
+    _run_ingest(workspace, "webdataset", shards, options, _common(locals()))
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
@@ -658,14 +674,34 @@ def quarantine(source: Annotated[str | None, typer.Option(help="Only this source
 
 
 @app.command()
-def export(table: Annotated[str, typer.Argument(help="items, evidence or cues.")],
-           target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file.")],
+def export(table: Annotated[str, typer.Argument(help="items, evidence, cues, or fiftyone (a workspace view).")],
+           target: Annotated[Path, typer.Argument(help="Output .parquet or .csv file (fiftyone: a folder).")],
            source: Annotated[str | None, typer.Option(help="Only rows of this proposer (evidence, cues).")] = None,
            run: Annotated[str | None, typer.Option(help="Only rows of this run (evidence, cues).")] = None,
+           label: Annotated[str | None, typer.Option(help="fiftyone: only items of this class.")] = None,
+           release: Annotated[Path | None, typer.Option(help="fiftyone: only the items of this release folder, "
+                                                              "with their splits.")] = None,
+           dataset: Annotated[str | None, typer.Option(help="fiftyone: also load it into a FiftyOne dataset of "
+                                                            "this name (needs curate[fiftyone]).")] = None,
+           persistent: Annotated[bool, typer.Option(help="fiftyone: keep that dataset after the session.")] = False,
            workspace: WorkspaceOption = Path(".")) -> None:
-    """Export a workspace table to parquet or CSV (streamed)."""
+    """Export a workspace table to parquet or CSV (streamed), or a workspace view to FiftyOne."""
+    if table == "fiftyone":
+        _export_fiftyone(workspace, target, label, release, dataset, persistent)
+        return
     started = time.perf_counter()
     filters = {"source": source, "run_id": run} if table != "items" else {}
     with _user_errors():
         written = Workspace.open(workspace).export(table, target, **filters)
     _summary(f"exported {written} rows of {table} to {target} in {time.perf_counter() - started:.1f}s")
+
+
+def _export_fiftyone(workspace: Path, target: Path, label: str | None, release: Path | None, dataset: str | None,
+                     persistent: bool) -> None:
+    from curate.export import export_fiftyone, load_fiftyone
+
+    with _user_errors():
+        written = export_fiftyone(Workspace.open(workspace), target, label=label, release=release)
+        if dataset is not None:
+            load_fiftyone(target, dataset, persistent)
+    _summary(written.summary() + (f"; loaded as FiftyOne dataset {dataset!r}" if dataset else ""))

@@ -122,3 +122,46 @@ def test_editing_a_label_in_the_manifest_updates_the_reference(workspace: Worksp
     result = ingest(workspace, ManifestSource(manifest), progress=False)
     assert result.counts == {"duplicates": 1, "unchanged": 1}
     assert {r.locator: r.label for r in workspace.catalog.references()} == {"img/1.png": "cat", "img/2.png": "dog"}
+
+
+# VmHWM, not ru_maxrss: Linux carries the parent's peak (the test's own frames) into a child's ru_maxrss at exec
+_PEAK_RSS_SCRIPT = """
+import re, sys
+from pathlib import Path
+from curate.ingest import IngestOptions, ManifestSource, ingest
+from curate.workspace import Workspace
+result = ingest(Workspace.init(sys.argv[1]), ManifestSource(Path(sys.argv[2])), IngestOptions(batch_size=256),
+                progress=False)
+peak = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
+print(result.counts["new_items"] + result.counts.get("duplicates", 0), peak)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from Linux /proc")
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_manifest_memory_does_not_grow_with_its_rows(tmp_path: Path, write_image: Callable[..., Path],
+                                                     suffix: str) -> None:
+    """2,000 vs 20,000 rows of a few tiny images, each row carrying 2 kB of metadata: the whole table would
+    be 40 MB more; read in batches, peak RSS stays within a few MB (the runner's note of each path seen)."""
+    import subprocess
+    import sys
+
+    images = [write_image(tmp_path / "img" / f"{i}.png", i, size=(4, 4)) for i in range(4)]
+    peaks = []
+    for rows in (2_000, 20_000):
+        manifest = tmp_path / f"m{rows}{suffix}"
+        frame = pl.DataFrame({"path": [f"img/{images[i % 4].name}" for i in range(rows)],
+                              "label": [f"c{i % 7}" for i in range(rows)],
+                              "note": [f"{i:08d}" + "x" * 2000 for i in range(rows)]})
+        # parquet is read a row group at a time: what is held is bounded by the writer's row-group size
+        if suffix == ".parquet":
+            frame.write_parquet(manifest, row_group_size=4096)
+        else:
+            {".csv": frame.write_csv, ".jsonl": frame.write_ndjson}[suffix](manifest)
+        del frame
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(tmp_path / f"ws{rows}"), str(manifest)],
+                              capture_output=True, text=True, check=True)
+        ingested, peak_kib = map(int, done.stdout.split())
+        assert ingested == rows
+        peaks.append(peak_kib)
+    assert peaks[1] - peaks[0] < 12 * 1024, f"peak RSS grew from {peaks[0]} KiB to {peaks[1]} KiB"

@@ -1,7 +1,7 @@
 """Ingest: sources -> Items in the workspace, with image checks and quarantine.
 
 >>> sorted(SOURCES)
-['folder', 'groups', 'hf', 'manifest']
+['folder', 'groups', 'hf', 'manifest', 'webdataset']
 """
 
 from curate.ingest.base import SOURCES, Entry, IngestSource, SourceError, make_source, register_source
@@ -10,9 +10,10 @@ from curate.ingest.groups import GroupTableSource
 from curate.ingest.hf import HuggingFaceSource
 from curate.ingest.manifest import ManifestSource
 from curate.ingest.runner import IngestOptions, IngestResult, ingest
+from curate.ingest.webdataset import WebDatasetSource
 
 __all__ = [
     "SOURCES", "Entry", "FolderSource", "GroupTableSource", "HuggingFaceSource", "IngestOptions",
-    "IngestResult", "IngestSource", "ManifestSource", "SourceError", "ingest",
+    "IngestResult", "IngestSource", "ManifestSource", "SourceError", "WebDatasetSource", "ingest",
     "make_source", "register_source",
 ]

@@ -109,7 +109,7 @@ def make_source(kind: str, *args: Any, **options: Any) -> IngestSource:
     >>> make_source("nope", "/tmp")
     Traceback (most recent call last):
     ...
-    curate.ingest.base.SourceError: unknown source kind 'nope'; known: folder, groups, hf, manifest
+    curate.ingest.base.SourceError: unknown source kind 'nope'; known: folder, groups, hf, manifest, webdataset
     """
     plugin = SOURCES[kind]
     return plugin(*args, **check_options(plugin, options, f"source kind {kind!r}", error=SourceError))
