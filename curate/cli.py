@@ -231,6 +231,9 @@ def propose_command(
     weights: Annotated[str | None, typer.Option(help="Weights: file, local-dir:, hf-hub:, tag or 'random'.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any proposer option as key=value "
                                                    "(repeatable), e.g. --set conf=0.1.")] = None,
+    executor: Annotated[str | None, typer.Option(help="Where image-level proposers run: local or ray.")] = None,
+    address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster head's host:port "
+                                                "(else a local Ray instance).")] = None,
     workspace: WorkspaceOption = Path("."), quiet: QuietOption = False,
 ) -> None:
     """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
@@ -242,7 +245,8 @@ def propose_command(
         if proposer is None or (name is not None and name != proposer):
             raise ProposeError("name one proposer, as an argument or with --proposer")
         options: dict[str, Any] = parse_pairs(set_ or [])
-        options |= {k: v for k, v in (("model", model), ("weights", weights)) if v is not None}
+        options |= {k: v for k, v in (("model", model), ("weights", weights), ("executor", executor),
+                                      ("address", address)) if v is not None}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
     _summary(result.summary())

@@ -11,11 +11,12 @@ from curate.executors.base import (
     Executor,
     ExecutorError,
     ImageBatch,
+    Job,
     ScoredBatch,
     make_executor,
     register_executor,
 )
 from curate.executors.local import image_batches
 
-__all__ = ["EXECUTORS", "BatchWorker", "Executor", "ExecutorError", "ImageBatch", "ScoredBatch", "image_batches",
+__all__ = ["EXECUTORS", "BatchWorker", "Executor", "ExecutorError", "ImageBatch", "Job", "ScoredBatch", "image_batches",
            "make_executor", "register_executor"]

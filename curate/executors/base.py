@@ -1,15 +1,17 @@
-"""What every executor shares: the batches it moves, the worker that scores them, the registry.
+"""What every executor shares: the jobs and batches it moves, the worker that scores them, the
+registry.
 
-An executor takes the items of one scoring pass and a factory of ``BatchWorker`` (the model side of
-a proposal: it preprocesses and scores a decoded batch) and yields ``ScoredBatch``es for the driver
-to store. Where decoding and the model run (threads of this process, a Ray cluster) is the
-executor's business; what comes back is the same.
+An executor takes ``Job``s (items to score with one setup of the worker: a class's cues) and a
+factory of ``BatchWorker`` (the model side of a proposal: it preprocesses and scores a decoded
+batch) and yields ``ScoredBatch``es, in job order, for the driver to store. Where decoding and the
+model run (threads of this process, a Ray cluster) is the executor's business; what comes back is
+the same.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -36,11 +38,21 @@ class ImageBatch:
     failures: list[tuple[Item, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Items to score with one ``setup`` of the worker (picklable: a class's cues); ``key`` names it."""
+
+    key: int
+    setup: Any
+    items: Sequence[Item]
+
+
 @dataclass(slots=True)
 class ScoredBatch:
-    """What a worker made of one batch: its rows, counts beyond rows and items (embeddings computed),
-    and the models (name -> version) that scored it."""
+    """What a worker made of one batch of job ``key``: its rows, counts beyond rows and items
+    (embeddings computed), and the models (name -> version) that scored it."""
 
+    key: int
     items: list[Item]
     failures: list[tuple[Item, str]]
     rows: list[Evidence]
@@ -56,8 +68,8 @@ class BatchWorker(Protocol):
     def needs_image(self, item: Item) -> bool:
         """Whether scoring ``item`` needs its image decoded (not when an embedding is stored)."""
 
-    def __call__(self, batch: ImageBatch) -> ScoredBatch:
-        """Rows and counts for a decoded batch."""
+    def __call__(self, job: Job, batch: ImageBatch) -> ScoredBatch:
+        """Rows and counts for a decoded batch of ``job`` (its items are not used)."""
 
 
 class Executor(ABC):
@@ -65,12 +77,14 @@ class Executor(ABC):
 
     name: ClassVar[str]
     in_process: ClassVar[bool] = False
-    """Whether workers run in this process (then one worker's models serve every pass)."""
+    """Whether the worker runs in this process (then ``make_worker`` may close over live models)."""
 
     @abstractmethod
-    def run(self, workspace: Workspace, items: Sequence[Item], batch_size: int,
+    def run(self, workspace: Workspace, jobs: Iterable[Job], batch_size: int,
             make_worker: Callable[[], BatchWorker]) -> Iterator[ScoredBatch]:
-        """Score ``items`` in batches of ``batch_size`` with workers from ``make_worker``."""
+        """Score every job's items in batches of ``batch_size`` with workers from ``make_worker``,
+        yielding batches in job order. In-process executors take jobs one at a time (a job may
+        depend on what the driver stored for the ones before)."""
 
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor", ExecutorError, attribute="name")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from curate.executors.base import BatchWorker, Executor, ImageBatch, ScoredBatch, register_executor
+from curate.executors.base import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, register_executor
 from curate.images import open_image
 from curate.records import Item
 from curate.workspace import Workspace
@@ -89,18 +89,21 @@ def image_batches(workspace: Workspace, items: Sequence[Item], batch_size: int,
 @register_executor("local")
 @dataclass
 class LocalExecutor(Executor):
-    """One worker in this process; images decode in ``workers`` threads ahead of the model. Items
-    whose images the worker does not need come first, in batches of their own, undecoded."""
+    """One worker in this process, jobs one at a time; images decode in ``workers`` threads ahead of
+    the model. A job's items whose images the worker does not need come first, in batches of their
+    own, undecoded."""
 
     workers: int = 2
     in_process = True
 
-    def run(self, workspace: Workspace, items: Sequence[Item], batch_size: int,
+    def run(self, workspace: Workspace, jobs: Iterable[Job], batch_size: int,
             make_worker: Callable[[], BatchWorker]) -> Iterator[ScoredBatch]:
-        worker = make_worker()
-        undecoded = [item for item in items if not worker.needs_image(item)]
-        for start in range(0, len(undecoded), batch_size):
-            yield worker(ImageBatch(undecoded[start:start + batch_size], []))
-        decoded = [item for item in items if worker.needs_image(item)]
-        for batch in image_batches(workspace, decoded, batch_size, worker.transform, self.workers):
-            yield worker(batch)
+        worker: BatchWorker | None = None
+        for job in jobs:
+            worker = worker or make_worker()
+            undecoded = [item for item in job.items if not worker.needs_image(item)]
+            for start in range(0, len(undecoded), batch_size):
+                yield worker(job, ImageBatch(undecoded[start:start + batch_size], []))
+            decoded = [item for item in job.items if worker.needs_image(item)]
+            for batch in image_batches(workspace, decoded, batch_size, worker.transform, self.workers):
+                yield worker(job, batch)

@@ -155,6 +155,7 @@ def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | N
                               failures=lambda: context.failed_requests if context else 0) as run:
         context = ProposeContext(workspace, run, chosen, progress)
         proposer.run(context)
-        workspace.runs.set_models(run.run_id, context.models)
+        if context.models:  # a run with nothing left to score may load none (a Ray driver never does)
+            workspace.runs.set_models(run.run_id, context.models)
     return ProposeResult(workspace.runs.get(run.run_id), dict(sorted(context.counts.items())),
                          time.perf_counter() - started)

@@ -74,4 +74,4 @@ class FocusSettingsProposer(ImageProposer):
 def _class_items(context: ProposeContext) -> Iterator[ClassPass]:
     """Each class's pending images (every setting is scored on every image of the class)."""
     for label in context.class_labels():
-        yield ClassPass(label, [], context.pending_items(label), True, {})
+        yield ClassPass(label, [], context.pending_items(label), True)

@@ -62,4 +62,4 @@ class LogoMiningProposer(ImageProposer):
         return [LogoScorer(context, self.model, self.weights, self.device, self.prompts, self.contrast)]
 
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
-        return [ClassPass("*", [], context.pending_items(), True, {})]
+        return [ClassPass("*", [], context.pending_items(), True)]

@@ -17,6 +17,7 @@ run, on its own class's terms when that class lists the attribute.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from abc import ABC, abstractmethod
@@ -27,7 +28,8 @@ from typing import Any
 
 from PIL import Image
 
-from curate.executors import EXECUTORS, BatchWorker, Executor, ImageBatch, ScoredBatch, make_executor
+from curate.executors import EXECUTORS, BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
+from curate.models import ModelSpec, add_model, get_spec, list_models
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer
 from curate.records import NEGATIVE_OF, Cue, Evidence, Item, Run
@@ -94,24 +96,31 @@ def negative_pool(items: Sequence[Item], label: str, negatives: int | None) -> l
 @dataclass(frozen=True, slots=True)
 class ClassPass:
     """One class's cues and the images they are still to be scored on: the class's own (``own``) or
-    the negative pool. ``done`` holds, per item, the attributes this run already stored that the
-    pass must not write again."""
+    the negative pool."""
 
     label: str
     cues: list[Cue]
     items: list[Item]
     own: bool
-    done: dict[str, set[str]]
 
     @property
     def counter(self) -> str:
         """The run count its images go to."""
         return "items" if self.own else "negative_items"
 
-    def keep(self, rows: Sequence[Evidence]) -> list[Evidence]:
-        """The rows to store: pairs not stored yet, pool rows marked with the class they were scored for."""
-        kept = [row for row in rows if row.attribute not in self.done.get(row.item_id, ())]
+    def keep(self, rows: Sequence[Evidence], done: dict[str, set[str]]) -> list[Evidence]:
+        """The rows to store: pairs not ``done`` yet (see ``stored_pairs``), pool rows marked with the
+        class they were scored for."""
+        kept = [row for row in rows if row.attribute not in done.get(row.item_id, ())]
         return kept if self.own else [replace(row, extra={**row.extra, NEGATIVE_OF: self.label}) for row in kept]
+
+
+def stored_pairs(context: ProposeContext, items: Iterable[Item], own: bool) -> dict[str, set[str]]:
+    """Per item, the attributes this run has stored for it; on its own class's terms (``own``) rows
+    scored for another class's pool do not count."""
+    stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in items))
+    return {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
+            for item_id, attributes in stored.items()}
 
 
 def class_passes(context: ProposeContext, cue_source: str | None, negatives: int | None) -> Iterator[ClassPass]:
@@ -136,26 +145,26 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     for own in (True, False):
         for label in (label for label in labels if cues_of[label]):
             candidates = by_label.get(label, []) if own else negative_pool(everything, label, negatives)
-            stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in candidates))
-            done = {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
-                    for item_id, attributes in stored.items()}
+            done = stored_pairs(context, candidates, own)
             wanted = {cue.attribute for cue in cues_of[label]}
             pending = [i for i in candidates if not wanted <= done.get(i.item_id, set())]
-            yield ClassPass(label, cues_of[label], pending, own, done)
+            yield ClassPass(label, cues_of[label], pending, own)
 
 
 def vocabulary_pass(context: ProposeContext, vocabulary: Sequence[str]) -> ClassPass:
     """Every pending item of the workspace (labelled or not) with the words of a fixed vocabulary."""
     cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
-    return ClassPass("*", cues, context.pending_items(), True, {})
+    return ClassPass("*", cues, context.pending_items(), True)
 
 
 @dataclass
-class PassWorker:
-    """The scorers of a proposal set up for one pass: the ``BatchWorker`` an executor runs."""
+class ScoringWorker:
+    """A proposal's scorers as the ``BatchWorker`` an executor runs: set up for each job's class as
+    its batches arrive (a job's setup is ``(label, cues, own)``)."""
 
     context: ProposeContext
     scorers: Sequence[ImageScorer]
+    job_key: int | None = None
 
     def __post_init__(self) -> None:
         transforms = [s.transform for s in self.scorers if s.transform is not None]
@@ -167,12 +176,17 @@ class PassWorker:
         """Whether any scorer needs the item's image."""
         return any(scorer.needs_image(item) for scorer in self.scorers)
 
-    def __call__(self, batch: ImageBatch) -> ScoredBatch:
+    def __call__(self, job: Job, batch: ImageBatch) -> ScoredBatch:
+        if job.key != self.job_key:
+            label, cues, own = job.setup
+            for scorer in self.scorers:
+                scorer.begin_class(self.context, label, cues, own)
+            self.job_key = job.key
         rows = [row for scorer in self.scorers for row in (scorer.score(self.context, batch) if batch.items else [])]
         counts: Counter[str] = Counter()
         for scorer in self.scorers:
             counts.update(scorer.take_counts())
-        return ScoredBatch(batch.items, batch.failures, rows, dict(counts), dict(self.context.models))
+        return ScoredBatch(job.key, batch.items, batch.failures, rows, dict(counts), dict(self.context.models))
 
     def close(self) -> None:
         """Let every scorer write what it still holds."""
@@ -180,15 +194,14 @@ class PassWorker:
             scorer.finish()
 
 
-def remote_worker(make_scorers: ScorerFactory, root: str, run: Run, label: str, cues: list[Cue],
-                  own: bool) -> PassWorker:
-    """A pass's worker built where an executor runs it: the workspace opened from ``root`` (shared
-    storage), the scorers loaded from their options and set up for the class."""
+def remote_worker(make_scorers: ScorerFactory, models: list[ModelSpec], root: str, run: Run) -> ScoringWorker:
+    """A proposal's worker built where an executor runs it: the driver's model registry (``models``,
+    with any ``add_model`` of its own), the workspace opened from ``root`` (shared storage), the
+    scorers loaded from their options."""
+    for spec in models:
+        add_model(spec)
     context = ProposeContext(Workspace.open(root), run, None, progress=False)
-    scorers = make_scorers(context)
-    for scorer in scorers:
-        scorer.begin_class(context, label, cues, own)
-    return PassWorker(context, scorers)
+    return ScoringWorker(context, make_scorers(context))
 
 
 def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: Iterable[ClassPass],
@@ -196,33 +209,47 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
     """Score every pass with the scorers ``make_scorers`` builds, through ``executor`` (``local`` by
     default), storing each batch with its counts in one transaction.
 
-    In-process executors use one set of scorers for the whole run; others rebuild them from
-    ``make_scorers`` wherever they run (so it must pickle: a proposer's bound method does).
+    An in-process executor uses one set of scorers for the whole run; others rebuild them from
+    ``make_scorers`` wherever they run (so it must pickle: a proposer's bound method does), and may
+    take every pass at once: which pairs a batch adds is decided when it is stored (``stored_pairs``),
+    so the rows are the same either way.
     """
     executor = executor or make_executor("local")
-    here: Sequence[ImageScorer] | None = None
-    for class_pass in passes:
-        if not class_pass.items:
-            continue
-        make_worker: Callable[[], BatchWorker]
-        if executor.in_process:
-            here = here if here is not None else make_scorers(context)
-            for scorer in here:
-                scorer.begin_class(context, class_pass.label, class_pass.cues, class_pass.own)
-            make_worker = functools.partial(PassWorker, context, here)
-        else:
-            make_worker = functools.partial(remote_worker, make_scorers, str(context.workspace.root), context.run,
-                                            class_pass.label, class_pass.cues, class_pass.own)
-        named = title if class_pass.label == "*" else f"{title} {class_pass.label}"
-        with progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}", len(class_pass.items),
-                          context.progress) as advance:
-            for scored in executor.run(context.workspace, class_pass.items, batch_size, make_worker):
-                context.models.update(scored.models)
-                context.write_evidence(class_pass.keep(scored.rows), **{class_pass.counter: len(scored.items)},
-                                       unreadable=len(scored.failures), **scored.counts)
-                for _ in range(len(scored.items) + len(scored.failures)):
-                    advance()
-    for scorer in here or ():
+    here: Sequence[ImageScorer] = ()
+    make_worker: Callable[[], BatchWorker]
+    if executor.in_process:
+        here = make_scorers(context)
+        make_worker = functools.partial(ScoringWorker, context, here)
+    else:
+        make_worker = functools.partial(remote_worker, make_scorers, [get_spec(m) for m in list_models()],
+                                        str(context.workspace.root), context.run)
+    opened: dict[int, ClassPass] = {}
+
+    def jobs() -> Iterator[Job]:
+        for key, class_pass in enumerate(passes):
+            if class_pass.items:
+                opened[key] = class_pass
+                yield Job(key, (class_pass.label, class_pass.cues, class_pass.own), class_pass.items)
+
+    with contextlib.ExitStack() as bar:
+        showing: int | None = None
+        for scored in executor.run(context.workspace, jobs(), batch_size, make_worker):
+            class_pass = opened[scored.key]
+            if scored.key != showing:
+                bar.close()
+                named = title if class_pass.label == "*" else f"{title} {class_pass.label}"
+                advance = bar.enter_context(progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}",
+                                                         len(class_pass.items), context.progress))
+                showing = scored.key
+            context.models.update(scored.models)
+            rows = class_pass.keep(scored.rows, stored_pairs(context, scored.items, class_pass.own)) \
+                if scored.rows else []
+            # an image counts once it adds a pair: one scored for a pass taken up at once may have none left
+            context.write_evidence(rows, **{class_pass.counter: len({row.item_id for row in rows})},
+                                   unreadable=len(scored.failures), **scored.counts)
+            for _ in range(len(scored.items) + len(scored.failures)):
+                advance()
+    for scorer in here:
         scorer.finish()
 
 
