@@ -8,14 +8,14 @@ no human verdict on the setting exists and machine labels are allowed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.clip import EmbeddingScorer, ensemble, presence
-from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, class_item_passes
 from curate.records import Cue, Evidence, EvidenceRole, Item
 
 TIMES = ("day", "night")
@@ -68,10 +68,4 @@ class FocusSettingsProposer(ImageProposer):
         return [FocusScorer(context, self.model, self.weights, self.device)]
 
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
-        return _class_items(context)
-
-
-def _class_items(context: ProposeContext) -> Iterator[ClassPass]:
-    """Each class's pending images (every setting is scored on every image of the class)."""
-    for label in context.class_labels():
-        yield ClassPass(label, [], context.pending_items(label), True)
+        return class_item_passes(context)

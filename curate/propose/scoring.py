@@ -151,6 +151,13 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
             yield ClassPass(label, cues_of[label], pending, own)
 
 
+def class_item_passes(context: ProposeContext) -> Iterator[ClassPass]:
+    """Each class's pending images (items with no evidence from this run), no cues: for scorers that
+    ask the same of every image of a class (settings, a VLM's attributes)."""
+    for label in context.class_labels():
+        yield ClassPass(label, [], context.pending_items(label), True)
+
+
 def vocabulary_pass(context: ProposeContext, vocabulary: Sequence[str]) -> ClassPass:
     """Every pending item of the workspace (labelled or not) with the words of a fixed vocabulary."""
     cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
