@@ -61,7 +61,7 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for item, path in pairs:
         image, error = decode(Path(path))
         if image is None:
-            failures.append((item, error))
+            failures.append((item, str(error)))
         else:
             items.append(item)
             images.append(image)

@@ -72,6 +72,7 @@ class VLMScorer(ImageScorer):
         self.version = f"{options.settings().server()} prompts={self.prompts.version}"
         context.models[options.model] = self.version
         self.label: str | None = None
+        self.failures: list[dict[str, object]] = []
         self.counts: Counter[str] = Counter()
 
     def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
