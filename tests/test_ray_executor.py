@@ -94,6 +94,10 @@ def test_ray_executor_errors_are_one_line(tmp_path: Path, tiny_clip: str, monkey
         make_proposer("clip", address="127.0.0.1:6379")
     with pytest.raises(ProposeError, match="has no option executor"):
         make_proposer("priors", executor="ray")
+    with pytest.raises(ExecutorError, match="actors is how many model copies run at once"):
+        make_proposer("clip", executor="ray", actors=0)
+    # where a proposal runs is not part of its run config: a run killed under one executor resumes under the other
+    assert make_proposer("clip", executor="ray", actors=4).options() == make_proposer("clip").options()
     workspace = _pool(tmp_path / "ws", tmp_path, per_class=1)
     with pytest.raises(ExecutorError, match=r"no Ray cluster answers at 127\.0\.0\.1:9 "):
         propose(workspace, make_proposer("clip", model=tiny_clip, executor="ray", address="127.0.0.1:9"),

@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from curate.executors import EXECUTORS, BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
+from curate.executors import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
 from curate.models import ModelSpec, add_model, get_spec, list_models
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer
@@ -280,9 +280,9 @@ class ImageProposer(Proposer):
     actors: int = 1
 
     def __post_init__(self) -> None:
-        EXECUTORS[self.executor]  # an unknown name is a one-line error now, not mid-run
         if self.executor == "local" and (self.address is not None or self.actors != 1):
             raise ProposeError("address and actors are options of the ray executor (executor=ray)")
+        self.make_executor()  # an unknown executor or a bad option is a one-line error now, not mid-run
 
     def options(self) -> dict[str, Any]:
         """The options that change results, recorded in the run config."""
