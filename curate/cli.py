@@ -249,6 +249,9 @@ def propose_command(
                                                    "(repeatable), e.g. --set conf=0.1.")] = None,
     predictions: Annotated[Path | None, typer.Option(help="errors: the model's predictions (item_id, pred).")] = None,
     method: Annotated[str | None, typer.Option(help="errors: b2t, ladder or domino.")] = None,
+    executor: Annotated[str | None, typer.Option(help="Where image-level proposers run: local or ray.")] = None,
+    address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster head's host:port "
+                                                "(else a local Ray instance).")] = None,
     workspace: WorkspaceOption = Path("."), quiet: QuietOption = False,
 ) -> None:
     """Propose cues (per class) or evidence (per item) with a registered proposer; re-running adds only
@@ -261,7 +264,8 @@ def propose_command(
             raise ProposeError("name one proposer, as an argument or with --proposer")
         options: dict[str, Any] = parse_pairs(set_ or [])
         options |= {k: v for k, v in (("model", model), ("weights", weights), ("method", method),
-                                      ("predictions", predictions and str(predictions))) if v is not None}
+                                      ("predictions", predictions and str(predictions)), ("executor", executor),
+                                      ("address", address)) if v is not None}
         chosen = [c.strip() for c in classes.split(",")] if classes else None
         result = propose(Workspace.open(workspace), make_proposer(proposer, **options), chosen, progress=not quiet)
     _summary(result.summary())

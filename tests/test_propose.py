@@ -204,7 +204,7 @@ def test_class_specific_cues_are_scored_on_every_class_so_lift_ranks_them(animal
     from curate.analyze import analyze_cues
     from curate.executors import ImageBatch
     from curate.propose.base import ProposeContext
-    from curate.propose.scoring import ImageScorer, score_images
+    from curate.propose.scoring import ImageScorer, class_passes, score_images
 
     ids = {label: [i.item_id for i in animals.catalog.items(label=label)] for label in ("cat", "dog")}
     present = {"ball": set(ids["cat"] + ids["dog"]), "leash": {ids["dog"][0]}, "yarn": set(ids["cat"][:2])}
@@ -219,7 +219,8 @@ def test_class_specific_cues_are_scored_on_every_class_so_lift_ranks_them(animal
 
     _llm_cues(animals, {"dog": ["ball", "leash"], "cat": ["yarn"]})
     with animals.runs.track("propose", "known", {"proposer": "known"}) as run:
-        score_images(ProposeContext(animals, run, None, progress=False), [Known()], 2, "llm", "known")
+        context = ProposeContext(animals, run, None, progress=False)
+        score_images(context, lambda context: [Known()], class_passes(context, "llm", None), 2, "known")
     stats = analyze_cues(animals, "detector").stats
     dog = {row["attribute"]: row for row in stats.filter(pl.col("class_label") == "dog").iter_rows(named=True)}
     assert dog["leash"]["n_scored"] == 5 and dog["leash"]["p_class_given_cue"] == 1.0

@@ -1,4 +1,5 @@
-"""Batches of decoded images, prepared in background threads while the model runs.
+"""``local``: batches of decoded images, prepared in background threads while the model runs in
+this process.
 
 Decoding and preprocessing overlap with the forward pass: a small pool decodes (Pillow releases
 the GIL while decoding) and a bounded queue keeps at most ``prefetch`` batches ready, so memory
@@ -10,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from curate.executors.base import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, register_executor
 from curate.images import open_image
 from curate.records import Item
 from curate.workspace import Workspace
@@ -24,22 +27,18 @@ from curate.workspace import Workspace
 _DONE = object()
 
 
-@dataclass(slots=True)
-class ImageBatch:
-    """Items whose images opened, their upright RGB images, the transform of each (when asked),
-    and the items whose files could not be opened any more, with the error."""
-
-    items: list[Item]
-    images: list[Image.Image]
-    transformed: list[Any] = field(default_factory=list)
-    failures: list[tuple[Item, str]] = field(default_factory=list)
+def decode(path: Path) -> tuple[Image.Image | None, str | None]:
+    """The upright RGB image at ``path``, or the reason it cannot be opened (one line)."""
+    try:
+        return open_image(path), None
+    except (OSError, ValueError, SyntaxError) as error:
+        return None, f"{type(error).__name__}: {error}"
 
 
 def _load(workspace: Workspace, item: Item, transform: Callable[[Image.Image], Any] | None) -> tuple[Any, ...]:
-    try:
-        image = open_image(workspace.resolve_uri(item.uri))
-    except (OSError, ValueError, SyntaxError) as error:
-        return item, None, None, f"{type(error).__name__}: {error}"
+    image, error = decode(workspace.resolve_uri(item.uri))
+    if image is None:
+        return item, None, None, error
     return item, image, transform(image) if transform else None, None
 
 
@@ -85,3 +84,26 @@ def image_batches(workspace: Workspace, items: Sequence[Item], batch_size: int,
             with contextlib.suppress(queue.Empty):
                 ready.get(timeout=0.05)
         thread.join()
+
+
+@register_executor("local")
+@dataclass
+class LocalExecutor(Executor):
+    """One worker in this process, jobs one at a time; images decode in ``workers`` threads ahead of
+    the model. A job's items whose images the worker does not need come first, in batches of their
+    own, undecoded."""
+
+    workers: int = 2
+    in_process = True
+
+    def run(self, workspace: Workspace, jobs: Iterable[Job], batch_size: int,
+            make_worker: Callable[[], BatchWorker]) -> Iterator[ScoredBatch]:
+        worker: BatchWorker | None = None
+        for job in jobs:
+            worker = worker or make_worker()
+            undecoded = [item for item in job.items if not worker.needs_image(item)]
+            for start in range(0, len(undecoded), batch_size):
+                yield worker(job, ImageBatch(undecoded[start:start + batch_size], []))
+            decoded = [item for item in job.items if worker.needs_image(item)]
+            for batch in image_batches(workspace, decoded, batch_size, worker.transform, self.workers):
+                yield worker(job, batch)

@@ -157,7 +157,8 @@ def propose(workspace: Workspace, proposer: Proposer, classes: Iterable[str] | N
                               failures=lambda: context.failed_requests if context else 0) as run:
         context = ProposeContext(workspace, run, chosen, progress)
         proposer.run(context)
-        workspace.runs.set_models(run.run_id, context.models)
+        if context.models:  # a run with nothing left to score may load none (a Ray driver never does)
+            workspace.runs.set_models(run.run_id, context.models)
         workspace.evidence.compact(run.run_id)  # one shard per finished run, however small its batches
     return ProposeResult(workspace.runs.get(run.run_id), dict(sorted(context.counts.items())),
                          time.perf_counter() - started)

@@ -9,13 +9,14 @@ spurious-gap analysis blacks those boxes out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from curate.executors import ImageBatch
 from curate.models import OpenSetDetector, load_model
-from curate.propose.base import ProposeContext, Proposer, register_proposer
+from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipScorer
-from curate.propose.scoring import ImageScorer, score_images
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, class_passes, vocabulary_pass
 from curate.records import Cue, Evidence, EvidenceRole
 
 MAX_BOXES_KEPT = 10
@@ -56,7 +57,7 @@ class DetectorScorer(ImageScorer):
 
 @register_proposer("detector")
 @dataclass
-class DetectorProposer(Proposer):
+class DetectorProposer(ImageProposer):
     """Localise cues with YOLO-World v2 or YOLOE (``model``) on their class's images and on other
     classes' images (all, or ``negatives`` per class). With a ``vocabulary`` (e.g. ``logo``) every
     item of the workspace, labelled or not, is queried with those words instead."""
@@ -68,21 +69,23 @@ class DetectorProposer(Proposer):
     conf: float = 0.05
     imgsz: int = 640
     batch_size: int = 8
-    device: str = "cpu"
     include_class: bool = True
     vocabulary: tuple[str, ...] | None = None
     negatives: int | None = None
 
-    def run(self, context: ProposeContext) -> None:
-        scorer = DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
-                                self.imgsz, self.include_class)
-        score_images(context, [scorer], self.batch_size, self.cue_source, "detector", self.vocabulary,
-                     self.negatives)
+    def scorers(self, context: ProposeContext) -> list[ImageScorer]:
+        return [DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
+                               self.imgsz, self.include_class)]
+
+    def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
+        if self.vocabulary:
+            return [vocabulary_pass(context, self.vocabulary)]
+        return class_passes(context, self.cue_source, self.negatives)
 
 
 @register_proposer("clip+detector")
 @dataclass
-class ClipDetectorProposer(Proposer):
+class ClipDetectorProposer(ImageProposer):
     """CLIP scores and detector boxes in one pass: each image is decoded once for both models.
 
     Evidence rows keep their own sources (``clip``, ``detector``) under this run's id.
@@ -97,16 +100,14 @@ class ClipDetectorProposer(Proposer):
     conf: float = 0.05
     imgsz: int = 640
     batch_size: int = 8
-    device: str = "cpu"
     include_class: bool = True
     negatives: int | None = None
 
-    def run(self, context: ProposeContext) -> None:
-        clip = ClipScorer(context, self.clip_model, self.clip_weights, self.device, DEFAULT_TEMPLATES,
-                          DEFAULT_CONTRAST)
-        detector = DetectorScorer(context, self.detector_model, self.detector_weights, self.text_encoder,
-                                  self.device, self.conf, self.imgsz, self.include_class)
-        score_images(context, [clip, detector], self.batch_size, self.cue_source, "clip+detector",
-                     negatives=self.negatives)
-        clip.store.flush()
-        context.count(embeddings_computed=clip.store.computed)
+    def scorers(self, context: ProposeContext) -> list[ImageScorer]:
+        return [ClipScorer(context, self.clip_model, self.clip_weights, self.device, DEFAULT_TEMPLATES,
+                           DEFAULT_CONTRAST),
+                DetectorScorer(context, self.detector_model, self.detector_weights, self.text_encoder,
+                               self.device, self.conf, self.imgsz, self.include_class)]
+
+    def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
+        return class_passes(context, self.cue_source, self.negatives)

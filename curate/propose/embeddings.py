@@ -7,8 +7,7 @@ parts beside those of the killed one instead of overwriting them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -21,15 +20,6 @@ from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
 
 FLUSH_EVERY = 1024
-
-
-@dataclass(slots=True)
-class EmbeddedBatch:
-    """Items with their (N, D) unit-length embeddings, and items whose image could not be opened."""
-
-    items: list[Item]
-    vectors: np.ndarray
-    failures: list[tuple[Item, str]]
 
 
 class EmbeddingStore:
@@ -53,19 +43,17 @@ class EmbeddingStore:
             for item_id, vector in zip(frame["item_id"], frame["embedding"], strict=True):
                 self.known[item_id] = np.asarray(vector, dtype=np.float32)
 
-    def batches(self, items: Sequence[Item], batch_size: int) -> Iterator[EmbeddedBatch]:
-        """Embeddings of ``items`` in batches: stored ones first, then computed ones."""
-        stored = [item for item in items if item.item_id in self.known]
-        for start in range(0, len(stored), batch_size):
-            chunk = stored[start:start + batch_size]
-            yield EmbeddedBatch(chunk, np.stack([self.known[i.item_id] for i in chunk]), [])
+    def embed(self, items: Sequence[Item], batch_size: int) -> list[tuple[Item, str]]:
+        """Make sure every item whose image opens has its embedding in ``known`` (stored ones are
+        not decoded again; the rest are computed, kept and flushed); returns the images that failed."""
+        failures: list[tuple[Item, str]] = []
         missing = [item for item in items if item.item_id not in self.known]
         for batch in image_batches(self.workspace, missing, batch_size, self.clip.preprocess_image):
-            vectors = (self.clip.encode_images(torch.stack(batch.transformed)) if batch.items
-                       else np.zeros((0, 0), dtype=np.float32))
-            self.remember(batch.items, vectors)
-            yield EmbeddedBatch(batch.items, vectors, batch.failures)
+            if batch.items:
+                self.remember(batch.items, self.clip.encode_images(torch.stack(batch.transformed)))
+            failures += batch.failures
         self.flush()
+        return failures
 
     def remember(self, items: Sequence[Item], vectors: np.ndarray) -> None:
         """Keep fresh embeddings; they are written as a side-table part every ``FLUSH_EVERY``."""

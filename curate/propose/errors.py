@@ -441,10 +441,8 @@ class ErrorsProposer(LLMSettings, Proposer):
         """The class's predicted items that have a caption and an embedding, or None when some captions
         failed (left for the re-run) or no wrong or no right image is left (counted)."""
         context = tools.context
-        vectors: dict[str, np.ndarray] = {}
-        for batch in store.batches(items, self.batch_size):
-            vectors |= dict(zip((i.item_id for i in batch.items), batch.vectors, strict=True))
-            context.count(unreadable=len(batch.failures))
+        context.count(unreadable=len(store.embed(items, self.batch_size)))
+        vectors = store.known
         items = [item for item in items if item.item_id in vectors]
         captions = given if given is not None else self._vlm_captions(tools, label, items)
         if captions is None:

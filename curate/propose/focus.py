@@ -8,20 +8,20 @@ no human verdict on the setting exists and machine labels are allowed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from curate.models import ClipModel, load_model
-from curate.progress import progress_bar
-from curate.propose.base import ProposeContext, Proposer, register_proposer
-from curate.propose.clip import ensemble
-from curate.propose.embeddings import EmbeddingStore
-from curate.records import Setting, SettingKind
+from curate.propose.base import ProposeContext, register_proposer
+from curate.propose.clip import EmbeddingScorer, ensemble, presence
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, class_item_passes
+from curate.records import Cue, Evidence, Item, Setting, SettingKind
 
 TIMES = ("day", "night")
 WEATHERS = ("cloudy", "foggy", "partly cloudy", "raining", "snowing", "sunny")
 LOCATIONS = ("forest", "grass", "indoors", "rocks", "sand", "street", "snow", "water")
+SETTINGS = (("time", TIMES), ("weather", WEATHERS), ("location", LOCATIONS))
 TEMPLATES = {
     "time": ("a photo taken during the {value}.", "a picture of a {label} at {value}."),
     "weather": ("a photo taken on a {value} day.", "a picture of a {label}, the weather is {value}."),
@@ -35,44 +35,37 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+class FocusScorer(EmbeddingScorer):
+    """Time, weather and location values of each image, in the words of its class."""
+
+    source = "focus-settings"
+
+    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+        self.texts = {kind: np.stack([ensemble(self.clip, TEMPLATES[kind], context, value=value, label=label)
+                                      for value in values]) for kind, values in SETTINGS}
+        self.contrast = ensemble(self.clip, CONTRAST, context, label=label)
+
+    def evidence(self, context: ProposeContext, items: list[Item], vectors: np.ndarray) -> list[Evidence]:
+        scale = self.clip.logit_scale
+        scores = {"time": _softmax(scale * vectors @ self.texts["time"].T),
+                  "weather": _softmax(scale * vectors @ self.texts["weather"].T),
+                  "location": presence(scale, vectors @ self.texts["location"].T, (vectors @ self.contrast)[:, None])}
+        return [Setting(SettingKind(kind), value).evidence(item.item_id, self.source, context.run.run_id,
+                                                           float(scores[kind][row, col]), self.clip.name,
+                                                           self.clip.version)
+                for row, item in enumerate(items) for kind, values in SETTINGS for col, value in enumerate(values)]
+
+
 @register_proposer("focus-settings")
 @dataclass
-class FocusSettingsProposer(Proposer):
+class FocusSettingsProposer(ImageProposer):
     """Zero-shot time, weather and locations per image with a CLIP model."""
 
     model: str = "clip-vit-b-32"
     weights: str | None = None
-    batch_size: int = 32
-    device: str = "cpu"
 
-    def run(self, context: ProposeContext) -> None:
-        clip: ClipModel = load_model(self.model, weights=self.weights, device=self.device)
-        context.models[clip.name] = clip.version
-        store = EmbeddingStore(context.workspace, clip, context.run.run_id)
-        for label in context.class_labels():
-            texts = {kind: np.stack([ensemble(clip, TEMPLATES[kind], context, value=value, label=label)
-                                     for value in values])
-                     for kind, values in (("time", TIMES), ("weather", WEATHERS), ("location", LOCATIONS))}
-            contrast = ensemble(clip, CONTRAST, context, label=label)
-            items = context.pending_items(label)
-            with progress_bar(f"focus {label}", len(items), context.progress) as advance:
-                for batch in store.batches(items, self.batch_size):
-                    if not batch.items:
-                        context.count(unreadable=len(batch.failures))
-                        continue
-                    scale = clip.logit_scale
-                    scores = {"time": _softmax(scale * batch.vectors @ texts["time"].T),
-                              "weather": _softmax(scale * batch.vectors @ texts["weather"].T),
-                              "location": 1 / (1 + np.exp(-scale * (batch.vectors @ texts["location"].T
-                                                                   - (batch.vectors @ contrast)[:, None])))}
-                    rows = [Setting(SettingKind(kind), value).evidence(item.item_id, self.name, context.run.run_id,
-                                                                       float(scores[kind][row, col]), clip.name,
-                                                                       clip.version)
-                            for row, item in enumerate(batch.items)
-                            for kind, values in (("time", TIMES), ("weather", WEATHERS), ("location", LOCATIONS))
-                            for col, value in enumerate(values)]
-                    context.write_evidence(rows, items=len(batch.items), unreadable=len(batch.failures))
-                    for _ in range(len(batch.items) + len(batch.failures)):
-                        advance()
-        store.flush()
-        context.count(embeddings_computed=store.computed)
+    def scorers(self, context: ProposeContext) -> list[ImageScorer]:
+        return [FocusScorer(context, self.model, self.weights, self.device)]
+
+    def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
+        return class_item_passes(context)

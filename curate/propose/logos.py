@@ -7,15 +7,16 @@ fraction, drops near-duplicates by embedding similarity and sends the rest to ve
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from curate.models import ClipModel, load_model
-from curate.progress import progress_bar
-from curate.propose.base import ProposeContext, Proposer, register_proposer
-from curate.propose.embeddings import EmbeddingStore
-from curate.records import Evidence, EvidenceRole
+from curate.models import ClipModel
+from curate.propose.base import ProposeContext, register_proposer
+from curate.propose.clip import EmbeddingScorer, presence
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer
+from curate.records import Cue, Evidence, EvidenceRole, Item
 
 LOGO_PROMPTS = ("a logo of a company.", "a brand logo.", "a photo of a logo.", "a company logo printed on a product.")
 CONTRAST_PROMPTS = ("a photo.", "a photo of an object.", "a photo of a scene.")
@@ -26,36 +27,39 @@ def _mean(clip: ClipModel, texts: tuple[str, ...], context: ProposeContext) -> n
     return vectors / max(float(np.linalg.norm(vectors)), 1e-12)
 
 
+class LogoScorer(EmbeddingScorer):
+    """The presence probability of the logo prompts against the neutral ones."""
+
+    source = "logo-mining"
+
+    def __init__(self, context: ProposeContext, model: str, weights: str | None, device: str,
+                 prompts: tuple[str, ...], contrast: tuple[str, ...]) -> None:
+        super().__init__(context, model, weights, device)
+        self.logo, self.contrast = _mean(self.clip, prompts, context), _mean(self.clip, contrast, context)
+
+    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+        """Logo prompts name no class: nothing to prepare."""
+
+    def evidence(self, context: ProposeContext, items: list[Item], vectors: np.ndarray) -> list[Evidence]:
+        similarity = vectors @ self.logo
+        probability = presence(self.clip.logit_scale, similarity, vectors @ self.contrast)
+        return [Evidence(item.item_id, "logo", self.source, context.run.run_id, EvidenceRole.CANDIDATE, None,
+                         float(p), [], self.clip.name, self.clip.version, {"similarity": float(s)})
+                for item, p, s in zip(items, probability, similarity, strict=True)]
+
+
 @register_proposer("logo-mining")
 @dataclass
-class LogoMiningProposer(Proposer):
+class LogoMiningProposer(ImageProposer):
     """Score every item of the workspace against logo prompts with a CLIP model."""
 
     model: str = "clip-vit-b-32"
     weights: str | None = None
     prompts: tuple[str, ...] = LOGO_PROMPTS
     contrast: tuple[str, ...] = CONTRAST_PROMPTS
-    batch_size: int = 32
-    device: str = "cpu"
 
-    def run(self, context: ProposeContext) -> None:
-        clip: ClipModel = load_model(self.model, weights=self.weights, device=self.device)
-        context.models[clip.name] = clip.version
-        store = EmbeddingStore(context.workspace, clip, context.run.run_id)
-        logo, contrast = _mean(clip, self.prompts, context), _mean(clip, self.contrast, context)
-        items = context.pending_items()
-        with progress_bar("logo-mining", len(items), context.progress) as advance:
-            for batch in store.batches(items, self.batch_size):
-                if batch.items:
-                    similarity, neutral = batch.vectors @ logo, batch.vectors @ contrast
-                    presence = 1 / (1 + np.exp(-clip.logit_scale * (similarity - neutral)))
-                    rows = [Evidence(item.item_id, "logo", self.name, context.run.run_id, EvidenceRole.CANDIDATE,
-                                     None, float(p), [], clip.name, clip.version, {"similarity": float(s)})
-                            for item, p, s in zip(batch.items, presence, similarity, strict=True)]
-                else:
-                    rows = []
-                context.write_evidence(rows, items=len(batch.items), unreadable=len(batch.failures))
-                for _ in range(len(batch.items) + len(batch.failures)):
-                    advance()
-        store.flush()
-        context.count(embeddings_computed=store.computed)
+    def scorers(self, context: ProposeContext) -> list[ImageScorer]:
+        return [LogoScorer(context, self.model, self.weights, self.device, self.prompts, self.contrast)]
+
+    def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
+        return [ClassPass("*", [], context.pending_items(), True)]

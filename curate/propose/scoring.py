@@ -1,7 +1,11 @@
-"""Image-level scoring shared by the CLIP and detector proposers.
+"""The one scoring driver of image-level proposers, and what they supply to it.
 
-An ``ImageScorer`` is one model inside a proposal: loaded once, set up per class with the class's
-cues, then fed batches of decoded images. ``score_images`` runs any number of scorers over the
+An ``ImageProposer`` supplies only what it predicts: ``scorers`` (models built from its options, on
+this machine or on a worker) and ``passes`` (which images to score with which cues). An
+``ImageScorer`` is one model inside a proposal: loaded once, set up per class with the class's cues,
+then fed batches of decoded images. ``score_images`` moves every pass through an executor
+(``curate.executors``: threads here, or a Ray cluster) and stores each batch's rows with the run's
+counts in one transaction, so a killed run resumes from what is stored. Several scorers share the
 same batches, so each image is decoded once however many models look at it.
 
 A class's cues are scored on the class's own images and on a negative pool, the images of the
@@ -13,18 +17,23 @@ run, on its own class's terms when that class lists the attribute.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from PIL import Image
 
-from curate.executors import ImageBatch, image_batches
+from curate.executors import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
+from curate.models import ModelSpec, add_model, get_spec, list_models
 from curate.progress import progress_bar
-from curate.propose.base import ProposeContext, ProposeError
-from curate.records import NEGATIVE_OF, Cue, Evidence, Item
+from curate.propose.base import ProposeContext, ProposeError, Proposer
+from curate.records import NEGATIVE_OF, Cue, Evidence, Item, Run
+from curate.workspace import Workspace
 
 
 def unique_cues(cues: list[Cue]) -> list[Cue]:
@@ -37,6 +46,10 @@ class ImageScorer(ABC):
 
     transform: Callable[[Image.Image], Any] | None = None
 
+    def needs_image(self, item: Item) -> bool:
+        """Whether scoring ``item`` needs its image (not when its embedding is stored)."""
+        return True
+
     @abstractmethod
     def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
         """Prepare for a class's cues (text embeddings, detector vocabulary), on the class's own images
@@ -45,6 +58,17 @@ class ImageScorer(ABC):
     @abstractmethod
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
         """Evidence for every (item, cue) of the batch."""
+
+    def take_counts(self) -> dict[str, int]:
+        """What the scorer counted since last asked, beyond rows and items (embeddings computed)."""
+        return {}
+
+    def finish(self) -> None:  # noqa: B027  (most scorers hold nothing back)
+        """Write what the scorer still holds (embeddings computed since its last flush)."""
+
+
+ScorerFactory = Callable[[ProposeContext], Sequence[ImageScorer]]
+"""Builds a proposal's scorers (loading their models) in a context; picklable to run on a worker."""
 
 
 def class_cues(context: ProposeContext, label: str, cue_source: str | None) -> list[Cue]:
@@ -72,24 +96,33 @@ def negative_pool(items: Sequence[Item], label: str, negatives: int | None) -> l
 @dataclass(frozen=True, slots=True)
 class ClassPass:
     """One class's cues and the images they are still to be scored on: the class's own (``own``) or
-    the negative pool. ``done`` holds, per item, the attributes this run already stored that the
-    pass must not write again."""
+    the negative pool."""
 
     label: str
     cues: list[Cue]
     items: list[Item]
     own: bool
-    done: dict[str, set[str]]
 
     @property
     def counter(self) -> str:
         """The run count its images go to."""
         return "items" if self.own else "negative_items"
 
-    def keep(self, rows: Sequence[Evidence]) -> list[Evidence]:
-        """The rows to store: pairs not stored yet, pool rows marked with the class they were scored for."""
-        kept = [row for row in rows if row.attribute not in self.done.get(row.item_id, ())]
+    def keep(self, rows: Sequence[Evidence], done: dict[str, set[str]]) -> list[Evidence]:
+        """The rows to store: pairs not ``done`` yet (see ``stored_pairs``), pool rows marked with the
+        class they were scored for."""
+        kept = [row for row in rows if row.attribute not in done.get(row.item_id, ())]
         return kept if self.own else [replace(row, extra={**row.extra, NEGATIVE_OF: self.label}) for row in kept]
+
+
+def stored_pairs(context: ProposeContext, items: Iterable[Item], own: bool) -> dict[str, set[str]]:
+    """Per item, the attributes this run has stored for it with the models now loaded
+    (``context.models``: a pair another model version stored is missing); on its own class's terms
+    (``own``) rows scored for another class's pool do not count."""
+    stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in items),
+                                                           context.models)
+    return {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
+            for item_id, attributes in stored.items()}
 
 
 def class_passes(context: ProposeContext, cue_source: str | None, negatives: int | None) -> Iterator[ClassPass]:
@@ -115,44 +148,163 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     for own in (True, False):
         for label in (label for label in labels if cues_of[label]):
             candidates = by_label.get(label, []) if own else negative_pool(everything, label, negatives)
-            stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in candidates),
-                                                                   context.models)
-            done = {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
-                    for item_id, attributes in stored.items()}
+            done = stored_pairs(context, candidates, own)
             wanted = {cue.attribute for cue in cues_of[label]}
             pending = [i for i in candidates if not wanted <= done.get(i.item_id, set())]
-            yield ClassPass(label, cues_of[label], pending, own, done)
+            yield ClassPass(label, cues_of[label], pending, own)
 
 
-def score_images(context: ProposeContext, scorers: Sequence[ImageScorer], batch_size: int,
-                 cue_source: str | None, title: str, vocabulary: Sequence[str] | None = None,
-                 negatives: int | None = None) -> None:
-    """Run ``scorers`` over every class's cues on its own images and its negative pool (see
-    ``class_passes``), or, with a fixed ``vocabulary``, over every pending item of the workspace
-    (labelled or not) with those words. Each batch is written in one transaction."""
-    transforms = [s.transform for s in scorers if s.transform is not None]
-    if len(transforms) > 1:
-        raise ValueError("at most one scorer may preprocess images in the loader")
-    transform = transforms[0] if transforms else None
-    if vocabulary:
-        cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
-        _score(context, scorers, ClassPass("*", cues, context.pending_items(), True, {}), batch_size, transform, title)
-        return
-    for class_pass in class_passes(context, cue_source, negatives):
-        _score(context, scorers, class_pass, batch_size, transform,
-               f"{title} {class_pass.label}{'' if class_pass.own else ' (other classes)'}")
+def class_item_passes(context: ProposeContext) -> Iterator[ClassPass]:
+    """Each class's pending images (items with no evidence from this run), no cues: for scorers that
+    ask the same of every image of a class (settings, a VLM's attributes)."""
+    for label in context.class_labels():
+        yield ClassPass(label, [], context.pending_items(label), True)
 
 
-def _score(context: ProposeContext, scorers: Sequence[ImageScorer], class_pass: ClassPass, batch_size: int,
-           transform: Callable[[Image.Image], Any] | None, title: str) -> None:
-    if not class_pass.items:
-        return
-    for scorer in scorers:
-        scorer.begin_class(context, class_pass.label, class_pass.cues, class_pass.own)
-    with progress_bar(title, len(class_pass.items), context.progress) as advance:
-        for batch in image_batches(context.workspace, class_pass.items, batch_size, transform):
-            rows = [row for scorer in scorers for row in (scorer.score(context, batch) if batch.items else [])]
-            context.write_evidence(class_pass.keep(rows), **{class_pass.counter: len(batch.items)},
-                                   unreadable=len(batch.failures))
-            for _ in range(len(batch.items) + len(batch.failures)):
+def vocabulary_pass(context: ProposeContext, vocabulary: Sequence[str]) -> ClassPass:
+    """Every pending item of the workspace (labelled or not) with the words of a fixed vocabulary."""
+    cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
+    return ClassPass("*", cues, context.pending_items(), True)
+
+
+@dataclass
+class ScoringWorker:
+    """A proposal's scorers as the ``BatchWorker`` an executor runs: set up for each job's class as
+    its batches arrive (a job's setup is ``(label, cues, own)``)."""
+
+    context: ProposeContext
+    scorers: Sequence[ImageScorer]
+    job_key: int | None = None
+
+    def __post_init__(self) -> None:
+        transforms = [s.transform for s in self.scorers if s.transform is not None]
+        if len(transforms) > 1:
+            raise ValueError("at most one scorer may preprocess images in the loader")
+        self.transform = transforms[0] if transforms else None
+
+    def needs_image(self, item: Item) -> bool:
+        """Whether any scorer needs the item's image."""
+        return any(scorer.needs_image(item) for scorer in self.scorers)
+
+    def __call__(self, job: Job, batch: ImageBatch) -> ScoredBatch:
+        if job.key != self.job_key:
+            label, cues, own = job.setup
+            for scorer in self.scorers:
+                scorer.begin_class(self.context, label, cues, own)
+            self.job_key = job.key
+        rows = [row for scorer in self.scorers for row in (scorer.score(self.context, batch) if batch.items else [])]
+        counts: Counter[str] = Counter()
+        for scorer in self.scorers:
+            counts.update(scorer.take_counts())
+        return ScoredBatch(job.key, batch.items, batch.failures, rows, dict(counts), dict(self.context.models))
+
+    def close(self) -> None:
+        """Let every scorer write what it still holds."""
+        for scorer in self.scorers:
+            scorer.finish()
+
+
+def remote_worker(make_scorers: ScorerFactory, models: list[ModelSpec], root: str, run: Run) -> ScoringWorker:
+    """A proposal's worker built where an executor runs it: the driver's model registry (``models``,
+    with any ``add_model`` of its own), the workspace opened from ``root`` (shared storage), the
+    scorers loaded from their options."""
+    for spec in models:
+        add_model(spec)
+    context = ProposeContext(Workspace.open(root), run, None, progress=False)
+    return ScoringWorker(context, make_scorers(context))
+
+
+def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: Iterable[ClassPass],
+                 batch_size: int, title: str, executor: Executor | None = None) -> None:
+    """Score every pass with the scorers ``make_scorers`` builds, through ``executor`` (``local`` by
+    default), storing each batch with its counts in one transaction.
+
+    An in-process executor uses one set of scorers for the whole run; others rebuild them from
+    ``make_scorers`` wherever they run (so it must pickle: a proposer's bound method does), and may
+    take every pass at once: which pairs a batch adds is decided when it is stored (``stored_pairs``),
+    so the rows are the same either way.
+    """
+    executor = executor or make_executor("local")
+    here: Sequence[ImageScorer] = ()
+    make_worker: Callable[[], BatchWorker]
+    if executor.in_process:
+        here = make_scorers(context)
+        make_worker = functools.partial(ScoringWorker, context, here)
+    else:
+        make_worker = functools.partial(remote_worker, make_scorers, [get_spec(m) for m in list_models()],
+                                        str(context.workspace.root), context.run)
+    opened: dict[int, ClassPass] = {}
+
+    def jobs() -> Iterator[Job]:
+        for key, class_pass in enumerate(passes):
+            if class_pass.items:
+                opened[key] = class_pass
+                yield Job(key, (class_pass.label, class_pass.cues, class_pass.own), class_pass.items)
+
+    with contextlib.ExitStack() as bar:
+        showing: int | None = None
+        for scored in executor.run(context.workspace, jobs(), batch_size, make_worker):
+            class_pass = opened[scored.key]
+            if scored.key != showing:
+                bar.close()
+                named = title if class_pass.label == "*" else f"{title} {class_pass.label}"
+                advance = bar.enter_context(progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}",
+                                                         len(class_pass.items), context.progress))
+                showing = scored.key
+            context.models.update(scored.models)
+            rows = class_pass.keep(scored.rows, stored_pairs(context, scored.items, class_pass.own)) \
+                if scored.rows else []
+            # an image counts once it adds a pair: one scored for a pass taken up at once may have none left
+            context.write_evidence(rows, **{class_pass.counter: len({row.item_id for row in rows})},
+                                   unreadable=len(scored.failures), **scored.counts)
+            for _ in range(len(scored.items) + len(scored.failures)):
                 advance()
+    for scorer in here:
+        scorer.finish()
+
+
+EXECUTION_OPTIONS = ("executor", "address", "actors")
+
+
+@dataclass
+class ImageProposer(Proposer):
+    """A proposer that scores images: it supplies ``scorers`` and ``passes``; ``run`` is the driver.
+
+    ``executor`` (``local`` or ``ray``), ``address`` (a Ray cluster's head) and ``actors`` (model
+    copies at once) change where and how fast it runs, not its rows, so they stay out of the run
+    config: a run killed under one executor resumes under the other. With ``device`` ``cuda`` every
+    Ray actor takes a GPU.
+    """
+
+    batch_size: int = 32
+    device: str = "cpu"
+    executor: str = "local"
+    address: str | None = None
+    actors: int = 1
+
+    def __post_init__(self) -> None:
+        if self.executor == "local" and (self.address is not None or self.actors != 1):
+            raise ProposeError("address and actors are options of the ray executor (executor=ray)")
+        self.make_executor()  # an unknown executor or a bad option is a one-line error now, not mid-run
+
+    def options(self) -> dict[str, Any]:
+        """The options that change results, recorded in the run config."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in EXECUTION_OPTIONS}
+
+    @abstractmethod
+    def scorers(self, context: ProposeContext) -> list[ImageScorer]:
+        """The loaded scorers these options describe (recording their models in ``context.models``)."""
+
+    @abstractmethod
+    def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
+        """What to score (``class_passes``, ``vocabulary_pass`` or passes of the proposer's own)."""
+
+    def make_executor(self) -> Executor:
+        """The executor these options choose."""
+        if self.executor == "local":
+            return make_executor("local")
+        return make_executor(self.executor, address=self.address, actors=self.actors,
+                             gpus_per_actor=1.0 if self.device.startswith("cuda") else 0.0)
+
+    def run(self, context: ProposeContext) -> None:
+        score_images(context, self.scorers, self.passes(context), self.batch_size, self.name, self.make_executor())

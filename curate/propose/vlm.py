@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from PIL import Image
 from pydantic import BaseModel, Field, field_validator
 
-from curate.executors import image_batches
+from curate.executors import ImageBatch
 from curate.llm_settings import LLMSettings
 from curate.models.llm import LLMClient, Messages
-from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.llm_common import (
     count_cost,
@@ -29,7 +28,8 @@ from curate.propose.llm_common import (
     spent,
 )
 from curate.propose.prompts import load_prompts
-from curate.records import Evidence, EvidenceRole, Item
+from curate.propose.scoring import ImageScorer, class_item_passes, score_images
+from curate.records import Cue, Evidence, EvidenceRole, Item
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
 
 
@@ -61,56 +61,81 @@ def data_url(image: Image.Image, max_side: int, quality: int = 90) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+class VLMScorer(ImageScorer):
+    """Asks the model for each image's attributes, in the words of its class; records each class's
+    failing requests once the class is done and counts the tokens spent per batch."""
+
+    def __init__(self, context: ProposeContext, options: VLMAttributesProposer) -> None:
+        self.options, self.context = options, context
+        self.prompts = load_prompts(options.prompts)
+        self.client = LLMClient(options.settings(), context.workspace.cache)
+        self.version = f"{options.settings().server()} prompts={self.prompts.version}"
+        context.models[options.model] = self.version
+        self.label: str | None = None
+        self.failures: list[dict[str, object]] = []
+        self.counts: Counter[str] = Counter()
+
+    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+        self._record_class()
+        self.label, self.failures = label, []
+        self.earlier = retryable(recorded_failures(context, label))
+        self.text = self.prompts.render("attributes", label=label, types="\n".join(SPURIOUS_TYPES))
+
+    def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
+        before = Counter(self.client.stats.counts)
+        requests: list[tuple[Messages, type[BaseModel]]] = [
+            ([{"role": "system", "content": self.prompts.render("system")},
+              {"role": "user", "content": [
+                  {"type": "text", "text": self.text},
+                  {"type": "image_url", "image_url": {"url": data_url(image, self.options.image_max_side)}}]}],
+             ImageAttributes) for image in batch.images]
+        rows, failed = [], []
+        for item, result in zip(batch.items, self.client.ask_many(requests), strict=True):
+            if result.ok:
+                rows += self._evidence(context, item, result.value)  # type: ignore[arg-type]
+            else:
+                failed.append(failure(context, str(self.label), "attributes", result, item.item_id))
+        self.counts.update(failure_counts(self.earlier, failed, {("attributes", i.item_id) for i in batch.items}))
+        self.counts.update(spent(self.client, before))
+        self.failures += failed
+        return rows
+
+    def take_counts(self) -> dict[str, int]:
+        counts, self.counts = dict(self.counts), Counter()
+        return counts
+
+    def finish(self) -> None:
+        self._record_class()
+        count_cost(self.context, self.client)
+
+    def _record_class(self) -> None:
+        if self.label is not None:
+            record_failures(self.context, self.label, self.failures)
+            self.label = None
+
+    def _evidence(self, context: ProposeContext, item: Item, answer: ImageAttributes) -> list[Evidence]:
+        name, model = self.options.name, self.options.model
+        core = [Evidence(item.item_id, text.strip().lower(), name, context.run.run_id, EvidenceRole.CORE,
+                         None, None, [], model, self.version) for text in answer.core_attributes if text.strip()]
+        spurious = [Evidence(item.item_id, s.attribute.strip().lower(), name, context.run.run_id,
+                             EvidenceRole.SPURIOUS, s.type, None, [], model, self.version)
+                    for s in answer.spurious_attributes if s.attribute.strip()]
+        return core + spurious
+
+
 @register_proposer("vlm-attributes")
 @dataclass
 class VLMAttributesProposer(LLMSettings, Proposer):
-    """Ask a vision-language model (OpenAI-compatible) for the attributes of every image."""
+    """Ask a vision-language model (OpenAI-compatible) for the attributes of every image. Its client
+    lives in this process (the ``local`` executor): the work is the server's."""
 
     prompts: str = "vlm-attributes-v1"
     image_max_side: int = 768
     batch_size: int = 16
 
-    def run(self, context: ProposeContext) -> None:
-        prompts = load_prompts(self.prompts)
-        client = LLMClient(self.settings(), context.workspace.cache)
-        version = f"{self.settings().server()} prompts={prompts.version}"
-        context.models[self.model] = version
-        for label in context.class_labels():
-            items = context.pending_items(label)
-            if not items:
-                continue
-            earlier, failures = retryable(recorded_failures(context, label)), []
-            text = prompts.render("attributes", label=label, types="\n".join(SPURIOUS_TYPES))
-            with progress_bar(f"vlm {label}", len(items), context.progress) as advance:
-                for batch in image_batches(context.workspace, items, self.batch_size):
-                    before = Counter(client.stats.counts)
-                    requests: list[tuple[Messages, type[BaseModel]]] = [
-                        ([{"role": "system", "content": prompts.render("system")},
-                          {"role": "user", "content": [
-                              {"type": "text", "text": text},
-                              {"type": "image_url", "image_url": {"url": data_url(image, self.image_max_side)}}]}],
-                         ImageAttributes) for image in batch.images]
-                    rows, failed = [], []
-                    for item, result in zip(batch.items, client.ask_many(requests), strict=True):
-                        if result.ok:
-                            # ignored below (arg-type): value is set when result.ok
-                            rows += self._evidence(context, item, result.value, version)  # type: ignore[arg-type]
-                        else:
-                            failed.append(failure(context, label, "attributes", result, item.item_id))
-                    context.write_evidence(rows, items=len(batch.items) - len(failed), unreadable=len(batch.failures),
-                                           **failure_counts(earlier, failed, {("attributes", i.item_id)
-                                                                              for i in batch.items}),
-                                           **spent(client, before))
-                    failures += failed
-                    for _ in range(len(batch.items) + len(batch.failures)):
-                        advance()
-            record_failures(context, label, failures)
-        count_cost(context, client)
+    def scorers(self, context: ProposeContext) -> list[ImageScorer]:
+        """The scorer asking the model."""
+        return [VLMScorer(context, self)]
 
-    def _evidence(self, context: ProposeContext, item: Item, answer: ImageAttributes, version: str) -> list[Evidence]:
-        core = [Evidence(item.item_id, text.strip().lower(), self.name, context.run.run_id, EvidenceRole.CORE,
-                         None, None, [], self.model, version) for text in answer.core_attributes if text.strip()]
-        spurious = [Evidence(item.item_id, s.attribute.strip().lower(), self.name, context.run.run_id,
-                             EvidenceRole.SPURIOUS, s.type, None, [], self.model, version)
-                    for s in answer.spurious_attributes if s.attribute.strip()]
-        return core + spurious
+    def run(self, context: ProposeContext) -> None:
+        score_images(context, self.scorers, class_item_passes(context), self.batch_size, "vlm")
