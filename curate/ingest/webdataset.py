@@ -228,6 +228,7 @@ def _members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, Callable[[
         if member.isfile():
             yield member, _opener(tar, member)
         # TarFile appends every header it reads to ``members`` (not in typeshed); webdataset empties it too
+        # ignored below (attr-defined): TarFile.members is real but missing from typeshed
         tar.members = []  # type: ignore[attr-defined]
 
 

@@ -92,7 +92,7 @@ class VLMScorer(ImageScorer):
         rows, failed = [], []
         for item, result in zip(batch.items, self.client.ask_many(requests), strict=True):
             if result.ok:
-                rows += self._evidence(context, item, result.value)  # type: ignore[arg-type]
+                rows += self._evidence(context, item, result.value)  # type: ignore[arg-type]  # ok: value set
             else:
                 failed.append(failure(context, str(self.label), "attributes", result, item.item_id))
         self.counts.update(failure_counts(self.earlier, failed, {("attributes", i.item_id) for i in batch.items}))

@@ -159,6 +159,7 @@ def _v3_evidence_to_parquet(conn: sqlite3.Connection) -> None:
 
     for statement in _V3_EVIDENCE_SHARDS.split(";"):
         conn.execute(statement)
+    # ignored below (attr-defined): the migration's connection is ours, opened with its path attached
     store = EvidenceStore(Path(conn.path).parent, lambda: conn, _joined(conn), lambda *_: None)  # type: ignore[attr-defined]
     runs = [row[0] for row in conn.execute("SELECT DISTINCT run_id FROM evidence ORDER BY run_id")]
     for run_id in runs:
