@@ -180,3 +180,40 @@ def test_naive_bayes_predictions_are_scikit_learns() -> None:
             continue
         expected = GaussianNB().fit(x, labels).predict(test)
         assert gaussian_nb_predictions(x, labels, test).tolist() == expected.tolist(), trial
+
+
+def test_folds_are_scikit_learns_stratified_k_fold() -> None:
+    from sklearn.model_selection import StratifiedKFold
+
+    from curate.analyze.cues import stratified_folds
+
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n, k = int(rng.integers(10, 400)), int(rng.integers(2, 6))
+        labels = np.array([f"c{v}" for v in rng.integers(0, k, n)])
+        splits, seed = min(5, int(np.unique(labels, return_counts=True)[1].min())), int(rng.integers(0, 5))
+        if splits < 2 or len(np.unique(labels)) < 2:
+            continue
+        folds = stratified_folds(labels, splits, seed)
+        splitter = StratifiedKFold(splits, shuffle=True, random_state=seed)
+        for fold, (_, test) in enumerate(splitter.split(labels, labels)):
+            assert np.flatnonzero(folds == fold).tolist() == test.tolist(), trial
+
+
+def test_an_analysis_does_not_import_scikit_learn(tmp_path: Path) -> None:
+    """Importing scikit-learn took seconds of every analysis; the statistics need none of it."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np, polars as pl\n"
+              "from curate.analyze.cues import cue_statistics\n"
+              "rng = np.random.default_rng(0)\n"
+              "presence = pl.DataFrame({'item_id': [str(i) for i in range(60)], 'class_label': ['a', 'b'] * 30,\n"
+              "                         'attribute': ['grass'] * 60, 'taxonomy_type': ['Background'] * 60,\n"
+              "                         'score': rng.random(60), 'present': rng.random(60) > 0.5,\n"
+              "                         'own': [True] * 60})\n"
+              "assert cue_statistics(presence, 'machine:clip')['predictivity_acc'].null_count() == 0\n"
+              "print('sklearn' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "False"

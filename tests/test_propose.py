@@ -161,7 +161,8 @@ def test_a_high_threshold_leaves_scores_at_zero(animals: Workspace, tiny_clip: s
 
 
 def test_proposer_names_and_options_are_checked() -> None:
-    with pytest.raises(ProposeError, match="unknown proposer .nope.*clip, clip.detector, detector, errors, focus-settings"):
+    with pytest.raises(ProposeError,
+                       match="unknown proposer .nope.*clip, clip.detector, detector, errors, focus-settings"):
         make_proposer("nope")
     with pytest.raises(ProposeError, match="no option temperature"):
         make_proposer("clip", temperature=0.1)
