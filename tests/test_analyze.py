@@ -217,3 +217,28 @@ def test_an_analysis_does_not_import_scikit_learn(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.stdout.strip() == "False"
+
+
+def test_statistics_do_not_depend_on_row_order_or_on_how_many_cues_a_pass_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan's row order can change from one run to the next (a streaming join): the folds of
+    predictivity follow the items, not the rows, so the numbers are the same on every run."""
+    import curate.analyze.cues as cues
+
+    rng = np.random.default_rng(3)
+    n = 400
+    presence = pl.DataFrame({
+        "item_id": [f"i{i:04d}" for i in range(n) for _ in range(3)],
+        "class_label": [("a", "b", "c")[i % 3] for i in range(n) for _ in range(3)],
+        "attribute": ["grass", "sofa", "leash"] * n, "taxonomy_type": ["Background"] * (3 * n),
+        "score": rng.random(3 * n), "own": [True] * (3 * n)}).with_columns(present=pl.col("score") > 0.6)
+    shuffled = presence.sample(fraction=1.0, shuffle=True, seed=1)
+
+    def stats(frame: pl.DataFrame) -> pl.DataFrame:
+        return cue_statistics(frame, "machine:clip").sort("class_label", "attribute")
+
+    expected = stats(presence)
+    assert expected["predictivity_acc"].n_unique() > 1
+    assert stats(shuffled).equals(expected)
+    monkeypatch.setattr(cues, "ROWS_PER_PASS", n)  # one cue per pass
+    assert stats(shuffled).equals(expected)

@@ -20,7 +20,7 @@ cue (machine rows scored only as negatives, ``own`` false, count but get no row 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -171,8 +171,9 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
     Without an ``own`` column every class scored gets a row.
 
-    Counts are polars aggregations over the (lazy) presence table; predictivity reads one cue's
-    scores at a time, so memory follows the largest cue, not the whole table.
+    Counts are polars aggregations over the (lazy) presence table; predictivity reads the scores of
+    as many cues at a time as fit in ``ROWS_PER_PASS`` rows, so memory is bounded whatever the
+    table's size and a table of many cues is read in few passes.
     """
     scan = presence.lazy().with_row_index("order")
     if "own" not in scan.collect_schema():
@@ -182,13 +183,12 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
         taxonomy_type=pl.col("taxonomy_type").sort_by("order").first(), first=pl.col("order").min(),
     ).collect(engine="streaming")
     rows = []
-    for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True):
-        scored = scored.sort("class_label")
+    cues = [(str(attribute), scored.sort("class_label"))
+            for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True)]
+    scores = _cue_scores(scan, [(attribute, int(scored["n_class"].sum())) for attribute, scored in cues])
+    for attribute, scored in cues:
         n_scored, n_cue, n_classes = int(scored["n_class"].sum()), int(scored["n_both"].sum()), scored.height
-        values = (scan.filter(pl.col("attribute") == attribute)  # classes as codes in their sorted order
-                  .select("order", "score", code=pl.col("class_label").rank("dense").cast(pl.Int64))
-                  .collect(engine="streaming").sort("order"))
-        acc, majority = predictivity(values["score"].to_numpy(), values["code"].to_numpy())
+        acc, majority = predictivity(*next(scores))
         for row in scored.filter(pl.col("listed")).iter_rows(named=True):
             n_class, n_both = int(row["n_class"]), int(row["n_both"])
             p_class_given_cue = n_both / n_cue if n_cue else math.nan
@@ -212,6 +212,32 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     ranked = frame.sort(["class_label", "lift", "p_cue_given_class"], descending=[False, True, True],
                         nulls_last=True, maintain_order=True)
     return ranked.with_columns(pl.int_range(1, pl.len() + 1).over("class_label").alias("rank")).select(STAT_COLUMNS)
+
+
+ROWS_PER_PASS = 2_000_000
+"""How many presence rows predictivity reads in one pass (about 50 MB): the cues of a pass are read
+together, a cue larger than this alone."""
+
+
+def _cue_scores(scan: pl.LazyFrame, sizes: list[tuple[str, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(scores, class codes in the classes' sorted order) of each cue of ``sizes`` (cue, rows), in
+    that order, each in ``item_id`` order (a scan's row order can change from one run to the next);
+    cues read together while they fit in ``ROWS_PER_PASS`` rows."""
+    batch: list[str] = []
+    rows = 0
+    for index, (attribute, size) in enumerate(sizes):
+        batch.append(attribute)
+        rows += size
+        if index + 1 < len(sizes) and rows + sizes[index + 1][1] <= ROWS_PER_PASS:
+            continue
+        frame = (scan.filter(pl.col("attribute").is_in(pl.Series(batch, dtype=pl.String).implode()))
+                 .select("attribute", "item_id", "score",
+                         code=pl.col("class_label").rank("dense").over("attribute").cast(pl.Int64))
+                 .collect(engine="streaming").sort("item_id"))  # a stable order: the folds depend on it
+        parts = frame.partition_by("attribute", as_dict=True)  # rows keep their order in each part
+        for name in batch:
+            yield parts[(name,)]["score"].to_numpy(), parts[(name,)]["code"].to_numpy()
+        batch, rows = [], 0
 
 
 def binary_nmi(n: int, n_class: int, n_cue: int, n_both: int) -> float:
