@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -301,3 +302,37 @@ def test_other_predictions_are_another_run(planted: Planted, tiny_clip: str, tmp
         make_proposer("errors", predictions=str(tmp_path / "missing.csv"))
     with pytest.raises(ProposeError, match="rank_by is clip or error_gap"):
         make_proposer("errors", predictions=str(planted.predictions), rank_by="lift")
+
+
+def test_a_discovered_cue_verified_by_people_is_built_into_groups_and_published_with_its_provenance(
+        planted: Planted, tiny_clip: str, tmp_path: Path) -> None:
+    import datasets
+
+    from curate.builders import build, make_builder
+    from curate.publish import publish
+    from curate.records import Verdict
+    from curate.verdicts import VerdictValue
+
+    proposer = make_proposer("errors", predictions=str(planted.predictions), captions=str(planted.captions),
+                             caption_column="text", clip_model=tiny_clip, rank_by="error_gap", min_images=3)
+    discovered = propose(planted.workspace, proposer, progress=False)
+    [top, *_] = _cues(planted.workspace, discovered.run.run_id)
+    assert top.attribute == "snow"
+    cats = sorted({i.item_id for i in planted.workspace.catalog.items(label="cat")})[:6]  # people saw snow there
+    on_snow = planted.wrong | set(cats)
+    planted.workspace.catalog.add_verdicts(
+        Verdict(item.item_id, top.attribute, person, "round-1",
+                VerdictValue.SPURIOUS if item.item_id in on_snow else VerdictValue.NOT_PRESENT, "Background")
+        for item in planted.workspace.catalog.items() for person in ("ann", "bob"))
+    builder = make_builder("groups", attribute=top.attribute, classes=("dog", "cat"), verdict_round="round-1",
+                           train_correlation=0.5, val_per_group=1, test_per_group=1, near_duplicates="ignore")
+    build(planted.workspace, builder, tmp_path / "release")
+    fed_by = json.loads((tmp_path / "release" / "release.json").read_text())["fed_by"]
+    assert fed_by["attributes"] == ["snow"] and fed_by["rounds"] == ["round-1"]
+    assert discovered.run.run_id in fed_by["proposal_runs"]  # the discovery run is named as what fed it
+    publish(planted.workspace, tmp_path / "release", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
+    loaded = datasets.load_dataset(str(tmp_path / "hub"))
+    rows = [row for split in loaded.values() for row in split]
+    assert {(row["y"], row["a"]) for row in rows} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert rows[0]["image"].size[0] in (16, 20)
+    assert discovered.run.run_id in (tmp_path / "hub" / "README.md").read_text()
