@@ -205,18 +205,19 @@ def test_class_specific_cues_are_scored_on_every_class_so_lift_ranks_them(animal
     from curate.analyze import analyze_cues
     from curate.executors import ImageBatch
     from curate.propose.base import ProposeContext
-    from curate.propose.scoring import ImageScorer, class_passes, score_images
+    from curate.propose.scoring import ImageScorer, Target, class_passes, score_images
 
     ids = {label: [i.item_id for i in animals.catalog.items(label=label)] for label in ("cat", "dog")}
     present = {"ball": set(ids["cat"] + ids["dog"]), "leash": {ids["dog"][0]}, "yarn": set(ids["cat"][:2])}
 
     class Known(ImageScorer):  # a cue is present on exactly the images listed above
-        def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
-            self.cues = cues
+        def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target],
+                        own: bool = True) -> None:
+            self.targets = targets
 
         def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
             return [Evidence(item.item_id, cue.attribute, "detector", context.run.run_id, score=float(
-                item.item_id in present[cue.attribute])) for item in batch.items for cue in self.cues]
+                item.item_id in present[cue.attribute])) for item in batch.items for cue in self.targets]
 
     _llm_cues(animals, {"dog": ["ball", "leash"], "cat": ["yarn"]})
     with animals.runs.track("propose", "known", {"proposer": "known"}) as run:

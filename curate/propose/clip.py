@@ -21,8 +21,8 @@ from curate.executors import ImageBatch
 from curate.models import ClipModel, load_model
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.embeddings import EmbeddingStore
-from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, class_passes
-from curate.records import Cue, Evidence, Item
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, Target, class_passes
+from curate.records import Evidence, Item
 
 DEFAULT_TEMPLATES = ("a photo of {attribute}.", "a photo of a {label} with {attribute}.",
                      "a picture showing {attribute}.")
@@ -88,18 +88,19 @@ class ClipScorer(EmbeddingScorer):
                  templates: tuple[str, ...], contrast: tuple[str, ...]) -> None:
         super().__init__(context, model, weights, device)
         self.templates, self.contrast = templates, contrast
-        self.cues: list[Cue] = []
+        self.targets: list[Target] = []
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
-        self.cues, self.context = cues, context
+    def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
+                    ) -> None:
+        self.targets, self.context = targets, context
         self.text_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def texts(self, label: str) -> tuple[np.ndarray, np.ndarray]:
         """(cue ensembles, contrast ensemble) of the current cues for images of class ``label``."""
         if label not in self.text_vectors:  # one text-encoder call for every cue's templates
-            texts = [t.format(attribute=c.attribute, label=label) for c in self.cues for t in self.templates]
+            texts = [t.format(attribute=c.attribute, label=label) for c in self.targets for t in self.templates]
             means = self.clip.encode_texts(texts, self.context.workspace.cache).reshape(
-                len(self.cues), len(self.templates), -1).mean(axis=1)
+                len(self.targets), len(self.templates), -1).mean(axis=1)
             self.text_vectors[label] = (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12),
                                         ensemble(self.clip, self.contrast, self.context, label=label))
         return self.text_vectors[label]
@@ -116,7 +117,7 @@ class ClipScorer(EmbeddingScorer):
                               cue.taxonomy_type, float(probability[col]), [], self.clip.name, self.clip.version,
                               {"similarity": float(similarity[col]), "contrast_similarity": contrast,
                                "cue_source": cue.source})
-                     for col, cue in enumerate(self.cues)]
+                     for col, cue in enumerate(self.targets)]
         return rows
 
 

@@ -16,8 +16,8 @@ from curate.executors import ImageBatch
 from curate.models import OpenSetDetector, load_model
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipScorer
-from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, class_passes, vocabulary_pass
-from curate.records import Cue, Evidence, EvidenceRole
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, Target, class_passes, vocabulary_pass
+from curate.records import Evidence, EvidenceRole
 
 MAX_BOXES_KEPT = 10
 
@@ -32,20 +32,21 @@ class DetectorScorer(ImageScorer):
         self.detector: OpenSetDetector = load_model(model, weights=weights, device=device, text_encoder=text_encoder)
         context.models[self.detector.name] = self.detector.version
         self.conf, self.imgsz, self.include_class = conf, imgsz, include_class
-        self.cues: list[Cue] = []
+        self.targets: list[Target] = []
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+    def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
+                    ) -> None:
         # on its own images the class object is localised too (role "core"): the spurious gap masks it out
-        core = [Cue(label, label, "class", context.run.run_id, None, EvidenceRole.CORE)] \
-            if self.include_class and own and label != "*" else []
-        self.cues = [*cues, *core] if label not in {c.attribute for c in cues} else cues
-        self.detector.set_vocabulary([cue.attribute for cue in self.cues], context.workspace.cache)
+        core = [Target(label, None, EvidenceRole.CORE, "class")] \
+            if self.include_class and own and label is not None else []
+        self.targets = [*targets, *core] if label not in {t.attribute for t in targets} else targets
+        self.detector.set_vocabulary([target.attribute for target in self.targets], context.workspace.cache)
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
         rows = []
         for item, detections in zip(batch.items, self.detector.detect(batch.images, self.conf, self.imgsz),
                                     strict=True):
-            for cue in self.cues:
+            for cue in self.targets:
                 score, boxes = detections.best(cue.attribute)
                 rows.append(Evidence(item.item_id, cue.attribute, self.source, context.run.run_id,
                                      cue.role, cue.taxonomy_type, score,

@@ -15,8 +15,8 @@ import numpy as np
 
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.clip import EmbeddingScorer, ensemble, presence
-from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, class_item_passes
-from curate.records import Cue, Evidence, Item, Setting, SettingKind
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, Target, class_item_passes, class_of
+from curate.records import Evidence, Item, Setting, SettingKind
 
 TIMES = ("day", "night")
 WEATHERS = ("cloudy", "foggy", "partly cloudy", "raining", "snowing", "sunny")
@@ -40,7 +40,9 @@ class FocusScorer(EmbeddingScorer):
 
     source = "focus-settings"
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+    def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
+                    ) -> None:
+        label = class_of(label)
         self.texts = {kind: np.stack([ensemble(self.clip, TEMPLATES[kind], context, value=value, label=label)
                                       for value in values]) for kind, values in SETTINGS}
         self.contrast = ensemble(self.clip, CONTRAST, context, label=label)

@@ -15,8 +15,8 @@ import numpy as np
 from curate.models import ClipModel
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.clip import EmbeddingScorer, presence
-from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer
-from curate.records import Cue, Evidence, EvidenceRole, Item
+from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, Target
+from curate.records import Evidence, EvidenceRole, Item
 
 LOGO_PROMPTS = ("a logo of a company.", "a brand logo.", "a photo of a logo.", "a company logo printed on a product.")
 CONTRAST_PROMPTS = ("a photo.", "a photo of an object.", "a photo of a scene.")
@@ -37,7 +37,8 @@ class LogoScorer(EmbeddingScorer):
         super().__init__(context, model, weights, device)
         self.logo, self.contrast = _mean(self.clip, prompts, context), _mean(self.clip, contrast, context)
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+    def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
+                    ) -> None:
         """Logo prompts name no class: nothing to prepare."""
 
     def evidence(self, context: ProposeContext, items: list[Item], vectors: np.ndarray) -> list[Evidence]:
@@ -62,4 +63,4 @@ class LogoMiningProposer(ImageProposer):
         return [LogoScorer(context, self.model, self.weights, self.device, self.prompts, self.contrast)]
 
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
-        return [ClassPass("*", [], context.pending_items(), True)]
+        return [ClassPass(None, [], context.pending_items(), True)]

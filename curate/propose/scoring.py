@@ -32,8 +32,35 @@ from curate.executors import BatchWorker, Executor, ImageBatch, Job, ScoredBatch
 from curate.models import ModelSpec, add_model, get_spec, list_models
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer
-from curate.records import NEGATIVE_OF, Cue, Evidence, Item, Run
+from curate.records import NEGATIVE_OF, Cue, Evidence, EvidenceRole, Item, Run
 from curate.workspace import Workspace
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a scorer looks for in a pass: an attribute, with the role, type and source its rows
+    carry (a class's cue, the class object itself, or a word of a fixed vocabulary)."""
+
+    attribute: str
+    taxonomy_type: str | None = None
+    role: EvidenceRole = EvidenceRole.CANDIDATE
+    source: str = "vocabulary"
+
+    @classmethod
+    def of(cls, cue: Cue) -> Target:
+        """A class's cue as a target."""
+        return cls(cue.attribute, cue.taxonomy_type, cue.role, cue.source)
+
+
+def class_of(label: str | None) -> str:
+    """The class of a pass, for scorers that work in a class's words (settings, a VLM's attributes).
+
+    >>> class_of("dog")
+    'dog'
+    """
+    if label is None:
+        raise ProposeError("this scorer works on one class's images at a time, not on a pass of no class")
+    return label
 
 
 def unique_cues(cues: list[Cue]) -> list[Cue]:
@@ -51,9 +78,10 @@ class ImageScorer(ABC):
         return True
 
     @abstractmethod
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
-        """Prepare for a class's cues (text embeddings, detector vocabulary), on the class's own images
-        (``own``) or on other classes' images."""
+    def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
+                    ) -> None:
+        """Prepare for a pass's targets (text embeddings, detector vocabulary): a class's on the class's
+        own images (``own``) or on other classes' images, or (``label`` None) a pass of no class."""
 
     @abstractmethod
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
@@ -95,11 +123,12 @@ def negative_pool(items: Sequence[Item], label: str, negatives: int | None) -> l
 
 @dataclass(frozen=True, slots=True)
 class ClassPass:
-    """One class's cues and the images they are still to be scored on: the class's own (``own``) or
-    the negative pool."""
+    """One class's cues (as targets) and the images they are still to be scored on: the class's own
+    (``own``) or the negative pool; ``label`` None is a pass of no class (a fixed vocabulary on every
+    image, or one question of every image)."""
 
-    label: str
-    cues: list[Cue]
+    label: str | None
+    targets: list[Target]
     items: list[Item]
     own: bool
 
@@ -151,7 +180,7 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
             done = stored_pairs(context, candidates, own)
             wanted = {cue.attribute for cue in cues_of[label]}
             pending = [i for i in candidates if not wanted <= done.get(i.item_id, set())]
-            yield ClassPass(label, cues_of[label], pending, own)
+            yield ClassPass(label, [Target.of(cue) for cue in cues_of[label]], pending, own)
 
 
 def class_item_passes(context: ProposeContext) -> Iterator[ClassPass]:
@@ -163,14 +192,13 @@ def class_item_passes(context: ProposeContext) -> Iterator[ClassPass]:
 
 def vocabulary_pass(context: ProposeContext, vocabulary: Sequence[str]) -> ClassPass:
     """Every pending item of the workspace (labelled or not) with the words of a fixed vocabulary."""
-    cues = [Cue("*", word, "vocabulary", context.run.run_id) for word in dict.fromkeys(vocabulary)]
-    return ClassPass("*", cues, context.pending_items(), True)
+    return ClassPass(None, [Target(word) for word in dict.fromkeys(vocabulary)], context.pending_items(), True)
 
 
 @dataclass
 class ScoringWorker:
     """A proposal's scorers as the ``BatchWorker`` an executor runs: set up for each job's class as
-    its batches arrive (a job's setup is ``(label, cues, own)``)."""
+    its batches arrive (a job's setup is ``(label, targets, own)``)."""
 
     context: ProposeContext
     scorers: Sequence[ImageScorer]
@@ -188,9 +216,9 @@ class ScoringWorker:
 
     def __call__(self, job: Job, batch: ImageBatch) -> ScoredBatch:
         if job.key != self.job_key:
-            label, cues, own = job.setup
+            label, targets, own = job.setup
             for scorer in self.scorers:
-                scorer.begin_class(self.context, label, cues, own)
+                scorer.begin_class(self.context, label, targets, own)
             self.job_key = job.key
         rows = [row for scorer in self.scorers for row in (scorer.score(self.context, batch) if batch.items else [])]
         counts: Counter[str] = Counter()
@@ -239,7 +267,7 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
         for key, class_pass in enumerate(passes):
             if class_pass.items:
                 opened[key] = class_pass
-                yield Job(key, (class_pass.label, class_pass.cues, class_pass.own), class_pass.items)
+                yield Job(key, (class_pass.label, class_pass.targets, class_pass.own), class_pass.items)
 
     with contextlib.ExitStack() as bar:
         showing: int | None = None
@@ -247,7 +275,7 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
             class_pass = opened[scored.key]
             if scored.key != showing:
                 bar.close()
-                named = title if class_pass.label == "*" else f"{title} {class_pass.label}"
+                named = title if class_pass.label is None else f"{title} {class_pass.label}"
                 advance = bar.enter_context(progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}",
                                                          len(class_pass.items), context.progress))
                 showing = scored.key

@@ -28,8 +28,8 @@ from curate.propose.llm_common import (
     spent,
 )
 from curate.propose.prompts import load_prompts
-from curate.propose.scoring import ImageScorer, class_item_passes, score_images
-from curate.records import Cue, Evidence, EvidenceRole, Item
+from curate.propose.scoring import ImageScorer, Target, class_item_passes, class_of, score_images
+from curate.records import Evidence, EvidenceRole, Item
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
 
 
@@ -75,7 +75,9 @@ class VLMScorer(ImageScorer):
         self.failures: list[dict[str, object]] = []
         self.counts: Counter[str] = Counter()
 
-    def begin_class(self, context: ProposeContext, label: str, cues: list[Cue], own: bool = True) -> None:
+    def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
+                    ) -> None:
+        label = class_of(label)
         self._record_class()
         self.label, self.failures = label, []
         self.earlier = retryable(recorded_failures(context, label))
