@@ -214,8 +214,8 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     return ranked.with_columns(pl.int_range(1, pl.len() + 1).over("class_label").alias("rank")).select(STAT_COLUMNS)
 
 
-ROWS_PER_PASS = 2_000_000
-"""How many presence rows predictivity reads in one pass (about 50 MB): the cues of a pass are read
+ROWS_PER_PASS = 250_000
+"""How many presence rows predictivity reads in one pass (about 20 MB): the cues of a pass are read
 together, a cue larger than this alone."""
 
 
