@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from annotation.configs import (
     CONFIGS,
@@ -31,6 +31,7 @@ from annotation.configs import (
     read_choices_result,
 )
 from annotation.files import image_url
+from annotation.spec import RoundSpec
 from annotation.transport import PREFILL_VERSION, BridgeError, Task
 from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item
 from curate.registry import Registry
@@ -44,9 +45,6 @@ from curate.verdicts import (
     resolve,
 )
 from curate.workspace import Workspace
-
-if TYPE_CHECKING:
-    from annotation.rounds import RoundSpec
 
 Reading = tuple[str, str, str | None, dict[str, Any]]  # attribute, value, type, extra
 
