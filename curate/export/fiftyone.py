@@ -24,10 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from curate.folders import replaced
+from curate.progress import progress_bar
 from curate.records import Evidence, Item, Verdict
 from curate.verdicts import resolved_verdicts
 from curate.workspace import Workspace
+from curate.workspace.evidence import evidence_records
 
 JsonDict = dict[str, Any]
 _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
@@ -81,15 +85,18 @@ def export_fiftyone(workspace: Workspace, out: str | Path, *, label: str | None 
             {"name": out.name, "media_type": "image",
              "info": {"curate_workspace": str(workspace.root), "release": None if release is None else str(release)}},
             indent=1))
-        with (folder / "samples.json").open("w") as handle:
+        total = workspace.status().per_class.get(label, 0) if label is not None else workspace.status().items
+        with (folder / "samples.json").open("w") as handle, progress_bar("export to FiftyOne", total) as advance:
             handle.write('{"samples": [')
-            for item in workspace.catalog.items(label=label):
-                if splits is not None and item.item_id not in splits:
-                    continue
-                sample = _sample(workspace, item, workspace.catalog.evidence(item_id=item.item_id),
-                                 decided.get(item.item_id, []), None if splits is None else splits[item.item_id])
-                handle.write(("\n" if count == 0 else ",\n") + json.dumps(sample))
-                count += 1
+            for items in _batches(workspace.catalog.items(label=label), EVIDENCE_BATCH):
+                wanted = [item for item in items if splits is None or item.item_id in splits]
+                evidence = _evidence_by_item(workspace, [item.item_id for item in wanted])
+                for item in wanted:
+                    sample = _sample(workspace, item, evidence.get(item.item_id, []), decided.get(item.item_id, []),
+                                     None if splits is None else splits[item.item_id])
+                    handle.write(("\n" if count == 0 else ",\n") + json.dumps(sample))
+                    count += 1
+                advance(len(items))
             handle.write("\n]}\n")
     return FiftyOneExport(out, count)
 
@@ -105,6 +112,32 @@ def load_fiftyone(path: str | Path, name: str | None = None, persistent: bool = 
     dataset = fo.Dataset.from_dir(dataset_dir=str(path), dataset_type=fo.types.FiftyOneDataset, name=name)
     dataset.persistent = persistent
     return dataset
+
+
+EVIDENCE_BATCH = 1000
+"""Items whose evidence one scan reads (one scan per item was a full read of the evidence each)."""
+
+
+def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _evidence_by_item(workspace: Workspace, item_ids: list[str]) -> dict[str, list[Evidence]]:
+    """The evidence of ``item_ids``, per item, in one scan."""
+    frame = (workspace.catalog.evidence_scan().filter(pl.col("item_id").is_in(pl.Series(item_ids, dtype=pl.String)
+                                                                              .implode()))
+             .sort(["item_id", "attribute", "source", "run_id"]).collect())
+    found: dict[str, list[Evidence]] = {}
+    for row in evidence_records(frame):
+        found.setdefault(row.item_id, []).append(row)
+    return found
 
 
 def _release_splits(path: Path) -> dict[str, str]:

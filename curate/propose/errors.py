@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from curate.analyze.cues import wilson
 from curate.executors import image_batches
@@ -61,12 +61,12 @@ from curate.propose.embeddings import EmbeddingStore
 from curate.propose.llm_common import count_cost, spent
 from curate.propose.llm_cues import CueType, names_the_class, normalise_cue, singular
 from curate.propose.prompts import PromptSet, load_prompts
-from curate.propose.vlm import data_url
+from curate.propose.vlm import SpuriousAttribute, data_url
 from curate.records import Cue, Evidence, EvidenceRole, Item
 from curate.registry import Registry
 from curate.secrets import scrub
 from curate.tabular import read_table
-from curate.taxonomy import SPURIOUS_TYPES, canonical_type
+from curate.taxonomy import SPURIOUS_TYPES
 
 SOURCE = "errors"
 B2T_TEMPLATE = "a photo of a {}"  # B2T's released code scores keywords with this prompt
@@ -80,18 +80,8 @@ class Caption(BaseModel):
     caption: str = Field(min_length=1)
 
 
-class Hypothesis(BaseModel):
-    attribute: str
-    type: str
-
-    @field_validator("type")
-    @classmethod
-    def _nine_types(cls, value: str) -> str:
-        return canonical_type(value)
-
-
 class Hypotheses(BaseModel):
-    hypotheses: list[Hypothesis] = Field(min_length=1)
+    hypotheses: list[SpuriousAttribute] = Field(min_length=1)  # an attribute with its type, as a VLM names one
 
 
 @dataclass(frozen=True, slots=True)
