@@ -90,12 +90,15 @@ def test_box_mcq_setting_and_logo_reviews_show_their_question_beside_the_image(
     pl.DataFrame({"item_id": [item.item_id], "time": ["day"], "weather": ["none"], "locations": ["indoors"]}
                  ).write_csv(tmp_path / "settings.csv")
     pl.DataFrame({"item_id": [item.item_id]}).write_csv(tmp_path / "logos.csv")
+    pl.DataFrame({"item_id": [item.item_id], "class_label": ["rocket"], "cue": ["saucer"]}
+                 ).write_csv(tmp_path / "spurious-only.csv")
     connection = server.connection(round_workspace.root)
     shown = {"boxes": ("Fix the boxes of: saucer", "boxes correct"),
              "mcq": ("Which feature best indicates what this is?", "answer wrong"),
              "setting": ("Check the setting of the image", "Weather", "partly cloudy"),
-             "logo": ("not a logo", "logo")}
-    units = {"mcq": "mcq.parquet", "setting": "settings.csv", "logo": "logos.csv"}
+             "logo": ("not a logo", "logo"),
+             "spurious-only": ("Is there saucer in the image?", "Is there a rocket")}  # the pair's class
+    units = {"mcq": "mcq.parquet", "setting": "settings.csv", "logo": "logos.csv", "spurious-only": "spurious-only.csv"}
     admin = server.admin_login(round_workspace.root)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     try:
