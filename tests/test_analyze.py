@@ -12,7 +12,7 @@ from conftest import distinct_image
 from PIL import Image
 
 from curate.analyze import STATS_TABLE, analyze_cues, rank_by_score
-from curate.analyze.cues import cue_statistics, predictivity, wilson
+from curate.analyze.cues import cue_statistics, wilson
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
 from curate.workspace import Workspace
@@ -62,15 +62,6 @@ def test_each_cue_breaks_its_ties_with_its_own_shuffle() -> None:
     grass, leash = rank_by_score(zeros, cue=("dog", "grass")), rank_by_score(zeros, cue=("dog", "leash"))
     assert set(grass[-5:]) != set(leash[-5:])  # cues scoring 0 everywhere do not share their bottom K
     assert rank_by_score(zeros, cue=("dog", "grass")) == grass  # and a re-run gives the same order
-
-
-def test_a_constant_score_predicts_at_the_majority_rate(recwarn: pytest.WarningsRecorder) -> None:
-    labels = np.array(["a"] * 6 + ["b"] * 4)
-    assert predictivity(np.ones(10), labels) == (0.6, 0.6)
-    rare = np.r_[np.zeros(9), 1.0]  # one image shows the cue: some training folds see a constant score
-    acc, majority = predictivity(rare, labels)
-    assert majority == 0.6 and 0.0 <= acc <= 1.0
-    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 @pytest.fixture
@@ -165,39 +156,61 @@ def test_importing_curate_leaves_matplotlib_backend_alone() -> None:
     assert shown.strip() == "svg"  # a notebook's inline backend survives `import curate`
 
 
-def test_naive_bayes_predictions_are_scikit_learns() -> None:
+def _sklearn_predictivity(ids: list[str], scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Out-of-fold accuracy of scikit-learn's GaussianNB with folds from the ids' first 15 hex digits
+    (mod 60, mod k: k = 5 or the smallest class's size), and the majority-class accuracy."""
     from sklearn.naive_bayes import GaussianNB
 
-    from curate.analyze.cues import gaussian_nb_predictions
+    values, counts = np.unique(labels, return_counts=True)
+    majority, splits = counts.max() / counts.sum(), min(5, int(counts.min()))
+    if len(values) < 2 or splits < 2:
+        return majority, majority
+    folds = np.array([int(item_id[:15], 16) % 60 % splits for item_id in ids])
+    correct = 0
+    for fold in range(splits):
+        train, test = folds != fold, folds == fold
+        if not test.any():
+            continue
+        if np.ptp(scores[train]) == 0:
+            seen, seen_counts = np.unique(labels[train], return_counts=True)
+            predicted = np.full(int(test.sum()), seen[seen_counts.argmax()])
+        else:
+            predicted = GaussianNB().fit(scores[train, None], labels[train]).predict(scores[test, None])
+        correct += int((predicted == labels[test]).sum())
+    return correct / len(labels), majority
+
+
+def test_predictivity_is_scikit_learns_cross_validated_naive_bayes() -> None:
+    """Random cues (2 to 6 classes, rounded scores with ties, constant training folds, tiny classes),
+    several at once so their models share the pass: each cue's accuracy is scikit-learn's."""
+    import hashlib
 
     rng = np.random.default_rng(0)
-    for trial in range(200):
-        n, k = int(rng.integers(4, 300)), int(rng.integers(2, 6))
-        labels = np.array([f"c{v}" for v in rng.integers(0, k, n)])
-        x = (rng.random((n, 1)) ** rng.uniform(0.2, 5)).round(int(rng.integers(1, 6)))
-        test = rng.random((50, 1))
-        if np.ptp(x) == 0 or len(np.unique(labels)) < 2:
-            continue
-        expected = GaussianNB().fit(x, labels).predict(test)
-        assert gaussian_nb_predictions(x, labels, test).tolist() == expected.tolist(), trial
+    for trial in range(40):
+        frames, expected = [], {}
+        for cue in range(5):
+            n, k = int(rng.integers(4, 300)), int(rng.integers(2, 7))
+            ids = [hashlib.sha256(f"{trial} {cue} {i}".encode()).hexdigest() for i in range(n)]
+            labels = np.array([f"c{v}" for v in rng.integers(0, k, n)])
+            scores = (rng.random(n) ** rng.uniform(0.2, 5)).round(int(rng.integers(0, 6)))
+            if cue == 0:
+                scores = np.r_[np.zeros(n - 1), 1.0]  # one image shows it: some training folds are constant
+            expected[f"cue{cue}"] = _sklearn_predictivity(ids, scores, labels)
+            frames.append(pl.DataFrame({"item_id": ids, "class_label": labels, "attribute": f"cue{cue}",
+                                        "taxonomy_type": "Background", "score": scores, "present": scores > 0.5}))
+        stats = cue_statistics(pl.concat(frames), "machine:clip")
+        for cue, (acc, majority) in expected.items():
+            row = stats.filter(pl.col("attribute") == cue).row(0, named=True)
+            assert (row["predictivity_acc"], row["majority_acc"]) == pytest.approx((acc, majority), abs=1e-12), \
+                (trial, cue)
 
 
-def test_folds_are_scikit_learns_stratified_k_fold() -> None:
-    from sklearn.model_selection import StratifiedKFold
-
-    from curate.analyze.cues import stratified_folds
-
-    rng = np.random.default_rng(1)
-    for trial in range(200):
-        n, k = int(rng.integers(10, 400)), int(rng.integers(2, 6))
-        labels = np.array([f"c{v}" for v in rng.integers(0, k, n)])
-        splits, seed = min(5, int(np.unique(labels, return_counts=True)[1].min())), int(rng.integers(0, 5))
-        if splits < 2 or len(np.unique(labels)) < 2:
-            continue
-        folds = stratified_folds(labels, splits, seed)
-        splitter = StratifiedKFold(splits, shuffle=True, random_state=seed)
-        for fold, (_, test) in enumerate(splitter.split(labels, labels)):
-            assert np.flatnonzero(folds == fold).tolist() == test.tolist(), trial
+def test_a_constant_score_predicts_at_the_majority_rate(recwarn: pytest.WarningsRecorder) -> None:
+    presence = pl.DataFrame({"item_id": [f"{n:02x}" * 32 for n in range(10)], "class_label": ["a"] * 6 + ["b"] * 4,
+                             "attribute": "grass", "taxonomy_type": "Background", "score": 1.0, "present": True})
+    row = cue_statistics(presence, "machine:clip").row(0, named=True)
+    assert (row["predictivity_acc"], row["majority_acc"]) == (0.6, 0.6)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_an_analysis_does_not_import_scikit_learn(tmp_path: Path) -> None:
@@ -219,7 +232,7 @@ def test_an_analysis_does_not_import_scikit_learn(tmp_path: Path) -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_statistics_do_not_depend_on_row_order_or_on_how_many_cues_a_pass_reads(
+def test_statistics_do_not_depend_on_row_order_or_on_how_rows_are_chunked(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A scan's row order can change from one run to the next (a streaming join): the folds of
     predictivity follow the items, not the rows, so the numbers are the same on every run."""
@@ -240,5 +253,5 @@ def test_statistics_do_not_depend_on_row_order_or_on_how_many_cues_a_pass_reads(
     expected = stats(presence)
     assert expected["predictivity_acc"].n_unique() > 1
     assert stats(shuffled).equals(expected)
-    monkeypatch.setattr(cues, "ROWS_PER_PASS", n)  # one cue per pass
+    monkeypatch.setattr(cues, "ROWS_PER_CHUNK", 7)  # predictions made a few rows at a time
     assert stats(shuffled).equals(expected)

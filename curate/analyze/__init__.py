@@ -88,7 +88,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
         kind = f"machine:{source}"
         presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels, threshold)
-    if presence.lazy().select(pl.len()).collect().item() == 0:
+    if presence.lazy().head(1).collect().height == 0:
         raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
                          + (f" in run {run_id}" if run_id else ""))
     config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
@@ -97,9 +97,12 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
         folder = workspace.root / "reports" / run.run_id
         pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top)]
-        for row in stats.filter(pl.col("rank") == 1).iter_rows(named=True):
-            scored = presence.lazy().filter((pl.col("class_label") == row["class_label"])
-                                            & (pl.col("attribute") == row["attribute"])).sort("item_id").collect()
+        tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
+        scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
+                  .select("class_label", "attribute", "item_id", "score").collect(engine="streaming")
+                  .sort("item_id").partition_by("class_label", "attribute", as_dict=True))
+        for row in tops.iter_rows(named=True):
+            scored = scores[(row["class_label"], row["attribute"])]
             order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
                                   cue=(row["class_label"], row["attribute"]))
             k = min(strip_k, len(order) // 2) or min(strip_k, len(order))

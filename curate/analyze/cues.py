@@ -14,13 +14,16 @@ cue (machine rows scored only as negatives, ``own`` false, count but get no row 
 - ``predictivity_gain``: cleanlab-style, the cross-validated accuracy (out-of-fold predictions
   pooled) of a Gaussian naive Bayes classifier predicting the class from the cue's score alone,
   minus the majority-class accuracy (per cue, repeated on each of its rows); a fold whose training
-  scores are constant predicts its majority class.
+  scores are constant predicts its majority class. An item's fold follows from its id (``fold_key``:
+  5 folds, fewer when a class has fewer images), the same for every cue and every run, so the
+  models are made from per-fold sums in one aggregation, not from a shuffle of each cue's rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -66,12 +69,14 @@ def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float
     (``labels_frame``): evidence about the class object itself (role ``core``) is left out, ``own``
     is false for rows scored only as negatives for another class's cue. Where several runs or
     proposers scored one (item, cue), the row of the first run (by id) counts."""
-    rows = (evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
-            .join(labels, on="item_id", how="inner")
+    evidence = evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
+    negative = pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_not_null()
+    rows = (evidence.join(labels, on="item_id", how="inner")
             .select("item_id", "class_label", "attribute", "taxonomy_type", "run_id", "source",
-                    score=pl.col("score").fill_null(0.0),
-                    own=pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_null()))
-    if rows.select(pl.struct("run_id", "source").n_unique()).collect().item() > 1:
+                    score=pl.col("score").fill_null(0.0),  # JSON is parsed only where the key may be
+                    own=~pl.when(pl.col("extra").str.contains(f'"{NEGATIVE_OF}"', literal=True))
+                    .then(negative).otherwise(False)))
+    if evidence.select(pl.struct("run_id", "source").n_unique()).collect(engine="streaming").item() > 1:
         rows = rows.sort("run_id", "source", maintain_order=True).unique(["item_id", "attribute"], keep="first",
                                                                           maintain_order=True)
     return rows.with_columns(present=pl.col("score") >= threshold).select(*PRESENCE_SCHEMA)
@@ -97,73 +102,117 @@ def presence_from_verdicts(verdicts: Iterable[Verdict], labels: pl.LazyFrame) ->
             .select(*PRESENCE_SCHEMA).unique(["item_id", "attribute"], keep="first", maintain_order=True).collect())
 
 
-def predictivity(scores: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """(accuracy of out-of-fold Gaussian naive Bayes predictions from one score, majority-class accuracy).
+FOLDS = 5
+FOLD_KEYS = 60
+"""Every item has a fold key in [0, 60) (``fold_key``); with k folds (2 to 5, all dividing 60) its test
+fold is its key mod k, so a cue's folds come from one aggregation by key whatever k it needs."""
+ROWS_PER_CHUNK = 1_000_000
+"""Predictions are made on chunks of at most this many (row, class) cells (8 MB an array)."""
 
-    >>> acc, base = predictivity(np.r_[np.zeros(10), np.ones(10)], np.array(["a"] * 10 + ["b"] * 10))
-    >>> acc, base
-    (1.0, 0.5)
+
+def fold_key() -> pl.Expr:
+    """Each row's fold key from its ``item_id``: the first 15 hex digits of the id (item ids are
+    sha256 digests, so the folds are the same everywhere and follow the items, not the rows), or
+    polars' hash where an id is not hexadecimal (hand-made tables: stable within a polars version).
+
+    >>> pl.DataFrame({"item_id": ["ab" * 32, "cd" * 32]}).select(fold_key())["fold_key"].to_list()
+    [22, 52]
     """
-    values, counts = np.unique(labels, return_counts=True)
-    majority = float(counts.max() / counts.sum())
-    n_splits = min(folds, int(counts.min()))
-    if len(values) < 2 or n_splits < 2:
-        return majority, majority
-    x, correct = scores.reshape(-1, 1), 0
-    assigned = stratified_folds(labels, n_splits, seed)
-    for fold in range(n_splits):
-        train, test = np.flatnonzero(assigned != fold), np.flatnonzero(assigned == fold)
-        if np.ptp(x[train]) == 0:  # a constant score has no variance to fit: predict the fold's majority
-            seen, seen_counts = np.unique(labels[train], return_counts=True)
-            predicted = np.full(len(test), seen[seen_counts.argmax()])
-        else:
-            predicted = gaussian_nb_predictions(x[train], labels[train], x[test])
-        correct += int((predicted == labels[test]).sum())
-    return correct / len(labels), majority
+    hexadecimal = pl.col("item_id").str.slice(0, 15).str.to_integer(base=16, strict=False)
+    return (pl.coalesce(hexadecimal % FOLD_KEYS, (pl.col("item_id").hash(0) % FOLD_KEYS).cast(pl.Int64))
+            .cast(pl.Int64).alias("fold_key"))
 
 
-def stratified_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
-    """The test fold of each row, as ``sklearn.model_selection.StratifiedKFold(n_splits, shuffle=True,
-    random_state=seed)`` assigns them (its algorithm, so the same folds), without importing
-    scikit-learn (seconds of every analysis).
+@dataclass(frozen=True, slots=True)
+class FoldModels:
+    """The Gaussian naive Bayes model of each fold of one cue, made from its training folds' sufficient
+    statistics: scikit-learn's ``GaussianNB().fit`` on the same rows (class priors from the counts,
+    per-class mean and variance plus ``1e-9`` times the variance of all training scores), and, where
+    a fold's training scores are constant, the majority class it predicts instead (-1 otherwise).
+    Arrays are (fold, class) for the cue's classes in sorted order."""
 
-    >>> stratified_folds(np.array(["a", "b"] * 4), 2, 0).tolist()
-    [1, 0, 1, 1, 0, 0, 0, 1]
-    """
-    rng = np.random.RandomState(seed)
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    _, by_appearance = np.unique(first, return_inverse=True)  # classes numbered in order of appearance
-    encoded = by_appearance[inverse.reshape(-1)]
-    ordered = np.sort(encoded)
-    allocation = np.asarray([np.bincount(ordered[i::n_splits], minlength=len(first)) for i in range(n_splits)])
-    assigned = np.empty(len(labels), dtype=np.int64)
-    for k in range(len(first)):
-        for_class = np.arange(n_splits).repeat(allocation[:, k])
-        rng.shuffle(for_class)
-        assigned[encoded == k] = for_class
-    return assigned
+    log_prior: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    constant: np.ndarray
+    rows: int
+
+    @classmethod
+    def fit(cls, cells: np.ndarray, folds: int) -> FoldModels:
+        """From ``cells`` (fold key, class, [n, mean, M2, min, max])."""
+        by_fold = np.stack([_pooled(cells[np.arange(FOLD_KEYS) % folds == fold], axis=0) for fold in range(folds)])
+        train = np.stack([_pooled(by_fold[np.arange(folds) != fold], axis=0) for fold in range(folds)])
+        n, mean, m2, low, high = (train[..., i] for i in range(5))
+        everything = _pooled(train.transpose(1, 0, 2), axis=0)  # each fold's training scores, all classes
+        with np.errstate(divide="ignore", invalid="ignore"):
+            epsilon = 1e-9 * everything[:, 2] / everything[:, 0]
+            log_prior = np.log(n / n.sum(axis=1, keepdims=True))
+            var = np.where(n > 0, m2 / n, 1.0) + epsilon[:, None]
+        constant = np.where(np.nanmax(high, axis=1) == np.nanmin(low, axis=1), n.argmax(axis=1), -1)
+        return cls(log_prior, np.where(n > 0, mean, 0.0), var, constant, int(cells[..., 0].sum()))
 
 
-def gaussian_nb_predictions(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    """What ``sklearn.naive_bayes.GaussianNB().fit(x_train, y_train).predict(x_test)`` predicts, in its
-    arithmetic (so the same numbers) without its per-fit overhead, for (n, 1) arrays of one score.
+def _pooled(cells: np.ndarray, axis: int) -> np.ndarray:
+    """(n, mean, M2, min, max) of groups pooled along ``axis`` (Chan et al.'s parallel variance)."""
+    n = cells[..., 0].sum(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.where(cells[..., 0] > 0, cells[..., 0], 0.0)
+        mean = np.where(n > 0, (weights * np.nan_to_num(cells[..., 1])).sum(axis=axis) / n, np.nan)
+        spread = weights * (np.nan_to_num(cells[..., 1]) - np.expand_dims(mean, axis)) ** 2
+        m2 = (np.nan_to_num(cells[..., 2]) + np.where(weights > 0, spread, 0.0)).sum(axis=axis)
+    return np.stack([n, mean, m2, cells[..., 3].min(axis=axis, initial=np.inf),
+                     cells[..., 4].max(axis=axis, initial=-np.inf)], axis=-1)
 
-    >>> gaussian_nb_predictions(np.array([[0.0], [0.1], [0.9], [1.0]]), np.array(["a", "a", "b", "b"]),
-    ...                         np.array([[0.2], [0.8]])).tolist()
-    ['a', 'b']
-    """
-    classes, counts = np.unique(y_train, return_counts=True)
-    epsilon = 1e-9 * np.var(x_train, axis=0).max()
-    prior = counts.astype(np.float64) / counts.astype(np.float64).sum()
-    joint = []
-    for k, label in enumerate(classes):
-        own = x_train[y_train == label]
-        mean = np.average(own, axis=0)
-        var = np.average((own - mean) ** 2, axis=0) + epsilon
-        log_likelihood = -0.5 * np.sum(np.log(2.0 * np.pi * var))
-        log_likelihood -= 0.5 * np.sum(((x_test - mean) ** 2) / var, 1)
-        joint.append(np.log(prior[k]) + log_likelihood)
-    return classes[np.argmax(np.array(joint).T, axis=1)]
+
+def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[float, float]]:
+    """Per cue, (accuracy of out-of-fold Gaussian naive Bayes predictions of the class from the
+    score, majority-class accuracy), from ``cells`` (one row per cue, class and fold key) and one
+    streamed pass over ``rows`` (``attribute, class_label, fold_key, score``)."""
+    results: dict[str, tuple[float, float]] = {}
+    models: dict[str, tuple[int, FoldModels]] = {}
+    codes: list[tuple[str, str, int, int]] = []
+    for (attribute,), part in cells.sort("attribute", "class_label", "fold_key").group_by(
+            ["attribute"], maintain_order=True):
+        classes = part["class_label"].unique(maintain_order=True).to_list()
+        grid = np.zeros((FOLD_KEYS, len(classes), 5))
+        grid[..., 3], grid[..., 4] = np.inf, -np.inf
+        index = part.select(pl.col("class_label").rank("dense").cast(pl.Int64) - 1, "fold_key").to_numpy()
+        grid[index[:, 1], index[:, 0]] = part.select("n", "mean", "m2", "low", "high").to_numpy()
+        counts = grid[..., 0].sum(axis=0)
+        majority = float(counts.max() / counts.sum())
+        folds = min(FOLDS, int(counts.min()))
+        results[str(attribute)] = (majority, majority)
+        if len(classes) >= 2 and folds >= 2:
+            models[str(attribute)] = (len(models), FoldModels.fit(grid, folds))
+            codes += [(str(attribute), label, models[str(attribute)][0], code) for code, label in enumerate(classes)]
+    if not models:
+        return results
+    width = max(model.mean.shape[1] for _, model in models.values())
+    shape = (len(models) * FOLDS, width)  # a row per (cue, fold): cue * FOLDS + fold
+    log_prior, mean, var = np.full(shape, -np.inf), np.zeros(shape), np.ones(shape)
+    constant, fold_count = np.full(len(models) * FOLDS, -1), np.zeros(len(models), dtype=np.int64)
+    for cue, model in models.values():
+        folds, classes = model.mean.shape
+        block = slice(cue * FOLDS, cue * FOLDS + folds)
+        log_prior[block, :classes], mean[block, :classes], var[block, :classes] = model.log_prior, model.mean, model.var
+        constant[block], fold_count[cue] = model.constant, folds
+    with np.errstate(divide="ignore"):  # a constant fold's zero variance: its prediction is ``constant``
+        half_log = -0.5 * np.log(2.0 * np.pi * var)
+    lookup = pl.DataFrame(codes, schema={"attribute": pl.String, "class_label": pl.String, "cue": pl.Int64,
+                                          "code": pl.Int64}, orient="row").lazy()
+    correct = np.zeros(len(models))
+    scored = rows.join(lookup, on=["attribute", "class_label"], how="inner").select("cue", "code", "fold_key", "score")
+    for batch in scored.collect_batches(chunk_size=max(ROWS_PER_CHUNK // width, 1), maintain_order=False):
+        cues, truth, keys, x = (batch[c].to_numpy() for c in ("cue", "code", "fold_key", "score"))
+        model = cues * FOLDS + keys % fold_count[cues]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # scikit-learn's arithmetic, in its order: log prior + (-1/2 log(2 pi var) - 1/2 (x - mean)^2 / var)
+            joint = log_prior[model] + (half_log[model] - 0.5 * ((x[:, None] - mean[model]) ** 2) / var[model])
+        predicted = np.where(constant[model] >= 0, constant[model], np.argmax(joint, axis=1))
+        correct += np.bincount(cues, weights=predicted == truth, minlength=len(models))
+    for attribute, (cue, model) in models.items():
+        results[attribute] = (float(correct[cue] / model.rows), results[attribute][1])
+    return results
 
 
 def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) -> pl.DataFrame:
@@ -171,24 +220,39 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
     Without an ``own`` column every class scored gets a row.
 
-    Counts are polars aggregations over the (lazy) presence table; predictivity reads the scores of
-    as many cues at a time as fit in ``ROWS_PER_PASS`` rows, so memory is bounded whatever the
-    table's size and a table of many cues is read in few passes.
+    Two passes over the (lazy) presence table, whatever its size: one aggregation by (cue, class,
+    fold key) gives the counts and the folds' sufficient statistics, and one streamed pass makes
+    the out-of-fold predictions (``FoldModels``).
+
+    >>> import hashlib
+    >>> ids = [hashlib.sha256(bytes([n])).hexdigest() for n in range(8)]
+    >>> presence = pl.DataFrame({"item_id": ids, "class_label": ["a", "b"] * 4,
+    ...                          "attribute": "grass", "taxonomy_type": "Background",
+    ...                          "score": [0.9, 0.1] * 4, "present": [True, False] * 4})
+    >>> cue_statistics(presence, "machine:clip").select("class_label", "lift", "predictivity_gain").rows()
+    [('a', 2.0, 0.5), ('b', 0.0, 0.5)]
     """
-    scan = presence.lazy().with_row_index("order")
-    if "own" not in scan.collect_schema():
+    scan = presence.lazy()
+    names = scan.collect_schema().names()
+    if "own" not in names:
         scan = scan.with_columns(own=pl.lit(True))
-    pairs = scan.group_by("attribute", "class_label").agg(
-        n_class=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
-        taxonomy_type=pl.col("taxonomy_type").sort_by("order").first(), first=pl.col("order").min(),
+    if "fold_key" not in names:
+        scan = scan.with_columns(fold_key())
+    cells = scan.with_row_index("order").group_by("attribute", "class_label", "fold_key").agg(
+        n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
+        taxonomy_type=pl.col("taxonomy_type").get(pl.col("order").arg_min()), first=pl.col("order").min(),
+        mean=pl.col("score").mean(), m2=pl.col("score").var(ddof=0) * pl.len(),
+        low=pl.col("score").min(), high=pl.col("score").max(),
     ).collect(engine="streaming")
+    pairs = cells.sort("first").group_by("attribute", "class_label", maintain_order=True).agg(
+        n_class=pl.col("n").sum(), n_both=pl.col("n_both").sum(), listed=pl.col("listed").any(),
+        taxonomy_type=pl.col("taxonomy_type").first(), first=pl.col("first").first())
+    accuracy = _predictivity(scan.select("attribute", "class_label", "fold_key", "score"), cells)
     rows = []
-    cues = [(str(attribute), scored.sort("class_label"))
-            for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True)]
-    scores = _cue_scores(scan, [(attribute, int(scored["n_class"].sum())) for attribute, scored in cues])
-    for attribute, scored in cues:
+    for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True):
+        scored = scored.sort("class_label")
         n_scored, n_cue, n_classes = int(scored["n_class"].sum()), int(scored["n_both"].sum()), scored.height
-        acc, majority = predictivity(*next(scores))
+        acc, majority = accuracy[str(attribute)]
         for row in scored.filter(pl.col("listed")).iter_rows(named=True):
             n_class, n_both = int(row["n_class"]), int(row["n_both"])
             p_class_given_cue = n_both / n_cue if n_cue else math.nan
@@ -212,32 +276,6 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     ranked = frame.sort(["class_label", "lift", "p_cue_given_class"], descending=[False, True, True],
                         nulls_last=True, maintain_order=True)
     return ranked.with_columns(pl.int_range(1, pl.len() + 1).over("class_label").alias("rank")).select(STAT_COLUMNS)
-
-
-ROWS_PER_PASS = 250_000
-"""How many presence rows predictivity reads in one pass (about 20 MB): the cues of a pass are read
-together, a cue larger than this alone."""
-
-
-def _cue_scores(scan: pl.LazyFrame, sizes: list[tuple[str, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(scores, class codes in the classes' sorted order) of each cue of ``sizes`` (cue, rows), in
-    that order, each in ``item_id`` order (a scan's row order can change from one run to the next);
-    cues read together while they fit in ``ROWS_PER_PASS`` rows."""
-    batch: list[str] = []
-    rows = 0
-    for index, (attribute, size) in enumerate(sizes):
-        batch.append(attribute)
-        rows += size
-        if index + 1 < len(sizes) and rows + sizes[index + 1][1] <= ROWS_PER_PASS:
-            continue
-        frame = (scan.filter(pl.col("attribute").is_in(pl.Series(batch, dtype=pl.String).implode()))
-                 .select("attribute", "item_id", "score",
-                         code=pl.col("class_label").rank("dense").over("attribute").cast(pl.Int64))
-                 .collect(engine="streaming").sort("item_id"))  # a stable order: the folds depend on it
-        parts = frame.partition_by("attribute", as_dict=True)  # rows keep their order in each part
-        for name in batch:
-            yield parts[(name,)]["score"].to_numpy(), parts[(name,)]["code"].to_numpy()
-        batch, rows = [], 0
 
 
 def binary_nmi(n: int, n_class: int, n_cue: int, n_both: int) -> float:
