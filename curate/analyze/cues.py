@@ -139,29 +139,31 @@ class FoldModels:
 
     @classmethod
     def fit(cls, cells: np.ndarray, folds: int) -> FoldModels:
-        """From ``cells`` (fold key, class, [n, mean, M2, min, max])."""
-        by_fold = np.stack([_pooled(cells[np.arange(FOLD_KEYS) % folds == fold], axis=0) for fold in range(folds)])
-        train = np.stack([_pooled(by_fold[np.arange(folds) != fold], axis=0) for fold in range(folds)])
-        n, mean, m2, low, high = (train[..., i] for i in range(5))
-        everything = _pooled(train.transpose(1, 0, 2), axis=0)  # each fold's training scores, all classes
+        """From ``cells`` (fold key, class, [n, sum, sum of squares, min, max] of the scores).
+
+        >>> cells = np.zeros((FOLD_KEYS, 2, 5))
+        >>> cells[:, 0] = [1, 0.2, 0.04, 0.2, 0.2]  # class 0 scores 0.2, class 1 0.8, one image a key
+        >>> cells[:, 1] = [1, 0.8, 0.64, 0.8, 0.8]
+        >>> FoldModels.fit(cells, 2).mean.round(3).tolist()
+        [[0.2, 0.8], [0.2, 0.8]]
+        """
+        keys = np.arange(FOLD_KEYS) % folds
+        sums = np.stack([cells[keys == fold, :, :3].sum(axis=0) for fold in range(folds)])
+        lows = np.stack([cells[keys == fold, :, 3].min(axis=0) for fold in range(folds)])
+        highs = np.stack([cells[keys == fold, :, 4].max(axis=0) for fold in range(folds)])
+        train = sums.sum(axis=0) - sums  # (fold, class, [n, sum, squares]) of every other fold
+        n, total, squares = train[..., 0], train[..., 1], train[..., 2]
+        others = ~np.eye(folds, dtype=bool)
+        low = np.array([lows[others[fold]].min() for fold in range(folds)])
+        high = np.array([highs[others[fold]].max() for fold in range(folds)])
         with np.errstate(divide="ignore", invalid="ignore"):
-            epsilon = 1e-9 * everything[:, 2] / everything[:, 0]
+            mean = np.where(n > 0, total / n, 0.0)
+            everything = train.sum(axis=1)  # each fold's training scores, all classes
+            spread = np.maximum(everything[:, 2] / everything[:, 0] - (everything[:, 1] / everything[:, 0]) ** 2, 0)
+            var = np.where(n > 0, np.maximum(squares / n - mean**2, 0.0), 1.0) + 1e-9 * spread[:, None]
             log_prior = np.log(n / n.sum(axis=1, keepdims=True))
-            var = np.where(n > 0, m2 / n, 1.0) + epsilon[:, None]
-        constant = np.where(np.nanmax(high, axis=1) == np.nanmin(low, axis=1), n.argmax(axis=1), -1)
-        return cls(log_prior, np.where(n > 0, mean, 0.0), var, constant, int(cells[..., 0].sum()))
-
-
-def _pooled(cells: np.ndarray, axis: int) -> np.ndarray:
-    """(n, mean, M2, min, max) of groups pooled along ``axis`` (Chan et al.'s parallel variance)."""
-    n = cells[..., 0].sum(axis=axis)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weights = np.where(cells[..., 0] > 0, cells[..., 0], 0.0)
-        mean = np.where(n > 0, (weights * np.nan_to_num(cells[..., 1])).sum(axis=axis) / n, np.nan)
-        spread = weights * (np.nan_to_num(cells[..., 1]) - np.expand_dims(mean, axis)) ** 2
-        m2 = (np.nan_to_num(cells[..., 2]) + np.where(weights > 0, spread, 0.0)).sum(axis=axis)
-    return np.stack([n, mean, m2, cells[..., 3].min(axis=axis, initial=np.inf),
-                     cells[..., 4].max(axis=axis, initial=-np.inf)], axis=-1)
+        constant = np.where(high == low, n.argmax(axis=1), -1)
+        return cls(log_prior, mean, var, constant, int(cells[..., 0].sum()))
 
 
 def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[float, float]]:
@@ -177,7 +179,7 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
         grid = np.zeros((FOLD_KEYS, len(classes), 5))
         grid[..., 3], grid[..., 4] = np.inf, -np.inf
         index = part.select(pl.col("class_label").rank("dense").cast(pl.Int64) - 1, "fold_key").to_numpy()
-        grid[index[:, 1], index[:, 0]] = part.select("n", "mean", "m2", "low", "high").to_numpy()
+        grid[index[:, 1], index[:, 0]] = part.select("n", "total", "squares", "low", "high").to_numpy()
         counts = grid[..., 0].sum(axis=0)
         majority = float(counts.max() / counts.sum())
         folds = min(FOLDS, int(counts.min()))
@@ -218,7 +220,9 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
 def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) -> pl.DataFrame:
     """One row per (class, cue) with the statistics above, ranked within each class by lift, then
     P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
-    Without an ``own`` column every class scored gets a row.
+    Without an ``own`` column every class scored gets a row. A (class, cue)'s type is the one most
+    of its rows carry (runs or annotators may differ; ties by name); cues tied in rank stay in
+    alphabetical order.
 
     Two passes over the (lazy) presence table, whatever its size: one aggregation by (cue, class,
     fold key) gives the counts and the folds' sufficient statistics, and one streamed pass makes
@@ -238,19 +242,22 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
         scan = scan.with_columns(own=pl.lit(True))
     if "fold_key" not in names:
         scan = scan.with_columns(fold_key())
-    cells = scan.with_row_index("order").group_by("attribute", "class_label", "fold_key").agg(
+    by_type = scan.group_by("attribute", "class_label", "fold_key", "taxonomy_type").agg(
         n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
-        taxonomy_type=pl.col("taxonomy_type").get(pl.col("order").arg_min()), first=pl.col("order").min(),
-        mean=pl.col("score").mean(), m2=pl.col("score").var(ddof=0) * pl.len(),
+        total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
         low=pl.col("score").min(), high=pl.col("score").max(),
     ).collect(engine="streaming")
-    pairs = cells.sort("first").group_by("attribute", "class_label", maintain_order=True).agg(
-        n_class=pl.col("n").sum(), n_both=pl.col("n_both").sum(), listed=pl.col("listed").any(),
-        taxonomy_type=pl.col("taxonomy_type").first(), first=pl.col("first").first())
+    cells = by_type.group_by("attribute", "class_label", "fold_key").agg(
+        pl.col("n", "n_both", "total", "squares").sum(), pl.col("low").min(), pl.col("high").max())
+    types = (by_type.group_by("attribute", "class_label", "taxonomy_type").agg(pl.col("n").sum())
+             .sort(pl.col("taxonomy_type").is_null(), "n", "taxonomy_type", descending=[False, True, False])
+             .group_by("attribute", "class_label", maintain_order=True).agg(pl.col("taxonomy_type").first()))
+    pairs = (by_type.group_by("attribute", "class_label").agg(
+        n_class=pl.col("n").sum(), n_both=pl.col("n_both").sum(), listed=pl.col("listed").any())
+        .join(types, on=["attribute", "class_label"]).sort("attribute", "class_label"))
     accuracy = _predictivity(scan.select("attribute", "class_label", "fold_key", "score"), cells)
     rows = []
-    for (attribute,), scored in pairs.sort("first").group_by(["attribute"], maintain_order=True):
-        scored = scored.sort("class_label")
+    for (attribute,), scored in pairs.group_by(["attribute"], maintain_order=True):
         n_scored, n_cue, n_classes = int(scored["n_class"].sum()), int(scored["n_both"].sum()), scored.height
         acc, majority = accuracy[str(attribute)]
         for row in scored.filter(pl.col("listed")).iter_rows(named=True):
