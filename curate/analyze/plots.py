@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 DPI = 120
 
@@ -72,17 +72,34 @@ def accuracy_per_group(metrics: Mapping[str, float | int], path: Path) -> Path:
     return _save(figure, path)
 
 
+STRIP_CELL = 160  # a thumbnail's square, in pixels (analysis thumbnails are 160 on their long side)
+STRIP_TEXT = 14
+
+
 def image_strips(top: Sequence[Image.Image], bottom: Sequence[Image.Image], path: Path, title: str) -> Path:
-    """Two rows of thumbnails: the images scoring highest and lowest for a cue."""
+    """Two rows of thumbnails: the images scoring highest and lowest for a cue, under ``title``.
+    Drawn with PIL, not matplotlib (milliseconds, not a third of a second: an analysis of 1,000
+    classes draws 1,000 strips).
+
+    >>> import tempfile
+    >>> tile = Image.new("RGB", (40, 20), "red")
+    >>> Image.open(image_strips([tile] * 3, [tile], Path(tempfile.mkdtemp()) / "s.png", "dog: grass")).size
+    (500, 394)
+    """
     columns = max(len(top), len(bottom), 1)
-    figure = Figure(figsize=(max(4.0, 1.6 * columns), 3.6))
-    axes = figure.subplots(2, columns, squeeze=False)
+    font = ImageFont.load_default(size=STRIP_TEXT)
+    line = STRIP_TEXT + 8
+    width = max(columns * (STRIP_CELL + 4) + 8, int(font.getlength(title)) + 8)
+    canvas = Image.new("RGB", (width, 2 * (STRIP_CELL + line) + line + 8), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill="black", font=font)
     for row, (name, images) in enumerate((("top", top), ("bottom", bottom))):
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.axis("off")
-            if column < len(images):
-                axis.imshow(images[column])
-        axes[row][0].set_title(f"{name} {len(images)}", loc="left", fontsize=8)
-    figure.suptitle(title, fontsize=9)
-    return _save(figure, path)
+        y = line + row * (STRIP_CELL + line)
+        draw.text((4, y + 2), f"{name} {len(images)}", fill="dimgray", font=font)
+        for column, image in enumerate(images):
+            thumbnail = ImageOps.contain(image.convert("RGB"), (STRIP_CELL, STRIP_CELL))
+            x = 4 + column * (STRIP_CELL + 4) + (STRIP_CELL - thumbnail.width) // 2
+            canvas.paste(thumbnail, (x, y + line + (STRIP_CELL - thumbnail.height) // 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
