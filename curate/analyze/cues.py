@@ -162,7 +162,9 @@ class FoldModels:
             spread = np.maximum(everything[:, 2] / everything[:, 0] - (everything[:, 1] / everything[:, 0]) ** 2, 0)
             var = np.where(n > 0, np.maximum(squares / n - mean**2, 0.0), 1.0) + 1e-9 * spread[:, None]
             log_prior = np.log(n / n.sum(axis=1, keepdims=True))
-        constant = np.where(high == low, n.argmax(axis=1), -1)
+        # a fold with no training rows (every image of a tiny cue in one fold) predicts the cue's majority
+        majority = np.where(n.sum(axis=1) > 0, n.argmax(axis=1), cells[..., 0].sum(axis=0).argmax())
+        constant = np.where((high == low) | (n.sum(axis=1) == 0), majority, -1)
         return cls(log_prior, mean, var, constant, int(cells[..., 0].sum()))
 
 
@@ -206,11 +208,11 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
     scored = rows.join(lookup, on=["attribute", "class_label"], how="inner").select("cue", "code", "fold_key", "score")
     for batch in scored.collect_batches(chunk_size=max(ROWS_PER_CHUNK // width, 1), maintain_order=False):
         cues, truth, keys, x = (batch[c].to_numpy() for c in ("cue", "code", "fold_key", "score"))
-        model = cues * FOLDS + keys % fold_count[cues]
+        fold = cues * FOLDS + keys % fold_count[cues]  # each row's model: its cue's, trained without its fold
         with np.errstate(divide="ignore", invalid="ignore"):
             # scikit-learn's arithmetic, in its order: log prior + (-1/2 log(2 pi var) - 1/2 (x - mean)^2 / var)
-            joint = log_prior[model] + (half_log[model] - 0.5 * ((x[:, None] - mean[model]) ** 2) / var[model])
-        predicted = np.where(constant[model] >= 0, constant[model], np.argmax(joint, axis=1))
+            joint = log_prior[fold] + (half_log[fold] - 0.5 * ((x[:, None] - mean[fold]) ** 2) / var[fold])
+        predicted = np.where(constant[fold] >= 0, constant[fold], np.argmax(joint, axis=1))
         correct += np.bincount(cues, weights=predicted == truth, minlength=len(models))
     for attribute, (cue, model) in models.items():
         results[attribute] = (float(correct[cue] / model.rows), results[attribute][1])
