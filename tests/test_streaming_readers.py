@@ -86,7 +86,7 @@ def test_builders_keep_items_not_evidence_rows(scored: tuple[Workspace, dict[str
     workspace, ids = scored
     focus = make_builder("focus", allow_machine=True).build(workspace).tables["test"]
     assert sorted(focus["item_id"]) == sorted(i for n, i in ids.items() if not n.startswith("u"))  # labelled only
-    logos = make_builder("logobank", keep_fraction=0.2).candidates(workspace)
+    logos = make_builder("logobank", keep_fraction=0.2).build(workspace).tables["candidates"]
     assert logos["item_id"].to_list() == [ids["u1.png"], ids["u0.png"]]  # the top 20% by logo score
     candidates = make_builder("spurious-only", pairs_round="attrs", evidence_source="detector").build(workspace)
     assert set(candidates.tables["candidates"]["item_id"]) == {ids[n] for n in NAMES if not n.startswith("dog")}
