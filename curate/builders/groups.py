@@ -38,6 +38,7 @@ from curate.workspace.tables import embeddings_table
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
+WRITE_BATCH = 100_000  # rows of an export turned into text at a time
 
 
 def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, int]:
@@ -68,13 +69,18 @@ def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict
         rows.select(pl.col("id"), pl.col("filename"), pl.col("split").replace_strict(SPLIT_CODES, default=None),
                     pl.col("y"), pl.col("a")).sort("id").write_csv(path)
 
-    def wilds(path: Path) -> None:
-        ordered = rows.sort("id")
-        path.write_text(json.dumps({
-            "metadata_fields": ["a", "y"], "metadata_map": {"a": a_names, "y": y_names},
-            "metadata_array": ordered.select("a", "y").rows(), "item_id": ordered["item_id"].to_list(),
-            "grouper": "CombinatorialGrouper(['a', 'y']): the first field is fastest, group = a + n_a * y",
-        }))
+    def wilds(path: Path) -> None:  # json.dumps of the whole object, written a batch of rows at a time
+        ordered = rows.sort("id").select("a", "y", "item_id")
+        grouper = "CombinatorialGrouper(['a', 'y']): the first field is fastest, group = a + n_a * y"
+        with path.open("w") as out:
+            out.write(json.dumps({"metadata_fields": ["a", "y"], "metadata_map": {"a": a_names, "y": y_names}})[:-1])
+            for key, line in (("metadata_array", lambda a, y, _: f"[{a}, {y}]"),
+                              ("item_id", lambda a, y, item_id: json.dumps(item_id))):
+                out.write(f', "{key}": [')
+                for number, batch in enumerate(ordered.iter_slices(WRITE_BATCH)):
+                    out.write((", " if number else "") + ", ".join(line(*row) for row in batch.iter_rows()))
+                out.write("]")
+            out.write(f', "grouper": {json.dumps(grouper)}}}')
 
     return {"metadata.csv": subpopbench, "wilds_metadata.json": wilds}
 
