@@ -86,9 +86,11 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
             .join(undecided, on=["item_id", "attribute"], how="anti")
             .sort("item_id", "attribute", "score", "source", "run_id", descending=[False, False, True, False, False])
             .unique(["item_id", "attribute"], keep="first", maintain_order=True))
-    groups = pl.LazyFrame([(ref.item_id, str(ref.metadata["a_name"])) for ref in workspace.catalog.references()
-                           if "a_name" in ref.metadata], schema={"item_id": pl.String, "group": pl.String},
-                          orient="row").unique("item_id", keep="last", maintain_order=True)
+    tables = sorted(source.source_id for source in workspace.catalog.sources() if source.kind == "groups")
+    groups = pl.LazyFrame([(ref.item_id, str(ref.metadata["a_name"])) for source_id in tables
+                           for ref in workspace.catalog.references(source_id=source_id) if "a_name" in ref.metadata],
+                          schema={"item_id": pl.String, "group": pl.String}, orient="row",
+                          ).unique("item_id", keep="last", maintain_order=True)  # group tables' items only
     labels = workspace.catalog.items_frame(columns=["label"]).lazy()
     # strata take turns: the n-th pick of every stratum (in stratum order) comes before any (n+1)-th
     chosen = (best.group_by("item_id").agg(uncertainty=(pl.col("score") - spec.threshold).abs().min())
