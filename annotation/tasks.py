@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from annotation.configs import (
     CONFIGS,
     AttributeRow,
@@ -45,6 +47,7 @@ from curate.verdicts import (
     resolve,
 )
 from curate.workspace import Workspace
+from curate.workspace.evidence import KEY, evidence_records, extra_field
 
 Reading = tuple[str, str, str | None, dict[str, Any]]  # attribute, value, type, extra
 
@@ -74,29 +77,48 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
     class, or a (class, spurious attribute) group for items of a group table, so small groups are
     verified in full first."""
     decided = decided_elsewhere(workspace, spec.name)
-    best: dict[str, dict[str, Evidence]] = defaultdict(dict)
-    for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
-        if row.item_id in exclude or (row.item_id, row.attribute) in decided or NEGATIVE_OF in row.extra:
-            continue
-        kept = best[row.item_id].get(row.attribute)
-        if kept is None or (row.score or 0.0) > (kept.score or 0.0):
-            best[row.item_id][row.attribute] = row
-    groups = {ref.item_id: ref.metadata["a_name"] for ref in workspace.catalog.references()
-              if "a_name" in ref.metadata}
-    items = {item_id: workspace.catalog.item(item_id) for item_id in best}
-    queues: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
-    for item_id, rows in best.items():
-        uncertainty = min(abs((r.score or 0.0) - spec.threshold) for r in rows.values())
-        queues[(str(items[item_id].label), str(groups.get(item_id, "")))].append((uncertainty, item_id))
-    for queue in queues.values():
-        queue.sort(reverse=True)
-    chosen: list[str] = []
-    while len(chosen) < spec.budget and any(queues.values()):
-        for stratum in sorted(queues):
-            if queues[stratum] and len(chosen) < spec.budget:
-                chosen.append(queues[stratum].pop()[1])
-    return [(items[i], sorted(best[i].values(), key=lambda r: (r.role != EvidenceRole.CORE, -(r.score or 0.0),
-                                                               r.attribute))[:spec.max_attributes]) for i in chosen]
+    undecided = pl.LazyFrame(sorted(decided), schema={"item_id": pl.String, "attribute": pl.String}, orient="row")
+    # one row per (item, attribute): the highest score (a missing one counts 0), the first key on a tie
+    best = (workspace.catalog.evidence_scan(source=spec.source, run_id=spec.evidence_run)
+            .select(*KEY, "role", extra_field(NEGATIVE_OF), score=pl.col("score").fill_null(0.0))
+            .filter(pl.col(NEGATIVE_OF).is_null(),
+                    ~pl.col("item_id").is_in(pl.Series(sorted(exclude), dtype=pl.String).implode()))
+            .join(undecided, on=["item_id", "attribute"], how="anti")
+            .sort("item_id", "attribute", "score", "source", "run_id", descending=[False, False, True, False, False])
+            .unique(["item_id", "attribute"], keep="first", maintain_order=True))
+    tables = sorted(source.source_id for source in workspace.catalog.sources() if source.kind == "groups")
+    groups = pl.LazyFrame([(ref.item_id, str(ref.metadata["a_name"])) for source_id in tables
+                           for ref in workspace.catalog.references(source_id=source_id) if "a_name" in ref.metadata],
+                          schema={"item_id": pl.String, "group": pl.String}, orient="row",
+                          ).unique("item_id", keep="last", maintain_order=True)  # group tables' items only
+    labels = workspace.catalog.items_frame(columns=["label"]).lazy()
+    # strata take turns: the n-th pick of every stratum (in stratum order) comes before any (n+1)-th
+    chosen = (best.group_by("item_id").agg(uncertainty=(pl.col("score") - spec.threshold).abs().min())
+              .join(labels, on="item_id", how="left").join(groups, on="item_id", how="left")
+              .select("item_id", "uncertainty", label=pl.col("label").fill_null("None"),
+                      group=pl.col("group").fill_null(""))
+              .sort("uncertainty", "item_id")
+              .with_columns(turn=pl.int_range(pl.len()).over("label", "group"))
+              .sort("turn", "label", "group").head(spec.budget).select("item_id").collect())
+    order = chosen["item_id"].to_list()
+    rows = (best.join(chosen.lazy(), on="item_id", how="semi")
+            .sort("item_id", pl.col("role") != EvidenceRole.CORE.value, pl.col("score"), "attribute",
+                  descending=[False, False, True, False])
+            .group_by("item_id", maintain_order=True).head(spec.max_attributes)
+            .select(*KEY).collect())
+    records: dict[str, list[Evidence]] = defaultdict(list)
+    for record in _records(workspace, spec, rows):
+        records[record.item_id].append(record)
+    return [(workspace.catalog.item(item_id), records[item_id]) for item_id in order]
+
+
+def _records(workspace: Workspace, spec: RoundSpec, keys: pl.DataFrame) -> list[Evidence]:
+    """The evidence rows of ``keys`` (a frame of ``KEY`` columns) that a round reads, as records, in the
+    order of ``keys``."""
+    stored = (workspace.catalog.evidence_scan(source=spec.source, run_id=spec.evidence_run)
+              .filter(pl.col("item_id").is_in(keys["item_id"].unique().implode()))
+              .join(keys.lazy(), on=list(KEY), how="semi").collect())
+    return list(evidence_records(keys.join(stored, on=list(KEY), how="left", maintain_order="left")))
 
 
 def spread(count: int, share: float) -> set[int]:
@@ -213,11 +235,12 @@ def _read_attributes(result: Sequence[dict[str, Any]], data: dict[str, Any]) -> 
 # boxes ------------------------------------------------------------------------------------------
 def _box_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> Planned:
     """One task per (image, cue) with boxes, scores nearest the threshold first."""
-    rows = [r for r in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run)
-            if r.boxes and r.role != EvidenceRole.CORE]
-    rows.sort(key=lambda r: (abs((r.score or 0.0) - spec.threshold), r.item_id, r.attribute))
+    nearest = (workspace.catalog.evidence_scan(source=spec.source, run_id=spec.evidence_run)
+               .filter(pl.col("boxes").list.len() > 0, pl.col("role") != EvidenceRole.CORE.value)
+               .sort((pl.col("score").fill_null(0.0) - spec.threshold).abs(), *KEY)
+               .head(spec.budget).select(*KEY).collect())
     tasks = []
-    for row in rows[:spec.budget]:
+    for row in _records(workspace, spec, nearest):
         if f"{row.item_id}|{row.attribute}" in present:
             continue
         item = workspace.catalog.item(row.item_id)
@@ -356,18 +379,24 @@ ROUND_KINDS.register("spurious-only")(RoundKind(_table_tasks, _read_spurious_onl
 def _component_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -> Planned:
     """One task per component (evidence attribute with an ``extra["component"]``) of ``spec.source``:
     its class's ``spec.max_attributes`` highest-scored images; the verdict is stored on the first."""
-    by_component: dict[str, list[Evidence]] = defaultdict(list)
-    for row in workspace.catalog.evidence(source=spec.source, run_id=spec.evidence_run):
-        if "component" in row.extra and NEGATIVE_OF not in row.extra:
-            by_component[row.attribute].append(row)
-    if not by_component:
+    components = (workspace.catalog.evidence_scan(source=spec.source, run_id=spec.evidence_run)
+                  .filter(extra_field("component").is_not_null(), extra_field(NEGATIVE_OF).is_null())
+                  .select(*KEY, score=pl.col("score").fill_null(0.0)))
+    shown = components.select(pl.col("attribute").unique().sort().head(spec.budget)).collect()
+    if not shown.height:
         raise BridgeError(f"no component evidence of {spec.source!r}: run `curate propose neural-pca` and push with "
                           "--source neural-pca")
+    top = (components.join(shown.lazy(), on="attribute", how="semi")
+           .sort("attribute", "score", "item_id", "source", "run_id", descending=[False, True, False, False, False])
+           .group_by("attribute", maintain_order=True).head(spec.max_attributes).select(*KEY).collect())
+    by_component: dict[str, list[Evidence]] = defaultdict(list)
+    for record in _records(workspace, spec, top):
+        by_component[record.attribute].append(record)
     tasks = []
-    for attribute in sorted(by_component)[:spec.budget]:
+    for attribute in shown["attribute"]:
         if attribute in present:
             continue
-        rows = sorted(by_component[attribute], key=lambda r: (-(r.score or 0.0), r.item_id))[:spec.max_attributes]
+        rows = by_component[attribute]
         items = [workspace.catalog.item(r.item_id) for r in rows]
         data = {"item_id": items[0].item_id, "unit": attribute, "attribute": attribute,
                 "class_label": str(rows[0].extra.get("class", items[0].label)),

@@ -155,12 +155,18 @@ class Setting:
 
     @classmethod
     def of(cls, evidence: Evidence) -> Setting | None:
-        """The setting ``evidence`` is about, or None when it is about something else. Rows stored
-        before settings were typed carry only the ``kind:value`` attribute, read here and nowhere else."""
-        stored = evidence.extra.get(SETTING)
+        """The setting ``evidence`` is about, or None when it is about something else (see ``parse``)."""
+        return cls.parse(evidence.attribute, evidence.extra)
+
+    @classmethod
+    def parse(cls, attribute: str, extra: JsonDict) -> Setting | None:
+        """``of`` for a row's ``attribute`` and ``extra`` alone (readers that scan evidence in polars).
+        Rows stored before settings were typed carry only the ``kind:value`` attribute, read here and
+        nowhere else."""
+        stored = extra.get(SETTING)
         if stored is not None:
             return cls(SettingKind(stored["kind"]), stored["value"])
-        kind, colon, value = evidence.attribute.partition(":")
+        kind, colon, value = attribute.partition(":")
         return cls(SettingKind(kind), value) if colon and kind in SettingKind.__members__.values() else None
 
 

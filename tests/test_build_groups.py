@@ -223,3 +223,21 @@ def test_an_attribute_no_class_lacks_is_a_clear_error(judged: Workspace) -> None
     with pytest.raises(BuildError, match="each class needs items with and without 'sky'.*'cat|sky': 50"):
         make_builder("groups", attribute="sky", verdict_round="round-2", min_group_size=0, val_per_group=0,
                      test_per_group=0).build(judged)
+
+
+def test_the_wilds_metadata_written_in_batches_is_the_whole_objects_json(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from curate.builders import groups
+
+    rows = pl.DataFrame({"id": [3, 1, 2, 4, 5], "item_id": ["c", "a", "b", "d", "e\u00e9"], "y": [1, 0, 0, 1, 1],
+                         "a": [0, 1, 0, 1, 0]})
+    expected = json.dumps({"metadata_fields": ["a", "y"], "metadata_map": {"a": ["land", "water"], "y": ["x", "y"]},
+                           "metadata_array": [[1, 0], [0, 0], [0, 1], [1, 1], [0, 1]],
+                           "item_id": ["a", "b", "c", "d", "e\u00e9"],
+                           "grouper": "CombinatorialGrouper(['a', 'y']): the first field is fastest, "
+                                      "group = a + n_a * y"})
+    monkeypatch.setattr(groups, "WRITE_BATCH", 2)  # three batches
+    for frame, name in ((rows, "some.json"), (rows.clear(), "none.json")):
+        groups._exports(frame, ["x", "y"], ["land", "water"])["wilds_metadata.json"](tmp_path / name)
+    assert (tmp_path / "some.json").read_text() == expected
+    assert json.loads((tmp_path / "none.json").read_text())["metadata_array"] == []

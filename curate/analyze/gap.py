@@ -44,13 +44,14 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
 
-from curate.analyze.cues import presence_from_evidence
+from curate.analyze.cues import labels_frame, presence_scan
 from curate.images import open_image, pil_open
 from curate.llm_settings import LLMSettings
 from curate.progress import progress_bar
 from curate.records import EvidenceRole, Item
 from curate.registry import Registry
 from curate.workspace import Workspace
+from curate.workspace.evidence import KEY
 
 YES_NO_QUESTIONS = ("Is there a {label} in the image?", "Does this image contain a {label}?",
                     "Can you see a {label} in this picture?")
@@ -280,6 +281,18 @@ def _gap_row(label: str, attribute: str, taxonomy_type: str | None, groups: dict
     }
 
 
+def _boxes(workspace: Workspace, source: str, run_id: str | None, item_ids: list[str], core: bool
+           ) -> dict[tuple[str, str], list[list[float]]]:
+    """(item, attribute) -> the boxes of ``item_ids``' core rows (``core``) or cue rows (the last
+    run's where several stored one)."""
+    stored = (workspace.catalog.evidence_scan(source=source, run_id=run_id)
+              .filter(pl.col("item_id").is_in(pl.Series(item_ids, dtype=pl.String).implode()),
+                      (pl.col("role") == EvidenceRole.CORE.value) == core)
+              .sort(*KEY).unique(["item_id", "attribute"], keep="last", maintain_order=True)
+              .select("item_id", "attribute", "boxes").collect())
+    return {(item_id, attribute): boxes or [] for item_id, attribute, boxes in stored.iter_rows()}
+
+
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
                   k: int = 50, seed: int = 0, classes: Sequence[str] | None = None, mask: str = "object",
                   progress: bool = True, bootstrap: int = BOOTSTRAP_DRAWS) -> GapTable:
@@ -295,13 +308,23 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
         raise ValueError(f"bootstrap is a number of draws (1 or more), not {bootstrap}")
     from curate.analyze import rank_by_score
 
-    items = {item.item_id: item for item in workspace.catalog.items()}
-    evidence = workspace.catalog.evidence(source=source, run_id=run_id)
-    boxes_of = {(e.item_id, e.attribute): e.boxes for e in evidence
-                if (e.role == EvidenceRole.CORE) == (mask == "object")}
-    presence = presence_from_evidence(evidence, items, threshold=0.0).filter(pl.col("own"))  # the class's own cues
-    all_classes = sorted({i.label for i in items.values() if i.label})
+    labels = workspace.catalog.items_frame(columns=["label"])
+    presence = (presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels_frame(labels),
+                              threshold=0.0)
+                .filter(pl.col("own")).sort("item_id", "attribute").collect())  # the class's own cues
+    all_classes = sorted(labels.filter(pl.col("label") != "")["label"].unique().to_list())
     wanted = set(classes) if classes else set(all_classes)
+    ranked = []
+    for (label, attribute), scored in presence.group_by(["class_label", "attribute"], maintain_order=True):
+        if label in wanted:
+            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed,
+                                  cue=(label, attribute))
+            size = min(k, len(order) // 2)
+            ranked.append((str(label), str(attribute), scored["taxonomy_type"][0], order[:size],
+                           order[len(order) - size:]))
+    shown = sorted({i for *_, top, bottom in ranked for i in top + bottom})
+    items = {item_id: workspace.catalog.item(item_id) for item_id in shown}
+    boxes_of = _boxes(workspace, source, run_id, shown, core=mask == "object")
     rows, skipped = [], 0
     # Answers depend on the image (and, masked, on which boxes are blacked out), not on the cue that
     # ranked it: each image is shown to the model once, whatever number of cues ranks it.
@@ -317,18 +340,13 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
                 answered[(item.item_id, variant, target)] = answer
         return [answered[(i.item_id, variant, target)] for i in group]
 
-    groups = [(key, scored) for key, scored in presence.group_by(["class_label", "attribute"], maintain_order=True)
-              if key[0] in wanted]
-    with progress_bar(f"spurious gap ({model.name})", len(groups), progress) as advance:
-        for (label, attribute), scored in groups:
+    with progress_bar(f"spurious gap ({model.name})", len(ranked), progress) as advance:
+        for label, attribute, taxonomy_type, top, bottom in ranked:
             advance()
-            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed,
-                                  cue=(label, attribute))
-            size = min(k, len(order) // 2)
-            if size == 0:
+            if not top:
                 continue
             target = label if mask == "object" else attribute
-            extremes = {"top": [items[i] for i in order[:size]], "bottom": [items[i] for i in order[-size:]]}
+            extremes = {"top": [items[i] for i in top], "bottom": [items[i] for i in bottom]}
             accuracies, failed = {}, 0
             for name, group in extremes.items():
                 natural = answers(group, label, "natural", "")
@@ -341,7 +359,7 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
                 accuracies[name] = np.array([[said.accuracy(True), masked[i.item_id].accuracy(mask == "cue")
                                               if i.item_id in masked else math.nan]
                                              for i, said in zip(group, natural, strict=True)])
-            rows.append(_gap_row(label, attribute, scored["taxonomy_type"][0], extremes, accuracies["top"],
+            rows.append(_gap_row(label, attribute, taxonomy_type, extremes, accuracies["top"],
                                  accuracies["bottom"], failed, bootstrap, seed))
     failed_answers = sum(a.failed for a in answered.values())
     if not rows:

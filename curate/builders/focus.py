@@ -82,20 +82,32 @@ class FocusBuilder(Builder):
         return {item_id: s for item_id, s in settings.items() if len(s) == len(ATTRIBUTES)}
 
     def _from_evidence(self, workspace: Workspace) -> dict[str, dict[str, Any]]:
-        scores: dict[str, dict[SettingKind, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-        for row in workspace.catalog.evidence(source=self.evidence_source):
-            setting = Setting.of(row)
-            if setting is not None:
-                scores[row.item_id][setting.kind][setting.value] = float(row.score or 0.0)
-        settings: dict[str, dict[str, Any]] = {}
-        for item_id, by_kind in scores.items():
-            if set(SettingKind) <= set(by_kind):
-                time, weather = by_kind[SettingKind.TIME], by_kind[SettingKind.WEATHER]
-                locations = sorted(v for v, s in by_kind[SettingKind.LOCATION].items() if s >= self.location_threshold)
-                settings[item_id] = {"time": max(time, key=time.__getitem__),
-                                     "weather": max(weather, key=weather.__getitem__),
-                                     "locations": locations or ["none"]}
-        return settings
+        """Per item with a time, a weather and a location scored: the best time and weather, and the
+        locations at or above ``location_threshold`` (``["none"]`` when no location is)."""
+        rows = workspace.catalog.evidence_scan(source=self.evidence_source).select(
+            "item_id", "attribute", "run_id", "extra", score=pl.col("score").fill_null(0.0))
+        pairs = rows.select("attribute", "extra").unique().collect()
+        settings = [(attribute, extra, setting.kind.value, setting.value) for attribute, extra in pairs.iter_rows()
+                    if (setting := Setting.parse(attribute, json.loads(extra))) is not None]
+        kinds = pl.LazyFrame(settings, schema={"attribute": pl.String, "extra": pl.String, "kind": pl.String,
+                                               "value": pl.String}, orient="row")
+        # one score per (item, setting): the last run's; a tie is won by the value scored first (by attribute)
+        scored = (rows.join(kinds, on=["attribute", "extra"]).sort("item_id", "attribute", "run_id")
+                  .group_by("item_id", "kind", "value", maintain_order=True)
+                  .agg(pl.col("score").last(), pl.col("attribute").first())
+                  .filter(pl.col("kind").n_unique().over("item_id") == len(SettingKind)).collect())
+        best = (scored.filter(pl.col("kind") != SettingKind.LOCATION.value)
+                .sort("item_id", "kind", "score", "attribute", descending=[False, False, True, False])
+                .unique(["item_id", "kind"], keep="first"))
+        locations = (scored.filter((pl.col("kind") == SettingKind.LOCATION.value)
+                                   & (pl.col("score") >= self.location_threshold))
+                     .group_by("item_id").agg(pl.col("value").sort()))
+        chosen: dict[str, dict[str, Any]] = defaultdict(lambda: {"locations": ["none"]})
+        for item_id, kind, value in best.select("item_id", "kind", "value").iter_rows():
+            chosen[item_id][kind] = value
+        for item_id, values in locations.iter_rows():
+            chosen[item_id]["locations"] = values
+        return dict(chosen)
 
     def build(self, workspace: Workspace) -> Release:
         table = load_uncommon(Path(self.uncommon_table) if self.uncommon_table else DEFAULT_UNCOMMON)

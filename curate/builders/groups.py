@@ -38,6 +38,7 @@ from curate.workspace.tables import embeddings_table
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
+WRITE_BATCH = 100_000  # rows of an export turned into text at a time
 
 
 def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, int]:
@@ -68,13 +69,18 @@ def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict
         rows.select(pl.col("id"), pl.col("filename"), pl.col("split").replace_strict(SPLIT_CODES, default=None),
                     pl.col("y"), pl.col("a")).sort("id").write_csv(path)
 
-    def wilds(path: Path) -> None:
-        ordered = rows.sort("id")
-        path.write_text(json.dumps({
-            "metadata_fields": ["a", "y"], "metadata_map": {"a": a_names, "y": y_names},
-            "metadata_array": ordered.select("a", "y").rows(), "item_id": ordered["item_id"].to_list(),
-            "grouper": "CombinatorialGrouper(['a', 'y']): the first field is fastest, group = a + n_a * y",
-        }))
+    def wilds(path: Path) -> None:  # json.dumps of the whole object, written a batch of rows at a time
+        ordered = rows.sort("id").select("a", "y", "item_id")
+        grouper = "CombinatorialGrouper(['a', 'y']): the first field is fastest, group = a + n_a * y"
+        with path.open("w") as out:
+            out.write(json.dumps({"metadata_fields": ["a", "y"], "metadata_map": {"a": a_names, "y": y_names}})[:-1])
+            for key, line in (("metadata_array", lambda a, y, _: f"[{a}, {y}]"),
+                              ("item_id", lambda a, y, item_id: json.dumps(item_id))):
+                out.write(f', "{key}": [')
+                for number, batch in enumerate(ordered.iter_slices(WRITE_BATCH)):
+                    out.write((", " if number else "") + ", ".join(line(*row) for row in batch.iter_rows()))
+                out.write("]")
+            out.write(f', "grouper": {json.dumps(grouper)}}}')
 
     return {"metadata.csv": subpopbench, "wilds_metadata.json": wilds}
 
@@ -145,7 +151,9 @@ class GroupsBuilder(Builder):
                                                                "are the group table's own"}})
 
     # verdicts on an attribute, split by us ------------------------------------------------------
-    def _presence(self, workspace: Workspace, items: pl.DataFrame) -> tuple[dict[str, int], Counter[str]]:
+    def _presence(self, workspace: Workspace, items: pl.DataFrame) -> tuple[pl.DataFrame, Counter[str]]:
+        """``item_id, a`` of the decided items (people's first, then machine evidence's), and where
+        the labels came from."""
         votes: dict[str, Counter[str]] = {}
         verdicts = [v for v in resolved_verdicts(workspace, self.verdict_round) if v.attribute == self.attribute]
         known = set(items.filter(pl.col("item_id").is_in(pl.Series([v.item_id for v in verdicts],
@@ -153,24 +161,28 @@ class GroupsBuilder(Builder):
         for verdict in verdicts:
             if verdict.item_id in known:
                 votes.setdefault(verdict.item_id, Counter())[verdict.value] += 1
-        presence: dict[str, int] = {}
+        human: dict[str, int] = {}
         sources: Counter[str] = Counter()
         for item_id, counts in votes.items():
             present = sum(n for v, n in counts.items() if v in PRESENT)
             absent = sum(n for v, n in counts.items() if v in ABSENT)
             if present != absent:
-                presence[item_id] = int(present > absent)
+                human[item_id] = int(present > absent)
                 sources["human"] += 1
             else:
                 sources["undecided"] += 1
+        presence = pl.DataFrame({"item_id": list(human), "a": list(human.values())},
+                                schema={"item_id": pl.String, "a": pl.Int64})
         if self.allow_machine:
+            # the attribute's rows (three columns) are collected first: sorted in memory, not in the lazy engine,
+            # they take a third of the peak memory
             machine = (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
-                       .join(items.lazy().select("item_id"), on="item_id", how="semi")
+                       .select("item_id", "run_id", "score").collect()
+                       .join(items.select("item_id"), on="item_id", how="semi")
                        .filter(~pl.col("item_id").is_in(pl.Series(list(votes), dtype=pl.String).implode()))
                        .sort("item_id", "run_id").unique("item_id", keep="first", maintain_order=True)
-                       .select("item_id", present=(pl.col("score").fill_null(0.0) >= self.threshold).cast(pl.Int64))
-                       .collect())
-            presence.update(zip(machine["item_id"], machine["present"], strict=True))
+                       .select("item_id", a=(pl.col("score").fill_null(0.0) >= self.threshold).cast(pl.Int64)))
+            presence = pl.concat([presence, machine])
             sources["machine"] += machine.height
         return presence, sources
 
@@ -179,45 +191,48 @@ class GroupsBuilder(Builder):
         y_names = list(self.classes or sorted(items["label"].unique().to_list()))
         items = items.filter(pl.col("label").is_in(pl.Series(y_names, dtype=pl.String).implode()))
         presence, sources = self._presence(workspace, items)
-        if not presence:
+        if not presence.height:
             raise BuildError(f"no item has a verdict on {self.attribute!r}"
                              + ("" if self.allow_machine else " (allow_machine uses machine evidence)"))
-        decided = items.filter(pl.col("item_id").is_in(pl.Series(list(presence), dtype=pl.String).implode()))
-        uris = dict(zip(decided["item_id"], decided["uri"], strict=True))
-        labels = {i: y_names.index(label) for i, label in zip(decided["item_id"], decided["label"], strict=True)}
+        decided = presence.join(items, on="item_id", maintain_order="left").select(
+            "item_id", "uri", "a",
+            y=pl.col("label").replace_strict(y_names, range(len(y_names)), return_dtype=pl.Int64))
         a_names = [f"no {self.attribute}", str(self.attribute)]
         majority = list(self.majority or [min(y, 1) for y in range(len(y_names))])
         if len(majority) != len(y_names) or not set(majority) <= {0, 1}:
             raise BuildError(f"majority gives the majority a (0 or 1) of each of the {len(y_names)} classes "
                              f"{', '.join(y_names)}; got {tuple(majority)}")
-        found, near_duplicates = self._near_duplicates(workspace, {i: uris[i] for i in presence})
-        followers = {member: cluster[0] for cluster in found for member in cluster[1:]}
+        found, near_duplicates = self._near_duplicates(workspace, decided.select("item_id", "uri"))
+        followers = pl.DataFrame([(member, cluster[0]) for cluster in found for member in cluster[1:]],
+                                 schema={"item_id": pl.String, "first": pl.String}, orient="row")
         rng = np.random.default_rng(self.seed)
-        pools: dict[tuple[int, int], list[str]] = {}
-        for item_id in sorted(presence):
-            if item_id not in followers:  # one image per cluster is split
-                pools.setdefault((labels[item_id], presence[item_id]), []).append(item_id)
-        for key in pools:
-            pools[key] = [pools[key][i] for i in rng.permutation(len(pools[key]))]
+        pools: dict[tuple[int, int], pl.Series] = {}
+        leaders = decided.join(followers, on="item_id", how="anti").sort("item_id")  # one image per cluster is split
+        for (y, a), pool in leaders.group_by("y", "a", maintain_order=True):
+            pools[(int(y), int(a))] = pool["item_id"].gather(rng.permutation(pool.height))
         assigned = self._split(pools, len(y_names), majority)
         if self.near_duplicates == "together":  # the rest of a cluster joins its first image's split
-            split_of = {item_id: split for item_id, _, _, split in assigned}
-            assigned += [(member, labels[member], presence[member], split_of[first])
-                         for member, first in sorted(followers.items()) if first in split_of]
-        if not assigned:
+            split_of = assigned.select(pl.col("item_id").alias("first"), "split")
+            joined = (followers.sort("item_id").join(split_of, on="first", maintain_order="left")
+                      .join(decided.select("item_id", "y", "a"), on="item_id", maintain_order="left"))
+            assigned = pl.concat([assigned, joined.select(assigned.columns)])
+        if not assigned.height:
             per_group = {f"{y_names[y]}|{a_names[a]}": len(ids) for (y, a), ids in sorted(pools.items())}
             raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
                              f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
-        present = Counter((split, y, a) for _, y, a, split in assigned)
+        present = {(split, y, a): n for split, y, a, n in assigned.group_by("split", "y", "a").len().iter_rows()}
         for split in SPLIT_CODES:
             for y in range(len(y_names)):
                 for a in (0, 1):
-                    if present[(split, y, a)] < self.min_group_size:
-                        raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has {present[(split, y, a)]} "
-                                         f"items, fewer than min_group_size {self.min_group_size}")
-        rows = pl.DataFrame([{"id": n + 1, "item_id": item_id, "uri": uris[item_id], "y": y, "a": a, "split": split,
-                              "filename": image_name(item_id, uris[item_id])}
-                             for n, (item_id, y, a, split) in enumerate(assigned)])
+                    if present.get((split, y, a), 0) < self.min_group_size:
+                        raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has "
+                                         f"{present.get((split, y, a), 0)} items, fewer than min_group_size "
+                                         f"{self.min_group_size}")
+        rows = (assigned.with_row_index("id", offset=1).with_columns(pl.col("id").cast(pl.Int64))
+                .join(decided.select("item_id", "uri"), on="item_id", maintain_order="left")
+                .select("id", "item_id", "uri", "y", "a", "split",
+                        filename=pl.struct("item_id", "uri").map_elements(
+                            lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)))
         return self._release(rows, y_names, a_names, {
             "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
                             "human": sources["human"], "machine": sources["machine"],
@@ -227,10 +242,12 @@ class GroupsBuilder(Builder):
             "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed,
             "near_duplicates": near_duplicates})
 
-    def _near_duplicates(self, workspace: Workspace, uris: dict[str, str]) -> tuple[list[list[str]], dict[str, Any]]:
-        """Clusters of near-duplicates among the items to split, and what release.json says of them."""
+    def _near_duplicates(self, workspace: Workspace, items: pl.DataFrame) -> tuple[list[list[str]], dict[str, Any]]:
+        """Clusters of near-duplicates among the items to split (``item_id, uri``), and what
+        release.json says of them."""
         if self.near_duplicates == "ignore":
             return [], {"policy": "ignore", "summary": "near-duplicates were not looked for (near_duplicates=ignore)"}
+        uris = dict(items.iter_rows())
         prints = {}
         with progress_bar("near-duplicates: hashing images", len(uris)) as advance:
             for item_id, uri in uris.items():
@@ -258,11 +275,16 @@ class GroupsBuilder(Builder):
                        "summary": f"{len(found)} near-duplicate clusters ({members} images) found before splitting, "
                                   f"{kept} ({method})"}
 
-    def _split(self, pools: dict[tuple[int, int], list[str]], n_classes: int,
-               majority: list[int]) -> list[tuple[str, int, int, str]]:
+    def _split(self, pools: dict[tuple[int, int], pl.Series], n_classes: int, majority: list[int]) -> pl.DataFrame:
+        """``item_id, y, a, split`` of the pools' items placed: validation and test from each group
+        (each pool is left with the rest), then training at ``train_correlation``."""
         groups = [(y, a) for y in range(n_classes) for a in (0, 1)]
         sizes = {g: len(pools.get(g, [])) for g in groups}
-        assigned: list[tuple[str, int, int, str]] = []
+        assigned: list[pl.DataFrame] = []
+
+        def placed(ids: pl.Series, y: int, a: int, split: str) -> pl.DataFrame:
+            return ids.to_frame("item_id").with_columns(y=pl.lit(y, pl.Int64), a=pl.lit(a, pl.Int64),
+                                                         split=pl.lit(split))
         per_group: dict[tuple[int, int], int] = {}
         for y, a in groups:
             scope = groups if self.balance == "all" else [(y, b) for b in (0, 1)]
@@ -273,14 +295,15 @@ class GroupsBuilder(Builder):
             test = self.test_per_group if self.test_per_group is not None else per_group[(y, a)]
             if val + test > len(pool):
                 raise BuildError(f"group y={y}, a={a} has {len(pool)} items, fewer than val {val} + test {test}")
-            assigned += [(i, y, a, "val") for i in pool[:val]] + [(i, y, a, "test") for i in pool[val:val + test]]
+            assigned += [placed(pool[:val], y, a, "val"), placed(pool[val:val + test], y, a, "test")]
             pools[(y, a)] = pool[val + test:]
+        empty = pl.Series("item_id", [], dtype=pl.String)
         for y in range(n_classes):
-            major, minor = pools.get((y, majority[y]), []), pools.get((y, 1 - majority[y]), [])
+            major, minor = pools.get((y, majority[y]), empty), pools.get((y, 1 - majority[y]), empty)
             n_major, n_minor = train_sizes(len(major), len(minor), self.train_correlation)
-            assigned += [(i, y, majority[y], "train") for i in major[:n_major]]
-            assigned += [(i, y, 1 - majority[y], "train") for i in minor[:n_minor]]
-        return assigned
+            assigned += [placed(major[:n_major], y, majority[y], "train"),
+                         placed(minor[:n_minor], y, 1 - majority[y], "train")]
+        return pl.concat(assigned) if assigned else placed(empty, 0, 0, "train")
 
     def _release(self, rows: pl.DataFrame, y_names: list[str], a_names: list[str], how: dict[str, object]) -> Release:
         n_a = len(a_names)

@@ -102,12 +102,16 @@ class LogoBankBuilder(Builder):
 
     def _mine(self, workspace: Workspace) -> tuple[pl.DataFrame, dict[str, Any]]:
         """The candidates, and what near-duplicate removal did (or that it was skipped)."""
-        scores = {r.item_id: float(r.score or 0.0) for r in workspace.catalog.evidence(source=self.mining_source)
-                  if r.attribute == "logo"}
-        if not scores:
+        mined = (workspace.catalog.evidence_scan(source=self.mining_source, attribute="logo")
+                 .select("item_id", "run_id", score=pl.col("score").fill_null(0.0))
+                 .sort("item_id", "run_id").unique("item_id", keep="last").collect())  # the last run's score
+        if not mined.height:
             raise BuildError(f"no '{self.mining_source}' evidence: run `curate propose logo-mining` first")
-        ranked = sorted(scores, key=lambda i: (-scores[i], i))[:max(1, math.ceil(self.keep_fraction * len(scores)))]
-        vectors = self._embeddings(workspace)
+        top = (mined.sort(["score", "item_id"], descending=[True, False])
+               .head(max(1, math.ceil(self.keep_fraction * mined.height))))
+        ranked: list[str] = top["item_id"].to_list()
+        scores = dict(zip(ranked, top["score"], strict=True))
+        vectors = self._embeddings(workspace, ranked)
         kept: list[str] = []
         dropped = 0
         unchecked = sum(item_id not in vectors for item_id in ranked)
@@ -118,7 +122,7 @@ class LogoBankBuilder(Builder):
                 dropped += 1
                 continue
             kept.append(item_id)
-        crops = self._crops(workspace)
+        crops = self._crops(workspace, kept)
         sources = {i: source_name(workspace, i) for i in kept}
         frame = pl.DataFrame({"item_id": kept, "uri": [workspace.catalog.item(i).uri for i in kept],
                               "source": [sources[i] for i in kept], "logo_score": [scores[i] for i in kept],
@@ -136,18 +140,25 @@ class LogoBankBuilder(Builder):
         return frame, {"method": method, "dropped": dropped, "unchecked": unchecked, "candidates": len(ranked),
                        "skipped": unchecked == len(ranked), "summary": summary}
 
-    def _embeddings(self, workspace: Workspace) -> dict[str, np.ndarray]:
+    def _embeddings(self, workspace: Workspace, item_ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored image embeddings of ``item_ids`` (those that have one)."""
         name = embeddings_table(self.embeddings_model)
         if name not in workspace.tables.names():
             return {}
-        frame = workspace.tables.read(name)
+        frame = workspace.tables.scan(name).filter(
+            pl.col("item_id").is_in(pl.Series(item_ids, dtype=pl.String).implode())).collect()
         return {i: np.asarray(v, dtype=np.float32) for i, v in zip(frame["item_id"], frame["embedding"], strict=True)}
 
-    def _crops(self, workspace: Workspace) -> dict[str, list[float]]:
+    def _crops(self, workspace: Workspace, item_ids: list[str]) -> dict[str, list[float]]:
+        """The first ``logo`` box of ``item_ids`` in ``crop_source`` evidence (the last run's that has one)."""
         if not self.crop_source:
             return {}
-        return {r.item_id: r.boxes[0][:4] for r in workspace.catalog.evidence(source=self.crop_source)
-                if r.attribute == "logo" and r.boxes}
+        boxes = (workspace.catalog.evidence_scan(source=self.crop_source, attribute="logo")
+                 .filter(pl.col("item_id").is_in(pl.Series(item_ids, dtype=pl.String).implode())
+                         & (pl.col("boxes").list.len() > 0))
+                 .sort("item_id", "run_id").unique("item_id", keep="last")
+                 .select("item_id", pl.col("boxes").list.first().list.head(4)).collect())
+        return dict(zip(boxes["item_id"], boxes["boxes"].to_list(), strict=True))
 
     def _candidates_release(self, workspace: Workspace) -> Release:
         frame, near_duplicates = self._mine(workspace)

@@ -38,6 +38,7 @@ from curate.verdicts import (
     resolved_verdicts,
 )
 from curate.workspace import Workspace
+from curate.workspace.evidence import extra_field
 
 YES, NO = SPURIOUS_ONLY_ANSWERS[:2]
 
@@ -88,11 +89,14 @@ class SpuriousOnlyBuilder(Builder):
     # the pairs ------------------------------------------------------------------------------------
     def pairs(self, workspace: Workspace) -> list[Pair]:
         """The verified pairs, sorted by class and cue."""
-        labels = {item.item_id: item.label for item in workspace.catalog.items()}
+        spurious = [v for v in resolved_verdicts(workspace, self.pairs_round) if v.value == VerdictValue.SPURIOUS]
+        judged = workspace.catalog.items_frame(columns=["label"]).filter(
+            pl.col("item_id").is_in(pl.Series(sorted({v.item_id for v in spurious}), dtype=pl.String).implode()))
+        labels = dict(judged.iter_rows())
         found: dict[tuple[str, str], list[Verdict]] = defaultdict(list)
-        for verdict in resolved_verdicts(workspace, self.pairs_round):
+        for verdict in spurious:
             label = labels.get(verdict.item_id)
-            if verdict.value == VerdictValue.SPURIOUS and label and (self.classes is None or label in self.classes):
+            if label and (self.classes is None or label in self.classes):
                 found[(label, verdict.attribute)].append(verdict)
         pairs = []
         for (label, cue), verdicts in sorted(found.items()):
@@ -111,30 +115,39 @@ class SpuriousOnlyBuilder(Builder):
                              "verify cues in an attribute round first")
         return pairs
 
-    def _ranked(self, workspace: Workspace, pairs: list[Pair]) -> dict[str, list[tuple[str, float]]]:
-        """Per pair, the images not of its class, by the cue's best evidence score (highest first)."""
-        labels = {item.item_id: item.label for item in workspace.catalog.items()}
-        cues = defaultdict(list)
-        for pair in pairs:
-            cues[pair.cue].append(pair)
-        best: dict[str, dict[str, float]] = defaultdict(dict)
-        for row in workspace.catalog.evidence(source=self.evidence_source):
-            for pair in cues.get(row.attribute, []):
-                scored_for = row.extra.get(NEGATIVE_OF)
-                if labels.get(row.item_id) == pair.class_label or (scored_for and scored_for != pair.class_label):
-                    continue
-                score = float(row.score if row.score is not None else -math.inf)
-                kept = best[pair.name].get(row.item_id)
-                best[pair.name][row.item_id] = score if kept is None else max(kept, score)
-        return {pair.name: sorted(best[pair.name].items(), key=lambda kv: (-kv[1], kv[0])) for pair in pairs}
+    def _ranked(self, workspace: Workspace, pairs: list[Pair]) -> pl.DataFrame:
+        """Per pair (``pair``, in the order of ``pairs``), the images not of its class, by the cue's best
+        evidence score (``score``, highest first, a missing score last; then by ``item_id``). Rows scored
+        only as negatives for another class's cue do not count for this pair."""
+        wanted = pl.LazyFrame({"attribute": [p.cue for p in pairs], "class_label": [p.class_label for p in pairs],
+                               "pair": [p.name for p in pairs], "order": list(range(len(pairs)))},
+                              schema={"attribute": pl.String, "class_label": pl.String, "pair": pl.String,
+                                      "order": pl.Int64})
+        labels = workspace.catalog.items_frame(columns=["label"]).lazy()
+        return (workspace.catalog.evidence_scan(source=self.evidence_source)
+                .filter(pl.col("attribute").is_in(pl.Series([p.cue for p in pairs], dtype=pl.String).implode()))
+                .select("item_id", "attribute", extra_field(NEGATIVE_OF),
+                        score=pl.col("score").fill_null(-math.inf))
+                .join(wanted, on="attribute")
+                .join(labels, on="item_id", how="left")
+                .filter(pl.col("label").is_null() | (pl.col("label") != pl.col("class_label")),
+                        pl.col(NEGATIVE_OF).is_null() | (pl.col(NEGATIVE_OF) == "")
+                        | (pl.col(NEGATIVE_OF) == pl.col("class_label")))
+                .group_by("order", "pair", "item_id").agg(pl.col("score").max())
+                .sort(["order", "score", "item_id"], descending=[False, True, False])
+                .select("pair", "item_id", "score").collect())
 
     # 1. candidates ---------------------------------------------------------------------------------
     def _candidates_release(self, workspace: Workspace) -> Release:
         pairs = self.pairs(workspace)
         ranked = self._ranked(workspace, pairs)
-        rows = [{"item_id": item_id, "uri": workspace.catalog.item(item_id).uri, "class_label": pair.class_label,
-                 "cue": pair.cue, "cue_type": pair.cue_type, "pair": pair.name, "cue_score": score, "rank": rank + 1}
-                for pair in pairs for rank, (item_id, score) in enumerate(ranked[pair.name][:self.candidates_per_pair])]
+        top = (ranked.group_by("pair", maintain_order=True).head(self.candidates_per_pair)
+               .with_columns(rank=pl.int_range(1, pl.len() + 1).over("pair")))
+        by_name = {pair.name: pair for pair in pairs}
+        rows = [{"item_id": item_id, "uri": workspace.catalog.item(item_id).uri,
+                 "class_label": by_name[name].class_label, "cue": by_name[name].cue,
+                 "cue_type": by_name[name].cue_type, "pair": name, "cue_score": score, "rank": rank}
+                for name, item_id, score, rank in top.iter_rows()]
         if not rows:
             raise BuildError(f"no image outside the pairs' classes has evidence on their cues "
                              f"({', '.join(p.name for p in pairs)}); score the pool with a proposer first")
@@ -164,10 +177,17 @@ class SpuriousOnlyBuilder(Builder):
         y_names = sorted({p.class_label for p in pairs})
         rows: list[dict[str, Any]] = []
         report = []
+        totals = dict(ranked.group_by("pair").len().iter_rows())
+        answered = ranked.filter(pl.col("item_id").is_in(pl.Series(sorted({i for i, _ in answers}),
+                                                                   dtype=pl.String).implode()))
+        answered_of = {str(name): frame for (name,), frame in answered.group_by("pair")}
         for pair in pairs:
             outcome: Counter[str] = Counter()
             kept = 0
-            for item_id, score in ranked[pair.name]:
+            candidates = answered_of.get(pair.name, answered.clear())
+            if totals.get(pair.name, 0) > candidates.height:  # ranked images nobody answered about
+                outcome["undecided"] += totals[pair.name] - candidates.height
+            for item_id, score in candidates.select("item_id", "score").iter_rows():
                 cue = answers.get((item_id, question_attribute("cue", pair.class_label, pair.cue)))
                 thing = answers.get((item_id, question_attribute("object", pair.class_label, pair.cue)))
                 if cue is None or thing is None:

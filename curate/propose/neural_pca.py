@@ -30,6 +30,7 @@ from curate.executors.local import image_batches
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer, register_proposer
 from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item
+from curate.workspace.evidence import extra_field
 
 if TYPE_CHECKING:
     import torch
@@ -218,7 +219,8 @@ class NeuralPCAProposer(Proposer):
         if outputs < 1 or max(index[label] for label in labels) >= outputs:
             raise ProposeError(f"the classifier has {outputs} outputs; class_index needs up to "
                                f"{max(index[label] for label in labels) + 1}")
-        done = {row.extra.get("class") for row in context.workspace.catalog.evidence(run_id=context.run.run_id)}
+        done = set(context.workspace.catalog.evidence_scan(run_id=context.run.run_id)
+                   .select(extra_field("class").unique()).collect()["class"])
         labels = [label for label in labels if label not in done]
         if not labels:
             return

@@ -333,8 +333,9 @@ class Catalog:
 
     def evidence(self, item_id: str | None = None, source: str | None = None,
                  run_id: str | None = None) -> list[Evidence]:
-        """Evidence records, filtered by item, proposer or run, by item and attribute (for readers that
-        want records of a few rows; bulk readers use ``evidence_scan``)."""
+        """Evidence records, filtered by item, proposer or run, sorted by key: for small reads only
+        (tests, a notebook), since it holds every matching row as a record; stages read
+        ``evidence_scan`` and make records of the rows they keep (``evidence_records``)."""
         frame = self.evidence_scan(item_id=item_id, source=source, run_id=run_id).sort(
             ["item_id", "attribute", "source", "run_id"]).collect()
         return list(evidence_records(frame))

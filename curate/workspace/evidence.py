@@ -264,3 +264,14 @@ def _deduplicated(paths: Sequence[Path]) -> pl.LazyFrame:
     return (pl.scan_parquet(list(paths), schema=SCHEMA, hive_partitioning=False)
             .unique(list(KEY), keep="last", maintain_order=True))
 
+
+
+def extra_field(key: str) -> pl.Expr:
+    """``extra[key]`` of each row of a scan as text (a string as itself, anything else as JSON),
+    null where the key is absent: filters on ``extra`` that stay in polars.
+
+    >>> frame = pl.DataFrame({"extra": ['{"class": "dog", "component": 2}', '{}']})
+    >>> frame.select(extra_field("class"), extra_field("component")).rows()
+    [('dog', '2'), (None, None)]
+    """
+    return pl.col("extra").str.json_path_match(f"$.{key}").alias(key)
