@@ -82,7 +82,7 @@ def test_the_store_finds_its_versions_embeddings_across_parts_and_its_own_before
     monkeypatch.setattr(embeddings, "CACHE_BYTES", 1)  # one part held at a time: every other part is read again
     _write_parts(workspace, 3000)
     _write_parts(workspace, 10, version="v0")  # another version of the model: not this store's
-    store = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")  # type: ignore[arg-type]
+    store = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")
     asked = [_item(f"item-{n:06d}") for n in (2999, 5, 1024, 6, 2048)]
     assert store.vectors(asked)[:, 0].tolist() == [2999, 5, 1024, 6, 2048]
     assert not store.has("item-003000") and not store.has("nothing")
@@ -93,7 +93,7 @@ def test_the_store_finds_its_versions_embeddings_across_parts_and_its_own_before
     store.remember([_item("new-b"), _item("new-c")], fresh[1:])  # written with new-a as a part of three
     assert store.computed == 3 and not store._pending
     assert store.vectors([_item("new-c"), _item("item-000001"), _item("new-a")])[:, 0].tolist() == [0.5, 1, 0.5]
-    reopened = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")  # type: ignore[arg-type]
+    reopened = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")
     assert reopened.has("new-b") and reopened.vectors([_item("new-b")]).tolist() == [[0.5] * 64]
     with pytest.raises(KeyError, match="no stored probe embedding of item nothing"):
         reopened.vectors([_item("nothing")])

@@ -130,7 +130,6 @@ import sys
 from pathlib import Path
 from curate.ingest import IngestOptions, ManifestSource, ingest
 from curate.workspace import Workspace
-from peak_memory import needs_proc, peak_kib
 result = ingest(Workspace.init(sys.argv[1]), ManifestSource(Path(sys.argv[2])), IngestOptions(batch_size=256),
                 progress=False)
 print(result.counts["new_items"] + result.counts.get("duplicates", 0))

@@ -117,10 +117,11 @@ class EmbeddingStore:
 
     def vectors(self, items: Sequence[Item]) -> np.ndarray:
         """The (N, D) embeddings of ``items``, in order; each must be stored (see ``has``)."""
+        found = {position: self._pending[item.item_id] for position, item in enumerate(items)
+                 if item.item_id in self._pending}
         places: dict[int, list[tuple[int, int]]] = {}  # part -> (position in items, row)
-        found: list[np.ndarray | None] = [self._pending.get(item.item_id) for item in items]
         for position, item in enumerate(items):
-            if found[position] is None:
+            if position not in found:
                 place = self._directory.find(item.item_id)
                 if place is None:
                     raise KeyError(f"no stored {self.clip.name} embedding of item {item.item_id}")
@@ -132,7 +133,7 @@ class EmbeddingStore:
                     raise KeyError(f"the {self.clip.name} embedding of item {items[position].item_id} is "
                                    f"ambiguous in {self._files[part].name}; delete the table to compute it again")
                 found[position] = matrix[row]
-        return np.stack(found) if found else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
+        return np.stack([found[position] for position in range(len(items))]) if items else np.empty((0, 0))
 
     def _part(self, part: int) -> tuple[pl.Series, np.ndarray]:
         """The item ids and (rows, D) embeddings of one part, from the cache or read and cached."""
