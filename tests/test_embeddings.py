@@ -33,7 +33,8 @@ def animals(workspace: Workspace, tmp_path: Path) -> Workspace:
 
 def test_a_resumed_clip_run_keeps_the_embeddings_of_the_killed_one(animals: Workspace, tiny_clip: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embeddings, "FLUSH_EVERY", 2)  # a part per two images
+    monkeypatch.setattr(embeddings, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(embeddings, "ROWS_PER_GROUP", 2)  # a part per two images
     real_write: Callable[..., None] = ProposeContext.write_evidence
     writes = {"n": 0}
 
@@ -59,7 +60,8 @@ def test_a_resumed_clip_run_keeps_the_embeddings_of_the_killed_one(animals: Work
     assert other.counts["embeddings_computed"] == 1  # only the one the killed process never stored
 
 
-def _write_parts(workspace: Workspace, stored: int, version: str = "v1", width: int = 64) -> None:
+def _write_parts(workspace: Workspace, stored: int, version: str = "v1", width: int = 64,
+                 row_group_size: int | None = None) -> None:
     """``stored`` embeddings of model ``probe`` in parts of 1,024: item ``n``'s first value is ``n``."""
     rng = np.random.default_rng(stored)
     for start in range(0, stored, 1024):
@@ -70,7 +72,7 @@ def _write_parts(workspace: Workspace, stored: int, version: str = "v1", width: 
             {"item_id": [f"item-{n:06d}" for n in numbers], "model": "probe", "version": version,
              "embedding": vectors.tolist()}, schema={"item_id": pl.String, "model": pl.String, "version": pl.String,
                                                      "embedding": pl.List(pl.Float32)}),
-            part=f"run-{version}-{start:06d}")
+            part=f"run-{version}-{stored}-{start:06d}", row_group_size=row_group_size)
 
 
 def _item(item_id: str) -> Item:
@@ -79,18 +81,20 @@ def _item(item_id: str) -> Item:
 
 def test_the_store_finds_its_versions_embeddings_across_parts_and_its_own_before_and_after_writing(
         workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embeddings, "CACHE_BYTES", 1)  # one part held at a time: every other part is read again
-    _write_parts(workspace, 3000)
+    monkeypatch.setattr(embeddings, "CACHE_BYTES", 1)  # one row group held at a time: the others are read again
+    _write_parts(workspace, 2000)  # one row group a part, as before parts had small ones
+    _write_parts(workspace, 3000, row_group_size=100)  # the same first 2,000 again, and 1,000 more
     _write_parts(workspace, 10, version="v0")  # another version of the model: not this store's
     store = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")
     asked = [_item(f"item-{n:06d}") for n in (2999, 5, 1024, 6, 2048)]
     assert store.vectors(asked)[:, 0].tolist() == [2999, 5, 1024, 6, 2048]
     assert not store.has("item-003000") and not store.has("nothing")
     monkeypatch.setattr(embeddings, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(embeddings, "ROWS_PER_GROUP", 2)
     fresh = np.full((3, 64), 0.5, dtype=np.float32)
     store.remember([_item("new-a")], fresh[:1])  # held, not written yet
     assert store.has("new-a") and store.vectors([_item("new-a"), _item("item-000007")])[:, 0].tolist() == [0.5, 7]
-    store.remember([_item("new-b"), _item("new-c")], fresh[1:])  # written with new-a as a part of three
+    store.remember([_item("new-b"), _item("new-c")], fresh[1:])  # written with new-a: a part of two row groups
     assert store.computed == 3 and not store._pending
     assert store.vectors([_item("new-c"), _item("item-000001"), _item("new-a")])[:, 0].tolist() == [0.5, 1, 0.5]
     reopened = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")

@@ -4,7 +4,8 @@ Parts are named ``<run>-<process>-<n>``: a resumed run (a new process, its count
 parts beside those of the killed one instead of overwriting them.
 
 A store never holds the table: it keeps a directory of where each stored embedding is (16 bytes an
-image) and reads the parts a batch asks for, keeping the last ones read up to ``CACHE_BYTES``.
+image) and reads the row groups a batch asks for (``ROWS_PER_GROUP`` embeddings each; a part written
+before them is one group), keeping the last ones read up to ``CACHE_BYTES``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import torch
 
 from curate.executors import image_batches
@@ -26,8 +28,10 @@ from curate.workspace import Workspace
 from curate.workspace.tables import embeddings_table
 
 FLUSH_EVERY = 1024
+ROWS_PER_GROUP = 64
+"""Embeddings a part stores per parquet row group: what a lookup of one scattered image reads."""
 CACHE_BYTES = 64 << 20
-"""How many bytes of parts read from disk a store keeps for the next batches (the least recently used go)."""
+"""How many bytes of row groups read from disk a store keeps for the next batches (the least recently used go)."""
 _MERGE_EVERY = 1 << 16
 
 
@@ -100,7 +104,8 @@ class EmbeddingStore:
         self.part_prefix = f"{part_prefix}-{uuid.uuid4().hex[:12]}"
         self._files = workspace.tables.files(self.table) if self.table in workspace.tables.names() else []
         self._directory = _Directory.of_parts(self._stored_rows(path) for path in self._files)
-        self._cache: OrderedDict[int, tuple[pl.Series, np.ndarray]] = OrderedDict()
+        self._group_starts: dict[int, np.ndarray] = {}  # part -> the first row of each of its row groups
+        self._cache: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()
         self._pending: dict[str, np.ndarray] = {}
         self._parts = 0
         self.computed = 0
@@ -119,15 +124,18 @@ class EmbeddingStore:
         """The (N, D) embeddings of ``items``, in order; each must be stored (see ``has``)."""
         found = {position: self._pending[item.item_id] for position, item in enumerate(items)
                  if item.item_id in self._pending}
-        places: dict[int, list[tuple[int, int]]] = {}  # part -> (position in items, row)
+        places: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (part, group) -> (position in items, row)
         for position, item in enumerate(items):
             if position not in found:
                 place = self._directory.find(item.item_id)
                 if place is None:
                     raise KeyError(f"no stored {self.clip.name} embedding of item {item.item_id}")
-                places.setdefault(place >> 32, []).append((position, place & 0xFFFFFFFF))
-        for part, wanted in places.items():
-            ids, matrix = self._part(part)
+                part, row = place >> 32, place & 0xFFFFFFFF
+                starts = self._starts(part)
+                group = int(np.searchsorted(starts, row, side="right")) - 1
+                places.setdefault((part, group), []).append((position, row - int(starts[group])))
+        for (part, group), wanted in places.items():
+            ids, matrix = self._group(part, group)
             for position, row in wanted:
                 if ids[row] != items[position].item_id:  # two ids with one key: never seen, but never wrong
                     raise KeyError(f"the {self.clip.name} embedding of item {items[position].item_id} is "
@@ -135,18 +143,27 @@ class EmbeddingStore:
                 found[position] = matrix[row]
         return np.stack([found[position] for position in range(len(items))]) if items else np.empty((0, 0))
 
-    def _part(self, part: int) -> tuple[pl.Series, np.ndarray]:
-        """The item ids and (rows, D) embeddings of one part, from the cache or read and cached."""
-        if part in self._cache:
-            self._cache.move_to_end(part)
-            return self._cache[part]
-        frame = pl.read_parquet(self._files[part], columns=["item_id", "embedding"])
-        return self._remember_part(part, frame["item_id"],
-                                   frame["embedding"].explode().cast(pl.Float32).to_numpy().reshape(frame.height, -1))
+    def _starts(self, part: int) -> np.ndarray:
+        """The first row of each row group of a part (read from its footer once)."""
+        if part not in self._group_starts:
+            footer = pq.read_metadata(self._files[part])
+            sizes = [footer.row_group(group).num_rows for group in range(footer.num_row_groups)]
+            self._group_starts[part] = np.cumsum([0, *sizes[:-1]])
+        return self._group_starts[part]
 
-    def _remember_part(self, part: int, ids: pl.Series, matrix: np.ndarray) -> tuple[pl.Series, np.ndarray]:
-        """Cache a part's ids and embeddings, dropping the least recently used beyond ``CACHE_BYTES``."""
-        self._cache[part] = (ids, matrix)
+    def _group(self, part: int, group: int) -> tuple[list[str], np.ndarray]:
+        """The item ids and (rows, D) embeddings of one row group of a part, from the cache or read."""
+        if (part, group) in self._cache:
+            self._cache.move_to_end((part, group))
+            return self._cache[part, group]
+        rows = pq.ParquetFile(self._files[part]).read_row_group(group, columns=["item_id", "embedding"])
+        embeddings = rows.column("embedding").combine_chunks()
+        matrix = embeddings.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(embeddings), -1)
+        return self._remember(part, group, rows.column("item_id").to_pylist(), matrix)
+
+    def _remember(self, part: int, group: int, ids: list[str], matrix: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Cache a row group's ids and embeddings, dropping the least recently used beyond ``CACHE_BYTES``."""
+        self._cache[part, group] = (ids, matrix)
         while len(self._cache) > 1 and sum(m.nbytes for _, m in self._cache.values()) > CACHE_BYTES:
             self._cache.popitem(last=False)
         return ids, matrix
@@ -179,9 +196,13 @@ class EmbeddingStore:
                               "embedding": [v.tolist() for v in self._pending.values()]},
                              schema={"item_id": pl.String, "model": pl.String, "version": pl.String,
                                      "embedding": pl.List(pl.Float32)})
-        path = self.workspace.tables.write(self.table, frame, part=f"{self.part_prefix}-{self._parts:05d}")
-        self._directory.add(len(self._files), self._pending)
-        self._remember_part(len(self._files), frame["item_id"], np.stack(list(self._pending.values())))
+        path = self.workspace.tables.write(self.table, frame, part=f"{self.part_prefix}-{self._parts:05d}",
+                                           row_group_size=ROWS_PER_GROUP)
+        part, ids, matrix = len(self._files), list(self._pending), np.stack(list(self._pending.values()))
+        self._directory.add(part, ids)
         self._files.append(path)
+        starts = self._starts(part)
+        for group, (start, end) in enumerate(zip(starts, [*starts[1:], len(ids)], strict=True)):
+            self._remember(part, group, ids[start:end], matrix[start:end])  # kept for the batches that asked
         self._parts += 1
         self._pending.clear()

@@ -41,8 +41,10 @@ class SideTables:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def write(self, name: str, frame: pl.DataFrame, part: str | None = None) -> Path:
-        """Write a whole table, or one ``part`` of a partitioned table; return the file."""
+    def write(self, name: str, frame: pl.DataFrame, part: str | None = None, row_group_size: int | None = None
+              ) -> Path:
+        """Write a whole table, or one ``part`` of a partitioned table (in row groups of ``row_group_size``
+        rows, for readers of a few rows); return the file."""
         self._check(name)
         if part is None:
             target = self.root / f"{name}.parquet"
@@ -50,7 +52,7 @@ class SideTables:
             self._check(part)
             target = self.root / name / f"{part}.parquet"
         buffer = io.BytesIO()
-        frame.write_parquet(buffer)
+        frame.write_parquet(buffer, row_group_size=row_group_size)
         atomic_write_bytes(target, buffer.getvalue())
         return target
 
