@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from peak_memory import needs_proc, peak_kib
 
-from curate.ingest import ManifestSource, SourceError, ingest
+from curate.ingest import ManifestSource, SourceError, base, ingest
 from curate.workspace import Workspace
 
 
@@ -180,3 +180,11 @@ def test_numbering_repeated_paths_does_not_grow_with_the_distinct_paths() -> Non
         assert printed == [str(rows // 2)]  # the second of each pair is numbered, none other
         peaks.append(peak)
     assert peaks[1] - peaks[0] < 8 * 1024, f"peak RSS grew from {peaks[0]} KiB to {peaks[1]} KiB"
+
+
+@pytest.mark.parametrize("batch", [2, base.LOCATOR_BATCH])
+def test_repeats_are_numbered_across_batches_of_rows(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "LOCATOR_BATCH", batch)
+    paths = ["a.png", " b.png", "a.png", None, "a.png", "c.png", "b.png", ""]
+    assert list(base.row_locators(paths)) == ["a.png", "b.png", "a.png#2", "<row 3: no path>", "a.png#3", "c.png",
+                                              "b.png#2", "<row 7: no path>"]

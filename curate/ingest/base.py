@@ -216,8 +216,8 @@ def require_columns(frame: pl.DataFrame, where: Path, **columns: str | None) -> 
         raise SourceError(f"{where} has no column for {wanted}; its columns: {', '.join(frame.columns)}")
 
 
-LOCATOR_BATCH = 1024
-"""Table rows whose repeats are counted together (one query)."""
+LOCATOR_BATCH = 500
+"""Table rows whose repeats are counted together (one query; under SQLite's oldest limit of 999 values)."""
 
 
 def row_locators(values: Iterable[Any]) -> Iterator[str]:
