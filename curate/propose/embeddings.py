@@ -36,7 +36,7 @@ _MERGE_EVERY = 1 << 16
 
 
 def _key(item_id: str) -> int:
-    """A 64-bit key of an item id (two ids share one about once in 10^7 workspaces of a million images).
+    """A 64-bit key of an item id (that two of a million ids share one: a chance of about 3 in 10^8).
 
     >>> _key("a") == _key("a") != _key("b")
     True
@@ -84,17 +84,18 @@ class _Directory:
         key = _key(item_id)
         if key in self.recent:
             return self.recent[key]
-        at = int(np.searchsorted(self.keys, np.uint64(key)))
-        return int(self.places[at]) if at < len(self.keys) and self.keys[at] == key else None
+        wanted = np.uint64(key)
+        at = int(np.searchsorted(self.keys, wanted))
+        return int(self.places[at]) if at < len(self.keys) and self.keys[at] == wanted else None
 
 
 class EmbeddingStore:
     """Looks up the embeddings a model already computed in this workspace and computes the rest.
 
     ``part_prefix`` (the run id) starts the name of every part this store writes, followed by a
-    token of its own, so no two stores (processes) ever write the same part. Memory does not grow
-    with the table: only the directory (16 bytes an image), the parts cached for the next batches
-    and the embeddings not flushed yet are held.
+    token of its own, so no two stores (processes) ever write the same part. Of the table only the
+    directory grows with it (16 bytes an image: 16 MB for a million); beyond that a store holds the
+    row groups cached for the next batches and the embeddings not flushed yet.
     """
 
     def __init__(self, workspace: Workspace, clip: ClipModel, part_prefix: str) -> None:
