@@ -9,7 +9,7 @@ import pytest
 from conftest import distinct_image, encode
 
 from curate.images import open_image
-from curate.ingest import FolderSource, IngestOptions, ManifestSource, SourceError, ingest
+from curate.ingest import FolderSource, IngestOptions, ManifestSource, SourceError, ingest, runner
 from curate.records import RunStatus
 from curate.workspace import Workspace
 
@@ -59,7 +59,10 @@ def test_folder_ingest_labels_checks_and_quarantines(workspace: Workspace, image
     assert run.status == RunStatus.COMPLETED and run.counts == result.counts
 
 
-def test_ingesting_the_same_folder_again_changes_nothing(workspace: Workspace, image_tree: Path) -> None:
+@pytest.mark.parametrize("lookup_batch", [5, runner.LOOKUP_BATCH])  # stored entries looked up in 3 batches or 1
+def test_ingesting_the_same_folder_again_changes_nothing(workspace: Workspace, image_tree: Path, lookup_batch: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "LOOKUP_BATCH", lookup_batch)
     ingest(workspace, FolderSource(image_tree), progress=False)
     before = _snapshot(workspace)
     again = ingest(workspace, FolderSource(image_tree), progress=False)
@@ -67,8 +70,11 @@ def test_ingesting_the_same_folder_again_changes_nothing(workspace: Workspace, i
     assert _snapshot(workspace) == before
 
 
+@pytest.mark.parametrize("lookup_batch", [5, runner.LOOKUP_BATCH])
 def test_a_changed_or_repaired_file_is_ingested_again(workspace: Workspace, image_tree: Path,
-                                                      write_image: Callable[..., Path]) -> None:
+                                                      write_image: Callable[..., Path], lookup_batch: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "LOOKUP_BATCH", lookup_batch)
     ingest(workspace, FolderSource(image_tree), progress=False)
     write_image(image_tree / "dog" / "empty.png", 77)  # repaired
     result = ingest(workspace, FolderSource(image_tree), progress=False)

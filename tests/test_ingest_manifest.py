@@ -9,8 +9,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from peak_memory import needs_proc, peak_kib
 
-from curate.ingest import ManifestSource, SourceError, ingest
+from curate.ingest import ManifestSource, SourceError, base, ingest
 from curate.workspace import Workspace
 
 
@@ -124,28 +125,23 @@ def test_editing_a_label_in_the_manifest_updates_the_reference(workspace: Worksp
     assert {r.locator: r.label for r in workspace.catalog.references()} == {"img/1.png": "cat", "img/2.png": "dog"}
 
 
-# VmHWM, not ru_maxrss: Linux carries the parent's peak (the test's own frames) into a child's ru_maxrss at exec
-_PEAK_RSS_SCRIPT = """
-import re, sys
+_INGEST = """
+import sys
 from pathlib import Path
 from curate.ingest import IngestOptions, ManifestSource, ingest
 from curate.workspace import Workspace
 result = ingest(Workspace.init(sys.argv[1]), ManifestSource(Path(sys.argv[2])), IngestOptions(batch_size=256),
                 progress=False)
-peak = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
-print(result.counts["new_items"] + result.counts.get("duplicates", 0), peak)
+print(result.counts["new_items"] + result.counts.get("duplicates", 0))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from Linux /proc")
+@needs_proc
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_manifest_memory_does_not_grow_with_its_rows(tmp_path: Path, write_image: Callable[..., Path],
                                                      suffix: str) -> None:
     """2,000 vs 20,000 rows of a few tiny images, each row carrying 2 kB of metadata: the whole table would
-    be 40 MB more; read in batches, peak RSS stays within a few MB (the runner's note of each path seen)."""
-    import subprocess
-    import sys
-
+    be 40 MB more; read in batches, peak RSS stays within a few MB."""
     images = [write_image(tmp_path / "img" / f"{i}.png", i, size=(4, 4)) for i in range(4)]
     peaks = []
     for rows in (2_000, 20_000):
@@ -159,9 +155,36 @@ def test_manifest_memory_does_not_grow_with_its_rows(tmp_path: Path, write_image
         else:
             {".csv": frame.write_csv, ".jsonl": frame.write_ndjson}[suffix](manifest)
         del frame
-        done = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(tmp_path / f"ws{rows}"), str(manifest)],
-                              capture_output=True, text=True, check=True)
-        ingested, peak_kib = map(int, done.stdout.split())
-        assert ingested == rows
-        peaks.append(peak_kib)
+        printed, peak = peak_kib(_INGEST, str(tmp_path / f"ws{rows}"), str(manifest))
+        assert printed == [str(rows)]
+        peaks.append(peak)
     assert peaks[1] - peaks[0] < 12 * 1024, f"peak RSS grew from {peaks[0]} KiB to {peaks[1]} KiB"
+
+
+_NUMBER_PATHS = """
+import sys
+from curate.ingest.base import row_locators
+rows = int(sys.argv[1])
+paths = (f"img/{n % (rows // 2):07d}/" + "x" * 500 for n in range(rows))  # every path twice
+print(sum(locator.endswith("#2") for locator in row_locators(paths)))
+"""
+
+
+@needs_proc
+def test_numbering_repeated_paths_does_not_grow_with_the_distinct_paths() -> None:
+    """10,000 vs 100,000 rows of 500-byte paths, each path twice: a note of every path seen would be
+    about 30 MB more; counted on disk, peak RSS stays within a few MB."""
+    peaks = []
+    for rows in (10_000, 100_000):
+        printed, peak = peak_kib(_NUMBER_PATHS, str(rows))
+        assert printed == [str(rows // 2)]  # the second of each pair is numbered, none other
+        peaks.append(peak)
+    assert peaks[1] - peaks[0] < 8 * 1024, f"peak RSS grew from {peaks[0]} KiB to {peaks[1]} KiB"
+
+
+@pytest.mark.parametrize("batch", [2, base.LOCATOR_BATCH])
+def test_repeats_are_numbered_across_batches_of_rows(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "LOCATOR_BATCH", batch)
+    paths = ["a.png", " b.png", "a.png", None, "a.png", "c.png", "b.png", ""]
+    assert list(base.row_locators(paths)) == ["a.png", "b.png", "a.png#2", "<row 3: no path>", "a.png#3", "c.png",
+                                              "b.png#2", "<row 7: no path>"]

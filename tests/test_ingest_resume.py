@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from peak_memory import needs_proc, peak_kib
 
 from curate.ingest import FolderSource, ingest
-from curate.records import RunStatus
+from curate.records import Quarantined, RunStatus
 from curate.workspace import Workspace
 
 TOTAL = 3000
@@ -90,3 +91,33 @@ def test_two_ingest_processes_at_once_store_the_union(workspace: Workspace, tmp_
     assert len(runs) == 2 and sum(r.counts["new_items"] for r in runs) == 600
     assert sum(r.counts.get("duplicates", 0) for r in runs) == 200
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+_REINGEST = """
+import sys
+from pathlib import Path
+from curate.ingest import FolderSource, ingest
+from curate.workspace import Workspace
+print(ingest(Workspace.open(sys.argv[1]), FolderSource(Path(sys.argv[2])), progress=False).counts["unchanged"])
+"""
+
+
+@needs_proc
+def test_a_reingest_does_not_hold_every_stored_locator_of_its_source(tmp_path: Path,
+                                                                     write_image: Callable[..., Path]) -> None:
+    """A source with 3,000 vs 30,000 stored entries (400-byte locators) ingested again: a note of every
+    stored locator would be about 20 MB more; looked up a batch at a time, peak RSS stays within a few MB."""
+    for index in range(4):
+        write_image(tmp_path / "images" / f"{index}.png", index)
+    source = FolderSource(tmp_path / "images")
+    peaks = []
+    for stored in (3_000, 30_000):
+        workspace = Workspace.init(tmp_path / f"ws{stored}")
+        first = ingest(workspace, source, progress=False)
+        gone = [Quarantined(first.source.source_id, f"gone/{n:06d}/" + "x" * 400, "not-an-image", "gone", "print")
+                for n in range(stored - 4)]  # entries stored before that the folder no longer holds
+        workspace.catalog.record_ingest_batch(first.run.run_id, [], gone)
+        printed, peak = peak_kib(_REINGEST, str(workspace.root), str(source.location))
+        assert printed == ["4"]
+        peaks.append(peak)
+    assert peaks[1] - peaks[0] < 6 * 1024, f"peak RSS grew from {peaks[0]} KiB to {peaks[1]} KiB"

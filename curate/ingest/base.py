@@ -8,7 +8,9 @@ kind of source is one new module with one ``@register_source`` class.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import sqlite3
 import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -226,18 +228,36 @@ def require_columns(frame: pl.DataFrame, where: Path, **columns: str | None) -> 
         raise SourceError(f"{where} has no column for {wanted}; its columns: {', '.join(frame.columns)}")
 
 
+LOCATOR_BATCH = 500
+"""Table rows whose repeats are counted together (one query; under SQLite's oldest limit of 999 values)."""
+
+
 def row_locators(values: Iterable[Any]) -> Iterator[str]:
     """A stable key per table row: the path itself, ``#2``, ``#3`` ... appended to repeats, and
     ``<row N: no path>`` for empty cells.
 
+    The times each path was seen are kept in a private temporary SQLite database on disk (its cache
+    is bounded), ``LOCATOR_BATCH`` values at a time, so a table of a million distinct paths is
+    numbered in constant memory.
+
     >>> list(row_locators(["a.png", "b.png", "a.png", None]))
     ['a.png', 'b.png', 'a.png#2', '<row 3: no path>']
     """
-    seen: dict[str, int] = {}
-    for index, raw in enumerate(values):
-        value = "" if raw is None else str(raw).strip()
-        if not value:
-            yield f"<row {index}: no path>"
-            continue
-        seen[value] = seen.get(value, 0) + 1
-        yield value if seen[value] == 1 else f"{value}#{seen[value]}"
+    stream, index = iter(values), 0
+    seen_before = sqlite3.connect("", check_same_thread=False)  # "": on disk, deleted when closed
+    try:
+        seen_before.execute("CREATE TABLE seen (path TEXT PRIMARY KEY, times INTEGER NOT NULL) WITHOUT ROWID")
+        while batch := ["" if raw is None else str(raw).strip() for raw in itertools.islice(stream, LOCATOR_BATCH)]:
+            paths = list(dict.fromkeys(value for value in batch if value))
+            seen = dict(seen_before.execute(
+                f"SELECT path, times FROM seen WHERE path IN ({', '.join('?' * len(paths))})", paths))  # noqa: S608
+            for value in batch:
+                if value:
+                    seen[value] = seen.get(value, 0) + 1
+                    yield value if seen[value] == 1 else f"{value}#{seen[value]}"
+                else:
+                    yield f"<row {index}: no path>"
+                index += 1
+            seen_before.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", ((p, seen[p]) for p in paths))
+    finally:
+        seen_before.close()

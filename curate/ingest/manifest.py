@@ -1,8 +1,8 @@
 """Manifests: a CSV / TSV / parquet / JSON-lines table with a path or URL column and a label column.
 
 A manifest is read in batches of ``ROWS_PER_BATCH`` rows and never whole, so a million-row manifest
-is ingested in the memory of a thousand rows (what a manifest row costs beyond that is the runner's
-note of each path seen, for numbering repeats). Column types are inferred once, from the first
+is ingested in the memory of a thousand rows (repeated paths are numbered from a temporary table on
+disk: see ``row_locators``). Column types are inferred once, from the first
 ``INFER_ROWS`` rows, and every batch is read with them.
 """
 
@@ -202,7 +202,7 @@ class ManifestSource(IngestSource):
 
     def entries(self) -> Iterator[Entry]:
         metadata_columns = self._metadata_columns()
-        rows, ahead = itertools.tee(self._rows())  # in lockstep: tee holds one row
+        rows, ahead = itertools.tee(self._rows())  # tee holds the rows row_locators reads ahead
         paths = (row[self.path_column] for row in ahead)
         for locator, row in zip(row_locators(paths), rows, strict=True):
             yield self._entry(locator, row, {c: row[c] for c in metadata_columns})

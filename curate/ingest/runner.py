@@ -1,14 +1,15 @@
 """The ingest loop: entries -> checked images -> Items, batch by batch, resumable.
 
-Entries already stored with the same fingerprint are skipped, so running an ingest again changes
-nothing, and a run that was killed resumes where its last committed batch ended. Reading, hashing
-and decoding happen in worker threads with a bounded window, so memory does not grow with the
-number of images.
+Entries already stored with the same fingerprint (looked up a batch at a time) are skipped, so
+running an ingest again changes nothing, and a run that was killed resumes where its last
+committed batch ended. Reading, hashing and decoding happen in worker threads with a bounded
+window, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,8 @@ from curate.records import Item, Quarantined, Run, SourceRef
 from curate.workspace import Source, Workspace
 from curate.workspace._sql import digest
 
+LOOKUP_BATCH = 128
+"""Entries whose stored locators are looked up in one query: a re-ingest holds these, not the source's."""
 _SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
                      "TIFF": ".tif", "MPO": ".jpg"}
 
@@ -118,7 +121,6 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
     registered = workspace.catalog.register_source(source.kind, source.location, source.options())
     config = {"source": {"kind": source.kind, "location": source.location, "options": source.options()},
               "ingest": options.recorded()}
-    known = workspace.catalog.known_locators(registered.source_id)
     totals: Counter[str] = Counter()
     # The run's stored counts gain the entries unchanged since an earlier run once, with the last
     # batch (an attempt killed before it counts none of them; entries this run itself stored
@@ -127,16 +129,19 @@ def ingest(workspace: Workspace, source: IngestSource, options: IngestOptions | 
 
     def fresh_entries(run_id: str, advance: Callable[[], None]) -> Iterator[tuple[Entry, str]]:
         nonlocal unchanged_since_earlier_runs
-        for entry in source.entries():
-            fingerprint = digest([entry.fingerprint, entry.label, entry.split, entry.metadata,
-                                  entry.license or options.license])
-            stored = known.get(entry.locator)
-            if stored is not None and stored[0] == fingerprint:
-                totals["unchanged"] += 1
-                unchanged_since_earlier_runs += stored[1] != run_id
-                advance()
-                continue
-            yield entry, fingerprint
+        stream = iter(source.entries())
+        while entries := list(itertools.islice(stream, LOOKUP_BATCH)):  # what is stored: a batch at a time
+            known = workspace.catalog.known_locators(registered.source_id, [entry.locator for entry in entries])
+            for entry in entries:
+                fingerprint = digest([entry.fingerprint, entry.label, entry.split, entry.metadata,
+                                      entry.license or options.license])
+                stored = known.get(entry.locator)
+                if stored is not None and stored[0] == fingerprint:
+                    totals["unchanged"] += 1
+                    unchanged_since_earlier_runs += stored[1] != run_id
+                    advance()
+                    continue
+                yield entry, fingerprint
 
     uncommitted_blobs: dict[str, Item] = {}  # blobs written for items not committed yet
 

@@ -58,14 +58,14 @@ class EmbeddingScorer(ImageScorer):
         self._counted = 0
 
     def needs_image(self, item: Item) -> bool:
-        return item.item_id not in self.store.known
+        return not self.store.has(item.item_id)
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
-        fresh = [i for i, item in enumerate(batch.items) if item.item_id not in self.store.known]
+        fresh = [i for i, item in enumerate(batch.items) if not self.store.has(item.item_id)]
         if fresh:
             vectors = self.clip.encode_images(torch.stack([batch.transformed[i] for i in fresh]))
             self.store.remember([batch.items[i] for i in fresh], vectors)
-        return self.evidence(context, batch.items, np.stack([self.store.known[i.item_id] for i in batch.items]))
+        return self.evidence(context, batch.items, self.store.vectors(batch.items))
 
     @abstractmethod
     def evidence(self, context: ProposeContext, items: list[Item], vectors: np.ndarray) -> list[Evidence]:

@@ -432,8 +432,7 @@ class ErrorsProposer(LLMSettings, Proposer):
         failed (left for the re-run) or no wrong or no right image is left (counted)."""
         context = tools.context
         context.count(unreadable=len(store.embed(items, self.batch_size)))
-        vectors = store.known
-        items = [item for item in items if item.item_id in vectors]
+        items = [item for item in items if store.has(item.item_id)]
         captions = given if given is not None else self._vlm_captions(tools, label, items)
         if captions is None:
             return None
@@ -444,7 +443,7 @@ class ErrorsProposer(LLMSettings, Proposer):
             context.count(classes_without_captioned_contrast=1)
             return None
         return ClassErrors(label, items, [preds[i.item_id] for i in items], wrong,
-                           [captions[i.item_id] for i in items], np.stack([vectors[i.item_id] for i in items]))
+                           [captions[i.item_id] for i in items], store.vectors(items))
 
     def _vlm_captions(self, tools: Tools, label: str, items: list[Item]) -> dict[str, str] | None:
         """Captions of the items by the VLM, or None when the server failed to answer some (a re-run

@@ -142,14 +142,16 @@ class Catalog:
                 return source
         raise KeyError(f"no source {source_id!r}")
 
-    def known_locators(self, source_id: str) -> dict[str, tuple[str, str]]:
-        """locator -> (fingerprint, run id that stored it) of every entry of a source already
-        ingested or quarantined."""
+    def known_locators(self, source_id: str, locators: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """locator -> (fingerprint, run id that stored it) of those of ``locators`` (a batch: each
+        is looked up in the primary key) that a source already ingested or quarantined."""
         conn = self._connect()
         known: dict[str, tuple[str, str]] = {}
+        marks = ", ".join("?" * len(locators))
         for table in ("quarantine", "item_sources"):  # an entry is in one of them; the item wins
             known.update((row[0], (row[1], row[2])) for row in conn.execute(
-                f"SELECT locator, fingerprint, run_id FROM {table} WHERE source_id = ?", (source_id,)))  # noqa: S608
+                f"SELECT locator, fingerprint, run_id FROM {table} "  # noqa: S608 - fixed names, bound values
+                f"WHERE source_id = ? AND locator IN ({marks})", (source_id, *locators)))
         return known
 
     # ingest -------------------------------------------------------------------------------

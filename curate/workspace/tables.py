@@ -41,8 +41,10 @@ class SideTables:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def write(self, name: str, frame: pl.DataFrame, part: str | None = None) -> Path:
-        """Write a whole table, or one ``part`` of a partitioned table; return the file."""
+    def write(self, name: str, frame: pl.DataFrame, part: str | None = None, row_group_size: int | None = None
+              ) -> Path:
+        """Write a whole table, or one ``part`` of a partitioned table (in row groups of ``row_group_size``
+        rows, for readers of a few rows); return the file."""
         self._check(name)
         if part is None:
             target = self.root / f"{name}.parquet"
@@ -50,7 +52,7 @@ class SideTables:
             self._check(part)
             target = self.root / name / f"{part}.parquet"
         buffer = io.BytesIO()
-        frame.write_parquet(buffer)
+        frame.write_parquet(buffer, row_group_size=row_group_size)
         atomic_write_bytes(target, buffer.getvalue())
         return target
 
@@ -58,21 +60,24 @@ class SideTables:
         """A lazy view of a table (all parts of a partitioned one, or only ``part``: parts written by
         different code versions may not share one schema)."""
         self._check(name)
-        single, folder = self.root / f"{name}.parquet", self.root / name
         if part is not None:
             self._check(part)
-            if not (folder / f"{part}.parquet").is_file():
+            path = self.root / name / f"{part}.parquet"
+            if not path.is_file():
                 raise KeyError(f"no part {part!r} of side table {name!r} in {self.root}")
-            return pl.scan_parquet(folder / f"{part}.parquet")
-        if single.exists():
-            _check_whole(single)
-            return pl.scan_parquet(single)
-        parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-        if parts:
-            for path in parts:
-                _check_whole(path)
-            return pl.scan_parquet(folder / "*.parquet")
-        raise KeyError(f"no side table {name!r} in {self.root}")
+            return pl.scan_parquet(path)
+        return pl.scan_parquet(self.files(name))
+
+    def files(self, name: str) -> list[Path]:
+        """The files of a table: the one file, or every part in name order (each checked whole)."""
+        self._check(name)
+        single, folder = self.root / f"{name}.parquet", self.root / name
+        files = [single] if single.exists() else sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        if not files:
+            raise KeyError(f"no side table {name!r} in {self.root}")
+        for path in files:
+            _check_whole(path)
+        return files
 
     def read(self, name: str) -> pl.DataFrame:
         """The whole table in memory."""
