@@ -92,6 +92,11 @@ class ImageScorer(ABC):
         """What the scorer counted since last asked, beyond rows and items (embeddings computed)."""
         return {}
 
+    def take_records(self) -> list[dict[str, object]]:
+        """Side-table rows the scorer made since last asked (requests that failed), which the
+        proposer records on the driver when a pass ends (``score_images``'s ``end_pass``)."""
+        return []
+
     def finish(self) -> None:  # noqa: B027  (most scorers hold nothing back)
         """Write what the scorer still holds (embeddings computed since its last flush)."""
 
@@ -300,7 +305,9 @@ class ScoringWorker:
         counts: Counter[str] = Counter()
         for scorer in self.scorers:
             counts.update(scorer.take_counts())
-        return ScoredBatch(job.key, batch.items, batch.failures, rows, dict(counts), dict(self.context.models))
+        records = [record for scorer in self.scorers for record in scorer.take_records()]
+        return ScoredBatch(job.key, batch.items, batch.failures, rows, dict(counts), dict(self.context.models),
+                           records)
 
     def close(self) -> None:
         """Let every scorer write what it still holds."""
@@ -318,10 +325,16 @@ def remote_worker(make_scorers: ScorerFactory, models: list[ModelSpec], root: st
     return ScoringWorker(context, make_scorers(context))
 
 
+PassEnd = Callable[[ProposeContext, ClassPass, list[dict[str, object]]], None]
+"""What a proposer does on the driver once a pass is stored, with the records its scorers made."""
+
+
 def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: Iterable[ClassPass],
-                 batch_size: int, title: str, executor: Executor | None = None) -> None:
+                 batch_size: int, title: str, executor: Executor | None = None, end_pass: PassEnd | None = None
+                 ) -> None:
     """Score every pass with the scorers ``make_scorers`` builds, through ``executor`` (``local`` by
-    default), storing each batch with its counts in one transaction.
+    default), storing each batch with its counts in one transaction; ``end_pass`` is called once
+    each pass is stored, with the records its scorers made.
 
     An in-process executor uses one set of scorers for the whole run; others rebuild them from
     ``make_scorers`` wherever they run (so it must pickle: a proposer's bound method does), and may
@@ -345,11 +358,19 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
                 opened[key] = class_pass
                 yield Job(key, (class_pass.label, class_pass.targets, class_pass.own), class_pass.items)
 
+    records: list[dict[str, object]] = []
+
+    def ended(key: int | None) -> None:
+        if key is not None and end_pass is not None:
+            end_pass(context, opened[key], records[:])
+        records.clear()
+
     with contextlib.ExitStack() as bar:
         showing: int | None = None
         for scored in executor.run(context.workspace, jobs(), batch_size, make_worker):
             class_pass = opened[scored.key]
             if scored.key != showing:
+                ended(showing)
                 bar.close()
                 named = title if class_pass.label is None else f"{title} {class_pass.label}"
                 advance = bar.enter_context(progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}",
@@ -360,8 +381,10 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
             # an image counts once it adds a pair: one scored for a pass taken up at once may have none left
             context.write_evidence(rows, **{class_pass.counter: len({row.item_id for row in rows})},
                                    unreadable=len(scored.failures), **scored.counts)
+            records.extend(scored.records)
             for _ in range(len(scored.items) + len(scored.failures)):
                 advance()
+        ended(showing)
     for scorer in here:
         scorer.finish()
 
@@ -370,17 +393,16 @@ EXECUTION_OPTIONS = ("executor", "address", "actors")
 
 
 @dataclass
-class ImageProposer(Proposer):
-    """A proposer that scores images: it supplies ``scorers`` and ``passes``; ``run`` is the driver.
+class Execution:
+    """Where a proposal that scores images runs: ``executor`` (``local`` or ``ray``), ``address`` (a
+    Ray cluster's head) and ``actors`` (model copies at once). They change where and how fast it
+    runs, not its rows, so they stay out of the run config: a run killed under one executor resumes
+    under the other.
 
-    ``executor`` (``local`` or ``ray``), ``address`` (a Ray cluster's head) and ``actors`` (model
-    copies at once) change where and how fast it runs, not its rows, so they stay out of the run
-    config: a run killed under one executor resumes under the other. With ``device`` ``cuda`` every
-    Ray actor takes a GPU.
+    >>> Execution(executor="ray", actors=2).make_executor().actors
+    2
     """
 
-    batch_size: int = 32
-    device: str = "cpu"
     executor: str = "local"
     address: str | None = None
     actors: int = 1
@@ -394,6 +416,32 @@ class ImageProposer(Proposer):
         """The options that change results, recorded in the run config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in EXECUTION_OPTIONS}
 
+    def gpus_per_actor(self) -> float:
+        """GPUs each Ray actor takes (none: the work is a server's)."""
+        return 0.0
+
+    def make_executor(self) -> Executor:
+        """The executor these options choose."""
+        if self.executor == "local":
+            return make_executor("local")
+        return make_executor(self.executor, address=self.address, actors=self.actors,
+                             gpus_per_actor=self.gpus_per_actor())
+
+
+@dataclass
+class ImageProposer(Execution, Proposer):
+    """A proposer that scores images: it supplies ``scorers`` and ``passes``; ``run`` is the driver.
+
+    Where it runs is its ``Execution`` options; with ``device`` ``cuda`` every Ray actor takes a GPU.
+    """
+
+    batch_size: int = 32
+    device: str = "cpu"
+
+    def gpus_per_actor(self) -> float:
+        """One GPU per Ray actor when the models run on ``cuda``."""
+        return 1.0 if self.device.startswith("cuda") else 0.0
+
     @abstractmethod
     def scorers(self, context: ProposeContext) -> list[ImageScorer]:
         """The loaded scorers these options describe (recording their models in ``context.models``)."""
@@ -401,13 +449,6 @@ class ImageProposer(Proposer):
     @abstractmethod
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         """What to score (``class_passes``, ``vocabulary_pass`` or passes of the proposer's own)."""
-
-    def make_executor(self) -> Executor:
-        """The executor these options choose."""
-        if self.executor == "local":
-            return make_executor("local")
-        return make_executor(self.executor, address=self.address, actors=self.actors,
-                             gpus_per_actor=1.0 if self.device.startswith("cuda") else 0.0)
 
     def run(self, context: ProposeContext) -> None:
         score_images(context, self.scorers, self.passes(context), self.batch_size, self.name, self.make_executor())
