@@ -165,6 +165,10 @@ def test_ray_executor_errors_are_one_line(tmp_path: Path, tiny_clip: str, monkey
         make_proposer("clip", executor="ray", actors=0)
     # where a proposal runs is not part of its run config: a run killed under one executor resumes under the other
     assert make_proposer("clip", executor="ray", actors=4).options() == make_proposer("clip").options()
+    assert make_proposer("vlm-attributes", executor="ray", actors=4).options() == \
+        make_proposer("vlm-attributes").options()
+    with pytest.raises(ProposeError, match="options of the ray executor"):
+        make_proposer("vlm-attributes", actors=2)
     workspace = _pool(tmp_path / "ws", tmp_path, per_class=1)
     with pytest.raises(ExecutorError, match=r"no Ray cluster answers at 127\.0\.0\.1:9 "):
         propose(workspace, make_proposer("clip", model=tiny_clip, executor="ray", address="127.0.0.1:9"),
