@@ -50,7 +50,8 @@ class Job:
 @dataclass(slots=True)
 class ScoredBatch:
     """What a worker made of one batch of job ``key``: its rows, counts beyond rows and items
-    (embeddings computed), and the models (name -> version) that scored it."""
+    (embeddings computed), the models (name -> version) that scored it, and side-table rows for the
+    driver to record when the job ends (``records``: requests that failed)."""
 
     key: int
     items: list[Item]
@@ -58,6 +59,7 @@ class ScoredBatch:
     rows: list[Evidence]
     counts: dict[str, int]
     models: dict[str, str]
+    records: list[dict[str, object]] = field(default_factory=list)
 
 
 class BatchWorker(Protocol):

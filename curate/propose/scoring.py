@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import polars as pl
 from PIL import Image
 
 from curate.executors import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
@@ -91,6 +92,11 @@ class ImageScorer(ABC):
         """What the scorer counted since last asked, beyond rows and items (embeddings computed)."""
         return {}
 
+    def take_records(self) -> list[dict[str, object]]:
+        """Side-table rows the scorer made since last asked (requests that failed), which the
+        proposer records on the driver when a pass ends (``score_images``'s ``end_pass``)."""
+        return []
+
     def finish(self) -> None:  # noqa: B027  (most scorers hold nothing back)
         """Write what the scorer still holds (embeddings computed since its last flush)."""
 
@@ -121,47 +127,117 @@ def negative_pool(items: Sequence[Item], label: str, negatives: int | None) -> l
     return sorted(chosen, key=lambda i: i.item_id)
 
 
+Stored = frozenset[tuple[str, str | None, str | None]]
+"""What a run stored on an item: (attribute, model, model version) of each row."""
+_NOTHING: Stored = frozenset()
+_FIELD, _ROW = "\x1f", "\x1e"
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted(stored: Stored, models: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    loaded = dict(models)
+    return frozenset(attribute for attribute, model, version in stored
+                     if model is None or model not in loaded or loaded[model] == version)
+
+
+class RunPairs:
+    """The (item, attribute) pairs a run has stored, read in one scan when a proposal's first pass is
+    made, and the pairs this invocation wrote since that another of its passes may also want.
+
+    Passes of several classes may share a pair: a class's own images are scored on cues another
+    class lists too (that class's negative pool), and two classes' pools overlap. An executor that
+    takes every pass at once (Ray) makes them all before anything is stored, so a pair one pass
+    stores must not be stored again by a later one: ``record`` keeps, in memory, the written pairs
+    whose attribute a class other than the writer's lists (``listed_by``), the only ones another
+    pass can want. Everything else a pass needs was stored before it was made.
+
+    >>> pairs = RunPairs({}, {}, {"ball": {"cat", "dog"}, "yarn": {"cat"}})
+    >>> pairs.record("cat", [Evidence("i1", "ball", "clip", "r"), Evidence("i1", "yarn", "clip", "r")], own=True)
+    >>> sorted(pairs.done("i1", own=False, models={}))
+    ['ball']
+    """
+
+    def __init__(self, own: dict[str, Stored], every: dict[str, Stored], listed_by: dict[str, set[str]]) -> None:
+        self.own, self.every, self.listed_by = own, every, listed_by
+        self.written: dict[str, dict[str, bool]] = {}
+
+    @classmethod
+    def read(cls, context: ProposeContext, listed_by: dict[str, set[str]]) -> RunPairs:
+        """The run's stored pairs per item: those on their own class's terms (not scored for another
+        class's pool) and all of them."""
+        scan = context.workspace.catalog.evidence_scan(run_id=context.run.run_id).select(
+            "item_id", pl.concat_str(pl.col("attribute"), pl.col("model").fill_null(""),
+                                     pl.col("model_version").fill_null(""), separator=_FIELD).alias("row"),
+            pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_not_null().alias("pooled"))
+        stored = scan.collect()
+        return cls(_per_item(stored.filter(~pl.col("pooled"))), _per_item(stored), listed_by)
+
+    def done(self, item_id: str, own: bool, models: dict[str, str]) -> frozenset[str]:
+        """The attributes ``item_id`` has with the models now loaded (a pair another version of a
+        loaded model stored is missing), on its own class's terms (``own``) or any."""
+        stored = _counted((self.own if own else self.every).get(item_id, _NOTHING), tuple(sorted(models.items())))
+        written = self.written.get(item_id)
+        if not written:
+            return stored
+        return stored | {attribute for attribute, by_own in written.items() if by_own or not own}
+
+    def record(self, label: str | None, rows: Iterable[Evidence], own: bool) -> None:
+        """Note the stored ``rows`` of a pass of ``label`` that another class's pass may also want."""
+        for row in rows:
+            if self.listed_by.get(row.attribute, set()) - {label}:
+                wrote = self.written.setdefault(row.item_id, {})
+                wrote[row.attribute] = wrote.get(row.attribute, False) or own
+
+
+def _per_item(stored: pl.DataFrame) -> dict[str, Stored]:
+    """Stored rows (``item_id``, ``row``: attribute, model and version joined) as one frozenset per
+    item; items that stored the same rows share one."""
+    grouped = stored.group_by("item_id").agg(pl.col("row").unique().sort().str.join(_ROW))
+    sets: dict[str, Stored] = {}
+    for joined in grouped["row"].unique():
+        sets[joined] = frozenset((attribute, model or None, version or None) for attribute, model, version in
+                                 (row.split(_FIELD) for row in joined.split(_ROW)))
+    return {item_id: sets[joined] for item_id, joined in grouped.iter_rows()}
+
+
 @dataclass(frozen=True, slots=True)
 class ClassPass:
     """One class's cues (as targets) and the images they are still to be scored on: the class's own
     (``own``) or the negative pool; ``label`` None is a pass of no class (a fixed vocabulary on every
-    image, or one question of every image)."""
+    image, or one question of every image). ``pairs``: what the run stored on them before, where
+    some is (None: its images have nothing stored, and share no pair with another pass)."""
 
     label: str | None
     targets: list[Target]
     items: list[Item]
     own: bool
+    pairs: RunPairs | None = None
 
     @property
     def counter(self) -> str:
         """The run count its images go to."""
         return "items" if self.own else "negative_items"
 
-    def keep(self, rows: Sequence[Evidence], done: dict[str, set[str]]) -> list[Evidence]:
-        """The rows to store: pairs not ``done`` yet (see ``stored_pairs``), pool rows marked with the
-        class they were scored for."""
-        kept = [row for row in rows if row.attribute not in done.get(row.item_id, ())]
+    def keep(self, rows: Sequence[Evidence], models: dict[str, str]) -> list[Evidence]:
+        """The rows to store, noted as written: pairs not done yet with the ``models`` now loaded,
+        pool rows marked with the class they were scored for."""
+        kept = list(rows)
+        if self.pairs is not None:
+            pairs = self.pairs
+            done = {item_id: pairs.done(item_id, self.own, models) for item_id in {row.item_id for row in rows}}
+            kept = [row for row in rows if row.attribute not in done[row.item_id]]
+            pairs.record(self.label, kept, self.own)
         return kept if self.own else [replace(row, extra={**row.extra, NEGATIVE_OF: self.label}) for row in kept]
-
-
-def stored_pairs(context: ProposeContext, items: Iterable[Item], own: bool) -> dict[str, set[str]]:
-    """Per item, the attributes this run has stored for it with the models now loaded
-    (``context.models``: a pair another model version stored is missing); on its own class's terms
-    (``own``) rows scored for another class's pool do not count."""
-    stored = context.workspace.catalog.evidence_attributes(context.run.run_id, (i.item_id for i in items),
-                                                           context.models)
-    return {item_id: {a for a, extra in attributes.items() if not own or NEGATIVE_OF not in extra}
-            for item_id, attributes in stored.items()}
 
 
 def class_passes(context: ProposeContext, cue_source: str | None, negatives: int | None) -> Iterator[ClassPass]:
     """Every class's cues on its own pending images, then on its negative pool (see ``negative_pool``).
 
-    Each pass reads what the run has stored when it starts, so a re-run or a resumed run scores only
-    the missing (image, attribute) pairs, and pairs a model now loaded at another version
-    (``context.models``) stored are scored again. Own images come first so that a pair both lists share is
-    scored on its own class's terms; a pair first scored for the pool is scored again once its own
-    class lists the attribute.
+    The run's stored pairs are read once, when the first pass is made (``RunPairs``), so a re-run or
+    a resumed run scores only the missing (image, attribute) pairs, and pairs a model now loaded at
+    another version (``context.models``) stored are scored again. Own images come first so that a
+    pair both lists share is scored on its own class's terms; a pair first scored for the pool is
+    scored again once its own class lists the attribute.
     """
     if negatives is not None and negatives < 0:
         raise ProposeError(f"negatives is how many other classes' images to score (0 or more), not {negatives}")
@@ -170,17 +246,22 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     for label in labels:
         if not cues_of[label]:
             context.count(items_without_cues=len(context.pending_items(label)))
+    listed_by: dict[str, set[str]] = {}
+    for label, cues in cues_of.items():
+        for cue in cues:
+            listed_by.setdefault(cue.attribute, set()).add(label)
     everything = list(context.workspace.catalog.items())
     by_label: dict[str | None, list[Item]] = {}
     for item in everything:
         by_label.setdefault(item.label, []).append(item)
+    pairs: RunPairs | None = None
     for own in (True, False):
         for label in (label for label in labels if cues_of[label]):
+            pairs = pairs or RunPairs.read(context, listed_by)
             candidates = by_label.get(label, []) if own else negative_pool(everything, label, negatives)
-            done = stored_pairs(context, candidates, own)
             wanted = {cue.attribute for cue in cues_of[label]}
-            pending = [i for i in candidates if not wanted <= done.get(i.item_id, set())]
-            yield ClassPass(label, [Target.of(cue) for cue in cues_of[label]], pending, own)
+            pending = [i for i in candidates if not wanted <= pairs.done(i.item_id, own, context.models)]
+            yield ClassPass(label, [Target.of(cue) for cue in cues_of[label]], pending, own, pairs)
 
 
 def class_item_passes(context: ProposeContext) -> Iterator[ClassPass]:
@@ -224,7 +305,9 @@ class ScoringWorker:
         counts: Counter[str] = Counter()
         for scorer in self.scorers:
             counts.update(scorer.take_counts())
-        return ScoredBatch(job.key, batch.items, batch.failures, rows, dict(counts), dict(self.context.models))
+        records = [record for scorer in self.scorers for record in scorer.take_records()]
+        return ScoredBatch(job.key, batch.items, batch.failures, rows, dict(counts), dict(self.context.models),
+                           records)
 
     def close(self) -> None:
         """Let every scorer write what it still holds."""
@@ -242,14 +325,20 @@ def remote_worker(make_scorers: ScorerFactory, models: list[ModelSpec], root: st
     return ScoringWorker(context, make_scorers(context))
 
 
+PassEnd = Callable[[ProposeContext, ClassPass, list[dict[str, object]]], None]
+"""What a proposer does on the driver once a pass is stored, with the records its scorers made."""
+
+
 def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: Iterable[ClassPass],
-                 batch_size: int, title: str, executor: Executor | None = None) -> None:
+                 batch_size: int, title: str, executor: Executor | None = None, end_pass: PassEnd | None = None
+                 ) -> None:
     """Score every pass with the scorers ``make_scorers`` builds, through ``executor`` (``local`` by
-    default), storing each batch with its counts in one transaction.
+    default), storing each batch with its counts in one transaction; ``end_pass`` is called once
+    each pass is stored, with the records its scorers made.
 
     An in-process executor uses one set of scorers for the whole run; others rebuild them from
     ``make_scorers`` wherever they run (so it must pickle: a proposer's bound method does), and may
-    take every pass at once: which pairs a batch adds is decided when it is stored (``stored_pairs``),
+    take every pass at once: which pairs a batch adds is decided when it is stored (``ClassPass.keep``),
     so the rows are the same either way.
     """
     executor = executor or make_executor("local")
@@ -269,24 +358,33 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
                 opened[key] = class_pass
                 yield Job(key, (class_pass.label, class_pass.targets, class_pass.own), class_pass.items)
 
+    records: list[dict[str, object]] = []
+
+    def ended(key: int | None) -> None:
+        if key is not None and end_pass is not None:
+            end_pass(context, opened[key], records[:])
+        records.clear()
+
     with contextlib.ExitStack() as bar:
         showing: int | None = None
         for scored in executor.run(context.workspace, jobs(), batch_size, make_worker):
             class_pass = opened[scored.key]
             if scored.key != showing:
+                ended(showing)
                 bar.close()
                 named = title if class_pass.label is None else f"{title} {class_pass.label}"
                 advance = bar.enter_context(progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}",
                                                          len(class_pass.items), context.progress))
                 showing = scored.key
             context.models.update(scored.models)
-            rows = class_pass.keep(scored.rows, stored_pairs(context, scored.items, class_pass.own)) \
-                if scored.rows else []
+            rows = class_pass.keep(scored.rows, context.models)
             # an image counts once it adds a pair: one scored for a pass taken up at once may have none left
             context.write_evidence(rows, **{class_pass.counter: len({row.item_id for row in rows})},
                                    unreadable=len(scored.failures), **scored.counts)
+            records.extend(scored.records)
             for _ in range(len(scored.items) + len(scored.failures)):
                 advance()
+        ended(showing)
     for scorer in here:
         scorer.finish()
 
@@ -295,17 +393,16 @@ EXECUTION_OPTIONS = ("executor", "address", "actors")
 
 
 @dataclass
-class ImageProposer(Proposer):
-    """A proposer that scores images: it supplies ``scorers`` and ``passes``; ``run`` is the driver.
+class Execution:
+    """Where a proposal that scores images runs: ``executor`` (``local`` or ``ray``), ``address`` (a
+    Ray cluster's head) and ``actors`` (model copies at once). They change where and how fast it
+    runs, not its rows, so they stay out of the run config: a run killed under one executor resumes
+    under the other.
 
-    ``executor`` (``local`` or ``ray``), ``address`` (a Ray cluster's head) and ``actors`` (model
-    copies at once) change where and how fast it runs, not its rows, so they stay out of the run
-    config: a run killed under one executor resumes under the other. With ``device`` ``cuda`` every
-    Ray actor takes a GPU.
+    >>> Execution(executor="ray", actors=2).make_executor().actors
+    2
     """
 
-    batch_size: int = 32
-    device: str = "cpu"
     executor: str = "local"
     address: str | None = None
     actors: int = 1
@@ -319,6 +416,32 @@ class ImageProposer(Proposer):
         """The options that change results, recorded in the run config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in EXECUTION_OPTIONS}
 
+    def gpus_per_actor(self) -> float:
+        """GPUs each Ray actor takes (none: the work is a server's)."""
+        return 0.0
+
+    def make_executor(self) -> Executor:
+        """The executor these options choose."""
+        if self.executor == "local":
+            return make_executor("local")
+        return make_executor(self.executor, address=self.address, actors=self.actors,
+                             gpus_per_actor=self.gpus_per_actor())
+
+
+@dataclass
+class ImageProposer(Execution, Proposer):
+    """A proposer that scores images: it supplies ``scorers`` and ``passes``; ``run`` is the driver.
+
+    Where it runs is its ``Execution`` options; with ``device`` ``cuda`` every Ray actor takes a GPU.
+    """
+
+    batch_size: int = 32
+    device: str = "cpu"
+
+    def gpus_per_actor(self) -> float:
+        """One GPU per Ray actor when the models run on ``cuda``."""
+        return 1.0 if self.device.startswith("cuda") else 0.0
+
     @abstractmethod
     def scorers(self, context: ProposeContext) -> list[ImageScorer]:
         """The loaded scorers these options describe (recording their models in ``context.models``)."""
@@ -326,13 +449,6 @@ class ImageProposer(Proposer):
     @abstractmethod
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         """What to score (``class_passes``, ``vocabulary_pass`` or passes of the proposer's own)."""
-
-    def make_executor(self) -> Executor:
-        """The executor these options choose."""
-        if self.executor == "local":
-            return make_executor("local")
-        return make_executor(self.executor, address=self.address, actors=self.actors,
-                             gpus_per_actor=1.0 if self.device.startswith("cuda") else 0.0)
 
     def run(self, context: ProposeContext) -> None:
         score_images(context, self.scorers, self.passes(context), self.batch_size, self.name, self.make_executor())

@@ -2,7 +2,12 @@
 the MM-SpuBench style (2-5 of each, spurious ones typed into the nine types). The image travels as
 a JPEG data URL; answers are cached by content hash like every LLM answer. An item whose request
 failed has no evidence, so a re-run asks for it again; each class's failures are recorded once it is
-done (``llm-failures``), replacing those recorded before."""
+done (``llm-failures``), replacing those recorded before.
+
+Under ``--executor ray`` the client is built on each actor from the options (the key is read from
+``api_key_env`` there); the failed requests travel back with each batch and the driver records them,
+so a run's failures and status are the same under both executors.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ from curate.llm_settings import LLMSettings
 from curate.models.llm import LLMClient, Messages
 from curate.propose.base import ProposeContext, Proposer, register_proposer
 from curate.propose.llm_common import (
-    count_cost,
     failure,
     failure_counts,
     record_failures,
@@ -28,7 +32,15 @@ from curate.propose.llm_common import (
     spent,
 )
 from curate.propose.prompts import load_prompts
-from curate.propose.scoring import ImageScorer, Target, class_item_passes, class_of, score_images
+from curate.propose.scoring import (
+    ClassPass,
+    Execution,
+    ImageScorer,
+    Target,
+    class_item_passes,
+    class_of,
+    score_images,
+)
 from curate.records import Evidence, EvidenceRole, Item
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
 
@@ -62,11 +74,11 @@ def data_url(image: Image.Image, max_side: int, quality: int = 90) -> str:
 
 
 class VLMScorer(ImageScorer):
-    """Asks the model for each image's attributes, in the words of its class; records each class's
-    failing requests once the class is done and counts the tokens spent per batch."""
+    """Asks the model for each image's attributes, in the words of its class; hands back the
+    requests that failed (``take_records``) and counts the tokens and cost spent per batch."""
 
     def __init__(self, context: ProposeContext, options: VLMAttributesProposer) -> None:
-        self.options, self.context = options, context
+        self.options = options
         self.prompts = load_prompts(options.prompts)
         self.client = LLMClient(options.settings(), context.workspace.cache)
         self.version = f"{options.settings().server()} prompts={self.prompts.version}"
@@ -74,14 +86,13 @@ class VLMScorer(ImageScorer):
         self.label: str | None = None
         self.failures: list[dict[str, object]] = []
         self.counts: Counter[str] = Counter()
+        self.cost_counted = 0
 
     def begin_class(self, context: ProposeContext, label: str | None, targets: list[Target], own: bool = True
                     ) -> None:
-        label = class_of(label)
-        self._record_class()
-        self.label, self.failures = label, []
-        self.earlier = retryable(recorded_failures(context, label))
-        self.text = self.prompts.render("attributes", label=label, types="\n".join(SPURIOUS_TYPES))
+        self.label = class_of(label)
+        self.earlier = retryable(recorded_failures(context, self.label))
+        self.text = self.prompts.render("attributes", label=self.label, types="\n".join(SPURIOUS_TYPES))
 
     def score(self, context: ProposeContext, batch: ImageBatch) -> list[Evidence]:
         before = Counter(self.client.stats.counts)
@@ -99,21 +110,20 @@ class VLMScorer(ImageScorer):
                 failed.append(failure(context, str(self.label), "attributes", result, item.item_id))
         self.counts.update(failure_counts(self.earlier, failed, {("attributes", i.item_id) for i in batch.items}))
         self.counts.update(spent(self.client, before))
+        cost = self.client.cost_usd()
+        if cost is not None:  # in micro-dollars, rounded once over the run's total
+            self.counts["llm_cost_microusd"] += round(cost * 1e6) - self.cost_counted
+            self.cost_counted = round(cost * 1e6)
         self.failures += failed
         return rows
 
     def take_counts(self) -> dict[str, int]:
-        counts, self.counts = dict(self.counts), Counter()
-        return counts
+        counts, self.counts = +self.counts, Counter()
+        return dict(counts)
 
-    def finish(self) -> None:
-        self._record_class()
-        count_cost(self.context, self.client)
-
-    def _record_class(self) -> None:
-        if self.label is not None:
-            record_failures(self.context, self.label, self.failures)
-            self.label = None
+    def take_records(self) -> list[dict[str, object]]:
+        failures, self.failures = self.failures, []
+        return failures
 
     def _evidence(self, context: ProposeContext, item: Item, answer: ImageAttributes) -> list[Evidence]:
         name, model = self.options.name, self.options.model
@@ -127,9 +137,9 @@ class VLMScorer(ImageScorer):
 
 @register_proposer("vlm-attributes")
 @dataclass
-class VLMAttributesProposer(LLMSettings, Proposer):
-    """Ask a vision-language model (OpenAI-compatible) for the attributes of every image. Its client
-    lives in this process (the ``local`` executor): the work is the server's."""
+class VLMAttributesProposer(LLMSettings, Execution, Proposer):
+    """Ask a vision-language model (OpenAI-compatible) for the attributes of every image, here or on
+    a Ray cluster's actors (``executor``; the work is the server's, so actors take no GPU)."""
 
     prompts: str = "vlm-attributes-v1"
     image_max_side: int = 768
@@ -139,5 +149,10 @@ class VLMAttributesProposer(LLMSettings, Proposer):
         """The scorer asking the model."""
         return [VLMScorer(context, self)]
 
+    def end_pass(self, context: ProposeContext, class_pass: ClassPass, failures: list[dict[str, object]]) -> None:
+        """Record a class's failed requests in place of those recorded before."""
+        record_failures(context, class_of(class_pass.label), failures)
+
     def run(self, context: ProposeContext) -> None:
-        score_images(context, self.scorers, class_item_passes(context), self.batch_size, "vlm")
+        score_images(context, self.scorers, class_item_passes(context), self.batch_size, "vlm", self.make_executor(),
+                     self.end_pass)

@@ -377,22 +377,6 @@ class Catalog:
         scan = self._evidence.scan(item_ids=sorted(set(item_ids)))
         return set(scan.select("run_id").unique().collect()["run_id"])
 
-    def evidence_attributes(self, run_id: str, item_ids: Iterable[str], versions: Mapping[str, str] | None = None,
-                            ) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per item, the attributes a run already has evidence for, with each row's ``extra``; with
-        ``versions`` (model -> version now loaded) rows another version of such a model stored do
-        not count (they are to be scored again)."""
-        found: dict[str, dict[str, dict[str, Any]]] = {}
-        scan = self._evidence.scan(run_id=run_id, item_ids=list(item_ids))
-        if versions:
-            loaded = pl.DataFrame({"model": list(versions), "loaded": list(versions.values())}, orient="col",
-                                  schema={"model": pl.String, "loaded": pl.String}).lazy()
-            scan = scan.join(loaded, on="model", how="left").filter(
-                pl.col("loaded").is_null() | (pl.col("loaded") == pl.col("model_version")))
-        for item_id, attribute, extra in scan.select("item_id", "attribute", "extra").collect().iter_rows():
-            found.setdefault(item_id, {})[attribute] = json.loads(extra)
-        return found
-
     def add_verdicts(self, rows: Iterable[Verdict]) -> int:
         """Store verdicts; a verdict with the same key (item, attribute, annotator, round) replaces it."""
         stamp = now()
