@@ -136,3 +136,23 @@ def test_no_stage_reads_evidence_as_a_record_list() -> None:
     readers = [str(path.relative_to(root)) for folder in ("curate", "annotation")
                for path in (root / folder).rglob("*.py") if re.search(r"catalog\.evidence\(", path.read_text())]
     assert readers == []  # stages use Catalog.evidence_scan; Catalog.evidence is for small reads (tests, notebooks)
+
+
+def test_a_release_says_what_fed_it_without_a_record_of_every_item(
+        scored: tuple[Workspace, dict[str, str]], made: list[int], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fed_by`` (classes, rounds, proposal runs) is worked out in polars: a build of a million-item
+    workspace made an Item of every item to find its release's classes."""
+    import json
+
+    from curate.builders import build
+
+    workspace, _ = scored
+
+    def refuse(*args: object, **kwargs: object) -> Iterator[object]:
+        raise AssertionError("a build read every item as a record (Catalog.items)")
+
+    monkeypatch.setattr(Catalog, "items", refuse)
+    result = build(workspace, make_builder("focus", allow_machine=True), tmp_path / "release")
+    fed_by = json.loads((result.path / "release.json").read_text())["fed_by"]
+    assert fed_by["classes"] == ["cat", "dog"] and made == []

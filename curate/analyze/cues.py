@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from curate.records import NEGATIVE_OF, Evidence, EvidenceRole, Item, Verdict
+from curate.records import NEGATIVE_OF, EvidenceRole, Verdict
 from curate.verdicts import ABSENT, PRESENT
-from curate.workspace.evidence import evidence_frame
 
 Z_95 = 1.959963984540054
 VERDICT_PRESENT: dict[str, bool] = {str(value): True for value in PRESENT} | {str(value): False for value in ABSENT}
@@ -80,14 +79,6 @@ def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float
         rows = rows.sort("run_id", "source", maintain_order=True).unique(["item_id", "attribute"], keep="first",
                                                                           maintain_order=True)
     return rows.with_columns(present=pl.col("score") >= threshold).select(*PRESENCE_SCHEMA)
-
-
-def presence_from_evidence(evidence: Iterable[Evidence], items: dict[str, Item], threshold: float) -> pl.DataFrame:
-    """``presence_scan`` of evidence records about ``items``, as one frame in (item, attribute) order."""
-    labels = pl.DataFrame({"item_id": list(items), "label": [item.label for item in items.values()]},
-                          schema={"item_id": pl.String, "label": pl.String})
-    return (presence_scan(evidence_frame(evidence).lazy(), labels_frame(labels), threshold)
-            .sort("item_id", "attribute").collect())
 
 
 def presence_from_verdicts(verdicts: Iterable[Verdict], labels: pl.LazyFrame) -> pl.DataFrame:

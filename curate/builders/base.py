@@ -118,14 +118,22 @@ def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[st
     those classes (workspace-relative)."""
     from curate.analyze import pictures_of
 
-    item_ids = {i for table in release.tables.values() if "item_id" in table.columns
-                for i in table["item_id"].drop_nulls().to_list()}
+    named = [table.select(pl.col("item_id").cast(pl.String)) for table in release.tables.values()
+             if "item_id" in table.columns]
+    ids = pl.concat(named).drop_nulls().unique() if named else pl.DataFrame(schema={"item_id": pl.String})
     classes = sorted(release.classes if release.classes is not None else
-                     {item.label for item in workspace.catalog.items() if item.item_id in item_ids and item.label})
+                     workspace.catalog.items_frame(columns=["label"]).join(ids, on="item_id", how="semi")
+                     ["label"].drop_nulls().unique().to_list())
     attributes = builder.defining_attributes()
-    rounds = sorted({v.round for v in workspace.catalog.verdicts(getattr(builder, "verdict_round", None))
-                     if v.item_id in item_ids and (attributes is None or v.attribute in attributes)})
-    proposals = sorted(workspace.catalog.evidence_runs(item_ids) & {r.run_id for r in workspace.runs.list("propose")})
+    judged = pl.DataFrame([(v.item_id, v.attribute, v.round) for v in
+                           workspace.catalog.verdicts(getattr(builder, "verdict_round", None))],
+                          schema={"item_id": pl.String, "attribute": pl.String, "round": pl.String}, orient="row")
+    judged = judged.join(ids, on="item_id", how="semi")
+    if attributes is not None:
+        judged = judged.filter(pl.col("attribute").is_in(attributes))
+    rounds = sorted(judged["round"].unique().to_list())
+    proposal_runs = {run.run_id for run in workspace.runs.list("propose")}
+    proposals = sorted(workspace.catalog.evidence_runs(ids["item_id"]) & proposal_runs)
     pictures = [str(p.relative_to(workspace.root)) for p in pictures_of(workspace, set(classes))]
     return {"classes": classes, "rounds": rounds, "attributes": attributes or [], "proposal_runs": proposals,
             "pictures": pictures}

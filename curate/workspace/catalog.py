@@ -372,9 +372,9 @@ class Catalog:
         """Items that already have evidence from a run (what a resumed run skips)."""
         return set(self._evidence.scan(run_id=run_id).select("item_id").unique().collect()["item_id"])
 
-    def evidence_runs(self, item_ids: Iterable[str]) -> set[str]:
+    def evidence_runs(self, item_ids: pl.Series) -> set[str]:
         """The runs that stored evidence on any of ``item_ids`` (what fed a release of them)."""
-        scan = self._evidence.scan(item_ids=sorted(set(item_ids)))
+        scan = self._evidence.scan(item_ids=item_ids)
         return set(scan.select("run_id").unique().collect()["run_id"])
 
     def add_verdicts(self, rows: Iterable[Verdict]) -> int:
