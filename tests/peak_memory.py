@@ -29,3 +29,31 @@ def peak_kib(script: str, *args: str) -> tuple[list[str], int]:
     assert done.returncode == 0, done.stderr
     *words, peak = done.stdout.split()
     return words, int(peak)
+
+
+_EACH_STEP = """
+import gc as _gc
+import re as _re
+import sys as _sys
+from pathlib import Path as _Path
+
+
+def _kib(field):
+    return int(_re.search(field + r":\\s+(\\d+) kB", _Path("/proc/self/status").read_text()).group(1))
+
+
+for _arg in _sys.argv[1:]:
+    _gc.collect()
+    _Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from what is held now
+    _held = _kib("VmRSS")
+    print(step(_arg), _kib("VmHWM") - _held)
+"""
+
+
+def peak_growths_kib(script: str, *args: str) -> list[tuple[str, int]]:
+    """Run ``script`` (it imports what it needs once and defines ``step(arg) -> str``) in a child Python,
+    then ``step`` for each of ``args``: what each returned and how far the peak resident memory rose
+    above what was held when it started, in KiB."""
+    done = subprocess.run([sys.executable, "-c", script + _EACH_STEP, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [(returned, int(growth)) for returned, growth in (line.split() for line in done.stdout.splitlines())]
