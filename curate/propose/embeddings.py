@@ -30,8 +30,10 @@ from curate.workspace.tables import embeddings_table
 FLUSH_EVERY = 1024
 ROWS_PER_GROUP = 64
 """Embeddings a part stores per parquet row group: what a lookup of one scattered image reads."""
-CACHE_BYTES = 64 << 20
-"""How many bytes of row groups read from disk a store keeps for the next batches (the least recently used go)."""
+CACHE_BYTES = 1 << 30
+"""How many bytes of row groups read from disk a store keeps for the next batches (the least recently
+used go): a workspace of up to 500k ViT-B embeddings is read once however its images are visited
+(a negative pool visits them in id order, not in the order they were written)."""
 _MERGE_EVERY = 1 << 16
 
 
@@ -107,6 +109,7 @@ class EmbeddingStore:
         self._directory = _Directory.of_parts(self._stored_rows(path) for path in self._files)
         self._group_starts: dict[int, np.ndarray] = {}  # part -> the first row of each of its row groups
         self._cache: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()
+        self._cached_bytes = 0
         self._pending: dict[str, np.ndarray] = {}
         self._parts = 0
         self.computed = 0
@@ -165,8 +168,9 @@ class EmbeddingStore:
     def _remember(self, part: int, group: int, ids: list[str], matrix: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Cache a row group's ids and embeddings, dropping the least recently used beyond ``CACHE_BYTES``."""
         self._cache[part, group] = (ids, matrix)
-        while len(self._cache) > 1 and sum(m.nbytes for _, m in self._cache.values()) > CACHE_BYTES:
-            self._cache.popitem(last=False)
+        self._cached_bytes += matrix.nbytes
+        while len(self._cache) > 1 and self._cached_bytes > CACHE_BYTES:
+            self._cached_bytes -= self._cache.popitem(last=False)[1][1].nbytes
         return ids, matrix
 
     def embed(self, items: Sequence[Item], batch_size: int) -> list[tuple[Item, str]]:
