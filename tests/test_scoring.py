@@ -100,6 +100,7 @@ def test_passes_taken_at_once_store_the_rows_of_passes_taken_in_turn(tmp_path: P
     counts = propose(in_turn, clip, progress=False).counts
     assert _propose_at_once(at_once, clip) == counts
     assert _rows(at_once) == _rows(in_turn)
+    _assert_each_pair_stored_once_on_its_own_terms(in_turn, counts, CUES)
 
     for workspace in (in_turn, at_once):
         _cues(workspace, {"cat": ["grass", "bell"], "cow": ["yarn"]})  # now shared by more classes
@@ -112,3 +113,19 @@ def test_passes_taken_at_once_store_the_rows_of_passes_taken_in_turn(tmp_path: P
     rows = _rows(in_turn)
     assert rows == _rows(at_once) and len({row[:2] for row in rows}) == len(rows)
     assert "old" not in {row[3] for row in rows}
+    # pairs first stored for another class's pool are stored again on the terms of the class now listing them
+    labels = {item.item_id: item.label for item in in_turn.catalog.items()}
+    lists = {"dog": {"leash", "ball", "grass"}, "cat": {"yarn", "ball", "grass", "bell"},
+             "cow": {"grass", "bell", "yarn"}}
+    assert all(("negative_of" in r.extra) == (r.attribute not in lists[str(labels[r.item_id])])
+               for r in in_turn.catalog.evidence(source="clip"))
+
+
+def _assert_each_pair_stored_once_on_its_own_terms(workspace: Workspace, counts: dict[str, int],
+                                                   lists: dict[str, list[str]]) -> None:
+    """Every (image, attribute) stored by one pass only (the run counted each row once), on its own
+    class's terms where its class lists the attribute (else marked with the class it was scored for)."""
+    rows = workspace.catalog.evidence(source="clip")
+    labels = {item.item_id: item.label for item in workspace.catalog.items()}
+    assert counts["evidence"] == len(rows) == len({(r.item_id, r.attribute) for r in rows})
+    assert all(("negative_of" in r.extra) == (r.attribute not in lists[str(labels[r.item_id])]) for r in rows)

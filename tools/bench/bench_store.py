@@ -103,9 +103,9 @@ def main() -> None:
         times = store_times(make_workspace(Path(name), n_items))
         seconds = time.perf_counter() - started
     tenth = max(1, len(times) // 10)
-    early, late = float(np.mean(times[:tenth])), float(np.mean(times[-tenth:]))
+    early, late = float(np.median(times[:tenth])), float(np.median(times[-tenth:]))
     print(f"{n_items} items, {len(times)} batches of {BATCH} in {seconds:.1f}s: first tenth {early * 1e3:.1f} ms "
-          f"a batch, last tenth {late * 1e3:.1f} ms")
+          f"a batch, last tenth {late * 1e3:.1f} ms (medians)")
     print(f"ratio late / early stored batch: {late / early:.2f} (goal <= 1.5, about 1)")
 
 
