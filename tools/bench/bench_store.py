@@ -13,7 +13,6 @@ out of the ratio: each starts a pass. Goal: the last tenth of the batches / the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tempfile
@@ -23,16 +22,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from curate.executors import ImageBatch  # noqa: E402
 from curate.propose.base import ProposeContext  # noqa: E402
 from curate.propose.scoring import ImageScorer, Target, class_passes, score_images  # noqa: E402
-from curate.records import Cue, Evidence, Item, RunStatus, SourceRef  # noqa: E402
+from curate.records import Cue, Evidence, Item  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_evidence import CLASSES, make_items  # noqa: E402  (the same labelled items)
+
 SIZE = float(os.environ.get("CURATE_BENCH_SIZE", "0.02"))
-CLASSES, OWN_CUES, SHARED_CUES, BATCH = 10, 6, 2, 32
+OWN_CUES, SHARED_CUES, BATCH = 6, 2, 32
 
 
 class Constant(ImageScorer):
@@ -53,16 +54,7 @@ class Constant(ImageScorer):
 
 def make_workspace(root: Path, n_items: int) -> Workspace:
     """``n_items`` labelled items (one small PNG behind them all) and every class's cues."""
-    workspace = Workspace.init(root)
-    picture = root / "img.png"
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(picture)
-    source = workspace.catalog.register_source("folder", str(root), {})
-    run = workspace.runs.start("ingest", "bench", {"n": n_items})
-    ids = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(n_items)]
-    found = [(Item(ids[n], str(picture), f"class{n % CLASSES}", 4, 4, "RGB", "PNG", 75),
-              SourceRef(source.source_id, f"{n}.png", ids[n], "f", f"class{n % CLASSES}")) for n in range(n_items)]
-    workspace.catalog.record_ingest_batch(run.run_id, found, [])
-    workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
+    workspace = make_items(root, n_items)
     workspace.catalog.add_cues([Cue(f"class{c}", attribute, "llm", "bench", "Background") for c in range(CLASSES)
                                 for attribute in [f"cue {c}-{k}" for k in range(OWN_CUES)] +
                                 [f"shared {k}" for k in range(SHARED_CUES)]])
