@@ -234,10 +234,11 @@ def test_an_analysis_does_not_import_scikit_learn(tmp_path: Path) -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_statistics_do_not_depend_on_row_order_or_on_how_rows_are_chunked(
+def test_statistics_do_not_depend_on_row_order_or_on_how_rows_are_predicted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A scan's row order can change from one run to the next (a streaming join): the folds of
-    predictivity follow the items, not the rows, so the numbers are the same on every run."""
+    predictivity follow the items, not the rows, so the numbers are the same on every run; and
+    counting rows by the intervals their class wins gives what evaluating every row's model gives."""
     import curate.analyze.cues as cues
 
     rng = np.random.default_rng(3)
@@ -255,5 +256,31 @@ def test_statistics_do_not_depend_on_row_order_or_on_how_rows_are_chunked(
     expected = stats(presence)
     assert expected["predictivity_acc"].n_unique() > 1
     assert stats(shuffled).equals(expected)
-    monkeypatch.setattr(cues, "ROWS_PER_CHUNK", 7)  # predictions made a few rows at a time
+    monkeypatch.setattr(cues, "BAND", 1e30)  # every row is near an interval's end: its model is evaluated
     assert stats(shuffled).equals(expected)
+
+
+def test_the_intervals_of_a_fold_model_are_where_it_predicts_each_class() -> None:
+    """``_pieces`` against the model's own argmax on a dense grid: random models of 2 to 40 classes
+    (some with no training rows, equal variances, wide and narrow ones), away from the interval ends."""
+    from curate.analyze.cues import BAND, FoldModels, _pieces, _predicted
+
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        k = int(rng.integers(2, 41))
+        prior = rng.dirichlet(np.ones(k))
+        prior[rng.random(k) < 0.1] = 0.0  # a class absent from the training folds
+        prior[0] = max(prior[0], 0.01)
+        var = np.full(k, 0.3) if trial % 5 == 0 else rng.gamma(1.0, 1.0, k) ** 2 + 1e-9
+        with np.errstate(divide="ignore"):
+            model = FoldModels(np.log(prior / prior.sum())[None], rng.normal(0, 2, k)[None], var[None],
+                               np.array([-1]), 100)
+        pieces = _pieces(model, 0)
+        assert pieces[0][0] == -np.inf and pieces[-1][1] == np.inf
+        assert all(left[1] == right[0] and left[2] != right[2] for left, right in zip(pieces, pieces[1:], strict=False))
+        x = rng.normal(0, 6, 20_000)
+        ends = np.array([high for _, high, _ in pieces[:-1]])
+        far = np.all(np.abs(x[:, None] - ends[None]) > BAND * np.maximum(1.0, np.abs(ends))[None], axis=1)
+        by_interval = np.array([winner for _, _, winner in pieces])[np.searchsorted(ends, x, side="right")]
+        by_model = _predicted(model, np.zeros(len(x), dtype=np.int64), x)
+        assert (by_interval[far] == by_model[far]).all(), trial

@@ -100,9 +100,9 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
         scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
                   .select("class_label", "attribute", "item_id", "score").collect(engine="streaming")
-                  .sort("item_id").partition_by("class_label", "attribute", as_dict=True))
+                  .partition_by("class_label", "attribute", as_dict=True))
         for row in tops.iter_rows(named=True):
-            scored = scores[(row["class_label"], row["attribute"])]
+            scored = scores.pop((row["class_label"], row["attribute"])).sort("item_id")  # one class's copy at a time
             order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
                                   cue=(row["class_label"], row["attribute"]))
             k = min(strip_k, len(order) // 2) or min(strip_k, len(order))

@@ -22,15 +22,11 @@ cue (machine rows scored only as negatives, ``own`` false, count but get no row 
 from __future__ import annotations
 
 import math
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.records import NEGATIVE_OF, EvidenceRole, Verdict
 from curate.verdicts import ABSENT, PRESENT
@@ -58,13 +54,15 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-PRESENCE_SCHEMA = {"item_id": pl.String, "class_label": pl.String, "attribute": pl.String, "taxonomy_type": pl.String,
-                   "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
+PRESENCE_SCHEMA = {"item_id": pl.String, "class_label": pl.String, "fold_key": pl.Int64, "attribute": pl.String,
+                   "taxonomy_type": pl.String, "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
 
 
 def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """``item_id, class_label`` of the labelled items of an items frame (``Catalog.items_frame``)."""
-    return items.lazy().filter(pl.col("label").is_not_null()).select("item_id", pl.col("label").alias("class_label"))
+    """``item_id, class_label, fold_key`` of the labelled items of an items frame (``Catalog.items_frame``):
+    each item's fold key is worked out once here, not on each of its evidence rows."""
+    return (items.lazy().filter(pl.col("label").is_not_null())
+            .select("item_id", pl.col("label").alias("class_label"), fold_key()))
 
 
 def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
@@ -74,12 +72,12 @@ def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float
     proposers scored one (item, cue), the row of the first run (by id) counts."""
     evidence = evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
     negative = pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_not_null()
-    rows = (evidence.join(labels, on="item_id", how="inner")
-            .select("item_id", "class_label", "attribute", "taxonomy_type", "run_id", "source",
+    rows = (evidence.join(labels, on="item_id", how="inner", build_side="force_right")
+            .select("item_id", "class_label", "fold_key", "attribute", "taxonomy_type", "run_id", "source",
                     score=pl.col("score").fill_null(0.0),  # JSON is parsed only where the key may be
                     own=~pl.when(pl.col("extra").str.contains(f'"{NEGATIVE_OF}"', literal=True))
                     .then(negative).otherwise(False)))
-    if evidence.select(pl.struct("run_id", "source").n_unique()).collect(engine="streaming").item() > 1:
+    if evidence.group_by("run_id", "source").len().collect(engine="streaming").height > 1:
         rows = rows.sort("run_id", "source", maintain_order=True).unique(["item_id", "attribute"], keep="first",
                                                                           maintain_order=True)
     return rows.with_columns(present=pl.col("score") >= threshold).select(*PRESENCE_SCHEMA)
@@ -101,9 +99,6 @@ FOLDS = 5
 FOLD_KEYS = 60
 """Every item has a fold key in [0, 60) (``fold_key``); with k folds (2 to 5, all dividing 60) its test
 fold is its key mod k, so a cue's folds come from one aggregation by key whatever k it needs."""
-ROWS_PER_CHUNK = 1_000_000
-"""Predictions are made on chunks of at most this many (row, class) cells (8 MB an array)."""
-
 
 def fold_key() -> pl.Expr:
     """Each row's fold key from its ``item_id``: the first 15 hex digits of the id (item ids are
@@ -163,13 +158,90 @@ class FoldModels:
         return cls(log_prior, mean, var, constant, int(cells[..., 0].sum()))
 
 
+def _joint(model: FoldModels, fold: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each row's joint log-likelihood of each class under its fold's model, in scikit-learn's
+    arithmetic and order: log prior + (-1/2 log(2 pi var) - 1/2 (x - mean)^2 / var)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half_log = -0.5 * np.log(2.0 * np.pi * model.var[fold])
+        return model.log_prior[fold] + (half_log - 0.5 * ((x[:, None] - model.mean[fold]) ** 2) / model.var[fold])
+
+
+def _predicted(model: FoldModels, fold: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The class each row's fold model predicts for score ``x`` (``GaussianNB.predict``)."""
+    return np.where(model.constant[fold] >= 0, model.constant[fold], np.argmax(_joint(model, fold, x), axis=1))
+
+
+def _pieces(model: FoldModels, fold: int) -> list[tuple[float, float, int]]:
+    """The intervals ``[low, high)`` of the real line on which fold ``fold``'s model predicts one class
+    (``(low, high, class)``, in order): the upper envelope of the classes' log-likelihood parabolas,
+    swept from minus infinity, each step to the first point where another class overtakes."""
+    if model.constant[fold] >= 0:
+        return [(-math.inf, math.inf, int(model.constant[fold]))]
+    var, mean = model.var[fold], model.mean[fold]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = -0.5 / var, mean / var  # each class's log-likelihood is a x^2 + b x + c
+        c = model.log_prior[fold] - 0.5 * np.log(2.0 * np.pi * var) - 0.5 * mean * mean / var
+    live = np.isfinite(c)
+    index = np.arange(len(a))
+    # the winner far to the left: the widest parabola, then the smallest slope, then the highest, then the first
+    winner = int(index[live][np.lexsort((-index[live], c[live], -b[live], a[live]))[-1]])
+    low, pieces = -math.inf, list[tuple[float, float, int]]()
+    while True:
+        da, db, dc = a - a[winner], b - b[winner], c - c[winner]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            root = np.sqrt(np.maximum(db * db - 4 * da * dc, 0.0))
+            q = -0.5 * (db + np.where(db >= 0, root, -root))  # the stable quadratic formula
+            first, second = np.minimum(q / da, dc / q), np.maximum(q / da, dc / q)
+            real = (da != 0) & (db * db - 4 * da * dc > 0)
+            # where each class first rises above the winner after ``low``
+            overtakes = np.select([real & (da > 0) & (second > low), real & (da < 0) & (first > low),
+                                   (da == 0) & (db > 0) & (-dc / db > low)], [second, first, -dc / db], math.inf)
+        overtakes[winner], overtakes[~live] = math.inf, math.inf
+        at = float(overtakes.min())
+        if not math.isfinite(at):
+            return [*pieces, (low, math.inf, winner)]
+        pieces.append((low, at, winner))
+        tied = np.flatnonzero(overtakes <= at + 1e-12 * max(1.0, abs(at)))
+        slope = 2 * a[tied] * at + b[tied]  # of those overtaking there, the one rising fastest, then the widest
+        winner, low = int(tied[np.lexsort((-tied, a[tied], slope))[-1]]), at
+
+
+BAND = 1e-7
+"""Rows within this distance (relative, at least absolute) of a point where a model's prediction
+changes are predicted by evaluating the model, not by the interval they fall in: the sweep's
+arithmetic and the model's differ in the last bits there."""
+
+
+def _bounds(pieces: list[tuple[float, float, int]]) -> list[tuple[int, float, float, float, float]]:
+    """Each interval of ``_pieces`` as (class, reach low, sure low, sure high, reach high): rows in
+    ``[sure low, sure high)`` are predicted its class; rows in ``[reach low, reach high)`` but not
+    sure are within ``BAND`` of an end and are evaluated. The reaches of one class's intervals never
+    overlap (they meet halfway across a narrow gap), so no row is counted twice.
+
+    >>> _bounds([(-math.inf, 0.5, 0), (0.5, math.inf, 1)])[0]
+    (0, -inf, -inf, 0.4999999, 0.5000001)
+    """
+    band = [BAND * max(1.0, abs(end)) if math.isfinite(end) else 0.0 for _, end, _ in pieces]
+    bounds = [[winner, low - (band[n - 1] if n else 0.0), low + (band[n - 1] if n else 0.0), high - band[n],
+               high + band[n]] for n, (low, high, winner) in enumerate(pieces)]
+    last: dict[int, int] = {}
+    for n, (low, _, winner) in enumerate(pieces):
+        if winner in last and bounds[last[winner]][4] > bounds[n][1]:  # the reaches overlap: meet halfway
+            bounds[last[winner]][4] = bounds[n][1] = (pieces[last[winner]][1] + low) / 2
+        last[winner] = n
+    return [(int(winner), low, sure_low, sure_high, high) for winner, low, sure_low, sure_high, high in bounds]
+
+
 def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[float, float]]:
     """Per cue, (accuracy of out-of-fold Gaussian naive Bayes predictions of the class from the
     score, majority-class accuracy), from ``cells`` (one row per cue, class and fold key) and one
-    streamed pass over ``rows`` (``attribute, class_label, fold_key, score``)."""
+    streamed pass over ``rows`` (``attribute, class_label, fold_key, score``).
+
+    Each fold model's prediction is constant on intervals of the score (``_pieces``), so the pass
+    only counts the rows inside an interval of their own class: a join and a filter in polars, with
+    no per-row model arithmetic except for the few rows next to an interval's ends (``_bounds``)."""
     results: dict[str, tuple[float, float]] = {}
-    models: dict[str, tuple[int, FoldModels]] = {}
-    codes: list[tuple[str, str, int, int]] = []
+    models: dict[str, tuple[list[str], FoldModels, int]] = {}
     for (attribute,), part in cells.sort("attribute", "class_label", "fold_key").group_by(
             ["attribute"], maintain_order=True):
         classes = part["class_label"].unique(maintain_order=True).to_list()
@@ -182,49 +254,33 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
         folds = min(FOLDS, int(counts.min()))
         results[str(attribute)] = (majority, majority)
         if len(classes) >= 2 and folds >= 2:
-            models[str(attribute)] = (len(models), FoldModels.fit(grid, folds))
-            codes += [(str(attribute), label, models[str(attribute)][0], code) for code, label in enumerate(classes)]
+            models[str(attribute)] = (classes, FoldModels.fit(grid, folds), folds)
     if not models:
         return results
-    width = max(model.mean.shape[1] for _, model in models.values())
-    shape = (len(models) * FOLDS, width)  # a row per (cue, fold): cue * FOLDS + fold
-    log_prior, mean, var = np.full(shape, -np.inf), np.zeros(shape), np.ones(shape)
-    constant, fold_count = np.full(len(models) * FOLDS, -1), np.zeros(len(models), dtype=np.int64)
-    for cue, model in models.values():
-        folds, classes = model.mean.shape
-        block = slice(cue * FOLDS, cue * FOLDS + folds)
-        log_prior[block, :classes], mean[block, :classes], var[block, :classes] = model.log_prior, model.mean, model.var
-        constant[block], fold_count[cue] = model.constant, folds
-    with np.errstate(divide="ignore"):  # a constant fold's zero variance: its prediction is ``constant``
-        half_log = -0.5 * np.log(2.0 * np.pi * var)
-    lookup = pl.DataFrame(codes, schema={"attribute": pl.String, "class_label": pl.String, "cue": pl.UInt32,
-                                          "code": pl.UInt32}, orient="row").lazy()
-    correct = np.zeros(len(models))
-    scored = rows.join(lookup, on=["attribute", "class_label"], how="inner").select(
-        "cue", "code", pl.col("fold_key").cast(pl.UInt8), pl.col("score").cast(pl.Float64))
-    chunk = max(ROWS_PER_CHUNK // width, 1)
-    for batch in _spilled_batches(scored, chunk):
-        cues, truth, keys, x = (batch.column(c).to_numpy().astype(np.int64 if c != "score" else np.float64)
-                                for c in ("cue", "code", "fold_key", "score"))
-        fold = cues * FOLDS + keys % fold_count[cues]  # each row's model: its cue's, trained without its fold
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # scikit-learn's arithmetic, in its order: log prior + (-1/2 log(2 pi var) - 1/2 (x - mean)^2 / var)
-            joint = log_prior[fold] + (half_log[fold] - 0.5 * ((x[:, None] - mean[fold]) ** 2) / var[fold])
-        predicted = np.where(constant[fold] >= 0, constant[fold], np.argmax(joint, axis=1))
-        correct += np.bincount(cues, weights=predicted == truth, minlength=len(models))
-    for attribute, (cue, model) in models.items():
-        results[attribute] = (float(correct[cue] / model.rows), results[attribute][1])
+    intervals = [(attribute, classes[winner], fold, *ends) for attribute, (classes, model, folds) in models.items()
+                 for fold in range(folds) for winner, *ends in _bounds(_pieces(model, fold))]
+    table = pl.DataFrame(intervals, orient="row", schema={
+        "attribute": pl.String, "class_label": pl.String, "fold": pl.Int64, "reach_low": pl.Float64,
+        "sure_low": pl.Float64, "sure_high": pl.Float64, "reach_high": pl.Float64}).lazy()
+    fold_counts = pl.DataFrame({"attribute": list(models), "folds": [folds for _, _, folds in models.values()]}).lazy()
+    score = pl.col("score")
+    sure = (score >= pl.col("sure_low")) & (score < pl.col("sure_high"))
+    counted = (rows.join(fold_counts, on="attribute", build_side="force_right")
+               .with_columns(fold=pl.col("fold_key") % pl.col("folds"))
+               .join(table, on=["attribute", "class_label", "fold"], build_side="force_right")
+               .filter((score >= pl.col("reach_low")) & (score < pl.col("reach_high")))
+               .group_by("attribute").agg(sure=sure.sum(), near=pl.struct("class_label", "fold", "score").filter(~sure))
+               .collect(engine="streaming"))
+    for attribute, inside_count, near in counted.iter_rows():
+        classes, model, _ = models[attribute]
+        near = pl.DataFrame(near, schema={"class_label": pl.String, "fold": pl.Int64, "score": pl.Float64})
+        code = {label: n for n, label in enumerate(classes)}
+        truth = np.array([code[label] for label in near["class_label"]], dtype=np.int64)
+        predicted = _predicted(model, near["fold"].to_numpy(), near["score"].to_numpy().astype(np.float64))
+        results[attribute] = (float((inside_count + (predicted == truth).sum()) / model.rows), results[attribute][1])
+    for attribute in set(models) - set(counted["attribute"]):  # no row inside an interval of its class
+        results[attribute] = (0.0, results[attribute][1])
     return results
-
-
-def _spilled_batches(rows: pl.LazyFrame, size: int) -> Iterator[pa.RecordBatch]:
-    """The rows of a lazy frame, ``size`` at a time, through a temporary parquet file: a native sink
-    streams in bounded memory, where ``collect_batches`` queues every batch a slower reader has not
-    taken yet (the whole result: +200 MiB for 10M rows of four columns)."""
-    with tempfile.TemporaryDirectory(prefix="curate-predictivity-") as scratch:
-        path = Path(scratch) / "rows.parquet"
-        rows.sink_parquet(path, compression="lz4", row_group_size=size)
-        yield from pq.ParquetFile(path).iter_batches(batch_size=size)
 
 
 def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) -> pl.DataFrame:

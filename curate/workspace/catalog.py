@@ -253,8 +253,15 @@ class Catalog:
         >>> Workspace.init(tempfile.mkdtemp()).catalog.items_frame(columns=["label"]).columns
         ['item_id', 'label']
         """
-        batches = list(self.item_batches(label, source_id, columns=columns))
-        return pl.concat(batches) if batches else pl.DataFrame(schema=_item_schema(columns))
+        where, args = _item_filters(label, source_id)
+        schema = _item_schema(columns)
+        cursor = self._connect().cursor()
+        cursor.row_factory = None  # plain tuples; read in table order and sorted here, not through the id index
+        cursor.execute(f"SELECT {', '.join(schema)} FROM items WHERE 1{where}", args)  # noqa: S608
+        batches = []
+        while rows := cursor.fetchmany(10_000):
+            batches.append(pl.DataFrame(rows, schema=schema, orient="row"))
+        return (pl.concat(batches) if batches else pl.DataFrame(schema=schema)).sort("item_id")
 
     def labels(self) -> list[str]:
         """The class labels items carry, sorted."""
