@@ -12,10 +12,11 @@ from conftest import distinct_image
 from PIL import Image
 
 from curate.analyze import STATS_TABLE, analyze_cues, rank_by_score
-from curate.analyze.cues import cue_statistics, wilson
+from curate.analyze.cues import cue_statistics, labels_frame, presence_scan, wilson
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
 from curate.workspace import Workspace
+from curate.workspace.evidence import SCHEMA
 
 DOG_SCORES = [0.9, 0.8, 0.7, 0.01]
 CAT_SCORES = [0.6, 0.04, 0.0, 0.02]
@@ -284,3 +285,13 @@ def test_the_intervals_of_a_fold_model_are_where_it_predicts_each_class() -> Non
         by_interval = np.array([winner for _, _, winner in pieces])[np.searchsorted(ends, x, side="right")]
         by_model = _predicted(model, np.zeros(len(x), dtype=np.int64), x)
         assert (by_interval[far] == by_model[far]).all(), trial
+
+
+
+def test_the_evidence_is_joined_to_the_labels_by_a_table_of_the_labels() -> None:
+    """Left to choose, polars' streaming join buffers up to 10M rows of both sides before it decides
+    which to build its hash table on: analyze's peak memory grew with the evidence (1,047 MiB at 10M
+    rows against 395 at 1M in the evidence bench). The labels, one row per item, are the build side."""
+    labels = labels_frame(pl.DataFrame({"item_id": ["a"], "label": ["dog"]}))
+    plan = presence_scan(pl.LazyFrame(schema=SCHEMA), labels, 0.5).explain(engine="streaming")
+    assert "BUILD SIDE: ForceRight" in plan

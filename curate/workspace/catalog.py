@@ -337,7 +337,8 @@ class Catalog:
         scan = self._evidence.scan(run_id=run_id, source=source, attribute=attribute,
                                    model_version=model_version, item_id=item_id)
         if class_label is not None:
-            scan = scan.join(self.items_frame(label=class_label).lazy().select("item_id"), on="item_id", how="semi")
+            scan = scan.join(self.items_frame(label=class_label).lazy().select("item_id"), on="item_id", how="semi",
+                             build_side="force_right")  # the class's items: the streaming join sampled 10M rows first
         return scan
 
     def evidence(self, item_id: str | None = None, source: str | None = None,
