@@ -9,8 +9,10 @@ side table.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,31 +90,53 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
         kind = f"machine:{source}"
         presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels, threshold)
-    if presence.lazy().head(1).collect().height == 0:
-        raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
-                         + (f" in run {run_id}" if run_id else ""))
-    config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
-    with workspace.runs.track(Stage.ANALYZE, kind, config, extend_completed=True) as run:
-        stats = cue_statistics(presence, kind)
-        workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
-        folder = workspace.root / "reports" / run.run_id
-        pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top)]
-        tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
-        scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
-                  .select("class_label", "attribute", "item_id", "score").collect(engine="streaming")
-                  .partition_by("class_label", "attribute", as_dict=True))
-        for row in tops.iter_rows(named=True):
-            scored = scores.pop((row["class_label"], row["attribute"])).sort("item_id")  # one class's copy at a time
-            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
-                                  cue=(row["class_label"], row["attribute"]))
-            k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
-            top, bottom = order[:k], order[::-1][:k]
-            thumbs = {i: _thumbnail(workspace, workspace.catalog.item(i).uri) for i in {*top, *bottom}}
-            name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
-            pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
-                                         f"{row['class_label']}: '{row['attribute']}' ({kind})"))
-        workspace.runs.set_counts(run.run_id, {"rows": stats.height, "pictures": len(pictures)})
+    with _read_once(presence) as presence:
+        if presence.lazy().head(1).collect().height == 0:
+            raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
+                             + (f" in run {run_id}" if run_id else ""))
+        config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
+        with workspace.runs.track(Stage.ANALYZE, kind, config, extend_completed=True) as run:
+            stats = cue_statistics(presence, kind)
+            workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
+            folder = workspace.root / "reports" / run.run_id
+            pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top),
+                        *_strips(workspace, presence, stats, folder, f"({kind})", strip_k)]
+            workspace.runs.set_counts(run.run_id, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
+
+
+def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, stats: pl.DataFrame, folder: Path,
+            caption: str, strip_k: int) -> list[Path]:
+    """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order)."""
+    tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
+    scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
+              .select("class_label", "attribute", "item_id", "score").collect(engine="streaming")
+              .partition_by("class_label", "attribute", as_dict=True))
+    pictures = []
+    for row in tops.iter_rows(named=True):
+        scored = scores.pop((row["class_label"], row["attribute"])).sort("item_id")  # one class's copy at a time
+        order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
+                              cue=(row["class_label"], row["attribute"]))
+        k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
+        top, bottom = order[:k], order[::-1][:k]
+        thumbs = {i: _thumbnail(workspace, workspace.catalog.item(i).uri) for i in {*top, *bottom}}
+        name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
+        pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
+                                     f"{row['class_label']}: '{row['attribute']}' {caption}"))
+    return pictures
+
+
+@contextmanager
+def _read_once(presence: pl.LazyFrame | pl.DataFrame) -> Iterator[pl.LazyFrame | pl.DataFrame]:
+    """A presence scan run once into a temporary parquet file, so that the statistics' two passes
+    and the strips read it, not the evidence, its labels join and its JSON (a frame stays as it is)."""
+    if isinstance(presence, pl.DataFrame):
+        yield presence
+        return
+    with tempfile.TemporaryDirectory(prefix="curate-analyze-") as scratch:
+        path = Path(scratch) / "presence.parquet"
+        presence.sink_parquet(path, compression="lz4")
+        yield pl.scan_parquet(path)
 
 
 def cue_runs(workspace: Workspace) -> list[Run]:
