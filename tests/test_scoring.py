@@ -165,6 +165,7 @@ def test_a_capped_negative_pool_is_a_fixed_uniform_sample_that_differs_by_class(
     assert overlap < 900 * 0.5, overlap  # two classes' samples share about as much as random ones (180 expected)
     # every image of the class, uncapped or capped at as many or more
     assert negative_pool(items, "class0", None).len() == negative_pool(items, "class0", 4500).len() == 4500
+    assert negative_pool(items, "class0", 0).len() == 0
 
 
 def test_a_negative_pool_of_hand_made_ids_is_fixed_too() -> None:

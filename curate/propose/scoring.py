@@ -155,6 +155,8 @@ def negative_pool(items: pl.DataFrame, label: str, negatives: int | None) -> pl.
     other = pl.col("label").is_not_null() & (pl.col("label") != label)
     if negatives is None or negatives >= items.select(other.sum()).item():
         return items.filter(other)["item_id"]
+    if negatives == 0:
+        return items["item_id"].clear()
     if "key" not in items.columns:
         items = items.with_columns(item_keys(items["item_id"]))
     last = pl.lit(2**64 - 1, dtype=pl.UInt64)  # past every key (60 bits): the class's own images
@@ -506,5 +508,13 @@ class ImageProposer(Execution, Proposer):
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         """What to score (``class_passes``, ``vocabulary_pass`` or passes of the proposer's own)."""
 
+    def model_versions(self) -> dict[str, str]:
+        """The models (name -> version) ``scorers`` will load, known without loading them
+        (``curate.models.model_version``): what ``class_passes`` needs to score again the pairs an
+        older version stored, on a driver that loads no model (Ray). None where no pass looks at
+        versions (passes of items with no row from the run)."""
+        return {}
+
     def run(self, context: ProposeContext) -> None:
+        context.models.update(self.model_versions())  # before any pass is made, whoever loads the models
         score_images(context, self.scorers, self.passes(context), self.batch_size, self.name, self.make_executor())
