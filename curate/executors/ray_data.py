@@ -1,7 +1,7 @@
 """``ray``: a pass on a Ray cluster (the ``curate[ray]`` extra), through Ray Data.
 
-The driver cuts every job's items into batches (making their records a batch at a time, held
-pickled until Ray Data has them) and resolves their image paths; Ray Data decodes
+The driver cuts every job's items into batches (making their records a chunk at a time, held
+pickled until Ray Data's object store has them) and resolves their image paths; Ray Data decodes
 each batch in a CPU task, then a pool of ``actors`` (``map_batches`` with a callable class) builds
 the model once per actor from the worker factory, preprocesses and scores (setting the worker up
 for each job as its batches arrive); the rows come back to the driver in job order, which stores
@@ -136,5 +136,6 @@ class RayExecutor(Executor):
                    .map_batches(_ScoringActor, fn_constructor_args=(make_worker,), batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=self.actors),
                                 num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor or None))
+        del chunks  # from_items put them in Ray's object store: the driver holds none while the run goes
         for row in dataset.iter_rows():
             yield pickle.loads(row["payload"])  # noqa: S301  (our own actors' output)
