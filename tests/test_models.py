@@ -19,6 +19,7 @@ from curate.models import (
     get_spec,
     list_models,
     load_model,
+    model_version,
 )
 from curate.workspace import Workspace
 
@@ -88,6 +89,9 @@ def test_local_file_and_local_dir_weights_load_the_saved_parameters(tiny_clip: s
     save_file(state, tmp_path / "tiny.safetensors")
     from_file: ClipModel = load_model(tiny_clip, weights=str(tmp_path / "tiny.safetensors"))
     assert from_file.version.startswith("curate-tiny-clip@tiny.safetensors:")
+    # the version a model records is known without loading it (what a Ray driver compares rows with)
+    assert model_version(tiny_clip, weights=str(tmp_path / "tiny.safetensors")) == from_file.version
+    assert model_version(tiny_clip) == original.version
     assert np.allclose(from_file.encode_texts(["a cat"]), original.encode_texts(["a cat"]), atol=1e-6)
 
     folder = tmp_path / "tiny-dir"
@@ -97,6 +101,7 @@ def test_local_file_and_local_dir_weights_load_the_saved_parameters(tiny_clip: s
     register_model(ModelSpec("tiny-clip-dir", "open_clip", "curate-tiny-clip", f"local-dir:{folder}"))
     from_dir: ClipModel = load_model("tiny-clip-dir")
     assert from_dir.version.startswith("local-dir:open_clip_model.safetensors:")
+    assert model_version("tiny-clip-dir") == from_dir.version
     assert np.allclose(from_dir.encode_texts(["a cat"]), original.encode_texts(["a cat"]), atol=1e-6)
 
 
@@ -105,6 +110,7 @@ def test_detectors_take_their_vocabulary_from_our_text_encoder(name: str, tiny_c
                                                                photos: dict[str, Path]) -> None:
     detector = load_model(name, weights="random", text_encoder=tiny_clip)
     assert detector.version.endswith("@random+curate-tiny-clip@random")
+    assert model_version(name, weights="random", text_encoder=tiny_clip) == detector.version
     detector.set_vocabulary(["cat", "sofa", "cat"], workspace.cache)
     assert detector.vocabulary == ("cat", "sofa")
     assert detector.yolo.model.names == {0: "cat", 1: "sofa"}
@@ -128,6 +134,7 @@ def test_a_detector_weight_file_is_found_by_name_in_the_weights_dir(tiny_clip: s
                              tiny_clip))
     loaded = load_model("world-random-encoder")
     assert loaded.version.startswith("yolov8s-worldv2@yolov8s-worldv2.pt:")
+    assert model_version("world-random-encoder") == loaded.version
 
 
 def test_detections_best_box_per_label() -> None:

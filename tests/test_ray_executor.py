@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,25 @@ def test_ray_and_local_executors_store_the_same_rows(tmp_path: Path, tiny_clip: 
     # each image scored for its own class's cues and for the other class's cue it lacks, once
     assert expected.counts == {"embeddings_computed": 6, "evidence": 6 * 3, "items": 6, "negative_items": 6}
     assert _rows(ray) == _rows(local) and result.counts == expected.counts
+
+
+@pytest.mark.timeout(900)
+def test_an_image_an_older_model_version_stored_is_scored_again_under_ray_as_locally(
+        tmp_path: Path, tiny_clip: str, ray_cluster: str, one_thread: None) -> None:
+    """The Ray driver loads no model, yet knows the version its actors will load (from the model's
+    spec and weights), so an image whose every row an older version stored is pending there too."""
+    done = {}
+    for executor in ("local", "ray"):
+        workspace = _pool(tmp_path / executor, tmp_path, 2)
+        propose(workspace, make_proposer("clip", model=tiny_clip, batch_size=2), progress=False)
+        rows = workspace.catalog.evidence(source="clip")
+        workspace.catalog.add_evidence([replace(row, model_version="old") for row in rows
+                                        if row.item_id == rows[0].item_id])
+        clip = make_proposer("clip", model=tiny_clip, batch_size=2, executor=executor)
+        done[executor] = workspace, propose(workspace, clip, progress=False)
+    (local, expected), (ray, result) = done["local"], done["ray"]
+    assert expected.counts["evidence"] == 3 and result.counts == expected.counts  # the image's 3 rows, again
+    assert _rows(ray) == _rows(local) and "old" not in {row[7] for row in _rows(ray)}
 
 
 @pytest.mark.timeout(900)

@@ -1,21 +1,26 @@
-"""The scoring driver's store: linear in a run's size, the same rows whichever way passes are taken."""
+"""The scoring driver: its store linear in a run's size, the same rows whichever way passes are
+taken; its passes made of ids (memory flat in the workspace's size) and fixed negative samples."""
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from conftest import distinct_image
+from peak_memory import needs_proc, peak_growths_kib
 
 from curate.executors import BatchWorker, Job, ScoredBatch
 from curate.executors.local import LocalExecutor
 from curate.ingest import FolderSource, ingest
 from curate.propose import make_proposer, propose
 from curate.propose.base import ProposeContext
-from curate.propose.scoring import ImageProposer, score_images
-from curate.records import Cue, Evidence
+from curate.propose.scoring import ImageProposer, negative_pool, score_images
+from curate.records import Cue, Evidence, Item, RunStatus, SourceRef
 from curate.workspace import Workspace
 from curate.workspace.evidence import EvidenceStore
 
@@ -129,3 +134,99 @@ def _assert_each_pair_stored_once_on_its_own_terms(workspace: Workspace, counts:
     labels = {item.item_id: item.label for item in workspace.catalog.items()}
     assert counts["evidence"] == len(rows) == len({(r.item_id, r.attribute) for r in rows})
     assert all(("negative_of" in r.extra) == (r.attribute not in lists[str(labels[r.item_id])]) for r in rows)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _labelled(classes: int, per_class: int) -> pl.DataFrame:
+    """Item ids as ingest makes them (sha256 digests) and labels, in id order."""
+    rows = sorted((_sha(f"{c}-{n}"), f"class{c}") for c in range(classes) for n in range(per_class))
+    return pl.DataFrame(rows, schema={"item_id": pl.String, "label": pl.String}, orient="row")
+
+
+def test_a_capped_negative_pool_is_a_fixed_uniform_sample_that_differs_by_class() -> None:
+    """The pool is the documented key, plain integers of sha256 digests (the same on every machine and
+    polars version): each image's first 15 hex digits XOR its class's, smallest first, ties by id."""
+    items = _labelled(classes=10, per_class=500)
+    pools = {f"class{c}": negative_pool(items, f"class{c}", 900) for c in range(10)}
+    labels = dict(items.iter_rows())
+    for label, pool in pools.items():
+        others = [i for i in items["item_id"] if labels[i] != label]
+        expected = sorted(others, key=lambda i, label=label: (int(i[:15], 16) ^ int(_sha(label)[:15], 16), i))[:900]
+        assert pool.to_list() == sorted(expected) and pool.is_unique().all()
+        assert pool.equals(negative_pool(items.reverse(), label, 900))  # the same sample whatever the order
+        # about 100 of each other class's 500 images (4 standard deviations apart), none of its own
+        taken = Counter(labels[i] for i in pool)
+        assert label not in taken and len(taken) == 9 and all(60 <= n <= 140 for n in taken.values()), taken
+    assert len({tuple(pool) for pool in pools.values()}) == 10
+    overlap = len(set(pools["class0"]) & set(pools["class1"]))
+    assert overlap < 900 * 0.5, overlap  # two classes' samples share about as much as random ones (180 expected)
+    # every image of the class, uncapped or capped at as many or more
+    assert negative_pool(items, "class0", None).len() == negative_pool(items, "class0", 4500).len() == 4500
+    assert negative_pool(items, "class0", 0).len() == 0
+
+
+def test_a_negative_pool_of_hand_made_ids_is_fixed_too() -> None:
+    """Ids that are not sha256 digests take the first 15 hex digits of their own sha256."""
+    items = pl.DataFrame({"item_id": [f"i{n}" for n in range(40)] + ["a1"], "label": ["dog", "cat"] * 20 + [None]})
+    pool = negative_pool(items, "dog", 5).to_list()
+    cats = [f"i{n}" for n in range(1, 40, 2)]
+    assert pool == sorted(sorted(cats, key=lambda i: int(_sha(i)[:15], 16) ^ int(_sha("dog")[:15], 16))[:5])
+
+
+_PROPOSAL = """
+from curate.executors import ImageBatch
+from curate.propose.base import ProposeContext
+from curate.propose.scoring import ImageScorer, class_passes, score_images
+from curate.records import Evidence
+from curate.workspace import Workspace
+
+
+class Constant(ImageScorer):
+    def needs_image(self, item):
+        return False
+
+    def begin_class(self, context, label, targets, own=True):
+        self.targets = targets
+
+    def score(self, context, batch):
+        return [Evidence(i.item_id, t.attribute, "constant", context.run.run_id, score=0.5)
+                for i in batch.items for t in self.targets]
+
+
+def step(root):
+    workspace = Workspace.open(root)
+    with workspace.runs.track("propose", "constant", {"proposer": "constant"}) as run:
+        context = ProposeContext(workspace, run, None, progress=False)
+        score_images(context, lambda context: [Constant()], class_passes(context, "llm", 10), 1000, "constant")
+    return f"{context.counts['items']}+{context.counts['negative_items']}"
+"""
+
+
+def _items(root: Path, n_items: int, classes: int = 10) -> str:
+    """A workspace of ``n_items`` labelled items (ingest's records, no files) and one cue per class."""
+    workspace = Workspace.init(root)
+    source = workspace.catalog.register_source("folder", str(root), {})
+    run = workspace.runs.start("ingest", "test", {"n": n_items})
+    for start in range(0, n_items, 10_000):
+        ids = [(n, _sha(str(n))) for n in range(start, min(n_items, start + 10_000))]
+        workspace.catalog.record_ingest_batch(run.run_id, [
+            (Item(item_id, f"/images/class{n % classes}/{n}.png", f"class{n % classes}", 4, 4, "RGB", "PNG", 75),
+             SourceRef(source.source_id, f"{n}.png", item_id, "f", f"class{n % classes}")) for n, item_id in ids], [])
+    workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
+    workspace.catalog.add_cues([Cue(f"class{c}", f"cue {c}", "llm", "test") for c in range(classes)])
+    return str(workspace.root)
+
+
+@needs_proc
+def test_a_proposals_passes_hold_ids_not_records(tmp_path: Path) -> None:
+    """A proposal makes records of the images a batch needs, not of the whole workspace: scoring 50k
+    images (each class's own, and 10 of other classes for each) raises the peak by a few MB more than
+    scoring 5k (the ids and labels it reads, about 100 bytes an image). Holding every image as an
+    ``Item`` (with a copy per class's pool) rose by about 28 MB more."""
+    roots = [_items(tmp_path / f"ws{n}", n) for n in (2_000, 5_000, 50_000)]  # the first warms up, once
+    _, (small, small_growth), (large, large_growth) = peak_growths_kib(_PROPOSAL, *roots)
+    assert (small, large) == ("5000+100", "50000+100")
+    assert large_growth - small_growth < 15 * 1024, f"the peak rose by {small_growth} KiB, then {large_growth} KiB"

@@ -1,20 +1,22 @@
 """What every executor shares: the jobs and batches it moves, the worker that scores them, the
 registry.
 
-An executor takes ``Job``s (items to score with one setup of the worker: a class's cues) and a
+An executor takes ``Job``s (the ids of items to score with one setup of the worker: a class's cues) and a
 factory of ``BatchWorker`` (the model side of a proposal: it preprocesses and scores a decoded
 batch) and yields ``ScoredBatch``es, in job order, for the driver to store. Where decoding and the
 model run (threads of this process, a Ray cluster) is the executor's business; what comes back is
-the same.
+the same. A job holds ids, not records: an executor makes the ``Item``s a chunk at a time
+(``job_items``), so a pass of a million images is never a million records.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+import polars as pl
 from PIL import Image
 
 from curate.records import Evidence, Item
@@ -40,11 +42,27 @@ class ImageBatch:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """Items to score with one ``setup`` of the worker (picklable: a class's cues); ``key`` names it."""
+    """The items (``item_ids``, in order) to score with one ``setup`` of the worker (picklable: a
+    class's cues); ``key`` names it."""
 
     key: int
     setup: Any
-    items: Sequence[Item]
+    item_ids: pl.Series
+
+
+CHUNK = 4096
+"""Items made into records at once from a job's ids (one catalogue query)."""
+
+
+def job_items(workspace: Workspace, item_ids: pl.Series, size: int = CHUNK) -> Iterator[list[Item]]:
+    """A job's items as records, ``size`` at a time in the order of ``item_ids``.
+
+    >>> import tempfile
+    >>> list(job_items(Workspace.init(tempfile.mkdtemp()), pl.Series(["no such id"], dtype=pl.String)))
+    [[]]
+    """
+    for start in range(0, len(item_ids), size):
+        yield workspace.catalog.items_by_id(item_ids.slice(start, size).to_list())
 
 
 @dataclass(slots=True)

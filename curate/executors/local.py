@@ -9,17 +9,19 @@ stays flat whatever the number of items.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from PIL import Image
 
-from curate.executors.base import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, register_executor
+from curate.executors.base import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, job_items, register_executor
 from curate.images import open_image
 from curate.records import Item
 from curate.workspace import Workspace
@@ -42,20 +44,21 @@ def _load(workspace: Workspace, item: Item, transform: Callable[[Image.Image], A
     return item, image, transform(image) if transform else None, None
 
 
-def image_batches(workspace: Workspace, items: Sequence[Item], batch_size: int,
+def image_batches(workspace: Workspace, items: Iterable[Item], batch_size: int,
                   transform: Callable[[Image.Image], Any] | None = None, workers: int = 2,
                   prefetch: int = 2) -> Iterator[ImageBatch]:
-    """Yield ``ImageBatch``es of ``items`` in order, decoded ahead in background threads."""
+    """Yield ``ImageBatch``es of ``items`` in order, decoded ahead in background threads (which also
+    take ``items`` from their iterator: a generator may read them as it goes)."""
     ready: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
 
     def produce() -> None:
         try:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                for start in range(0, len(items), batch_size):
+                pending = iter(items)
+                while chunk := list(itertools.islice(pending, batch_size)):
                     if stop.is_set():
                         return
-                    chunk = items[start:start + batch_size]
                     batch = ImageBatch([], [])
                     for item, image, transformed, error in pool.map(lambda i: _load(workspace, i, transform), chunk):
                         if error is not None:
@@ -91,7 +94,8 @@ def image_batches(workspace: Workspace, items: Sequence[Item], batch_size: int,
 class LocalExecutor(Executor):
     """One worker in this process, jobs one at a time; images decode in ``workers`` threads ahead of
     the model. A job's items whose images the worker does not need come first, in batches of their
-    own, undecoded."""
+    own, undecoded. Items are made from the job's ids a chunk at a time (``job_items``), twice: once
+    to sort them by need, once as the decoding threads take them."""
 
     workers: int = 2
     in_process = True
@@ -101,9 +105,18 @@ class LocalExecutor(Executor):
         worker: BatchWorker | None = None
         for job in jobs:
             worker = worker or make_worker()
-            undecoded = [item for item in job.items if not worker.needs_image(item)]
-            for start in range(0, len(undecoded), batch_size):
-                yield worker(job, ImageBatch(undecoded[start:start + batch_size], []))
-            decoded = [item for item in job.items if worker.needs_image(item)]
+            needed: list[pl.Series] = []  # the ids of items to decode, a chunk's at a time (compact)
+            undecoded: list[Item] = []
+            for items in job_items(workspace, job.item_ids):
+                needs = [worker.needs_image(item) for item in items]
+                needed.append(pl.Series(list(itertools.compress((i.item_id for i in items), needs)), dtype=pl.String))
+                for item in itertools.compress(items, [not need for need in needs]):
+                    undecoded.append(item)
+                    if len(undecoded) == batch_size:
+                        yield worker(job, ImageBatch(undecoded, []))
+                        undecoded = []
+            if undecoded:
+                yield worker(job, ImageBatch(undecoded, []))
+            decoded = itertools.chain.from_iterable(job_items(workspace, pl.concat([job.item_ids.clear(), *needed])))
             for batch in image_batches(workspace, decoded, batch_size, worker.transform, self.workers):
                 yield worker(job, batch)

@@ -1,6 +1,7 @@
 """``ray``: a pass on a Ray cluster (the ``curate[ray]`` extra), through Ray Data.
 
-The driver cuts every job's items into batches and resolves their image paths; Ray Data decodes
+The driver cuts every job's items into batches (making their records a chunk at a time, held
+pickled until Ray Data's object store has them) and resolves their image paths; Ray Data decodes
 each batch in a CPU task, then a pool of ``actors`` (``map_batches`` with a callable class) builds
 the model once per actor from the worker factory, preprocesses and scores (setting the worker up
 for each job as its batches arrive); the rows come back to the driver in job order, which stores
@@ -24,8 +25,19 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import polars as pl
 
-from curate.executors.base import BatchWorker, Executor, ExecutorError, ImageBatch, Job, ScoredBatch, register_executor
+from curate.executors.base import (
+    CHUNK,
+    BatchWorker,
+    Executor,
+    ExecutorError,
+    ImageBatch,
+    Job,
+    ScoredBatch,
+    job_items,
+    register_executor,
+)
 from curate.executors.local import decode
 from curate.workspace import Workspace
 
@@ -80,7 +92,7 @@ class _ScoringActor:
             key, setup, images = pickle.loads(payload)  # noqa: S301  (our own tasks' output)
             if self.worker.transform is not None:
                 images.transformed = [self.worker.transform(image) for image in images.images]
-            scored.append(pickle.dumps(self.worker(Job(key, setup, ()), images)))
+            scored.append(pickle.dumps(self.worker(Job(key, setup, pl.Series(dtype=pl.String)), images)))
         return {"payload": np.array(scored, dtype=object)}
 
     def __del__(self) -> None:  # Ray Data deletes the actor's callable on a graceful shutdown
@@ -108,9 +120,11 @@ class RayExecutor(Executor):
 
     def run(self, workspace: Workspace, jobs: Iterable[Job], batch_size: int,
             make_worker: Callable[[], BatchWorker]) -> Iterator[ScoredBatch]:
+        many = batch_size * max(1, CHUNK // batch_size)  # records made a whole number of batches at a time
         chunks = [{"payload": pickle.dumps((job.key, job.setup, [(item, str(workspace.resolve_uri(item.uri)))
-                                                                 for item in job.items[start:start + batch_size]]))}
-                  for job in jobs for start in range(0, len(job.items), batch_size)]
+                                                                 for item in items[start:start + batch_size]]))}
+                  for job in jobs for items in job_items(workspace, job.item_ids, many)
+                  for start in range(0, len(items), batch_size)]
         if not chunks:
             return
         ray = connect(self.address)
@@ -122,5 +136,6 @@ class RayExecutor(Executor):
                    .map_batches(_ScoringActor, fn_constructor_args=(make_worker,), batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=self.actors),
                                 num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor or None))
+        del chunks  # from_items put them in Ray's object store: the driver holds none while the run goes
         for row in dataset.iter_rows():
             yield pickle.loads(row["payload"])  # noqa: S301  (our own actors' output)

@@ -15,13 +15,15 @@ from curate.models.registry import (
     get_spec,
     list_models,
     load_model,
+    model_version,
     register_family,
+    register_version,
     remove_model,
 )
 from curate.models.weights import RANDOM, WeightsNotFoundError, weights_dirs
 
 __all__ = [
     "FAMILIES", "RANDOM", "ClipModel", "Detections", "ModelSpec", "OpenSetDetector", "UnknownModelError",
-    "WeightsNotFoundError", "add_model", "get_spec", "list_models", "load_model", "register_family", "remove_model",
-    "weights_dirs",
+    "WeightsNotFoundError", "add_model", "get_spec", "list_models", "load_model", "model_version", "register_family",
+    "register_version", "remove_model", "weights_dirs",
 ]

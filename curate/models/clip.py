@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from curate.caching import CacheKey, ModelCache
-from curate.models.registry import ModelSpec, register_family
-from curate.models.weights import RANDOM, resolve_open_clip_weights, seeded
+from curate.models.registry import ModelSpec, register_family, register_version
+from curate.models.weights import RANDOM, ResolvedWeights, resolve_open_clip_weights, seeded
 
 TEXT_BATCH = 64
 
@@ -82,16 +82,28 @@ class ClipModel:
         return np.stack([found[i] for i in range(len(texts))]).astype(np.float32)
 
 
+def _resolved(spec: ModelSpec) -> tuple[str, ResolvedWeights]:
+    """The open_clip name of a spec's architecture (a JSON config's file stem) and its checked weights."""
+    architecture = spec.architecture
+    if architecture.endswith(".json") and Path(architecture).is_file():
+        architecture = Path(architecture).stem
+    return architecture, resolve_open_clip_weights(architecture, spec.weights)
+
+
+@register_version("open_clip")
+def open_clip_version(spec: ModelSpec) -> str:
+    """The version an open_clip model of ``spec`` records, its weights checked, nothing loaded."""
+    return _resolved(spec)[1].version
+
+
 @register_family("open_clip")
 def load_open_clip(spec: ModelSpec, device: str) -> ClipModel:
     """Build an open_clip model; ``spec.architecture`` may be a path to an open_clip JSON config."""
     import open_clip
 
-    architecture = spec.architecture
-    if architecture.endswith(".json") and Path(architecture).is_file():
-        open_clip.add_model_config(architecture)
-        architecture = Path(architecture).stem
-    resolved = resolve_open_clip_weights(architecture, spec.weights)
+    if spec.architecture.endswith(".json") and Path(spec.architecture).is_file():
+        open_clip.add_model_config(spec.architecture)
+    architecture, resolved = _resolved(spec)
     if resolved.kind in ("local-dir", "hf-hub"):
         model_name, pretrained = f"{resolved.kind}:{resolved.location}", None
     else:

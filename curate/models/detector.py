@@ -16,7 +16,7 @@ from PIL import Image
 
 from curate.caching import ModelCache
 from curate.models.clip import ClipModel
-from curate.models.registry import ModelSpec, load_model, register_family
+from curate.models.registry import ModelSpec, load_model, model_version, register_family, register_version
 from curate.models.weights import RANDOM, ResolvedWeights, find_weight_file, seeded
 
 # ultralytics must never install packages or phone home at run time; set before it is imported.
@@ -108,21 +108,32 @@ def _resolve(spec: ModelSpec) -> ResolvedWeights:
     return find_weight_file(spec.weights, spec.architecture, _FETCH_HINT)
 
 
+def _encoder(spec: ModelSpec) -> tuple[str, str | None]:
+    """A detector's text encoder and the weights it takes: a randomly initialised detector gets a
+    randomly initialised text encoder (nothing is fetched)."""
+    if not spec.text_encoder:
+        raise ValueError(f"model {spec.name!r} names no text_encoder")
+    return spec.text_encoder, RANDOM if _resolve(spec).kind == RANDOM else None
+
+
+def _detector_version(spec: ModelSpec) -> str:
+    """The version a detector of ``spec`` records (its weights', then its text encoder's), nothing loaded."""
+    return f"{_resolve(spec).version}+{model_version(*_encoder(spec))}"
+
+
 def _load_detector(spec: ModelSpec, device: str) -> OpenSetDetector:
     from ultralytics import YOLOE, YOLOWorld
 
-    if not spec.text_encoder:
-        raise ValueError(f"model {spec.name!r} names no text_encoder")
+    text_encoder, encoder_weights = _encoder(spec)
     resolved = _resolve(spec)
-    # A randomly initialised detector gets a randomly initialised text encoder: nothing is fetched.
-    encoder = load_model(spec.text_encoder, weights=RANDOM if resolved.kind == RANDOM else None, device=device,
-                         kind=ClipModel)
+    encoder = load_model(text_encoder, weights=encoder_weights, device=device, kind=ClipModel)
     with seeded():
         yolo = (YOLOE if spec.family == "yoloe" else YOLOWorld)(resolved.location)
     network: Any = yolo.model  # ultralytics declares it str | None (a path before loading): here the nn.Module
     network.to(device)
-    return OpenSetDetector(spec, yolo, encoder, f"{resolved.version}+{encoder.version}")
+    return OpenSetDetector(spec, yolo, encoder, _detector_version(spec))
 
 
-register_family("yolo-world")(_load_detector)
-register_family("yoloe")(_load_detector)
+for _family in ("yolo-world", "yoloe"):
+    register_family(_family)(_load_detector)
+    register_version(_family)(_detector_version)

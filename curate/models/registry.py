@@ -1,7 +1,8 @@
 """Named models as data, and one factory per model family.
 
 Built-in names live in ``models.json``; ``add_model`` adds more. A family (``open_clip``,
-``yolo-world``, ``yoloe``) is a loader registered with ``@register_family``.
+``yolo-world``, ``yoloe``) is a loader registered with ``@register_family``, and the version its
+models record, known from the spec and weights alone, registered with ``@register_version``.
 
 >>> "clip-vit-b-32" in list_models()
 True
@@ -53,6 +54,9 @@ class UnknownModelError(KeyError):
 
 FAMILIES: Registry[Loader] = Registry("model family", UnknownModelError)
 register_family = FAMILIES.register
+Versioner = Callable[[ModelSpec], str]
+VERSIONS: Registry[Versioner] = Registry("model family", UnknownModelError)
+register_version = VERSIONS.register
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -104,3 +108,15 @@ def load_model(name: str, weights: str | None = None, device: str = "cpu", *, ki
     if kind is not None and not isinstance(model, kind):
         raise UnknownModelError(f"model {name!r} is a {type(model).__name__}, not a {kind.__name__}")
     return model
+
+
+def model_version(name: str, weights: str | None = None, **overrides: str | None) -> str:
+    """The version ``load_model`` with these arguments gives its model (and its rows), from the spec
+    and the checked weights alone: nothing is loaded (what a Ray driver, which loads no model, knows).
+
+    >>> import curate.models
+    >>> model_version("clip-vit-b-32", weights="random")
+    'ViT-B-32@random'
+    """
+    spec = get_spec(name, weights=weights, **overrides)
+    return VERSIONS[spec.family](spec)

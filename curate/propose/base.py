@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from curate.records import Cue, Evidence, Item, Run, RunStatus
+import polars as pl
+
+from curate.records import Cue, Evidence, Run, RunStatus
 from curate.registry import Registry
 from curate.workspace import Workspace
 
@@ -37,7 +39,7 @@ class ProposeContext:
     counts: Counter[str] = field(default_factory=Counter)
     models: dict[str, str] = field(default_factory=dict)
     failed_requests: int = 0
-    _done: set[str] | None = field(default=None, repr=False)
+    _done: pl.Series | None = field(default=None, repr=False)
 
     def class_labels(self) -> list[str]:
         """The classes to work on: those asked for, else every labelled class in the workspace."""
@@ -54,15 +56,18 @@ class ProposeContext:
         done = {cue.class_label for cue in self.workspace.catalog.cues(run_id=self.run.run_id)}
         return [label for label in self.class_labels() if label not in done]
 
-    def pending_items(self, label: str | None = None) -> list[Item]:
-        """Items (of a class, or all) with no evidence from this run yet: a resumed run skips the rest.
+    def pending_items(self, label: str | None = None) -> pl.Series:
+        """The ids of items (of a class, or all) with no evidence from this run yet, in id order: a
+        resumed run skips the rest.
 
         What is done is read once, when first asked: items written since belong to classes this
         invocation has already finished.
         """
         if self._done is None:
-            self._done = self.workspace.catalog.evidence_item_ids(self.run.run_id)
-        return [item for item in self.workspace.catalog.items(label=label) if item.item_id not in self._done]
+            self._done = self.workspace.catalog.evidence_scan(run_id=self.run.run_id).select(
+                pl.col("item_id").unique()).collect()["item_id"]
+        ids = self.workspace.catalog.items_frame(label=label, columns=["item_id"])["item_id"]
+        return ids.filter(~ids.is_in(self._done.implode()))
 
     def write_evidence(self, rows: Sequence[Evidence], **counts: int) -> None:
         """Store a batch of evidence and count it (plus any extra counts) in this run."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from curate.executors import ImageBatch
-from curate.models import ClipModel, load_model
+from curate.models import ClipModel, load_model, model_version
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.embeddings import EmbeddingStore
 from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, Target, class_passes
@@ -136,6 +136,9 @@ class ClipProposer(ImageProposer):
 
     def scorers(self, context: ProposeContext) -> list[ImageScorer]:
         return [ClipScorer(context, self.model, self.weights, self.device, self.templates, self.contrast)]
+
+    def model_versions(self) -> dict[str, str]:
+        return {self.model: model_version(self.model, weights=self.weights)}
 
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         return class_passes(context, self.cue_source, self.negatives)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from curate.executors import ImageBatch
-from curate.models import OpenSetDetector, load_model
+from curate.models import OpenSetDetector, load_model, model_version
 from curate.propose.base import ProposeContext, register_proposer
 from curate.propose.clip import DEFAULT_CONTRAST, DEFAULT_TEMPLATES, ClipScorer
 from curate.propose.scoring import ClassPass, ImageProposer, ImageScorer, Target, class_passes, vocabulary_pass
@@ -78,6 +78,9 @@ class DetectorProposer(ImageProposer):
         return [DetectorScorer(context, self.model, self.weights, self.text_encoder, self.device, self.conf,
                                self.imgsz, self.include_class)]
 
+    def model_versions(self) -> dict[str, str]:
+        return {self.model: model_version(self.model, weights=self.weights, text_encoder=self.text_encoder)}
+
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         if self.vocabulary:
             return [vocabulary_pass(context, self.vocabulary)]
@@ -109,6 +112,11 @@ class ClipDetectorProposer(ImageProposer):
                            DEFAULT_CONTRAST),
                 DetectorScorer(context, self.detector_model, self.detector_weights, self.text_encoder,
                                self.device, self.conf, self.imgsz, self.include_class)]
+
+    def model_versions(self) -> dict[str, str]:
+        return {self.clip_model: model_version(self.clip_model, weights=self.clip_weights),
+                self.detector_model: model_version(self.detector_model, weights=self.detector_weights,
+                                                   text_encoder=self.text_encoder)}
 
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         return class_passes(context, self.cue_source, self.negatives)

@@ -110,21 +110,61 @@ def class_cues(context: ProposeContext, label: str, cue_source: str | None) -> l
     return unique_cues(context.workspace.catalog.cues(class_label=label, source=cue_source))
 
 
-def negative_pool(items: Sequence[Item], label: str, negatives: int | None) -> list[Item]:
-    """The labelled images of other classes that ``label``'s cues are also scored on: all of them, or
-    the ``negatives`` whose hash with the class is smallest (the same sample on every run).
+KEY_DIGITS = 15
+"""An order key is the first 15 hex digits of a sha256 digest: 60 bits, an exact ``UInt64``."""
+_HEX_ID = f"^[0-9a-fA-F]{{{KEY_DIGITS}}}"
 
-    >>> pool = [Item(f"i{n}", "", "cat" if n % 2 else "dog", 1, 1, "RGB", "PNG", 0) for n in range(6)]
-    >>> [i.item_id for i in negative_pool(pool, "dog", None)]
-    ['i1', 'i3', 'i5']
-    >>> len(negative_pool(pool, "dog", 2)) == 2 and negative_pool(pool, "dog", 2) == negative_pool(pool, "dog", 2)
+
+def _digest_key(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:KEY_DIGITS], 16)
+
+
+def item_keys(item_ids: pl.Series) -> pl.Series:
+    """Each item's order key (``UInt64``, uniform in [0, 2^60)): the first 15 hex digits of its id,
+    since item ids are sha256 digests, or of the sha256 of the id where it does not start with 15
+    (hand-made ids). Plain integers of the ids: the same on every machine and polars version.
+
+    >>> item_keys(pl.Series(["ab" * 32, "i1"])).to_list() == [int("ab" * 8, 16) >> 4, _digest_key("i1")]
     True
     """
-    others = [item for item in items if item.label is not None and item.label != label]
-    if negatives is None or negatives >= len(others):
-        return others
-    chosen = sorted(others, key=lambda i: hashlib.sha256(f"{label}\n{i.item_id}".encode()).digest())[:negatives]
-    return sorted(chosen, key=lambda i: i.item_id)
+    hexadecimal = item_ids.str.contains(_HEX_ID)
+    keys = (item_ids.str.slice(0, KEY_DIGITS).str.to_integer(base=16, strict=False)
+            .zip_with(hexadecimal, pl.Series([None], dtype=pl.Int64)).cast(pl.UInt64).rename("key"))
+    others = (~hexadecimal).arg_true()
+    if len(others):
+        keys = keys.scatter(others, [_digest_key(item_id) for item_id in item_ids.gather(others)])
+    return keys
+
+
+def negative_pool(items: pl.DataFrame, label: str, negatives: int | None) -> pl.Series:
+    """The ids of the labelled images of other classes that ``label``'s cues are also scored on: all of
+    them (in the order of ``items``), or the ``negatives`` of smallest order key for the class (then in
+    id order): each item's key (``item_keys``) XOR the class's (the first 15 hex digits of the sha256 of
+    its name), ties by id. The same sample on every run, machine and polars version, a different one
+    for each class, each image equally likely; one vectorised pass, no record made.
+
+    ``items``: ``item_id`` and ``label`` of the workspace's items, and ``key`` (their ``item_keys``,
+    which a proposal computes once; computed here where it is missing).
+
+    >>> pool = pl.DataFrame({"item_id": [f"i{n}" for n in range(6)], "label": ["dog", "cat"] * 3})
+    >>> negative_pool(pool, "dog", None).to_list()
+    ['i1', 'i3', 'i5']
+    >>> len(negative_pool(pool, "dog", 2)) == 2 and negative_pool(pool, "dog", 2).equals(negative_pool(pool, "dog", 2))
+    True
+    """
+    other = pl.col("label").is_not_null() & (pl.col("label") != label)
+    if negatives is None or negatives >= items.select(other.sum()).item():
+        return items.filter(other)["item_id"]
+    if negatives == 0:
+        return items["item_id"].clear()
+    if "key" not in items.columns:
+        items = items.with_columns(item_keys(items["item_id"]))
+    last = pl.lit(2**64 - 1, dtype=pl.UInt64)  # past every key (60 bits): the class's own images
+    order = items.select(pl.when(other).then(pl.col("key").xor(pl.lit(_digest_key(label), dtype=pl.UInt64)))
+                         .otherwise(last).alias("order")).to_series()
+    # the keys alone find the cut (ordering the ids as well would encode every id); ties at it go by id
+    chosen = items.select("item_id", order).filter(pl.col("order") <= order.bottom_k(negatives).max())
+    return chosen.sort("order", "item_id").head(negatives)["item_id"].sort()
 
 
 Stored = frozenset[tuple[str, str | None, str | None]]
@@ -172,6 +212,13 @@ class RunPairs:
         stored = scan.collect()
         return cls(_per_item(stored.filter(~pl.col("pooled"))), _per_item(stored), listed_by)
 
+    def pending(self, item_ids: pl.Series, wanted: set[str], own: bool, models: dict[str, str]) -> pl.Series:
+        """Those of ``item_ids`` that lack some ``wanted`` attribute (see ``done``)."""
+        if not (self.every or self.written):
+            return item_ids
+        return item_ids.filter(pl.Series([not wanted <= self.done(item_id, own, models) for item_id in item_ids],
+                                         dtype=pl.Boolean))
+
     def done(self, item_id: str, own: bool, models: dict[str, str]) -> frozenset[str]:
         """The attributes ``item_id`` has with the models now loaded (a pair another version of a
         loaded model stored is missing), on its own class's terms (``own``) or any."""
@@ -202,14 +249,15 @@ def _per_item(stored: pl.DataFrame) -> dict[str, Stored]:
 
 @dataclass(frozen=True, slots=True)
 class ClassPass:
-    """One class's cues (as targets) and the images they are still to be scored on: the class's own
-    (``own``) or the negative pool; ``label`` None is a pass of no class (a fixed vocabulary on every
-    image, or one question of every image). ``pairs``: what the run stored on them before, where
-    some is (None: its images have nothing stored, and share no pair with another pass)."""
+    """One class's cues (as targets) and the ids of the images they are still to be scored on: the
+    class's own (``own``) or the negative pool; ``label`` None is a pass of no class (a fixed
+    vocabulary on every image, or one question of every image). ``pairs``: what the run stored on
+    them before, where some is (None: its images have nothing stored, and share no pair with another
+    pass). Executors make the images' records a batch at a time."""
 
     label: str | None
     targets: list[Target]
-    items: list[Item]
+    item_ids: pl.Series
     own: bool
     pairs: RunPairs | None = None
 
@@ -250,18 +298,28 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
     for label, cues in cues_of.items():
         for cue in cues:
             listed_by.setdefault(cue.attribute, set()).add(label)
-    everything = list(context.workspace.catalog.items())
-    by_label: dict[str | None, list[Item]] = {}
-    for item in everything:
-        by_label.setdefault(item.label, []).append(item)
+    labelled = _labelled_items(context.workspace, keys=negatives is not None)
     pairs: RunPairs | None = None
     for own in (True, False):
         for label in (label for label in labels if cues_of[label]):
             pairs = pairs or RunPairs.read(context, listed_by)
-            candidates = by_label.get(label, []) if own else negative_pool(everything, label, negatives)
-            wanted = {cue.attribute for cue in cues_of[label]}
-            pending = [i for i in candidates if not wanted <= pairs.done(i.item_id, own, context.models)]
+            candidates = (labelled.filter(pl.col("label") == label)["item_id"] if own
+                          else negative_pool(labelled, label, negatives))
+            pending = pairs.pending(candidates, {cue.attribute for cue in cues_of[label]}, own, context.models)
             yield ClassPass(label, [Target.of(cue) for cue in cues_of[label]], pending, own, pairs)
+
+
+LABELS_READ = 10_000
+"""Items read from the catalogue at once for a proposal's passes (their ids and labels only)."""
+
+
+def _labelled_items(workspace: Workspace, keys: bool) -> pl.DataFrame:
+    """``item_id`` and ``label`` of every labelled item, in id order, and their ``item_keys`` (``key``)
+    when asked: read ``LABELS_READ`` at a time, so a million items are never a million records."""
+    parts = [part.filter(pl.col("label").is_not_null())
+             for part in workspace.catalog.item_batches(columns=["label"], batch_size=LABELS_READ)]
+    labelled = pl.concat(parts) if parts else pl.DataFrame(schema={"item_id": pl.String, "label": pl.String})
+    return labelled.with_columns(item_keys(labelled["item_id"])) if keys else labelled
 
 
 def class_item_passes(context: ProposeContext) -> Iterator[ClassPass]:
@@ -354,9 +412,9 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
 
     def jobs() -> Iterator[Job]:
         for key, class_pass in enumerate(passes):
-            if class_pass.items:
+            if len(class_pass.item_ids):
                 opened[key] = class_pass
-                yield Job(key, (class_pass.label, class_pass.targets, class_pass.own), class_pass.items)
+                yield Job(key, (class_pass.label, class_pass.targets, class_pass.own), class_pass.item_ids)
 
     records: list[dict[str, object]] = []
 
@@ -374,7 +432,7 @@ def score_images(context: ProposeContext, make_scorers: ScorerFactory, passes: I
                 bar.close()
                 named = title if class_pass.label is None else f"{title} {class_pass.label}"
                 advance = bar.enter_context(progress_bar(f"{named}{'' if class_pass.own else ' (other classes)'}",
-                                                         len(class_pass.items), context.progress))
+                                                         len(class_pass.item_ids), context.progress))
                 showing = scored.key
             context.models.update(scored.models)
             rows = class_pass.keep(scored.rows, context.models)
@@ -450,5 +508,13 @@ class ImageProposer(Execution, Proposer):
     def passes(self, context: ProposeContext) -> Iterable[ClassPass]:
         """What to score (``class_passes``, ``vocabulary_pass`` or passes of the proposer's own)."""
 
+    def model_versions(self) -> dict[str, str]:
+        """The models (name -> version) ``scorers`` will load, known without loading them
+        (``curate.models.model_version``): what ``class_passes`` needs to score again the pairs an
+        older version stored, on a driver that loads no model (Ray). None where no pass looks at
+        versions (passes of items with no row from the run)."""
+        return {}
+
     def run(self, context: ProposeContext) -> None:
+        context.models.update(self.model_versions())  # before any pass is made, whoever loads the models
         score_images(context, self.scorers, self.passes(context), self.batch_size, self.name, self.make_executor())

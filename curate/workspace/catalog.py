@@ -460,6 +460,14 @@ class Catalog:
             yield [{k: v for k, v in dict(row).items() if k != "row_number"} for row in rows]
             last = rows[-1]["row_number"]
 
+    def items_by_id(self, item_ids: Sequence[str]) -> list[Item]:
+        """The items of ``item_ids`` (a batch: one query), in that order; ids not in the catalogue are
+        left out. What a reader holding only ids (a scoring pass) makes its records from."""
+        rows = self._connect().execute("SELECT * FROM items WHERE item_id IN (SELECT value FROM json_each(?))",
+                                       (json.dumps(list(item_ids)),)).fetchall()
+        found = {row["item_id"]: _item_from_row(row) for row in rows}
+        return [found[item_id] for item_id in item_ids if item_id in found]
+
 
 _EXPORT_QUERIES = {
     "items": "SELECT i.rowid AS row_number, i.*, (SELECT s.source_id || ':' || s.locator FROM item_sources s "
