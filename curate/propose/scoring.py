@@ -309,16 +309,10 @@ def class_passes(context: ProposeContext, cue_source: str | None, negatives: int
             yield ClassPass(label, [Target.of(cue) for cue in cues_of[label]], pending, own, pairs)
 
 
-LABELS_READ = 10_000
-"""Items read from the catalogue at once for a proposal's passes (their ids and labels only)."""
-
-
 def _labelled_items(workspace: Workspace, keys: bool) -> pl.DataFrame:
     """``item_id`` and ``label`` of every labelled item, in id order, and their ``item_keys`` (``key``)
-    when asked: read ``LABELS_READ`` at a time, so a million items are never a million records."""
-    parts = [part.filter(pl.col("label").is_not_null())
-             for part in workspace.catalog.item_batches(columns=["label"], batch_size=LABELS_READ)]
-    labelled = pl.concat(parts) if parts else pl.DataFrame(schema={"item_id": pl.String, "label": pl.String})
+    when asked (``Catalog.items_frame`` reads ids and labels only, never a record per item)."""
+    labelled = workspace.catalog.items_frame(columns=["label"]).filter(pl.col("label").is_not_null())
     return labelled.with_columns(item_keys(labelled["item_id"])) if keys else labelled
 
 
