@@ -107,19 +107,23 @@ class SideTables:
         >>> tables.regroup("scores", 64), tables.regroup("scores", 64)
         (1, 0)
         """
+        def too_large(path: Path) -> bool:
+            footer = pq.read_metadata(path)
+            return any(footer.row_group(group).num_rows > row_group_size for group in range(footer.num_row_groups))
+
         files = self.files(name)
+        if not any(too_large(path) for path in files):
+            return 0  # nothing to do: no lock taken (a table others only read stays theirs to read)
         with (self.root / f".{name}.regroup.lock").open("wb") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when closed, or when a killed holder dies
             remove_orphaned_temporaries(files[0].parent)
             rewritten = 0
             for path in files:
-                footer = pq.read_metadata(path)
-                if all(footer.row_group(group).num_rows <= row_group_size for group in range(footer.num_row_groups)):
-                    continue
-                buffer = io.BytesIO()
-                pl.read_parquet(path).write_parquet(buffer, row_group_size=row_group_size)
-                atomic_write_bytes(path, buffer.getvalue())
-                rewritten += 1
+                if too_large(path):  # looked at again under the lock: another process may have done it
+                    buffer = io.BytesIO()
+                    pl.read_parquet(path).write_parquet(buffer, row_group_size=row_group_size)
+                    atomic_write_bytes(path, buffer.getvalue())
+                    rewritten += 1
         return rewritten
 
     def names(self) -> list[str]:
