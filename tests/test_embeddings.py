@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from conftest import distinct_image
 from peak_memory import needs_proc, peak_growths_kib
@@ -82,7 +85,7 @@ def _item(item_id: str) -> Item:
 def test_the_store_finds_its_versions_embeddings_across_parts_and_its_own_before_and_after_writing(
         workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embeddings, "CACHE_BYTES", 1)  # one row group held at a time: the others are read again
-    _write_parts(workspace, 2000)  # one row group a part, as before parts had small ones
+    _write_parts(workspace, 2000)  # one row group a part, as parts were before (the store rewrites them)
     _write_parts(workspace, 3000, row_group_size=100)  # the same first 2,000 again, and 1,000 more
     _write_parts(workspace, 10, version="v0")  # another version of the model: not this store's
     store = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")
@@ -101,6 +104,70 @@ def test_the_store_finds_its_versions_embeddings_across_parts_and_its_own_before
     assert reopened.has("new-b") and reopened.vectors([_item("new-b")]).tolist() == [[0.5] * 64]
     with pytest.raises(KeyError, match="no stored probe embedding of item nothing"):
         reopened.vectors([_item("nothing")])
+
+
+def _parts(workspace: Workspace) -> dict[str, tuple[pl.DataFrame, list[int]]]:
+    """Each part of model ``probe``'s table: its rows, and the rows of each of its row groups."""
+    footers = {path: pq.read_metadata(path) for path in workspace.tables.files(embeddings_table("probe"))}
+    return {path.name: (pl.read_parquet(path), [footer.row_group(g).num_rows for g in range(footer.num_row_groups)])
+            for path, footer in footers.items()}
+
+
+def test_parts_written_in_one_row_group_are_rewritten_in_small_ones_once_with_every_vector_kept(
+        workspace: Workspace) -> None:
+    _write_parts(workspace, 2500)  # parts of 1,024 rows in one row group each, as before row groups were small
+    _write_parts(workspace, 30, version="v0")  # another model version's part: rewritten too, never read
+    before = _parts(workspace)
+    assert sorted(groups for _, groups in before.values()) == [[30], [452], [1024], [1024]]
+    store = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")
+    after = _parts(workspace)
+    assert after.keys() == before.keys()
+    for name, (rows, groups) in after.items():
+        assert rows.equals(before[name][0])  # every id, vector and version, in the same order
+        assert groups == [64] * (rows.height // 64) + ([rows.height % 64] if rows.height % 64 else []), name
+    asked = [2499, 3, 1023, 1024, 700, 2048]
+    stored = pl.concat(rows for rows, _ in before.values()).filter(pl.col("version") == "v1")
+    wanted = np.array([stored.filter(pl.col("item_id") == f"item-{n:06d}")["embedding"].item().to_list()
+                       for n in asked], dtype=np.float32)
+    assert np.array_equal(store.vectors([_item(f"item-{n:06d}") for n in asked]), wanted)
+    assert workspace.tables.regroup(embeddings_table("probe"), embeddings.ROWS_PER_GROUP) == 0  # once only
+
+
+_KILLED_REGROUPING = """
+import os
+import sys
+from pathlib import Path
+from curate.workspace.tables import SideTables
+
+real_replace, renamed = os.replace, []
+
+
+def killed_before_the_second_rename(source, target):
+    renamed.append(target)
+    if len(renamed) == 2:
+        os._exit(9)  # the second part's new file is written whole, not yet renamed
+    real_replace(source, target)
+
+
+os.replace = killed_before_the_second_rename
+SideTables(Path(sys.argv[1])).regroup(sys.argv[2], 64)
+"""
+
+
+def test_a_regrouping_killed_half_way_loses_nothing_and_the_next_store_finishes_it(workspace: Workspace) -> None:
+    _write_parts(workspace, 3000)
+    before = _parts(workspace)
+    table = embeddings_table("probe")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_REGROUPING, str(workspace.tables.root), table])
+    assert killed.returncode == 9
+    halfway = _parts(workspace)  # every part whole: rewritten or as it was
+    assert all(rows.equals(before[name][0]) for name, (rows, _) in halfway.items())
+    assert [len(groups) for _, groups in halfway.values()] == [16, 1, 1]  # the first part's 1,024 rows only
+    assert len(list((workspace.tables.root / table).glob(".*.tmp"))) == 1  # the killed rename's file
+    store = embeddings.EmbeddingStore(workspace, SimpleNamespace(name="probe", version="v1"), "run")
+    assert all(max(groups) == 64 for _, groups in _parts(workspace).values())
+    assert not list((workspace.tables.root / table).glob(".*.tmp"))
+    assert store.vectors([_item(f"item-{n:06d}") for n in (2999, 0, 1500)])[:, 0].tolist() == [2999, 0, 1500]
 
 
 _ONE_BATCH = """

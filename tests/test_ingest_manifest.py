@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from peak_memory import needs_proc, peak_kib
+from peak_memory import needs_proc, peak_growths_kib, peak_kib
 
 from curate.ingest import ManifestSource, SourceError, base, ingest
 from curate.workspace import Workspace
@@ -159,6 +159,32 @@ def test_manifest_memory_does_not_grow_with_its_rows(tmp_path: Path, write_image
         assert printed == [str(rows)]
         peaks.append(peak)
     assert peaks[1] - peaks[0] < 12 * 1024, f"peak RSS grew from {peaks[0]} KiB to {peaks[1]} KiB"
+
+
+_READ_ROWS = """
+from pathlib import Path
+from curate.ingest import ManifestSource
+
+
+def step(manifest):
+    return str(sum(1 for _ in ManifestSource(Path(manifest)).entries()))
+"""
+
+
+@needs_proc
+def test_wide_json_lines_are_read_in_the_memory_of_a_few_rows(tmp_path: Path) -> None:
+    """1,100 vs 10,000 JSON lines of 4 kB each (a batch of 1,024 such rows is 4 MB): the peak rose by
+    about 13 MB more for the larger manifest when every batch was 1,024 rows, however wide; batches
+    bounded in bytes keep the two within a few MB."""
+    manifests = []
+    for rows in (300, 1_100, 10_000):  # the first warms up (imports, thread pools), once
+        manifest = tmp_path / f"m{rows}.jsonl"
+        pl.DataFrame({"path": [f"img/{i % 4}.png" for i in range(rows)], "label": [f"c{i % 7}" for i in range(rows)],
+                      "note": [f"{i:08d}" + "x" * 4000 for i in range(rows)]}).write_ndjson(manifest)
+        manifests.append(str(manifest))
+    _, (small, small_growth), (large, large_growth) = peak_growths_kib(_READ_ROWS, *manifests)
+    assert (small, large) == ("1100", "10000")
+    assert large_growth - small_growth < 5 * 1024, f"the peak rose by {small_growth} KiB, then {large_growth} KiB"
 
 
 _NUMBER_PATHS = """

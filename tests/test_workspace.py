@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.records import Evidence, EvidenceRole, RunStatus, Verdict
+from curate.records import Evidence, EvidenceRole, Item, Quarantined, RunStatus, SourceRef, Verdict
 from curate.workspace import (
     SCHEMA_VERSION,
     CacheKey,
@@ -52,6 +53,71 @@ def test_open_applies_new_migrations_once(workspace: Workspace, monkeypatch: pyt
     assert reopened.schema_version == SCHEMA_VERSION + 1
     reopened.connect().execute("INSERT INTO embeddings_index VALUES ('a', 'p0')")
     assert Workspace.open(workspace.root).schema_version == SCHEMA_VERSION + 1  # not applied twice
+
+
+def _counts_by_scan(conn: sqlite3.Connection) -> tuple[int, dict[str | None, int], dict[str, int], int]:
+    """Items, items per class, references per source and label conflicts, counted from the tables."""
+    return (conn.execute("SELECT COUNT(*) FROM items").fetchone()[0],
+            dict(conn.execute("SELECT label, COUNT(*) FROM items GROUP BY label").fetchall()),
+            dict(conn.execute("SELECT source_id, COUNT(*) FROM item_sources GROUP BY source_id").fetchall()),
+            conn.execute("SELECT COUNT(*) FROM (SELECT item_id FROM item_sources WHERE label IS NOT NULL "
+                         "GROUP BY item_id HAVING COUNT(DISTINCT label) > 1)").fetchone()[0])
+
+
+def _counts_of_status(workspace: Workspace) -> tuple[int, dict[str | None, int], dict[str, int], int]:
+    status = workspace.status()
+    return (status.items, {None if label == "<unlabelled>" else label: n for label, n in status.per_class.items()},
+            {s.source.source_id: s.references for s in status.sources if s.references}, status.label_conflicts)
+
+
+def _ingested(workspace: Workspace, source_id: str, refs: list[tuple[int, str, str | None]],
+              quarantined: list[str] = ()) -> None:  # type: ignore[assignment]
+    """Record references (item number, locator, label) and quarantined locators as an ingest does."""
+    run = workspace.runs.start("ingest", "folder", {"refs": refs, "quarantined": list(quarantined)})
+    workspace.catalog.record_ingest_batch(run.run_id, [
+        (Item(f"{n:064x}", "img.png", label, 4, 4, "RGB", "PNG", 75),
+         SourceRef(source_id, locator, f"{n:064x}", "f", label)) for n, locator, label in refs], [
+        Quarantined(source_id, locator, "corrupt", "cannot decode", "f") for locator in quarantined])
+
+
+def test_a_v3_workspace_gets_status_counts_kept_by_every_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """A workspace written at schema v3 (the code before v4: its migrations only) is counted once on
+    open; from then on the catalogue keeps the counts as items and references are written, relabelled,
+    moved to other bytes and quarantined, and status reads them instead of scanning the items."""
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    old = Workspace.init(tmp_path / "ws")
+    folder, manifest = (old.catalog.register_source(kind, str(tmp_path / kind), {}).source_id
+                        for kind in ("folder", "manifest"))
+    _ingested(old, folder, [(0, "cat/0.png", "cat"), (0, "dog/0.png", "dog"), (1, "cat/1.png", "cat"),
+                            (2, "x/2.png", None), (3, "dog/3.png", "dog")])
+    _ingested(old, manifest, [(1, "row-1", "dog"), (3, "row-3", "dog"), (4, "row-4", None)])
+    before = _counts_by_scan(old.connect())
+    assert old.schema_version == 3 and before[3] == 2  # items 0 and 1
+    tables = {name: old.connect().execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall()  # noqa: S608
+              for name in ("items", "item_sources", "sources", "quarantine")}
+    old.close()
+    monkeypatch.undo()
+
+    workspace = Workspace.open(tmp_path / "ws")
+    assert workspace.schema_version == SCHEMA_VERSION
+    conn = workspace.connect()
+    assert {name: conn.execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall() for name in tables} == tables  # noqa: S608
+    assert _counts_of_status(workspace) == _counts_by_scan(conn) == before
+    _ingested(workspace, manifest, [(4, "row-4", "cat"), (5, "row-5", "cat")])  # a label for unlabelled bytes
+    _ingested(workspace, folder, [(6, "cat/0.png", "cat"), (9, "x/2.png", "dog")])  # files whose bytes changed
+    _ingested(workspace, manifest, [], quarantined=["row-1"])  # a reference quarantined: its row goes
+    _ingested(workspace, folder, [(7, "bird/7.png", "bird")])
+    with workspace.transaction():  # item 2's bytes are no source's any more: pruned
+        assert conn.execute("DELETE FROM items WHERE item_id NOT IN (SELECT item_id FROM item_sources)").rowcount == 1
+    after = _counts_by_scan(conn)
+    assert after[:2] == (8, {"cat": 5, "dog": 2, "bird": 1}) and after[3] == 0  # items 0 and 1 agree now
+    queries: list[str] = []
+    conn.set_trace_callback(queries.append)
+    assert _counts_of_status(workspace) == after
+    conn.set_trace_callback(None)
+    assert not [query for query in queries if re.search(r"\b(items|item_sources)\b", query)], queries
 
 
 def test_a_failing_migration_leaves_the_previous_version(workspace: Workspace,

@@ -4,8 +4,9 @@ Parts are named ``<run>-<process>-<n>``: a resumed run (a new process, its count
 parts beside those of the killed one instead of overwriting them.
 
 A store never holds the table: it keeps a directory of where each stored embedding is (16 bytes an
-image) and reads the row groups a batch asks for (``ROWS_PER_GROUP`` embeddings each; a part written
-before them is one group), keeping the last ones read up to ``CACHE_BYTES``.
+image) and reads the row groups a batch asks for (``ROWS_PER_GROUP`` embeddings each), keeping the last
+ones read up to ``CACHE_BYTES``. Parts written before row groups were small (one group of 1,024) are
+rewritten in small groups, once, when a store first opens the table.
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ class EmbeddingStore:
         self.clip = clip
         self.table = embeddings_table(clip.name)
         self.part_prefix = f"{part_prefix}-{uuid.uuid4().hex[:12]}"
-        self._files = workspace.tables.files(self.table) if self.table in workspace.tables.names() else []
+        self._files: list[Path] = []
+        if self.table in workspace.tables.names():
+            workspace.tables.regroup(self.table, ROWS_PER_GROUP)  # old parts: a scattered lookup read 1,024 rows
+            self._files = workspace.tables.files(self.table)
         self._directory = _Directory.of_parts(self._stored_rows(path) for path in self._files)
         self._group_starts: dict[int, np.ndarray] = {}  # part -> the first row of each of its row groups
         self._cache: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()

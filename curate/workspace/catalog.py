@@ -420,15 +420,17 @@ class Catalog:
 
     # status -------------------------------------------------------------------------------
     def status(self, cache_entries: int, side_tables: list[str]) -> WorkspaceStatus:
-        """Counts per class, per source, quarantined and runs per stage."""
+        """Counts per class, per source, quarantined and runs per stage (items per class and source and
+        label conflicts come from the counts the catalogue's triggers keep: no scan of the items)."""
         conn = self._connect()
 
         def scalar(query: str) -> int:
             return conn.execute(query).fetchone()[0]
 
-        per_class = {(r[0] if r[0] is not None else "<unlabelled>"): r[1] for r in conn.execute(
-            "SELECT label, COUNT(*) FROM items GROUP BY label ORDER BY label")}
-        refs = dict(conn.execute("SELECT source_id, COUNT(*) FROM item_sources GROUP BY source_id").fetchall())
+        per_class = {(r[1] if r[0] == "class" else "<unlabelled>"): r[2] for r in conn.execute(
+            "SELECT kind, key, n FROM counts WHERE kind IN ('class', 'unlabelled') AND n > 0 "
+            "ORDER BY kind = 'class', key")}
+        refs = dict(conn.execute("SELECT key, n FROM counts WHERE kind = 'source'").fetchall())
         held = dict(conn.execute("SELECT source_id, COUNT(*) FROM quarantine GROUP BY source_id").fetchall())
         sources = [SourceStatus(s, refs.get(s.source_id, 0), held.get(s.source_id, 0)) for s in self.sources()]
         reasons = dict(conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason"))
@@ -436,10 +438,10 @@ class Catalog:
         for run in self._runs.list():
             stages.setdefault(run.stage, Counter())[run.status.value] += 1
         return WorkspaceStatus(
-            items=scalar("SELECT COUNT(*) FROM items"), per_class=per_class, sources=sources,
+            items=scalar("SELECT COALESCE(SUM(n), 0) FROM counts WHERE kind IN ('class', 'unlabelled')"),
+            per_class=per_class, sources=sources,
             quarantined=sum(held.values()), quarantine_reasons=reasons,
-            label_conflicts=scalar("SELECT COUNT(*) FROM (SELECT item_id FROM item_sources "
-                                   "WHERE label IS NOT NULL GROUP BY item_id HAVING COUNT(DISTINCT label) > 1)"),
+            label_conflicts=scalar("SELECT COUNT(*) FROM label_conflicts"),
             runs_per_stage={stage: dict(counts) for stage, counts in stages.items()},
             evidence=self._evidence.count(), verdicts=scalar("SELECT COUNT(*) FROM verdicts"),
             cache_entries=cache_entries, side_tables=side_tables,

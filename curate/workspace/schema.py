@@ -174,10 +174,69 @@ def _joined(conn: sqlite3.Connection) -> Callable[[], contextlib.AbstractContext
     return lambda: contextlib.nullcontext(conn)
 
 
+def _counted(kind: str, key: str, step: int) -> str:
+    """The statement (of a trigger) that adds ``step`` to the ``counts`` row of ``kind`` and ``key``."""
+    return (f"INSERT INTO counts (kind, key, n) VALUES ({kind}, {key}, {step}) "
+            "ON CONFLICT (kind, key) DO UPDATE SET n = n + excluded.n;")
+
+
+def _class_counted(label: str, step: int) -> str:
+    """``_counted`` for items of class ``label`` (kind ``unlabelled`` when it is NULL)."""
+    return _counted(f"CASE WHEN {label} IS NULL THEN 'unlabelled' ELSE 'class' END", f"COALESCE({label}, '')", step)
+
+
+def _source_counted(source_id: str, step: int) -> str:
+    """``_counted`` for the references of source ``source_id``."""
+    return _counted("'source'", source_id, step)
+
+
+def _conflict_rechecked(item_id: str) -> str:
+    """The statements (of a trigger) that put an item in ``label_conflicts`` when its references carry
+    more than one label and take it out otherwise (a few rows read through ``item_sources_item``)."""
+    return (f"DELETE FROM label_conflicts WHERE item_id = {item_id}; "
+            f"INSERT INTO label_conflicts (item_id) SELECT {item_id} WHERE "
+            f"(SELECT COUNT(DISTINCT label) FROM item_sources WHERE item_id = {item_id}) > 1;")
+
+
+_V4_STATUS_COUNTS = [
+    "CREATE TABLE counts (kind TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (kind, key)) "
+    "WITHOUT ROWID",
+    "CREATE TABLE label_conflicts (item_id TEXT PRIMARY KEY) WITHOUT ROWID",
+    "INSERT INTO counts (kind, key, n) SELECT CASE WHEN label IS NULL THEN 'unlabelled' ELSE 'class' END, "
+    "COALESCE(label, ''), COUNT(*) FROM items GROUP BY label",
+    "INSERT INTO counts (kind, key, n) SELECT 'source', source_id, COUNT(*) FROM item_sources GROUP BY source_id",
+    "INSERT INTO label_conflicts (item_id) SELECT item_id FROM item_sources WHERE label IS NOT NULL "
+    "GROUP BY item_id HAVING COUNT(DISTINCT label) > 1",
+    f"CREATE TRIGGER items_counted AFTER INSERT ON items BEGIN {_class_counted('NEW.label', 1)} END",
+    f"CREATE TRIGGER items_uncounted AFTER DELETE ON items BEGIN {_class_counted('OLD.label', -1)} END",
+    "CREATE TRIGGER items_relabelled AFTER UPDATE OF label ON items WHEN OLD.label IS NOT NEW.label BEGIN "
+    f"{_class_counted('OLD.label', -1)} {_class_counted('NEW.label', 1)} END",
+    # a new reference can only add a conflict: one probe of the item's other labels, none when it has no label
+    "CREATE TRIGGER item_sources_counted AFTER INSERT ON item_sources BEGIN "
+    f"{_source_counted('NEW.source_id', 1)} "
+    "INSERT OR IGNORE INTO label_conflicts (item_id) SELECT NEW.item_id WHERE NEW.label IS NOT NULL AND EXISTS "
+    "(SELECT 1 FROM item_sources WHERE item_id = NEW.item_id AND label <> NEW.label); END",
+    "CREATE TRIGGER item_sources_uncounted AFTER DELETE ON item_sources BEGIN "
+    f"{_source_counted('OLD.source_id', -1)} {_conflict_rechecked('OLD.item_id')} END",
+    "CREATE TRIGGER item_sources_changed AFTER UPDATE ON item_sources BEGIN "
+    f"{_source_counted('OLD.source_id', -1)} {_source_counted('NEW.source_id', 1)} "
+    f"{_conflict_rechecked('OLD.item_id')} {_conflict_rechecked('NEW.item_id')} END",
+]
+
+
+def _v4_status_counts(conn: sqlite3.Connection) -> None:
+    """Items per class, references per source and the items whose references disagree on the label
+    are kept by triggers in the transaction of every write, so ``status`` reads a few rows instead of
+    scanning ``items`` and ``item_sources`` (whose time grew faster than the rows: 1M references took
+    13x as long as 100k)."""
+    for statement in _V4_STATUS_COUNTS:
+        conn.execute(statement)
+
+
 # One SQL script (or function) per version. Scripts run statement by statement inside the caller's
 # transaction (sqlite3's executescript would commit half-way); functions run inside it too.
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_V1_CATALOGUE, _V2_CUES, _v3_evidence_to_parquet)
+MIGRATIONS: tuple[Migration, ...] = (_V1_CATALOGUE, _V2_CUES, _v3_evidence_to_parquet, _v4_status_counts)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

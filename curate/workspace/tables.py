@@ -7,13 +7,15 @@ never leaves half a file under a table's name.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import re
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
-from curate.workspace._sql import atomic_write_bytes
+from curate.workspace._sql import atomic_write_bytes, remove_orphaned_temporaries
 from curate.workspace.faults import DamagedFileError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -89,6 +91,40 @@ class SideTables:
             return self.scan(name, part).collect()
         except KeyError:
             return None
+
+    def regroup(self, name: str, row_group_size: int) -> int:
+        """Rewrite the files of a table whose row groups hold more than ``row_group_size`` rows into row
+        groups of that size (readers of a few rows then read a few); return how many were rewritten.
+
+        Files already in small groups are left alone, so only the first call does work. Each file is
+        written whole to a temporary name and renamed over the old one: rows, their order and their
+        values never change, and a process killed half-way leaves every file whole (its temporary
+        file is removed by the next call). One process regroups a table at a time (``flock``).
+
+        >>> import tempfile, polars as pl
+        >>> tables = SideTables(Path(tempfile.mkdtemp()))
+        >>> _ = tables.write("scores", pl.DataFrame({"score": range(100)}), part="old")
+        >>> tables.regroup("scores", 64), tables.regroup("scores", 64)
+        (1, 0)
+        """
+        def too_large(path: Path) -> bool:
+            footer = pq.read_metadata(path)
+            return any(footer.row_group(group).num_rows > row_group_size for group in range(footer.num_row_groups))
+
+        files = self.files(name)
+        if not any(too_large(path) for path in files):
+            return 0  # nothing to do: no lock taken (a table others only read stays theirs to read)
+        with (self.root / f".{name}.regroup.lock").open("wb") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when closed, or when a killed holder dies
+            remove_orphaned_temporaries(files[0].parent)
+            rewritten = 0
+            for path in files:
+                if too_large(path):  # looked at again under the lock: another process may have done it
+                    buffer = io.BytesIO()
+                    pl.read_parquet(path).write_parquet(buffer, row_group_size=row_group_size)
+                    atomic_write_bytes(path, buffer.getvalue())
+                    rewritten += 1
+        return rewritten
 
     def names(self) -> list[str]:
         """Names of the tables that exist."""

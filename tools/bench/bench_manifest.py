@@ -48,9 +48,10 @@ def write_manifest(folder: Path, rows: int, suffix: str) -> Path:
 
 
 def measure(manifest: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(manifest)], check=True, capture_output=True,
-                         text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", CHILD, str(manifest)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"reading {manifest.name} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
