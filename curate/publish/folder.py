@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.progress import progress_bar
+from curate.spill import Table, row_count
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
 
@@ -56,14 +57,6 @@ def _value(dtype: pl.DataType | pl.datatypes.DataTypeClass) -> Any:
     if isinstance(dtype, pl.Struct):
         return {f.name: _value(f.dtype) for f in dtype.fields}
     return datasets.Value("string")
-
-
-Table = pl.DataFrame | pl.LazyFrame
-
-
-def row_count(table: Table) -> int:
-    """Rows of a table, without loading a lazy one."""
-    return table.height if isinstance(table, pl.DataFrame) else int(table.select(pl.len()).collect().item())
 
 
 def features_for(table: Table, metadata: dict[str, Any]) -> datasets.Features:
