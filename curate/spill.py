@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 Table = pl.DataFrame | pl.LazyFrame
-READ_ROWS = 65_536  # rows of a lazy table collected at a time by ``batches``
+READ_ROWS = 65_536  # rows of a lazy table held at a time: read by ``batches``, a row group where one is written
 
 
 def row_count(table: Table) -> int:

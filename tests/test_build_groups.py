@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import distinct_image
+from peak_memory import needs_proc, peak_growths_kib
 from test_ingest_groups import WATERBIRDS_COUNTS, _waterbirds_like
 
 from curate.builders import BuildError, build, make_builder
@@ -242,3 +243,63 @@ def test_the_wilds_metadata_written_in_batches_is_the_whole_objects_json(tmp_pat
         groups._exports(frame.lazy(), ["x", "y"], ["land", "water"])["wilds_metadata.json"](tmp_path / name)
     assert (tmp_path / "some.json").read_text() == expected
     assert json.loads((tmp_path / "none.json").read_text())["metadata_array"] == []
+
+
+_BUILD = """
+import shutil
+import tempfile
+
+from curate import spill
+from curate.builders import base, build, groups, make_builder
+from curate.workspace import Workspace
+
+# what a build holds at a time, made small beside the pools so that anything held per item shows
+base.ITEM_ROWS = groups.ROUTE_BATCH = groups.ID_BATCH = groups.WRITE_BATCH = spill.READ_ROWS = 1024
+
+
+def step(root):
+    out = tempfile.mkdtemp()
+    result = build(Workspace.open(root), make_builder("groups", attribute="cue", allow_machine=True,
+                   evidence_source="clip", threshold=0.5, near_duplicates="ignore"), out + "/release")
+    shutil.rmtree(out)
+    return str(sum(result.release.counts().values()))
+"""
+
+
+def _pool(root: Path, items: int, per_run: int = 2_500) -> str:
+    """A workspace of ``items`` labelled items (one tiny PNG) with one machine-scored cue, stored by
+    proposal runs of ``per_run`` items (a shard each, as proposals of parts of a pool store them)."""
+    import hashlib
+
+    from curate.records import Item, RunStatus, SourceRef
+
+    workspace = Workspace.init(root)
+    picture = root / "img.png"
+    distinct_image(0, (4, 4)).save(picture)
+    source = workspace.catalog.register_source("folder", str(root), {})
+    ingest_run = workspace.runs.start("ingest", "pool", {})
+    ids = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(items)]
+    workspace.catalog.record_ingest_batch(ingest_run.run_id, [
+        (Item(item_id, str(picture), f"c{n % 4}", 4, 4, "RGB", "PNG", 75),
+         SourceRef(source.source_id, f"{n}.png", item_id, "f", f"c{n % 4}")) for n, item_id in enumerate(ids)], [])
+    workspace.runs.finish(ingest_run.run_id, RunStatus.COMPLETED)
+    for start in range(0, items, per_run):
+        run = workspace.runs.start("propose", "clip", {"part": start})
+        workspace.catalog.add_evidence([
+            Evidence(item_id, "cue", "clip", run.run_id, EvidenceRole.CANDIDATE, "Background",
+                     int(item_id[:8], 16) / 16 ** 8, [], "m", "v", {}) for item_id in ids[start:start + per_run]],
+            (run.run_id, {}))
+        workspace.runs.finish(run.run_id, RunStatus.COMPLETED)
+    return str(root)
+
+
+@needs_proc
+def test_a_build_holds_a_batch_of_items_not_the_release(tmp_path: Path) -> None:
+    """``build`` of 5,000 vs 50,000 machine-labelled items (about 3k vs 31k release rows) to a folder,
+    in one child process, batches of 1,024: the release's frames, its images as a dict and the
+    builder's frames of every item grew the peak by about 47 MB more for the larger pool; spilled to
+    parquet and written from scans, by about 9 MB more (what the allocators keep of the larger run)."""
+    roots = [_pool(tmp_path / f"ws{items}", items) for items in (2_000, 5_000, 50_000)]  # the first warms up
+    _, (small, small_growth), (large, large_growth) = peak_growths_kib(_BUILD, *roots)
+    assert int(small) > 2_000 and int(large) > 20_000  # most items are placed
+    assert large_growth - small_growth < 20 * 1024, f"the peak rose by {small_growth} KiB, then {large_growth} KiB"

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
+from curate import spill
 from curate.folders import replaced
 from curate.records import Run
 from curate.registry import Registry
@@ -54,6 +55,7 @@ def image_name(stem: str, uri: str, folder: str = "images") -> str:
 
 
 IMAGES_SCHEMA = {"name": pl.String, "uri": pl.String}
+ITEM_ROWS = 32_768  # workspace items a large build holds at a time (``item_chunks``)
 
 
 @dataclass
@@ -127,14 +129,14 @@ class BuildResult:
         return f"build {self.release.builder}: {counts} -> {self.path} [run {self.run.run_id}]"
 
 
-def item_chunks(workspace: Workspace, columns: list[str], rows: int = 32_768) -> Iterator[pl.DataFrame]:
-    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, about ``rows`` at a
-    time: read from the catalogue in small batches (its rows are Python objects until they are a
-    frame), joined into frames of ``rows``."""
+def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
+    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, about ``ITEM_ROWS``
+    at a time: read from the catalogue in small batches (its rows are Python objects until they are
+    a frame), joined into frames of ``ITEM_ROWS``."""
     held: list[pl.DataFrame] = []
     for batch in workspace.catalog.item_batches(columns=columns, batch_size=4096):
         held.append(batch)
-        if sum(frame.height for frame in held) >= rows:
+        if sum(frame.height for frame in held) >= ITEM_ROWS:
             yield pl.concat(held)
             held = []
     if held:
@@ -217,7 +219,7 @@ def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResul
         with replaced(target) as folder:
             (folder / "data").mkdir()
             for split, table in release.tables.items():  # streamed: a lazy table is never held whole
-                table.lazy().sink_parquet(folder / "data" / f"{split}.parquet")
+                table.lazy().sink_parquet(folder / "data" / f"{split}.parquet", row_group_size=spill.READ_ROWS)
             _write_images(workspace, release.images, folder)
             for name, writer in release.extra_files.items():
                 writer(folder / name)

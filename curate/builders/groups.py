@@ -40,7 +40,6 @@ from curate.workspace.tables import embeddings_table
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
 WRITE_BATCH = 100_000  # rows of an export turned into text at a time
-ITEM_BATCH = 32_768  # items decided at a time: what a build holds, whatever the size of the pool
 ROUTE_BATCH = 65_536  # evidence rows routed to their batch of items at a time
 ID_BATCH = 65_536  # placed rows put in id order at a time
 PLACED = ["id", "item_id", "uri", "y", "a", "split", "filename"]  # a placed row, before its names and g
@@ -181,7 +180,7 @@ class GroupsBuilder(Builder):
         pass over the scan), so each batch reads only its own rows."""
         wanted = pl.Series(y_names, dtype=pl.String).implode()
         starts: list[str] = []
-        for items in item_chunks(workspace, ["uri", "label"], ITEM_BATCH):
+        for items in item_chunks(workspace, ["uri", "label"]):
             items = items.filter(pl.col("label").is_in(wanted))
             if items.height:
                 spill.write(f"items-{len(starts)}", items)
