@@ -1,5 +1,5 @@
 """Tables that live on disk: a scratch directory of parquet parts written a batch at a time and read
-back as lazy polars frames, and batches of a table read in bounded memory.
+back as lazy polars frames; batches of a table, and the workspace's items, read in bounded memory.
 
 What a large release is made of (``curate.builders.Release``): a stage that would hold a million
 rows writes them to a ``Spill`` part by part and hands on ``spill.scan(name)``. Lazy frames read the
@@ -25,7 +25,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate.workspace import Workspace
+
 Table = pl.DataFrame | pl.LazyFrame
+ITEM_ROWS = 32_768  # workspace items a large build or publish holds at a time (``item_chunks``)
 READ_ROWS = 65_536  # rows of a lazy table held at a time: read by ``batches``, a row group where one is written
 
 
@@ -44,6 +47,20 @@ def batches(table: Table, rows: int) -> Iterator[pl.DataFrame]:
     read = max(rows, READ_ROWS)
     for start in range(0, row_count(table), read):
         yield from table.slice(start, read).collect().iter_slices(rows)
+
+
+def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
+    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, about ``ITEM_ROWS``
+    at a time: read from the catalogue in small batches (its rows are Python objects until they are
+    a frame), joined into frames of ``ITEM_ROWS``."""
+    held: list[pl.DataFrame] = []
+    for batch in workspace.catalog.item_batches(columns=columns, batch_size=4096):
+        held.append(batch)
+        if sum(frame.height for frame in held) >= ITEM_ROWS:
+            yield pl.concat(held)
+            held = []
+    if held:
+        yield pl.concat(held)
 
 
 class Spill:

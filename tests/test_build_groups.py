@@ -250,11 +250,11 @@ import shutil
 import tempfile
 
 from curate import spill
-from curate.builders import base, build, groups, make_builder
+from curate.builders import build, groups, make_builder
 from curate.workspace import Workspace
 
 # what a build holds at a time, made small beside the pools so that anything held per item shows
-base.ITEM_ROWS = groups.ROUTE_BATCH = groups.ID_BATCH = groups.WRITE_BATCH = spill.READ_ROWS = 1024
+spill.ITEM_ROWS = groups.ROUTE_BATCH = groups.ID_BATCH = groups.WRITE_BATCH = spill.READ_ROWS = 1024
 
 
 def step(root):

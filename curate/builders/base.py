@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +37,7 @@ from curate import spill
 from curate.folders import replaced
 from curate.records import Run
 from curate.registry import Registry
-from curate.spill import Spill, Table, batches, row_count
+from curate.spill import Spill, Table, batches, item_chunks, row_count
 from curate.workspace import Workspace
 
 
@@ -55,7 +55,6 @@ def image_name(stem: str, uri: str, folder: str = "images") -> str:
 
 
 IMAGES_SCHEMA = {"name": pl.String, "uri": pl.String}
-ITEM_ROWS = 32_768  # workspace items a large build holds at a time (``item_chunks``)
 
 
 @dataclass
@@ -127,20 +126,6 @@ class BuildResult:
         """One line for the end of a command."""
         counts = ", ".join(f"{split} {n}" for split, n in self.release.counts().items())
         return f"build {self.release.builder}: {counts} -> {self.path} [run {self.run.run_id}]"
-
-
-def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
-    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, about ``ITEM_ROWS``
-    at a time: read from the catalogue in small batches (its rows are Python objects until they are
-    a frame), joined into frames of ``ITEM_ROWS``."""
-    held: list[pl.DataFrame] = []
-    for batch in workspace.catalog.item_batches(columns=columns, batch_size=4096):
-        held.append(batch)
-        if sum(frame.height for frame in held) >= ITEM_ROWS:
-            yield pl.concat(held)
-            held = []
-    if held:
-        yield pl.concat(held)
 
 
 def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[str, Any]:

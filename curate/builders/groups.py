@@ -28,11 +28,11 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from curate.builders.base import Builder, BuildError, Release, image_name, item_chunks, register_builder
+from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.progress import progress_bar
-from curate.spill import Spill, batches
+from curate.spill import Spill, batches, item_chunks
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
 from curate.workspace.tables import embeddings_table
