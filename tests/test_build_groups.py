@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
@@ -167,7 +168,7 @@ def with_copies(workspace: Workspace, tmp_path: Path, photos: dict[str, Path]) -
     return workspace, ids
 
 
-def _split_of(release_tables: dict[str, pl.DataFrame | pl.LazyFrame]) -> dict[str, str]:
+def _split_of(release_tables: Mapping[str, pl.DataFrame | pl.LazyFrame]) -> dict[str, str]:
     return {item_id: split for split, table in release_tables.items() for item_id in table.lazy().collect()["item_id"]}
 
 

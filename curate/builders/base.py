@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,7 +72,7 @@ class Release:
     """
 
     builder: str
-    tables: dict[str, Table]
+    tables: Mapping[str, Table]
     metadata: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, Callable[[Path], object]] = field(default_factory=dict)
     images: Table = field(default_factory=lambda: pl.DataFrame(schema=IMAGES_SCHEMA))
@@ -155,8 +155,8 @@ def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[st
     while True:
         following = next(pending, None)
         high = batch["item_id"][-1] if batch is not None and following is not None else None
-        mine = ids.filter(pl.lit(True) if low is None else pl.col("item_id") > low)
-        mine = mine.filter(pl.lit(True) if high is None else pl.col("item_id") <= high).unique().collect()
+        above = ids.filter(pl.lit(True) if low is None else pl.col("item_id") > low)
+        mine = above.filter(pl.lit(True) if high is None else pl.col("item_id") <= high).unique().collect()
         if mine.height:
             if batch is not None:
                 labels.update(batch.join(mine, on="item_id", how="semi")["label"].drop_nulls().to_list())

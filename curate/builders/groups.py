@@ -281,8 +281,8 @@ class GroupsBuilder(Builder):
             raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
                              f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
         for number in range((placed + ID_BATCH - 1) // ID_BATCH):  # the placed rows in id order
-            part = spill.scan(f"by-id-{number}").collect().sort("id")
-            spill.write("placed", part.with_columns(filename=pl.struct("item_id", "uri").map_elements(
+            ordered = spill.scan(f"by-id-{number}").collect().sort("id")
+            spill.write("placed", ordered.with_columns(filename=pl.struct("item_id", "uri").map_elements(
                 lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)).select(PLACED))
         present = {(split, y, a): n for split, y, a, n in
                    spill.scan("placed").group_by("split", "y", "a").len().collect().iter_rows()}
