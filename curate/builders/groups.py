@@ -233,13 +233,48 @@ class GroupsBuilder(Builder):
         found, near_duplicates = self._near_duplicates(workspace, decided.select("item_id", "uri"))
         followers = pl.DataFrame([(member, cluster[0]) for cluster in found for member in cluster[1:]],
                                  schema={"item_id": pl.String, "first": pl.String}, orient="row")
-        # one image per cluster is split; a pool is its group's leaders in item_id order, shuffled
+        placed, pools = self._place(spill, followers, len(y_names), majority)
+        if not placed:
+            sizes = {(int(y), int(a)): n for y, a, n, _ in pools.iter_rows()}
+            per_group = {f"{y_names[y]}|{a_names[a]}": n for (y, a), n in sorted(sizes.items())}
+            raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
+                             f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
+        for number in range((placed + ID_BATCH - 1) // ID_BATCH):  # the placed rows in id order
+            ordered = spill.scan(f"by-id-{number}").collect().sort("id")
+            spill.write("placed", ordered.with_columns(filename=pl.struct("item_id", "uri").map_elements(
+                lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)).select(PLACED))
+        present = {(split, y, a): n for split, y, a, n in
+                   spill.scan("placed").group_by("split", "y", "a").len().collect().iter_rows()}
+        for split in SPLIT_CODES:
+            for y in range(len(y_names)):
+                for a in (0, 1):
+                    if present.get((split, y, a), 0) < self.min_group_size:
+                        raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has "
+                                         f"{present.get((split, y, a), 0)} items, fewer than min_group_size "
+                                         f"{self.min_group_size}")
+        return self._release(spill, y_names, a_names, {
+            "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
+                            "human": sources["human"], "machine": sources["machine"],
+                            "undecided_left_out": sources["undecided"],
+                            "machine_evidence": f"{self.evidence_source} score >= {self.threshold}"
+                            if self.allow_machine else "not used"},
+            "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed,
+            "near_duplicates": near_duplicates})
+
+    def _place(self, spill: Spill, followers: pl.DataFrame, n_classes: int,
+               majority: list[int]) -> tuple[int, pl.DataFrame]:
+        """Give the spill's ``decided`` items their ids and splits, written to ``by-id-<n>``; return
+        how many were placed and each group's pool size (``y, a, len, first``).
+
+        Each group's pool is its leaders (one image per near-duplicate cluster) in item_id order,
+        shuffled; only the shuffle (one number per item) is held, and each batch of decided items
+        finds its ids by its items' ranks in their pools."""
         leader = ~pl.col("item_id").is_in(followers["item_id"].implode())
-        pools = (decided.filter(leader).group_by("y", "a").agg(pl.len(), pl.col("item_id").min().alias("first"))
-                 .sort("first").collect())
+        pools = (spill.scan("decided").filter(leader).group_by("y", "a")
+                 .agg(pl.len(), pl.col("item_id").min().alias("first")).sort("first").collect())
         rng = np.random.default_rng(self.seed)
         shuffled = {(int(y), int(a)): rng.permutation(n) for y, a, n, _ in pools.iter_rows()}
-        chunks = self._split({group: order.size for group, order in shuffled.items()}, len(y_names), majority)
+        chunks = self._split({group: order.size for group, order in shuffled.items()}, n_classes, majority)
         # the id each leader gets, by its rank in its pool (0: not placed); ids count chunk by chunk
         by_rank = {group: np.zeros(order.size, dtype=np.int64) for group, order in shuffled.items()}
         starts, splits, placed = [], [], 0
@@ -274,33 +309,7 @@ class GroupsBuilder(Builder):
                       .join(pl.concat(seen["followers"]), on="item_id", maintain_order="left"))
             self._route(spill, joined.with_row_index("id", offset=placed + 1).with_columns(pl.col("id").cast(pl.Int64)))
             placed += joined.height
-        del by_rank
-        if not placed:
-            sizes = {(int(y), int(a)): n for y, a, n, _ in pools.iter_rows()}
-            per_group = {f"{y_names[y]}|{a_names[a]}": n for (y, a), n in sorted(sizes.items())}
-            raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
-                             f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
-        for number in range((placed + ID_BATCH - 1) // ID_BATCH):  # the placed rows in id order
-            ordered = spill.scan(f"by-id-{number}").collect().sort("id")
-            spill.write("placed", ordered.with_columns(filename=pl.struct("item_id", "uri").map_elements(
-                lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)).select(PLACED))
-        present = {(split, y, a): n for split, y, a, n in
-                   spill.scan("placed").group_by("split", "y", "a").len().collect().iter_rows()}
-        for split in SPLIT_CODES:
-            for y in range(len(y_names)):
-                for a in (0, 1):
-                    if present.get((split, y, a), 0) < self.min_group_size:
-                        raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has "
-                                         f"{present.get((split, y, a), 0)} items, fewer than min_group_size "
-                                         f"{self.min_group_size}")
-        return self._release(spill, y_names, a_names, {
-            "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
-                            "human": sources["human"], "machine": sources["machine"],
-                            "undecided_left_out": sources["undecided"],
-                            "machine_evidence": f"{self.evidence_source} score >= {self.threshold}"
-                            if self.allow_machine else "not used"},
-            "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed,
-            "near_duplicates": near_duplicates})
+        return placed, pools
 
     @staticmethod
     def _route(spill: Spill, rows: pl.DataFrame) -> None:
