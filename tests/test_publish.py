@@ -70,7 +70,7 @@ def test_shards_are_size_bounded(judged: Workspace, tmp_path: Path) -> None:
     release = make_builder("groups", attribute="water", classes=("dog", "cat")).build(judged)
     from curate.publish.folder import features_for
 
-    table = release.tables["train"]
+    table = release.tables["train"].lazy().collect()
     assert table.height == 67  # 38 + 2 dogs, 26 + 1 cats at 95%
     features = features_for(table, release.metadata)
     shards = write_table(judged, table, features, tmp_path / "shards", "train", max_shard_rows=20, batch_rows=10)

@@ -12,6 +12,11 @@ nor openai. ``build()`` records the build as a run and writes the release folder
 
 The folder is written beside the old one and switched in whole (``curate.folders.replaced``), so a
 rebuild never leaves an old table behind and a crash leaves the previous release intact.
+
+A release's tables and images may be polars frames or lazy frames: a builder of large releases
+(``groups``) writes its rows to a ``curate.spill.Spill`` the release owns and hands on lazy scans of
+it, and ``build`` writes the folder from those a batch at a time, so memory does not grow with the
+release.
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import polars as pl
 
+from curate import spill
 from curate.folders import replaced
 from curate.records import Run
 from curate.registry import Registry
+from curate.spill import Spill, Table, batches, item_chunks, row_count
 from curate.workspace import Workspace
 
 
@@ -47,23 +54,34 @@ def image_name(stem: str, uri: str, folder: str = "images") -> str:
     return f"{folder}/{stem}{Path(uri).suffix}"
 
 
+IMAGES_SCHEMA = {"name": pl.String, "uri": pl.String}
+
+
 @dataclass
 class Release:
-    """Split -> rows, metadata for the card, extra files (name -> writer of that file), the
-    images the release names by file (release-relative name -> item uri; ``build`` copies them) and
-    the classes it is about when those are not its images' own labels (a spurious-only set is about
-    the class its images are made to be mistaken for)."""
+    """Split -> rows (a frame, or a lazy frame), metadata for the card, extra files (name -> writer
+    of that file), the images the release names by file (a table of ``name``, release-relative, and
+    ``uri``, the item's; ``build`` copies them), the classes it is about when those are not its
+    images' own labels (a spurious-only set is about the class its images are made to be mistaken
+    for), and the spill its lazy tables read, if any (kept as long as the release).
+
+    >>> release = Release("demo", {"test": pl.DataFrame({"item_id": ["a", "b"]})},
+    ...                   images=pl.DataFrame({"name": ["images/a.png"], "uri": ["file:///a.png"]}))
+    >>> release.counts()
+    {'test': 2}
+    """
 
     builder: str
-    tables: dict[str, pl.DataFrame]
+    tables: Mapping[str, Table]
     metadata: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, Callable[[Path], object]] = field(default_factory=dict)
-    images: dict[str, str] = field(default_factory=dict)
+    images: Table = field(default_factory=lambda: pl.DataFrame(schema=IMAGES_SCHEMA))
     classes: list[str] | None = None
+    spill: Spill | None = None
 
     def counts(self) -> dict[str, int]:
         """Rows per split."""
-        return {split: table.height for split, table in self.tables.items()}
+        return {split: row_count(table) for split, table in self.tables.items()}
 
 
 class Builder(ABC):
@@ -115,42 +133,58 @@ def _fed_by(workspace: Workspace, builder: Builder, release: Release) -> dict[st
     rounds whose verdicts judged them (of the builder's ``verdict_round`` and ``attribute`` when it
     has them), the proposal runs that
     stored evidence on them, the attributes that define its labels, and the analysis pictures of
-    those classes (workspace-relative)."""
+    those classes (workspace-relative). Read a batch of the workspace's items at a time: each batch
+    takes the release's ids in its range of item ids."""
     from curate.analyze import pictures_of
 
-    named = [table.select(pl.col("item_id").cast(pl.String)) for table in release.tables.values()
-             if "item_id" in table.columns]
-    ids = pl.concat(named).drop_nulls().unique() if named else pl.DataFrame(schema={"item_id": pl.String})
-    classes = sorted(release.classes if release.classes is not None else
-                     workspace.catalog.items_frame(columns=["label"]).join(ids, on="item_id", how="semi")
-                     ["label"].drop_nulls().unique().to_list())
+    named = [table.lazy().select(pl.col("item_id").cast(pl.String)) for table in release.tables.values()
+             if "item_id" in table.collect_schema()]
+    ids = pl.concat(named).drop_nulls() if named else pl.LazyFrame(schema={"item_id": pl.String})
     attributes = builder.defining_attributes()
     judged = pl.DataFrame([(v.item_id, v.attribute, v.round) for v in
                            workspace.catalog.verdicts(getattr(builder, "verdict_round", None))],
                           schema={"item_id": pl.String, "attribute": pl.String, "round": pl.String}, orient="row")
-    judged = judged.join(ids, on="item_id", how="semi")
     if attributes is not None:
         judged = judged.filter(pl.col("attribute").is_in(attributes))
-    rounds = sorted(judged["round"].unique().to_list())
+    labels: set[str] = set()
+    rounds: set[str] = set()
+    runs: set[str] = set()
+    low: str | None = None  # the release's ids above the last batch's are taken with the next batch
+    pending = item_chunks(workspace, ["label"])
+    batch = next(pending, None)
+    while True:
+        following = next(pending, None)
+        high = batch["item_id"][-1] if batch is not None and following is not None else None
+        above = ids.filter(pl.lit(True) if low is None else pl.col("item_id") > low)
+        mine = above.filter(pl.lit(True) if high is None else pl.col("item_id") <= high).unique().collect()
+        if mine.height:
+            if batch is not None:
+                labels.update(batch.join(mine, on="item_id", how="semi")["label"].drop_nulls().to_list())
+            rounds.update(judged.join(mine, on="item_id", how="semi")["round"].to_list())
+            runs |= workspace.catalog.evidence_runs(mine["item_id"])
+        if following is None:
+            break
+        batch, low = following, high
+    classes = sorted(release.classes if release.classes is not None else labels)
     proposal_runs = {run.run_id for run in workspace.runs.list("propose")}
-    proposals = sorted(workspace.catalog.evidence_runs(ids["item_id"]) & proposal_runs)
     pictures = [str(p.relative_to(workspace.root)) for p in pictures_of(workspace, set(classes))]
-    return {"classes": classes, "rounds": rounds, "attributes": attributes or [], "proposal_runs": proposals,
-            "pictures": pictures}
+    return {"classes": classes, "rounds": sorted(rounds), "attributes": attributes or [],
+            "proposal_runs": sorted(runs & proposal_runs), "pictures": pictures}
 
 
-def _write_images(workspace: Workspace, images: dict[str, str], folder: Path) -> None:
-    """Copy the images a release names into its (new, empty) folder."""
+def _write_images(workspace: Workspace, images: Table, folder: Path) -> None:
+    """Copy the images a release names (``name, uri``) into its (new, empty) folder, a batch at a time."""
     made: set[str] = set()
-    for name, uri in images.items():
-        relative = os.path.normpath(name)
-        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
-            raise BuildError(f"the release names a file outside its folder: {name!r}")
-        parent = os.path.dirname(relative)
-        if parent not in made:
-            (folder / parent).mkdir(parents=True, exist_ok=True)
-            made.add(parent)
-        shutil.copyfile(workspace.resolve_uri(uri), folder / relative)
+    for batch in batches(images, 4096):
+        for name, uri in batch.select("name", "uri").iter_rows():
+            relative = os.path.normpath(name)
+            if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
+                raise BuildError(f"the release names a file outside its folder: {name!r}")
+            parent = os.path.dirname(relative)
+            if parent not in made:
+                (folder / parent).mkdir(parents=True, exist_ok=True)
+                made.add(parent)
+            shutil.copyfile(workspace.resolve_uri(uri), folder / relative)
 
 
 def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResult:
@@ -169,8 +203,8 @@ def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResul
                     "counts": release.counts(), "fed_by": _fed_by(workspace, builder, release), **release.metadata}
         with replaced(target) as folder:
             (folder / "data").mkdir()
-            for split, table in release.tables.items():
-                table.write_parquet(folder / "data" / f"{split}.parquet")
+            for split, table in release.tables.items():  # streamed: a lazy table is never held whole
+                table.lazy().sink_parquet(folder / "data" / f"{split}.parquet", row_group_size=spill.READ_ROWS)
             _write_images(workspace, release.images, folder)
             for name, writer in release.extra_files.items():
                 writer(folder / name)

@@ -303,7 +303,7 @@ class ContextShiftBuilder(Builder):
         if self.measure_model:
             tables["images"], tables["shift"], metadata["context_shift"] = self._measure(workspace, images, episodes)
         return Release(self.name, tables, metadata, {"episodes.json": lambda path: _episode_lists(episodes, path)},
-                       dict(zip(images["file_name"], images["uri"], strict=True)))
+                       images.select(pl.col("file_name").alias("name"), "uri"))
 
     def _measure(self, workspace: Workspace, images: pl.DataFrame,
                  episodes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:

@@ -140,7 +140,7 @@ class FocusBuilder(Builder):
         metadata = {"partitions": partitions, "uncommon_table": table.get("source", str(self.uncommon_table)),
                     "labels_from": dict(Counter(frame["labels_from"])), "classes_not_in_table": dict(unknown)}
         return Release(self.name, {"test": frame}, metadata, {"focus.sqlite": lambda path: _write_sqlite(frame, path)},
-                       dict(zip(frame["file_name"], frame["uri"], strict=True)))
+                       frame.select(pl.col("file_name").alias("name"), "uri"))
 
 
 def _write_sqlite(frame: pl.DataFrame, path: Path) -> None:

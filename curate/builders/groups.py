@@ -32,6 +32,7 @@ from curate.builders.base import Builder, BuildError, Release, image_name, regis
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.progress import progress_bar
+from curate.spill import Spill, batches, item_chunks
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
 from curate.workspace.tables import embeddings_table
@@ -39,6 +40,9 @@ from curate.workspace.tables import embeddings_table
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 ENCODING = "g = n_a * y + a (group_DRO / SubpopBench); y and a are explicit columns"
 WRITE_BATCH = 100_000  # rows of an export turned into text at a time
+ROUTE_BATCH = 65_536  # evidence rows routed to their batch of items at a time
+ID_BATCH = 65_536  # placed rows put in id order at a time
+PLACED = ["id", "item_id", "uri", "y", "a", "split", "filename"]  # a placed row, before its names and g
 
 
 def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, int]:
@@ -62,22 +66,23 @@ def train_sizes(n_major: int, n_minor: int, correlation: float) -> tuple[int, in
     return min(n_major, math.floor(n_minor * p / (1 - p))), n_minor  # fewer majority items keep the share
 
 
-def _exports(rows: pl.DataFrame, y_names: list[str], a_names: list[str]) -> dict[str, Callable[[Path], object]]:
-    """SubpopBench's metadata table and WILDS-style metadata, as file writers."""
+def _exports(rows: pl.LazyFrame, y_names: list[str], a_names: list[str]) -> dict[str, Callable[[Path], object]]:
+    """SubpopBench's metadata table and WILDS-style metadata, as file writers (``rows`` in id order,
+    read a batch at a time)."""
 
     def subpopbench(path: Path) -> None:
         rows.select(pl.col("id"), pl.col("filename"), pl.col("split").replace_strict(SPLIT_CODES, default=None),
-                    pl.col("y"), pl.col("a")).sort("id").write_csv(path)
+                    pl.col("y"), pl.col("a")).sink_csv(path)
 
     def wilds(path: Path) -> None:  # json.dumps of the whole object, written a batch of rows at a time
-        ordered = rows.sort("id").select("a", "y", "item_id")
+        ordered = rows.select("a", "y", "item_id")
         grouper = "CombinatorialGrouper(['a', 'y']): the first field is fastest, group = a + n_a * y"
         with path.open("w") as out:
             out.write(json.dumps({"metadata_fields": ["a", "y"], "metadata_map": {"a": a_names, "y": y_names}})[:-1])
             for key, line in (("metadata_array", lambda a, y, _: f"[{a}, {y}]"),
                               ("item_id", lambda a, y, item_id: json.dumps(item_id))):
                 out.write(f', "{key}": [')
-                for number, batch in enumerate(ordered.iter_slices(WRITE_BATCH)):
+                for number, batch in enumerate(batches(ordered, WRITE_BATCH)):
                     out.write((", " if number else "") + ", ".join(line(*row) for row in batch.iter_rows()))
                 out.write("]")
             out.write(f', "grouper": {json.dumps(grouper)}}}')
@@ -144,59 +149,82 @@ class GroupsBuilder(Builder):
                                          return_dtype=pl.String),
             pl.col("item_id").replace_strict(uris["item_id"], uris["uri"], default=None).alias("uri"),
         )
-        return self._release(rows, y_names, a_names, {
+        spill = Spill()
+        spill.write("placed", rows.sort("id").select(PLACED))
+        return self._release(spill, y_names, a_names, {
             "labels_from": f"group table {Path(source.location).name} ({source.source_id})",
             "quarantined_rows_left_out": table.height - kept.height,
             "near_duplicates": {"policy": "ignore", "summary": "near-duplicates were not looked for: the splits "
                                                                "are the group table's own"}})
 
     # verdicts on an attribute, split by us ------------------------------------------------------
-    def _presence(self, workspace: Workspace, items: pl.DataFrame) -> tuple[pl.DataFrame, Counter[str]]:
-        """``item_id, a`` of the decided items (people's first, then machine evidence's), and where
-        the labels came from."""
+    def _votes(self, workspace: Workspace) -> pl.DataFrame:
+        """``item_id, a`` of every item people answered about the attribute: 1 or 0 by the majority
+        of its resolved verdicts, null when they tie."""
         votes: dict[str, Counter[str]] = {}
-        verdicts = [v for v in resolved_verdicts(workspace, self.verdict_round) if v.attribute == self.attribute]
-        known = set(items.filter(pl.col("item_id").is_in(pl.Series([v.item_id for v in verdicts],
-                                                                    dtype=pl.String).implode()))["item_id"])
-        for verdict in verdicts:
-            if verdict.item_id in known:
+        for verdict in resolved_verdicts(workspace, self.verdict_round):
+            if verdict.attribute == self.attribute:
                 votes.setdefault(verdict.item_id, Counter())[verdict.value] += 1
-        human: dict[str, int] = {}
-        sources: Counter[str] = Counter()
-        for item_id, counts in votes.items():
+        decided: list[int | None] = []
+        for counts in votes.values():
             present = sum(n for v, n in counts.items() if v in PRESENT)
             absent = sum(n for v, n in counts.items() if v in ABSENT)
-            if present != absent:
-                human[item_id] = int(present > absent)
-                sources["human"] += 1
-            else:
-                sources["undecided"] += 1
-        presence = pl.DataFrame({"item_id": list(human), "a": list(human.values())},
-                                schema={"item_id": pl.String, "a": pl.Int64})
-        if self.allow_machine:
-            # the attribute's rows (three columns) are collected first: sorted in memory, not in the lazy engine,
-            # they take a third of the peak memory
-            machine = (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
-                       .select("item_id", "run_id", "score").collect()
-                       .join(items.select("item_id"), on="item_id", how="semi")
-                       .filter(~pl.col("item_id").is_in(pl.Series(list(votes), dtype=pl.String).implode()))
-                       .sort("item_id", "run_id").unique("item_id", keep="first", maintain_order=True)
-                       .select("item_id", a=(pl.col("score").fill_null(0.0) >= self.threshold).cast(pl.Int64)))
-            presence = pl.concat([presence, machine])
-            sources["machine"] += machine.height
-        return presence, sources
+            decided.append(int(present > absent) if present != absent else None)
+        return pl.DataFrame({"item_id": list(votes), "a": decided}, schema={"item_id": pl.String, "a": pl.Int64})
+
+    def _decide(self, workspace: Workspace, spill: Spill, y_names: list[str]) -> Counter[str]:
+        """Write ``decided`` (``item_id, uri, y, a`` in item_id order) to the spill, a batch of items at
+        a time: people's labels first, then machine evidence's; return where the labels came from.
+
+        The attribute's machine evidence is first routed to the batch of items each row is about (one
+        pass over the scan), so each batch reads only its own rows."""
+        wanted = pl.Series(y_names, dtype=pl.String).implode()
+        starts: list[str] = []
+        for items in item_chunks(workspace, ["uri", "label"]):
+            items = items.filter(pl.col("label").is_in(wanted))
+            if items.height:
+                spill.write(f"items-{len(starts)}", items)
+                starts.append(items["item_id"][0])
+        if self.allow_machine and starts:
+            evidence = spill.root / "evidence.parquet"
+            (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
+             .select("item_id", "run_id", "score").sink_parquet(evidence, row_group_size=ROUTE_BATCH))
+            first = pl.Series(starts, dtype=pl.String)
+            for rows in batches(pl.scan_parquet(evidence), ROUTE_BATCH):
+                rows = rows.with_columns(batch=first.search_sorted(rows["item_id"], side="right") - 1)
+                for (number,), part in rows.filter(pl.col("batch") >= 0).partition_by("batch", as_dict=True).items():
+                    spill.write(f"evidence-{number}", part.drop("batch"))
+        voted = self._votes(workspace)
+        sources: Counter[str] = Counter()
+        for number in range(len(starts)):
+            items = spill.scan(f"items-{number}").collect()
+            mine = voted.join(items.select("item_id"), on="item_id", how="semi")
+            human = mine.filter(pl.col("a").is_not_null())
+            sources["human"] += human.height
+            sources["undecided"] += mine.height - human.height
+            presence = [human]
+            if self.allow_machine and spill.rows(f"evidence-{number}"):
+                # sorted in memory, a batch at a time, not in the lazy engine
+                machine = (spill.scan(f"evidence-{number}").collect()
+                           .join(items.select("item_id"), on="item_id", how="semi")
+                           .join(mine.select("item_id"), on="item_id", how="anti")
+                           .sort("item_id", "run_id").unique("item_id", keep="first", maintain_order=True)
+                           .select("item_id", a=(pl.col("score").fill_null(0.0) >= self.threshold).cast(pl.Int64)))
+                presence.append(machine)
+                sources["machine"] += machine.height
+            spill.write("decided", pl.concat(presence).join(items, on="item_id").sort("item_id").select(
+                "item_id", "uri", "a",
+                y=pl.col("label").replace_strict(y_names, range(len(y_names)), return_dtype=pl.Int64)))
+        return sources
 
     def _from_attribute(self, workspace: Workspace) -> Release:
-        items = workspace.catalog.items_frame(columns=["uri", "label"]).filter(pl.col("label").is_not_null())
-        y_names = list(self.classes or sorted(items["label"].unique().to_list()))
-        items = items.filter(pl.col("label").is_in(pl.Series(y_names, dtype=pl.String).implode()))
-        presence, sources = self._presence(workspace, items)
-        if not presence.height:
+        y_names = list(self.classes or workspace.catalog.labels())
+        spill = Spill()
+        sources = self._decide(workspace, spill, y_names)
+        if not spill.rows("decided"):
             raise BuildError(f"no item has a verdict on {self.attribute!r}"
                              + ("" if self.allow_machine else " (allow_machine uses machine evidence)"))
-        decided = presence.join(items, on="item_id", maintain_order="left").select(
-            "item_id", "uri", "a",
-            y=pl.col("label").replace_strict(y_names, range(len(y_names)), return_dtype=pl.Int64))
+        decided = spill.scan("decided")
         a_names = [f"no {self.attribute}", str(self.attribute)]
         majority = list(self.majority or [min(y, 1) for y in range(len(y_names))])
         if len(majority) != len(y_names) or not set(majority) <= {0, 1}:
@@ -205,22 +233,18 @@ class GroupsBuilder(Builder):
         found, near_duplicates = self._near_duplicates(workspace, decided.select("item_id", "uri"))
         followers = pl.DataFrame([(member, cluster[0]) for cluster in found for member in cluster[1:]],
                                  schema={"item_id": pl.String, "first": pl.String}, orient="row")
-        rng = np.random.default_rng(self.seed)
-        pools: dict[tuple[int, int], pl.Series] = {}
-        leaders = decided.join(followers, on="item_id", how="anti").sort("item_id")  # one image per cluster is split
-        for (y, a), pool in leaders.group_by("y", "a", maintain_order=True):
-            pools[(int(y), int(a))] = pool["item_id"].gather(rng.permutation(pool.height))
-        assigned = self._split(pools, len(y_names), majority)
-        if self.near_duplicates == "together":  # the rest of a cluster joins its first image's split
-            split_of = assigned.select(pl.col("item_id").alias("first"), "split")
-            joined = (followers.sort("item_id").join(split_of, on="first", maintain_order="left")
-                      .join(decided.select("item_id", "y", "a"), on="item_id", maintain_order="left"))
-            assigned = pl.concat([assigned, joined.select(assigned.columns)])
-        if not assigned.height:
-            per_group = {f"{y_names[y]}|{a_names[a]}": len(ids) for (y, a), ids in sorted(pools.items())}
+        placed, pools = self._place(spill, followers, len(y_names), majority)
+        if not placed:
+            sizes = {(int(y), int(a)): n for y, a, n, _ in pools.iter_rows()}
+            per_group = {f"{y_names[y]}|{a_names[a]}": n for (y, a), n in sorted(sizes.items())}
             raise BuildError(f"no item can be placed at train_correlation {self.train_correlation}: each class needs "
                              f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
-        present = {(split, y, a): n for split, y, a, n in assigned.group_by("split", "y", "a").len().iter_rows()}
+        for number in range((placed + ID_BATCH - 1) // ID_BATCH):  # the placed rows in id order
+            ordered = spill.scan(f"by-id-{number}").collect().sort("id")
+            spill.write("placed", ordered.with_columns(filename=pl.struct("item_id", "uri").map_elements(
+                lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)).select(PLACED))
+        present = {(split, y, a): n for split, y, a, n in
+                   spill.scan("placed").group_by("split", "y", "a").len().collect().iter_rows()}
         for split in SPLIT_CODES:
             for y in range(len(y_names)):
                 for a in (0, 1):
@@ -228,12 +252,7 @@ class GroupsBuilder(Builder):
                         raise BuildError(f"group {split}|y={y_names[y]}|a={a_names[a]} has "
                                          f"{present.get((split, y, a), 0)} items, fewer than min_group_size "
                                          f"{self.min_group_size}")
-        rows = (assigned.with_row_index("id", offset=1).with_columns(pl.col("id").cast(pl.Int64))
-                .join(decided.select("item_id", "uri"), on="item_id", maintain_order="left")
-                .select("id", "item_id", "uri", "y", "a", "split",
-                        filename=pl.struct("item_id", "uri").map_elements(
-                            lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)))
-        return self._release(rows, y_names, a_names, {
+        return self._release(spill, y_names, a_names, {
             "labels_from": {"attribute": self.attribute, "verdict_round": self.verdict_round or "all rounds",
                             "human": sources["human"], "machine": sources["machine"],
                             "undecided_left_out": sources["undecided"],
@@ -242,12 +261,70 @@ class GroupsBuilder(Builder):
             "train_correlation": self.train_correlation, "balance": self.balance, "seed": self.seed,
             "near_duplicates": near_duplicates})
 
-    def _near_duplicates(self, workspace: Workspace, items: pl.DataFrame) -> tuple[list[list[str]], dict[str, Any]]:
+    def _place(self, spill: Spill, followers: pl.DataFrame, n_classes: int,
+               majority: list[int]) -> tuple[int, pl.DataFrame]:
+        """Give the spill's ``decided`` items their ids and splits, written to ``by-id-<n>``; return
+        how many were placed and each group's pool size (``y, a, len, first``).
+
+        Each group's pool is its leaders (one image per near-duplicate cluster) in item_id order,
+        shuffled; only the shuffle (one number per item) is held, and each batch of decided items
+        finds its ids by its items' ranks in their pools."""
+        leader = ~pl.col("item_id").is_in(followers["item_id"].implode())
+        pools = (spill.scan("decided").filter(leader).group_by("y", "a")
+                 .agg(pl.len(), pl.col("item_id").min().alias("first")).sort("first").collect())
+        rng = np.random.default_rng(self.seed)
+        shuffled = {(int(y), int(a)): rng.permutation(n) for y, a, n, _ in pools.iter_rows()}
+        chunks = self._split({group: order.size for group, order in shuffled.items()}, n_classes, majority)
+        # the id each leader gets, by its rank in its pool (0: not placed); ids count chunk by chunk
+        by_rank = {group: np.zeros(order.size, dtype=np.int64) for group, order in shuffled.items()}
+        starts, splits, placed = [], [], 0
+        for group, split, begin, end in chunks:
+            if end > begin:
+                by_rank[group][shuffled[group][begin:end]] = np.arange(placed + 1, placed + 1 + end - begin)
+            starts.append(placed + 1)
+            splits.append(split)
+            placed += end - begin
+        del shuffled
+        split_of = pl.Series(splits, dtype=pl.String)
+        firsts = followers["first"].unique().implode()
+        seen: dict[str, list[pl.DataFrame]] = {"firsts": [], "followers": []}
+        taken = dict.fromkeys(by_rank, 0)
+        for part in spill.parts("decided"):
+            frame = pl.read_parquet(part)
+            seen["followers"].append(frame.filter(~leader).select("item_id", "uri", "y", "a"))
+            frame = frame.filter(leader)
+            codes = (frame["y"] * 2 + frame["a"]).to_numpy()
+            ids = np.zeros(frame.height, dtype=np.int64)
+            for code in np.unique(codes):
+                where, group = np.flatnonzero(codes == code), (int(code) // 2, int(code) % 2)
+                ids[where] = by_rank[group][taken[group]:taken[group] + where.size]
+                taken[group] += where.size
+            rows = frame.with_columns(id=pl.Series(ids)).filter(pl.col("id") > 0).with_columns(
+                split=split_of.gather(np.searchsorted(starts, ids[ids > 0], side="right") - 1))
+            seen["firsts"].append(rows.filter(pl.col("item_id").is_in(firsts)).select(
+                pl.col("item_id").alias("first"), "split"))
+            self._route(spill, rows)
+        if self.near_duplicates == "together":  # the rest of a cluster joins its first image's split
+            joined = (followers.sort("item_id").join(pl.concat(seen["firsts"]), on="first", maintain_order="left")
+                      .join(pl.concat(seen["followers"]), on="item_id", maintain_order="left"))
+            self._route(spill, joined.with_row_index("id", offset=placed + 1).with_columns(pl.col("id").cast(pl.Int64)))
+            placed += joined.height
+        return placed, pools
+
+    @staticmethod
+    def _route(spill: Spill, rows: pl.DataFrame) -> None:
+        """Append placed rows (``id, item_id, uri, y, a, split``) to the spill tables ``by-id-<n>`` of
+        their id's batch, so each batch can be put in id order on its own."""
+        batch = ((pl.col("id") - 1) // ID_BATCH).alias("batch")
+        for (number,), part in rows.with_columns(batch).partition_by("batch", as_dict=True).items():
+            spill.write(f"by-id-{number}", part.select("id", "item_id", "uri", "y", "a", "split"))
+
+    def _near_duplicates(self, workspace: Workspace, items: pl.LazyFrame) -> tuple[list[list[str]], dict[str, Any]]:
         """Clusters of near-duplicates among the items to split (``item_id, uri``), and what
         release.json says of them."""
         if self.near_duplicates == "ignore":
             return [], {"policy": "ignore", "summary": "near-duplicates were not looked for (near_duplicates=ignore)"}
-        uris = dict(items.iter_rows())
+        uris = dict(items.collect().iter_rows())
         prints = {}
         with progress_bar("near-duplicates: hashing images", len(uris)) as advance:
             for item_id, uri in uris.items():
@@ -275,49 +352,49 @@ class GroupsBuilder(Builder):
                        "summary": f"{len(found)} near-duplicate clusters ({members} images) found before splitting, "
                                   f"{kept} ({method})"}
 
-    def _split(self, pools: dict[tuple[int, int], pl.Series], n_classes: int, majority: list[int]) -> pl.DataFrame:
-        """``item_id, y, a, split`` of the pools' items placed: validation and test from each group
-        (each pool is left with the rest), then training at ``train_correlation``."""
+    def _split(self, sizes: dict[tuple[int, int], int], n_classes: int,
+               majority: list[int]) -> list[tuple[tuple[int, int], str, int, int]]:
+        """How each group's shuffled pool (of ``sizes[(y, a)]`` items) is cut, in the order ids are
+        given: ``(group, split, begin, end)`` positions. Validation and test from each group (each pool
+        is left with the rest), then training at ``train_correlation``."""
         groups = [(y, a) for y in range(n_classes) for a in (0, 1)]
-        sizes = {g: len(pools.get(g, [])) for g in groups}
-        assigned: list[pl.DataFrame] = []
-
-        def placed(ids: pl.Series, y: int, a: int, split: str) -> pl.DataFrame:
-            return ids.to_frame("item_id").with_columns(y=pl.lit(y, pl.Int64), a=pl.lit(a, pl.Int64),
-                                                         split=pl.lit(split))
         per_group: dict[tuple[int, int], int] = {}
         for y, a in groups:
             scope = groups if self.balance == "all" else [(y, b) for b in (0, 1)]
-            smallest = min(sizes[g] for g in scope)
+            smallest = min(sizes.get(g, 0) for g in scope)
             per_group[(y, a)] = math.floor(smallest * self.eval_fraction / 2)
-        for (y, a), pool in sorted(pools.items()):
+        chunks: list[tuple[tuple[int, int], str, int, int]] = []
+        used: dict[tuple[int, int], int] = {}
+        for (y, a), size in sorted(sizes.items()):
             val = self.val_per_group if self.val_per_group is not None else per_group[(y, a)]
             test = self.test_per_group if self.test_per_group is not None else per_group[(y, a)]
-            if val + test > len(pool):
-                raise BuildError(f"group y={y}, a={a} has {len(pool)} items, fewer than val {val} + test {test}")
-            assigned += [placed(pool[:val], y, a, "val"), placed(pool[val:val + test], y, a, "test")]
-            pools[(y, a)] = pool[val + test:]
-        empty = pl.Series("item_id", [], dtype=pl.String)
+            if val + test > size:
+                raise BuildError(f"group y={y}, a={a} has {size} items, fewer than val {val} + test {test}")
+            chunks += [((y, a), "val", 0, val), ((y, a), "test", val, val + test)]
+            used[(y, a)] = val + test
         for y in range(n_classes):
-            major, minor = pools.get((y, majority[y]), empty), pools.get((y, 1 - majority[y]), empty)
-            n_major, n_minor = train_sizes(len(major), len(minor), self.train_correlation)
-            assigned += [placed(major[:n_major], y, majority[y], "train"),
-                         placed(minor[:n_minor], y, 1 - majority[y], "train")]
-        return pl.concat(assigned) if assigned else placed(empty, 0, 0, "train")
+            major, minor = (y, majority[y]), (y, 1 - majority[y])
+            n_major, n_minor = train_sizes(sizes.get(major, 0) - used.get(major, 0),
+                                           sizes.get(minor, 0) - used.get(minor, 0), self.train_correlation)
+            for group, n in ((major, n_major), (minor, n_minor)):
+                chunks.append((group, "train", used.get(group, 0), used.get(group, 0) + n))
+        return chunks
 
-    def _release(self, rows: pl.DataFrame, y_names: list[str], a_names: list[str], how: dict[str, object]) -> Release:
+    def _release(self, spill: Spill, y_names: list[str], a_names: list[str], how: dict[str, object]) -> Release:
+        """The release of the spill's ``placed`` rows (``PLACED``, in id order): one lazy table per split."""
         n_a = len(a_names)
-        rows = rows.with_columns((pl.col("y") * n_a + pl.col("a")).alias("g"),
-                                 pl.col("y").map_elements(lambda v: y_names[v], return_dtype=pl.String).alias("y_name"),
-                                 pl.col("a").map_elements(lambda v: a_names[v], return_dtype=pl.String).alias("a_name"))
-        counts = {f"{split}|y={y}|a={a}": n for split, y, a, n in
-                  rows.group_by(["split", "y", "a"]).len().sort(["split", "y", "a"]).iter_rows()}
+        rows = spill.scan("placed").with_columns(
+            (pl.col("y") * n_a + pl.col("a")).alias("g"),
+            pl.col("y").replace_strict(range(len(y_names)), y_names, return_dtype=pl.String).alias("y_name"),
+            pl.col("a").replace_strict(range(n_a), a_names, return_dtype=pl.String).alias("a_name"))
+        groups = rows.group_by(["split", "y", "a"]).len().sort(["split", "y", "a"]).collect()
+        counts = {f"{split}|y={y}|a={a}": n for split, y, a, n in groups.iter_rows()}
         for key, n in counts.items():
             if n < self.min_group_size:
                 raise BuildError(f"group {key} has {n} items, fewer than min_group_size {self.min_group_size}")
         columns = ["id", "item_id", "uri", "filename", "y", "y_name", "a", "a_name", "g", "split"]
-        tables = {split: rows.filter(pl.col("split") == split).select(columns).sort("id")
-                  for split in sorted(rows["split"].unique().to_list(), key=lambda s: SPLIT_CODES.get(s, 9))}
+        tables = {split: rows.filter(pl.col("split") == split).select(columns)
+                  for split in sorted(groups["split"].unique().to_list(), key=lambda s: SPLIT_CODES.get(s, 9))}
         metadata = {"encoding": ENCODING, "y_names": y_names, "a_names": a_names, "group_counts": counts, **how}
-        images = dict(zip(rows["filename"], rows["uri"], strict=True))  # every name in metadata.csv, written
-        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names), images)
+        images = rows.select(pl.col("filename").alias("name"), "uri")  # every name in metadata.csv, written
+        return Release(self.name, tables, metadata, _exports(rows, y_names, a_names), images, spill=spill)

@@ -197,7 +197,7 @@ class MMSpuBenchBuilder(Builder):
         }, {"annotation.json": lambda path: path.write_text(json.dumps(table.select(
             *(pl.col("file_name").alias("image") if name == "image" else pl.col(name) for name in SCHEMA_FIELDS),
             "class_label", "source_dataset").to_dicts(), indent=1))},
-            dict(zip(table["file_name"], table["uri"], strict=True)))
+            table.select(pl.col("file_name").alias("name"), "uri"))
 
 
 def _two_type_triples(spurious: list[tuple[str, str]]) -> list[tuple[int, int, int]]:

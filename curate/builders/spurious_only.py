@@ -229,4 +229,4 @@ class SpuriousOnlyBuilder(Builder):
                     "labels_from": {"pairs": "human verdicts (spurious)",
                                     "images": "human verdicts (cue yes, object no)", "machine": 0}}
         return Release(self.name, {"test": frame}, metadata, classes=sorted(frame["class_label"].unique()),
-                       images=dict(zip(frame["file_name"], frame["uri"], strict=True)))
+                       images=frame.select(pl.col("file_name").alias("name"), "uri"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import polars as pl
 import yaml
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
@@ -40,6 +41,7 @@ from curate.publish.folder import (
     write_table,
 )
 from curate.records import Run
+from curate.spill import item_chunks
 from curate.verdicts import SIMULATED_KEY
 from curate.workspace import Workspace, code_version
 
@@ -134,6 +136,27 @@ def _provenance(workspace: Workspace, manifest: dict[str, Any], item_ids: set[st
                        "gold": ", ".join(f"{k}: {v}" for k, v in sorted(gold.items())) or "-"})
     return {"proposals": proposals, "rounds": rounds, "attributes": attributes, "recorded": "fed_by" in manifest,
             "random_weights": sorted({p["models"] for p in proposals if p["random_weights"]})}
+
+
+def _column(tables: dict[str, pl.LazyFrame], column: str) -> pl.LazyFrame:
+    """One column of every table that has it, stacked (a lazy frame: nothing is read yet)."""
+    named = [table.select(pl.col(column).cast(pl.String)) for table in tables.values()
+             if column in table.collect_schema()]
+    return pl.concat(named) if named else pl.LazyFrame(schema={column: pl.String})
+
+
+def _item_licences(workspace: Workspace, tables: dict[str, pl.LazyFrame], default: str | None) -> Counter[str]:
+    """The workspace's items whose uri the release names, counted by licence (their own, else
+    ``default``), in item order; a batch of items at a time, each taking the release's uris among its own."""
+    counts: Counter[str] = Counter()
+    if not any("uri" in table.collect_schema() for table in tables.values()):
+        return counts
+    uris = _column(tables, "uri")
+    for items in item_chunks(workspace, ["uri", "license"]):
+        named = uris.filter(pl.col("uri").is_in(items["uri"].implode())).unique().collect()["uri"]
+        for licence in items.filter(pl.col("uri").is_in(named.implode()))["license"]:
+            counts[licence or default or "unknown (set --license)"] += 1
+    return counts
 
 
 def _figure(value: float | None) -> str:
@@ -256,14 +279,9 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     folder_dry_run = dry_run and kind == "folder"
     repo = location if kind == "hub" else target.name
     configs = configs_of(tables)
-    uris = {uri for table in tables.values() if "uri" in table.collect_schema()
-            for uri in table.select("uri").collect()["uri"]}
-    item_ids = {i for table in tables.values() if "item_id" in table.collect_schema()
-                for i in table.select("item_id").collect()["item_id"]}
-    item_licences: Counter[str] = Counter()
-    for item in workspace.catalog.items():
-        if item.uri in uris:
-            item_licences[item.license or license or "unknown (set --license)"] += 1
+    judged = pl.Series([v.item_id for v in workspace.catalog.verdicts()], dtype=pl.String).unique().implode()
+    item_ids = set(_column(tables, "item_id").filter(pl.col("item_id").is_in(judged)).unique().collect()["item_id"])
+    item_licences = _item_licences(workspace, tables, license)
     written: list[dict[str, Any]] = [{"config": name, "split": split, "rows": row_count(tables[table])}
                for name, splits in configs.items() for split, table in splits.items()]
     known = [name for name in item_licences if not name.startswith("unknown")]

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.progress import progress_bar
+from curate.spill import Table, batches, row_count
 from curate.taxonomy import SPURIOUS_TYPES
 from curate.workspace import Workspace
 
@@ -58,14 +59,6 @@ def _value(dtype: pl.DataType | pl.datatypes.DataTypeClass) -> Any:
     return datasets.Value("string")
 
 
-Table = pl.DataFrame | pl.LazyFrame
-
-
-def row_count(table: Table) -> int:
-    """Rows of a table, without loading a lazy one."""
-    return table.height if isinstance(table, pl.DataFrame) else int(table.select(pl.len()).collect().item())
-
-
 def features_for(table: Table, metadata: dict[str, Any]) -> datasets.Features:
     """Declared features: names from the release metadata become ``ClassLabel``s."""
     y_names, a_names = metadata.get("y_names"), metadata.get("a_names")
@@ -94,9 +87,7 @@ def features_for(table: Table, metadata: dict[str, Any]) -> datasets.Features:
 
 def _encoded_batches(workspace: Workspace, table: Table, features: datasets.Features,
                      batch_rows: int = 256) -> Iterator[tuple[pa.Table, int]]:
-    lazy = table.lazy()
-    for start in range(0, row_count(table), batch_rows):
-        chunk = lazy.slice(start, batch_rows).collect()
+    for chunk in batches(table, batch_rows):
         columns = {name: chunk[name].to_list() for name in features if name in chunk.columns}
         size = 0
         if "image" in features:

@@ -1,0 +1,104 @@
+"""Tables that live on disk: a scratch directory of parquet parts written a batch at a time and read
+back as lazy polars frames; batches of a table, and the workspace's items, read in bounded memory.
+
+What a large release is made of (``curate.builders.Release``): a stage that would hold a million
+rows writes them to a ``Spill`` part by part and hands on ``spill.scan(name)``. Lazy frames read the
+files whenever they are collected, long after the stage returned, so the directory stays until
+``close()`` or the end of the process (not when the spill object is dropped). It lives under the
+system's temporary directory (``TMPDIR``).
+
+>>> spill = Spill()
+>>> for n in range(3):
+...     spill.write("rows", pl.DataFrame({"n": [n]}))
+>>> spill.scan("rows").collect()["n"].to_list(), row_count(spill.scan("rows"))
+([0, 1, 2], 3)
+>>> [batch["n"].to_list() for batch in batches(spill.scan("rows"), 2)]
+[[0, 1], [2]]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from curate.workspace import Workspace
+
+Table = pl.DataFrame | pl.LazyFrame
+ITEM_ROWS = 32_768  # workspace items a large build or publish holds at a time (``item_chunks``)
+READ_ROWS = 65_536  # rows of a lazy table held at a time: read by ``batches``, a row group where one is written
+
+
+def row_count(table: Table) -> int:
+    """Rows of a table, without loading a lazy one."""
+    return table.height if isinstance(table, pl.DataFrame) else int(table.select(pl.len()).collect().item())
+
+
+def batches(table: Table, rows: int) -> Iterator[pl.DataFrame]:
+    """A table ``rows`` at a time, in order. A lazy table is collected ``READ_ROWS`` (or ``rows``)
+    at a time (a scan of a spill reads only the parts a slice needs); a frame is sliced without
+    copying."""
+    if isinstance(table, pl.DataFrame):
+        yield from table.iter_slices(rows)
+        return
+    read = max(rows, READ_ROWS)
+    for start in range(0, row_count(table), read):
+        yield from table.slice(start, read).collect().iter_slices(rows)
+
+
+def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
+    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, about ``ITEM_ROWS``
+    at a time: read from the catalogue in small batches (its rows are Python objects until they are
+    a frame), joined into frames of ``ITEM_ROWS``."""
+    held: list[pl.DataFrame] = []
+    for batch in workspace.catalog.item_batches(columns=columns, batch_size=4096):
+        held.append(batch)
+        if sum(frame.height for frame in held) >= ITEM_ROWS:
+            yield pl.concat(held)
+            held = []
+    if held:
+        yield pl.concat(held)
+
+
+class Spill:
+    """A scratch directory of named tables, each a sequence of parquet parts in write order."""
+
+    def __init__(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="curate-spill-")
+        _OPEN.append(self._directory)  # removed at exit (or by ``close``), whoever still reads it
+        self.root = Path(self._directory.name)
+        self._parts: dict[str, int] = {}
+
+    def write(self, name: str, frame: pl.DataFrame) -> None:
+        """Append ``frame`` to the table ``name`` as a new part (an empty frame sets only the schema)."""
+        number = self._parts.get(name, 0)
+        if number and not frame.height:
+            return
+        (self.root / name).mkdir(exist_ok=True)
+        frame.write_parquet(self.root / name / f"{number:06d}.parquet", compression="lz4", statistics=False)
+        self._parts[name] = number + 1
+
+    def parts(self, name: str) -> list[Path]:
+        """The parts of ``name`` in write order."""
+        return [self.root / name / f"{n:06d}.parquet" for n in range(self._parts.get(name, 0))]
+
+    def scan(self, name: str) -> pl.LazyFrame:
+        """The table ``name`` as a lazy frame over its parts, in write order."""
+        if name not in self._parts:
+            raise KeyError(f"nothing was written to the spill table {name!r}")
+        return pl.scan_parquet(self.parts(name), hive_partitioning=False)
+
+    def rows(self, name: str) -> int:
+        """Rows written to ``name`` (read from the parts' footers)."""
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.parts(name))
+
+    def close(self) -> None:
+        """Remove the directory now: frames read from it can no longer be collected."""
+        self._directory.cleanup()
+        _OPEN.remove(self._directory)
+
+
+_OPEN: list[tempfile.TemporaryDirectory[str]] = []
