@@ -7,7 +7,9 @@ driver's work per batch (which rows to keep, the transaction that stores them). 
 read everything the run had stored for every batch (quadratic in the run's size); it should cost
 the same per batch whatever the run holds. Batches of the negative pools (one per class) are left
 out of the ratio: each starts a pass. Goal: the last tenth of the batches / the first tenth
-<= 1.5 (about 1).
+<= 1.5 (about 1). Also printed: resident memory at the end of the first tenth of the batches and at
+the end of the run (what the driver holds should not grow with what the run stored; a shared machine
+slows time, not memory).
 """
 
 from __future__ import annotations
@@ -61,10 +63,18 @@ def make_workspace(root: Path, n_items: int) -> Workspace:
     return workspace
 
 
-def store_times(workspace: Workspace) -> list[float]:
+def resident_mib() -> float:
+    """This process's resident memory now (``VmRSS``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def store_times(workspace: Workspace, resident: list[float] | None = None) -> list[float]:
     """Seconds between one stored batch of the classes' own images and the next (scoring, choosing
     the rows to keep, storing them) in a proposal over the workspace (and 10 images of other classes
-    per class, timed apart)."""
+    per class, timed apart); ``resident`` gets the resident MiB after each of them."""
     times: list[float] = []
     write = ProposeContext.write_evidence
     last = [time.perf_counter()]
@@ -74,6 +84,8 @@ def store_times(workspace: Workspace) -> list[float]:
         now = time.perf_counter()
         if counts.get("items"):
             times.append(now - last[0])
+            if resident is not None:
+                resident.append(resident_mib())
         last[0] = now
 
     ProposeContext.write_evidence = timed  # type: ignore[method-assign]  # the bench times the driver's store
@@ -91,14 +103,17 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=max(1_000, round(500_000 * SIZE)))
     n_items = parser.parse_args().items
     with tempfile.TemporaryDirectory() as name:
-        started = time.perf_counter()
-        times = store_times(make_workspace(Path(name), n_items))
+        workspace = make_workspace(Path(name), n_items)
+        started, resident = time.perf_counter(), []
+        times = store_times(workspace, resident)
         seconds = time.perf_counter() - started
     tenth = max(1, len(times) // 10)
     early, late = float(np.median(times[:tenth])), float(np.median(times[-tenth:]))
     print(f"{n_items} items, {len(times)} batches of {BATCH} in {seconds:.1f}s: first tenth {early * 1e3:.1f} ms "
           f"a batch, last tenth {late * 1e3:.1f} ms (medians)")
     print(f"ratio late / early stored batch: {late / early:.2f} (goal <= 1.5, about 1)")
+    print(f"resident memory after the first tenth of the batches {resident[tenth - 1]:.0f} MiB, after the last "
+          f"{resident[-1]:.0f} MiB: ratio {resident[-1] / resident[tenth - 1]:.2f} (about 1)")
 
 
 if __name__ == "__main__":
