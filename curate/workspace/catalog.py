@@ -376,10 +376,6 @@ class Catalog:
         return [Cue(r["class_label"], r["attribute"], r["source"], r["run_id"], r["taxonomy_type"],
                     EvidenceRole(r["role"]), json.loads(r["extra"])) for r in rows]
 
-    def evidence_item_ids(self, run_id: str) -> set[str]:
-        """Items that already have evidence from a run (what a resumed run skips)."""
-        return set(self._evidence.scan(run_id=run_id).select("item_id").unique().collect()["item_id"])
-
     def evidence_runs(self, item_ids: pl.Series) -> set[str]:
         """The runs that stored evidence on any of ``item_ids`` (what fed a release of them)."""
         scan = self._evidence.scan(item_ids=item_ids)
