@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import distinct_image
+from conftest import TINY_CLIP_CONFIG, distinct_image
 
 from curate.ingest import FolderSource, ingest
 from curate.models import load_model
@@ -81,6 +81,22 @@ def test_clip_scores_every_cue_of_the_class_and_stores_embeddings_once(animals: 
     assert row.score == pytest.approx(1 / (1 + np.exp(-clip.logit_scale * (similarity - contrast_similarity))),
                                       abs=1e-5)
 
+
+def test_a_model_family_registered_without_a_versioner_still_scores(animals: Workspace) -> None:
+    """A family registered with a loader alone (the documented way to add one) scores as it did
+    before versions were known without loading: its version is the loaded model's."""
+    from curate.models import FAMILIES, ModelSpec, add_model, register_family, remove_model
+
+    if "open_clip-unversioned" not in FAMILIES:  # a family is registered once per process
+        register_family("open_clip-unversioned")(FAMILIES["open_clip"])
+    add_model(ModelSpec("tiny-unversioned", "open_clip-unversioned", str(TINY_CLIP_CONFIG), "random"))
+    try:
+        _background_priors(animals)
+        result = propose(animals, make_proposer("clip", model="tiny-unversioned"), progress=False)
+    finally:
+        remove_model("tiny-unversioned")
+    assert result.counts["items"] == 5
+    assert animals.runs.get(result.run.run_id).models == {"tiny-unversioned": "curate-tiny-clip@random"}
 
 def test_rerunning_clip_adds_nothing_and_new_items_are_scored_alone(animals: Workspace, tiny_clip: str,
                                                                     tmp_path: Path) -> None:

@@ -121,7 +121,12 @@ class GroupsBuilder(Builder):
     def build(self, workspace: Workspace) -> Release:
         if (self.group_source is None) == (self.attribute is None):
             raise BuildError("give either group_source (an ingested group table) or attribute (a spurious attribute)")
-        return self._from_table(workspace) if self.group_source else self._from_attribute(workspace)
+        spill = Spill()
+        try:
+            return (self._from_table if self.group_source else self._from_attribute)(workspace, spill)
+        except BaseException:
+            spill.close()  # nothing will read it
+            raise
 
     # an ingested group table, reproduced ------------------------------------------------------
     def _source(self, workspace: Workspace) -> Source:
@@ -133,7 +138,7 @@ class GroupsBuilder(Builder):
         known = ", ".join(f"{s.source_id} ({Path(s.location).name})" for s in sources) or "none"
         raise BuildError(f"no ingested group table {self.group_source!r}; group tables here: {known}")
 
-    def _from_table(self, workspace: Workspace) -> Release:
+    def _from_table(self, workspace: Workspace, spill: Spill) -> Release:
         source = self._source(workspace)
         table = workspace.catalog.group_table(source.source_id)
         kept = table.filter(pl.col("item_id").is_not_null())
@@ -149,7 +154,6 @@ class GroupsBuilder(Builder):
                                          return_dtype=pl.String),
             pl.col("item_id").replace_strict(uris["item_id"], uris["uri"], default=None).alias("uri"),
         )
-        spill = Spill()
         spill.write("placed", rows.sort("id").select(PLACED))
         return self._release(spill, y_names, a_names, {
             "labels_from": f"group table {Path(source.location).name} ({source.source_id})",
@@ -191,7 +195,7 @@ class GroupsBuilder(Builder):
              .select("item_id", "run_id", "score").sink_parquet(evidence, row_group_size=ROUTE_BATCH))
             first = pl.Series(starts, dtype=pl.String)
             for rows in batches(pl.scan_parquet(evidence), ROUTE_BATCH):
-                rows = rows.with_columns(batch=first.search_sorted(rows["item_id"], side="right") - 1)
+                rows = rows.with_columns(batch=first.search_sorted(rows["item_id"], side="right").cast(pl.Int64) - 1)
                 for (number,), part in rows.filter(pl.col("batch") >= 0).partition_by("batch", as_dict=True).items():
                     spill.write(f"evidence-{number}", part.drop("batch"))
         voted = self._votes(workspace)
@@ -217,9 +221,8 @@ class GroupsBuilder(Builder):
                 y=pl.col("label").replace_strict(y_names, range(len(y_names)), return_dtype=pl.Int64)))
         return sources
 
-    def _from_attribute(self, workspace: Workspace) -> Release:
+    def _from_attribute(self, workspace: Workspace, spill: Spill) -> Release:
         y_names = list(self.classes or workspace.catalog.labels())
-        spill = Spill()
         sources = self._decide(workspace, spill, y_names)
         if not spill.rows("decided"):
             raise BuildError(f"no item has a verdict on {self.attribute!r}"

@@ -30,7 +30,7 @@ import polars as pl
 from PIL import Image
 
 from curate.executors import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
-from curate.models import ModelSpec, add_model, get_spec, list_models
+from curate.models import ModelSpec, UnknownModelError, add_model, get_spec, list_models
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer
 from curate.records import NEGATIVE_OF, Cue, Evidence, EvidenceRole, Item, Run
@@ -510,5 +510,8 @@ class ImageProposer(Execution, Proposer):
         return {}
 
     def run(self, context: ProposeContext) -> None:
-        context.models.update(self.model_versions())  # before any pass is made, whoever loads the models
+        # before any pass is made, whoever loads the models; a family registered without a versioner
+        # has its version known once loaded (locally)
+        with contextlib.suppress(UnknownModelError):
+            context.models.update(self.model_versions())
         score_images(context, self.scorers, self.passes(context), self.batch_size, self.name, self.make_executor())
