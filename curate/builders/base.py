@@ -27,7 +27,7 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,8 +63,9 @@ class Release:
     of that file), the images the release names by file (a table of ``name``, release-relative, and
     ``uri``, the item's; ``build`` copies them), the classes it is about when those are not its
     images' own labels (a spurious-only set is about the class its images are made to be mistaken
-    for), and the spill its lazy tables read, if any (kept until ``build`` has written the release,
-    or until the process ends).
+    for), and the spill its lazy tables read, if any (removed when the builder fails, else kept until
+    ``release.spill.close()`` or the end of the process: a release's lazy tables may be read long
+    after it was built).
 
     >>> release = Release("demo", {"test": pl.DataFrame({"item_id": ["a", "b"]})},
     ...                   images=pl.DataFrame({"name": ["images/a.png"], "uri": ["file:///a.png"]}))
@@ -116,9 +117,7 @@ def make_builder(name: str, **options: Any) -> Builder:
 
 @dataclass(frozen=True, slots=True)
 class BuildResult:
-    """The folder written, the release, and the stored run. A release that was spilled to scratch
-    files (``Release.spill``) reads its tables from the folder once it is written; its images are
-    the folder's."""
+    """The folder written, the release, and the stored run."""
 
     path: Path
     release: Release
@@ -213,9 +212,4 @@ def build(workspace: Workspace, builder: Builder, out: str | Path) -> BuildResul
                 writer(folder / name)
             (folder / "release.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         workspace.runs.set_counts(run.run_id, {f"rows_{k}": v for k, v in release.counts().items()})
-    if release.spill is not None:  # written: read the tables from the folder and remove the scratch files
-        release.spill.close()
-        release = replace(release, tables={split: pl.scan_parquet(target / "data" / f"{split}.parquet")
-                                           for split in release.tables},
-                          images=pl.DataFrame(schema=IMAGES_SCHEMA), spill=None)
     return BuildResult(target, release, workspace.runs.get(run.run_id), time.perf_counter() - started)
