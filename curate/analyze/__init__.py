@@ -53,8 +53,18 @@ def rank_by_score(scores: dict[str, float], seed: int = RANKING_SEED, cue: Seque
     'b'
     """
     ids = list(scores)
-    shuffled = [ids[i] for i in np.random.default_rng(cue_seed(seed, *cue)).permutation(len(ids))]
-    return sorted(shuffled, key=lambda item_id: -scores[item_id])
+    return [ids[i] for i in score_order(np.fromiter(scores.values(), dtype=np.float64, count=len(ids)), seed, cue)]
+
+
+def score_order(scores: np.ndarray, seed: int = RANKING_SEED, cue: Sequence[str] = ()) -> np.ndarray:
+    """``rank_by_score`` as positions into ``scores`` (an array in the items' order), without a record
+    per item: a stable sort by descending score of the seeded shuffle.
+
+    >>> score_order(np.array([0.2, 0.9, 0.2, 0.0]), cue=("dog", "grass")).tolist()[0]
+    1
+    """
+    shuffled = np.random.default_rng(cue_seed(seed, *cue)).permutation(len(scores))
+    return shuffled[np.argsort(-scores[shuffled], kind="stable")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +125,10 @@ def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, stats: 
     pictures = []
     for row in tops.iter_rows(named=True):
         scored = scores.pop((row["class_label"], row["attribute"])).sort("item_id")  # one class's copy at a time
-        order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)),
-                              cue=(row["class_label"], row["attribute"]))
+        order = score_order(scored["score"].to_numpy(), cue=(row["class_label"], row["attribute"]))
         k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
-        top, bottom = order[:k], order[::-1][:k]
+        ids = scored["item_id"]
+        top, bottom = ids.gather(order[:k]).to_list(), ids.gather(order[::-1][:k]).to_list()
         thumbs = {i: _thumbnail(workspace, workspace.catalog.item(i).uri) for i in {*top, *bottom}}
         name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
         pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
@@ -242,4 +252,4 @@ def _slug(text: str) -> str:
 
 
 __all__ = ["GAPS_TABLE", "STATS_TABLE", "AnalyzeResult", "GapResult", "analyze_cues", "cue_runs", "cue_seed",
-           "cue_statistics", "gap_runs", "measure_gaps", "rank_by_score"]
+           "cue_statistics", "gap_runs", "measure_gaps", "rank_by_score", "score_order"]

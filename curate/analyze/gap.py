@@ -306,7 +306,7 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
         raise ValueError(f"mask is 'object' or 'cue', not {mask!r}")
     if bootstrap < 1:
         raise ValueError(f"bootstrap is a number of draws (1 or more), not {bootstrap}")
-    from curate.analyze import rank_by_score
+    from curate.analyze import score_order
 
     labels = workspace.catalog.items_frame(columns=["label"])
     presence = (presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels_frame(labels),
@@ -317,11 +317,11 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
     ranked = []
     for (label, attribute), scored in presence.group_by(["class_label", "attribute"], maintain_order=True):
         if label in wanted:
-            order = rank_by_score(dict(zip(scored["item_id"], scored["score"], strict=True)), seed,
-                                  cue=(label, attribute))
+            order = score_order(scored["score"].to_numpy(), seed, cue=(label, attribute))
             size = min(k, len(order) // 2)
-            ranked.append((str(label), str(attribute), scored["taxonomy_type"][0], order[:size],
-                           order[len(order) - size:]))
+            ranked.append((str(label), str(attribute), scored["taxonomy_type"][0],
+                           scored["item_id"].gather(order[:size]).to_list(),
+                           scored["item_id"].gather(order[len(order) - size:]).to_list()))
     shown = sorted({i for *_, top, bottom in ranked for i in top + bottom})
     items = {item_id: workspace.catalog.item(item_id) for item_id in shown}
     boxes_of = _boxes(workspace, source, run_id, shown, core=mask == "object")
