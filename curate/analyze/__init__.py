@@ -90,7 +90,8 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     highest-ranked cue. With ``use_verdicts`` presence comes from human verdicts (of
     ``verdict_round``, or all rounds) instead of ``source``'s evidence."""
     started = time.perf_counter()
-    labels = labels_frame(workspace.catalog.items_frame(columns=["label"]))
+    labelled = labels_frame(workspace.catalog.items_frame(columns=["label"])).collect()
+    labels = labelled.lazy()
     presence: pl.LazyFrame | pl.DataFrame
     if use_verdicts:
         kind = f"human:{verdict_round or 'all rounds'}"
@@ -99,7 +100,9 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     else:
         threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
         kind = f"machine:{source}"
-        presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels, threshold)
+        one_run = run_id is not None or len(workspace.evidence.run_ids()) == 1  # a scan of one source
+        presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels, threshold,
+                                 one_run)
     with _read_once(presence) as presence:
         if presence.lazy().head(1).collect().height == 0:
             raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
@@ -110,25 +113,26 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
             workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
             folder = workspace.root / "reports" / run.run_id
             pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top),
-                        *_strips(workspace, presence, stats, folder, f"({kind})", strip_k)]
+                        *_strips(workspace, presence, labelled["item_id"], stats, folder, f"({kind})", strip_k)]
             workspace.runs.set_counts(run.run_id, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
-def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, stats: pl.DataFrame, folder: Path,
-            caption: str, strip_k: int) -> list[Path]:
-    """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order)."""
+def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, item_ids: pl.Series, stats: pl.DataFrame,
+            folder: Path, caption: str, strip_k: int) -> list[Path]:
+    """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order), from
+    presence rows whose ``item`` is a position in ``item_ids`` (sorted ids: ``labels_frame``)."""
     tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
     scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
-              .select("class_label", "attribute", "item_id", "score").collect(engine="streaming")
+              .select("class_label", "attribute", "item", "score").collect(engine="streaming")
               .partition_by("class_label", "attribute", as_dict=True))
     pictures = []
     for row in tops.iter_rows(named=True):
-        scored = scores.pop((row["class_label"], row["attribute"])).sort("item_id")  # one class's copy at a time
+        scored = scores.pop((row["class_label"], row["attribute"])).sort("item")  # one class's copy at a time
         order = score_order(scored["score"].to_numpy(), cue=(row["class_label"], row["attribute"]))
         k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
-        ids = scored["item_id"]
-        top, bottom = ids.gather(order[:k]).to_list(), ids.gather(order[::-1][:k]).to_list()
+        items = scored["item"]
+        top, bottom = (item_ids.gather(items.gather(ends)).to_list() for ends in (order[:k], order[::-1][:k]))
         thumbs = {i: _thumbnail(workspace, workspace.catalog.item(i).uri) for i in {*top, *bottom}}
         name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
         pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,
@@ -139,13 +143,14 @@ def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, stats: 
 @contextmanager
 def _read_once(presence: pl.LazyFrame | pl.DataFrame) -> Iterator[pl.LazyFrame | pl.DataFrame]:
     """A presence scan run once into a temporary parquet file, so that the statistics' two passes
-    and the strips read it, not the evidence, its labels join and its JSON (a frame stays as it is)."""
+    and the strips read it, not the evidence, its labels join and its JSON (a frame stays as it is).
+    The file holds items by position (``item``), not by id: ids are most of a row's bytes."""
     if isinstance(presence, pl.DataFrame):
         yield presence
         return
     with tempfile.TemporaryDirectory(prefix="curate-analyze-") as scratch:
         path = Path(scratch) / "presence.parquet"
-        presence.sink_parquet(path, compression="lz4")
+        presence.drop("item_id").sink_parquet(path, compression="lz4")
         yield pl.scan_parquet(path)
 
 

@@ -54,31 +54,41 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-PRESENCE_SCHEMA = {"item_id": pl.String, "class_label": pl.String, "fold_key": pl.Int64, "attribute": pl.String,
-                   "taxonomy_type": pl.String, "score": pl.Float64, "present": pl.Boolean, "own": pl.Boolean}
+PRESENCE_SCHEMA = {"item_id": pl.String, "item": pl.UInt32, "class_label": pl.String, "fold_key": pl.Int64,
+                   "attribute": pl.String, "taxonomy_type": pl.String, "score": pl.Float64, "present": pl.Boolean,
+                   "own": pl.Boolean}
+"""Presence rows; ``item`` is the item's position in its labels frame (``labels_frame``), a narrow
+stand-in for its id where many rows are written or sorted."""
 
 
 def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """``item_id, class_label, fold_key`` of the labelled items of an items frame (``Catalog.items_frame``):
-    each item's fold key is worked out once here, not on each of its evidence rows."""
-    return (items.lazy().filter(pl.col("label").is_not_null())
-            .select("item_id", pl.col("label").alias("class_label"), fold_key()))
+    """``item_id, item, class_label, fold_key`` of the labelled items of an items frame
+    (``Catalog.items_frame``, in id order): ``item`` numbers them in that order, and each item's fold
+    key is worked out once here, not on each of its evidence rows.
+
+    >>> labels_frame(pl.DataFrame({"item_id": ["0a", "0b", "3d"], "label": ["dog", None, "cat"]})).collect().rows()
+    [('0a', 0, 'dog', 10), ('3d', 1, 'cat', 1)]
+    """
+    return (items.lazy().filter(pl.col("label").is_not_null()).with_row_index("item")
+            .select("item_id", "item", pl.col("label").alias("class_label"), fold_key()))
 
 
-def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
+def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float,
+                  one_run: bool = False) -> pl.LazyFrame:
     """``PRESENCE_SCHEMA`` rows from an evidence scan (``Catalog.evidence_scan``) about labelled items
     (``labels_frame``): evidence about the class object itself (role ``core``) is left out, ``own``
     is false for rows scored only as negatives for another class's cue. Where several runs or
-    proposers scored one (item, cue), the row of the first run (by id) counts."""
+    proposers scored one (item, cue), the row of the first run (by id) counts; ``one_run`` says
+    the caller knows the scan holds one run of one proposer (nothing to look for)."""
     evidence = evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
     negative = pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_not_null()
     rows = (evidence.join(labels, on="item_id", how="inner", build_side="force_right")
-            .select("item_id", "class_label", "fold_key", "attribute", "taxonomy_type", "run_id", "source",
+            .select("item_id", "item", "class_label", "fold_key", "attribute", "taxonomy_type", "run_id", "source",
                     score=pl.col("score").fill_null(0.0),  # JSON is parsed only where the key may be
                     own=~pl.when(pl.col("extra").str.contains(f'"{NEGATIVE_OF}"', literal=True))
                     .then(negative).otherwise(False)))
-    if evidence.group_by("run_id", "source").len().collect(engine="streaming").height > 1:
-        rows = rows.sort("run_id", "source", maintain_order=True).unique(["item_id", "attribute"], keep="first",
+    if not one_run and evidence.group_by("run_id", "source").len().collect(engine="streaming").height > 1:
+        rows = rows.sort("run_id", "source", maintain_order=True).unique(["item", "attribute"], keep="first",
                                                                           maintain_order=True)
     return rows.with_columns(present=pl.col("score") >= threshold).select(*PRESENCE_SCHEMA)
 
@@ -92,7 +102,7 @@ def presence_from_verdicts(verdicts: Iterable[Verdict], labels: pl.LazyFrame) ->
                                        "present": pl.Boolean}, orient="row").with_row_index("order")
     return (frame.lazy().join(labels, on="item_id", how="inner").sort("order")
             .with_columns(score=pl.col("present").cast(pl.Float64), own=pl.lit(True))
-            .select(*PRESENCE_SCHEMA).unique(["item_id", "attribute"], keep="first", maintain_order=True).collect())
+            .select(*PRESENCE_SCHEMA).unique(["item", "attribute"], keep="first", maintain_order=True).collect())
 
 
 FOLDS = 5

@@ -246,6 +246,17 @@ class EvidenceStore:
             scan = scan.filter(pl.col("item_id").is_in(pl.Series(item_ids, dtype=pl.String).implode()))
         return scan
 
+    def run_ids(self) -> list[str]:
+        """The runs that stored evidence, oldest first (from the registry: no shard is read).
+
+        >>> import tempfile
+        >>> from curate.workspace import Workspace
+        >>> Workspace.init(tempfile.mkdtemp()).evidence.run_ids()
+        []
+        """
+        return [row[0] for row in self._connect().execute(
+            "SELECT run_id FROM evidence_shards GROUP BY run_id ORDER BY MIN(shard_id)")]
+
     def count(self) -> int:
         """How many rows the scan holds (registered counts, de-duplicated only where a run has several shards)."""
         conn = self._connect()
