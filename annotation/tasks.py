@@ -80,7 +80,7 @@ def route(workspace: Workspace, spec: RoundSpec, exclude: frozenset[str] = froze
     undecided = pl.LazyFrame(sorted(decided), schema={"item_id": pl.String, "attribute": pl.String}, orient="row")
     # one row per (item, attribute): the highest score (a missing one counts 0), the first key on a tie
     best = (workspace.catalog.evidence_scan(source=spec.source, run_id=spec.evidence_run)
-            .select(*KEY, "role", extra_field(NEGATIVE_OF), score=pl.col("score").fill_null(0.0))
+            .select(*KEY, "role", NEGATIVE_OF, score=pl.col("score").fill_null(0.0))
             .filter(pl.col(NEGATIVE_OF).is_null(),
                     ~pl.col("item_id").is_in(pl.Series(sorted(exclude), dtype=pl.String).implode()))
             .join(undecided, on=["item_id", "attribute"], how="anti")
@@ -380,7 +380,7 @@ def _component_tasks(workspace: Workspace, spec: RoundSpec, present: set[str]) -
     """One task per component (evidence attribute with an ``extra["component"]``) of ``spec.source``:
     its class's ``spec.max_attributes`` highest-scored images; the verdict is stored on the first."""
     components = (workspace.catalog.evidence_scan(source=spec.source, run_id=spec.evidence_run)
-                  .filter(extra_field("component").is_not_null(), extra_field(NEGATIVE_OF).is_null())
+                  .filter(extra_field("component").is_not_null(), pl.col(NEGATIVE_OF).is_null())
                   .select(*KEY, score=pl.col("score").fill_null(0.0)))
     shown = components.select(pl.col("attribute").unique().sort().head(spec.budget)).collect()
     if not shown.height:

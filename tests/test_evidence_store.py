@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -115,3 +116,31 @@ def test_scans_filter_by_run_source_attribute_version_and_class(workspace: Works
     assert scan(attribute="grass", model_version="v1").collect().height == 2
     assert scan(item_id="a").collect().height == 2
     assert scan(run_id="missing").collect().height == 0
+
+
+def test_negatives_are_a_column_and_shards_from_before_it_read_the_same(workspace: Workspace) -> None:
+    """Readers that tell a class's own rows from another class's negatives read the short
+    ``negative_of`` column, not every row's JSON; a shard written before the column existed (the
+    mark inside ``extra``) scans, alone or beside new shards, with the same values and records."""
+    old = [Evidence(f"i{i}", "grass", "clip", "old", score=i / 10, extra={"n": i, "negative_of": "dog"} if i % 2
+                    else {"n": i}) for i in range(6)]
+    new = [replace(e, run_id="new") for e in old]
+    workspace.catalog.add_evidence(old)
+    workspace.catalog.add_evidence(new)
+    shards = {row["run_id"]: workspace.root / row["path"]
+              for row in workspace.connect().execute("SELECT run_id, path FROM evidence_shards")}
+    stored = pl.read_parquet(shards["new"])
+    assert stored["negative_of"].to_list() == [None, "dog"] * 3
+    assert all("negative_of" not in json.loads(extra) for extra in stored["extra"])
+    legacy = pl.read_parquet(shards["old"]).with_columns(  # the old run's shard as curate wrote it before
+        extra=pl.struct("extra", "negative_of").map_elements(
+            lambda r: json.dumps({**json.loads(r["extra"]), **({"negative_of": r["negative_of"]} if r["negative_of"]
+                                                                else {})}, sort_keys=True, separators=(",", ":")),
+            return_dtype=pl.String)).drop("negative_of")
+    legacy.write_parquet(shards["old"])
+    for run_id, rows in (("old", old), ("new", new), (None, old + new)):
+        scan = workspace.catalog.evidence_scan(run_id=run_id).sort("run_id", "item_id").collect()
+        expected = sorted(rows, key=lambda e: (e.run_id, e.item_id))
+        assert scan["negative_of"].to_list() == [e.extra.get("negative_of") for e in expected]
+    assert sorted(workspace.catalog.evidence(), key=lambda e: (e.run_id, e.item_id)) == sorted(
+        old + new, key=lambda e: (e.run_id, e.item_id))

@@ -81,12 +81,9 @@ def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float
     proposers scored one (item, cue), the row of the first run (by id) counts; ``one_run`` says
     the caller knows the scan holds one run of one proposer (nothing to look for)."""
     evidence = evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
-    negative = pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_not_null()
     rows = (evidence.join(labels, on="item_id", how="inner", build_side="force_right")
             .select("item_id", "item", "class_label", "fold_key", "attribute", "taxonomy_type", "run_id", "source",
-                    score=pl.col("score").fill_null(0.0),  # JSON is parsed only where the key may be
-                    own=~pl.when(pl.col("extra").str.contains(f'"{NEGATIVE_OF}"', literal=True))
-                    .then(negative).otherwise(False)))
+                    score=pl.col("score").fill_null(0.0), own=pl.col(NEGATIVE_OF).is_null()))
     if not one_run and evidence.group_by("run_id", "source").len().collect(engine="streaming").height > 1:
         rows = rows.sort("run_id", "source", maintain_order=True).unique(["item", "attribute"], keep="first",
                                                                           maintain_order=True)

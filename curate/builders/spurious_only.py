@@ -38,7 +38,6 @@ from curate.verdicts import (
     resolved_verdicts,
 )
 from curate.workspace import Workspace
-from curate.workspace.evidence import extra_field
 
 YES, NO = SPURIOUS_ONLY_ANSWERS[:2]
 
@@ -126,7 +125,7 @@ class SpuriousOnlyBuilder(Builder):
         labels = workspace.catalog.items_frame(columns=["label"]).lazy()
         return (workspace.catalog.evidence_scan(source=self.evidence_source)
                 .filter(pl.col("attribute").is_in(pl.Series([p.cue for p in pairs], dtype=pl.String).implode()))
-                .select("item_id", "attribute", extra_field(NEGATIVE_OF),
+                .select("item_id", "attribute", NEGATIVE_OF,
                         score=pl.col("score").fill_null(-math.inf))
                 .join(wanted, on="attribute")
                 .join(labels, on="item_id", how="left")

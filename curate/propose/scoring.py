@@ -208,7 +208,7 @@ class RunPairs:
         scan = context.workspace.catalog.evidence_scan(run_id=context.run.run_id).select(
             "item_id", pl.concat_str(pl.col("attribute"), pl.col("model").fill_null(""),
                                      pl.col("model_version").fill_null(""), separator=_FIELD).alias("row"),
-            pl.col("extra").str.json_path_match(f"$.{NEGATIVE_OF}").is_not_null().alias("pooled"))
+            pl.col(NEGATIVE_OF).is_not_null().alias("pooled"))
         stored = scan.collect()
         return cls(_per_item(stored.filter(~pl.col("pooled"))), _per_item(stored), listed_by)
 

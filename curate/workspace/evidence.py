@@ -5,6 +5,11 @@ It is written to a locked temporary name and renamed inside the SQLite transacti
 (``evidence_shards``) together with the run's counts, so a crash leaves either a registered whole
 shard or an unregistered leftover that ``sweep`` removes. Readers see registered shards only.
 
+A row scored only as a negative for another class's cue names that class in the ``negative_of``
+column (``Evidence.extra[NEGATIVE_OF]`` in a record), so readers that tell the two apart read one
+short column, not every row's JSON. Shards written before that column existed keep it inside
+``extra``; the scan reads it from there for them.
+
 The same key (item, attribute, source, run) written twice keeps the latest row: a run of one shard
 holds each key once; a run of several is de-duplicated when read, and compacted into one shard when
 it finishes (``compact``), and its trailing small shards are merged as they pile up, so small
@@ -22,6 +27,7 @@ batches never leave a file each.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -29,12 +35,14 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from itertools import groupby
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import polars as pl
 
-from curate.records import Evidence, EvidenceRole
+from curate.records import NEGATIVE_OF, Evidence, EvidenceRole
 from curate.workspace._sql import (
     atomic_write_bytes,
     dumps,
@@ -49,32 +57,52 @@ AddCounts = Callable[[sqlite3.Connection, str, Mapping[str, int]], None]
 
 EVIDENCE_FOLDER = "evidence"
 KEY = ("item_id", "attribute", "source", "run_id")
-SCHEMA: dict[str, pl.DataType] = {
+LEGACY_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(), "attribute": pl.String(), "source": pl.String(), "run_id": pl.String(),
     "role": pl.String(), "taxonomy_type": pl.String(), "score": pl.Float64(),
     "boxes": pl.List(pl.List(pl.Float64())), "model": pl.String(), "model_version": pl.String(),
     "extra": pl.String(),
 }
+"""Shards written before ``negative_of`` was a column of its own."""
+SCHEMA: dict[str, pl.DataType] = {**LEGACY_SCHEMA, NEGATIVE_OF: pl.String()}
 SMALL_SHARD_ROWS = 100_000  # shards below this are merged once ``MERGE_AFTER`` of them trail a run
 MERGE_AFTER = 64
 
 
 def evidence_frame(rows: Iterable[Evidence]) -> pl.DataFrame:
-    """Evidence records as a frame of the stored schema (``extra`` as canonical JSON text)."""
+    """Evidence records as a frame of the stored schema (``extra`` as canonical JSON text, its
+    ``negative_of`` as a column).
+
+    >>> evidence_frame([Evidence("i1", "grass", "clip", "r1", extra={"negative_of": "dog", "rank": 2})]).select(
+    ...     "extra", "negative_of").rows()
+    [('{"rank":2}', 'dog')]
+    """
     return pl.DataFrame(
         [(e.item_id, e.attribute, e.source, e.run_id, str(e.role), e.taxonomy_type,
           None if e.score is None else float(e.score), [[float(v) for v in box] for box in e.boxes],
-          e.model, e.model_version, dumps(e.extra)) for e in rows],
+          e.model, e.model_version, *_split_extra(e.extra)) for e in rows],
         schema=SCHEMA, orient="row",
     )
 
 
+def _split_extra(extra: Mapping[str, Any]) -> tuple[str, str | None]:
+    """``extra`` as JSON text without ``negative_of``, and ``negative_of`` as text (or None)."""
+    if NEGATIVE_OF not in extra:
+        return dumps(extra), None
+    negative = extra[NEGATIVE_OF]
+    return dumps({k: v for k, v in extra.items() if k != NEGATIVE_OF}), negative if isinstance(
+        negative, str) else dumps(negative)
+
+
 def evidence_records(frame: pl.DataFrame) -> Iterator[Evidence]:
-    """Stored rows back as records."""
+    """Stored rows back as records (``negative_of`` back inside ``extra``)."""
     for r in frame.select(list(SCHEMA)).iter_rows(named=True):
+        extra = json.loads(r["extra"])
+        if r[NEGATIVE_OF] is not None:
+            extra[NEGATIVE_OF] = r[NEGATIVE_OF]
         yield Evidence(r["item_id"], r["attribute"], r["source"], r["run_id"], EvidenceRole(r["role"]),
                        r["taxonomy_type"], r["score"], [list(box) for box in r["boxes"] or []], r["model"],
-                       r["model_version"], json.loads(r["extra"]))
+                       r["model_version"], extra)
 
 
 def frame_from_sql(rows: Sequence[sqlite3.Row]) -> pl.DataFrame:
@@ -83,7 +111,7 @@ def frame_from_sql(rows: Sequence[sqlite3.Row]) -> pl.DataFrame:
         [(r["item_id"], r["attribute"], r["source"], r["run_id"], r["role"], r["taxonomy_type"],
           None if r["score"] is None else float(r["score"]),
           [[float(v) for v in box] for box in json.loads(r["boxes"])], r["model"], r["model_version"],
-          dumps(json.loads(r["extra"]))) for r in rows],
+          *_split_extra(json.loads(r["extra"]))) for r in rows],
         schema=SCHEMA, orient="row",
     )
 
@@ -234,7 +262,7 @@ class EvidenceStore:
         single = [paths[0] for paths in by_run.values() if len(paths) == 1]
         frames = [_deduplicated(paths) for paths in by_run.values() if len(paths) > 1]
         if single:
-            frames.insert(0, pl.scan_parquet(single, schema=SCHEMA, hive_partitioning=False))
+            frames.insert(0, _scan_shards(single))
         if not frames:
             return pl.LazyFrame(schema=SCHEMA)
         scan = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
@@ -272,8 +300,23 @@ class EvidenceStore:
 
 def _deduplicated(paths: Sequence[Path]) -> pl.LazyFrame:
     """The shards of one run, in order, with the latest row of each key."""
-    return (pl.scan_parquet(list(paths), schema=SCHEMA, hive_partitioning=False)
-            .unique(list(KEY), keep="last", maintain_order=True))
+    return _scan_shards(paths).unique(list(KEY), keep="last", maintain_order=True)
+
+
+def _scan_shards(paths: Sequence[Path]) -> pl.LazyFrame:
+    """Shards in order as one scan of ``SCHEMA``; a shard of ``LEGACY_SCHEMA`` gets its
+    ``negative_of`` from its ``extra``."""
+    scans = []
+    for legacy, run in groupby(paths, key=_is_legacy):
+        scan = pl.scan_parquet(list(run), schema=LEGACY_SCHEMA if legacy else SCHEMA, hive_partitioning=False)
+        scans.append(scan.with_columns(extra_field(NEGATIVE_OF)) if legacy else scan)
+    return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
+
+
+@functools.cache
+def _is_legacy(path: Path) -> bool:
+    """Whether a shard predates the ``negative_of`` column (its footer says; a shard never changes)."""
+    return NEGATIVE_OF not in pl.read_parquet_schema(path)
 
 
 

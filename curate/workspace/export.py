@@ -23,7 +23,7 @@ EXPORT_SCHEMAS: dict[str, pa.Schema] = {
     "evidence": pa.schema([
         ("item_id", _TEXT), ("attribute", _TEXT), ("source", _TEXT), ("run_id", _TEXT), ("role", _TEXT),
         ("taxonomy_type", _TEXT), ("score", _FLOAT), ("boxes", _TEXT), ("model", _TEXT), ("model_version", _TEXT),
-        ("extra", _TEXT),
+        ("extra", _TEXT), ("negative_of", _TEXT),
     ]),
     "cues": pa.schema([
         ("class_label", _TEXT), ("attribute", _TEXT), ("source", _TEXT), ("run_id", _TEXT),
