@@ -90,7 +90,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     highest-ranked cue. With ``use_verdicts`` presence comes from human verdicts (of
     ``verdict_round``, or all rounds) instead of ``source``'s evidence."""
     started = time.perf_counter()
-    labelled = labels_frame(workspace.catalog.items_frame(columns=["label"])).collect()
+    labelled = labels_frame(workspace.catalog.items_frame(columns=["label"], by_id=False)).collect()
     labels = labelled.lazy()
     presence: pl.LazyFrame | pl.DataFrame
     if use_verdicts:
@@ -120,19 +120,21 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
 
 def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, item_ids: pl.Series, stats: pl.DataFrame,
             folder: Path, caption: str, strip_k: int) -> list[Path]:
-    """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order), from
-    presence rows whose ``item`` is a position in ``item_ids`` (sorted ids: ``labels_frame``)."""
+    """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order, of
+    its items in id order), from presence rows whose ``item`` is a position in ``item_ids``
+    (``labels_frame``)."""
     tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
     scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
               .select("class_label", "attribute", "item", "score").collect(engine="streaming")
               .partition_by("class_label", "attribute", as_dict=True))
     pictures = []
     for row in tops.iter_rows(named=True):
-        scored = scores.pop((row["class_label"], row["attribute"])).sort("item")  # one class's copy at a time
+        scored = scores.pop((row["class_label"], row["attribute"]))  # one class's copy at a time
+        scored = pl.DataFrame({"item_id": item_ids.gather(scored["item"]), "score": scored["score"]}).sort("item_id")
         order = score_order(scored["score"].to_numpy(), cue=(row["class_label"], row["attribute"]))
         k = min(strip_k, len(order) // 2) or min(strip_k, len(order))
-        items = scored["item"]
-        top, bottom = (item_ids.gather(items.gather(ends)).to_list() for ends in (order[:k], order[::-1][:k]))
+        ids = scored["item_id"]
+        top, bottom = ids.gather(order[:k]).to_list(), ids.gather(order[::-1][:k]).to_list()
         thumbs = {i: _thumbnail(workspace, workspace.catalog.item(i).uri) for i in {*top, *bottom}}
         name = f"strip-{_slug(row['class_label'])}-{_slug(row['attribute'])}.png"
         pictures.append(image_strips([thumbs[i] for i in top], [thumbs[i] for i in bottom], folder / name,

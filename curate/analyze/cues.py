@@ -58,13 +58,13 @@ PRESENCE_SCHEMA = {"item_id": pl.String, "item": pl.UInt32, "class_label": pl.St
                    "attribute": pl.String, "taxonomy_type": pl.String, "score": pl.Float64, "present": pl.Boolean,
                    "own": pl.Boolean}
 """Presence rows; ``item`` is the item's position in its labels frame (``labels_frame``), a narrow
-stand-in for its id where many rows are written or sorted."""
+stand-in for its id where many rows are written."""
 
 
 def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """``item_id, item, class_label, fold_key`` of the labelled items of an items frame
-    (``Catalog.items_frame``, in id order): ``item`` numbers them in that order, and each item's fold
-    key is worked out once here, not on each of its evidence rows.
+    (``Catalog.items_frame``): ``item`` numbers them in the frame's order, and each item's fold key
+    is worked out once here, not on each of its evidence rows.
 
     >>> labels_frame(pl.DataFrame({"item_id": ["0a", "0b", "3d"], "label": ["dog", None, "cat"]})).collect().rows()
     [('0a', 0, 'dog', 10), ('3d', 1, 'cat', 1)]
