@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from curate.item_keys import item_key
 from curate.records import NEGATIVE_OF, EvidenceRole, Verdict
 from curate.verdicts import ABSENT, PRESENT
 
@@ -67,7 +68,7 @@ def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     is worked out once here, not on each of its evidence rows.
 
     >>> labels_frame(pl.DataFrame({"item_id": ["0a", "0b", "3d"], "label": ["dog", None, "cat"]})).collect().rows()
-    [('0a', 0, 'dog', 10), ('3d', 1, 'cat', 1)]
+    [('0a', 0, 'dog', 27), ('3d', 1, 'cat', 50)]
     """
     return (items.lazy().filter(pl.col("label").is_not_null()).with_row_index("item")
             .select("item_id", "item", pl.col("label").alias("class_label"), fold_key()))
@@ -108,16 +109,13 @@ FOLD_KEYS = 60
 fold is its key mod k, so a cue's folds come from one aggregation by key whatever k it needs."""
 
 def fold_key() -> pl.Expr:
-    """Each row's fold key from its ``item_id``: the first 15 hex digits of the id (item ids are
-    sha256 digests, so the folds are the same everywhere and follow the items, not the rows), or
-    polars' hash where an id is not hexadecimal (hand-made tables: stable within a polars version).
+    """Each row's fold key from its ``item_id``: its order key (``curate.item_keys``) mod 60, so the
+    folds are the same everywhere and follow the items, not the rows.
 
     >>> pl.DataFrame({"item_id": ["ab" * 32, "cd" * 32]}).select(fold_key())["fold_key"].to_list()
     [22, 52]
     """
-    hexadecimal = pl.col("item_id").str.slice(0, 15).str.to_integer(base=16, strict=False)
-    return (pl.coalesce(hexadecimal % FOLD_KEYS, (pl.col("item_id").hash(0) % FOLD_KEYS).cast(pl.Int64))
-            .cast(pl.Int64).alias("fold_key"))
+    return (item_key() % FOLD_KEYS).cast(pl.Int64).alias("fold_key")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +29,7 @@ import polars as pl
 from PIL import Image
 
 from curate.executors import BatchWorker, Executor, ImageBatch, Job, ScoredBatch, make_executor
+from curate.item_keys import item_keys, text_key
 from curate.models import ModelSpec, UnknownModelError, add_model, get_spec, list_models
 from curate.progress import progress_bar
 from curate.propose.base import ProposeContext, ProposeError, Proposer
@@ -110,32 +110,6 @@ def class_cues(context: ProposeContext, label: str, cue_source: str | None) -> l
     return unique_cues(context.workspace.catalog.cues(class_label=label, source=cue_source))
 
 
-KEY_DIGITS = 15
-"""An order key is the first 15 hex digits of a sha256 digest: 60 bits, an exact ``UInt64``."""
-_HEX_ID = f"^[0-9a-fA-F]{{{KEY_DIGITS}}}"
-
-
-def _digest_key(text: str) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:KEY_DIGITS], 16)
-
-
-def item_keys(item_ids: pl.Series) -> pl.Series:
-    """Each item's order key (``UInt64``, uniform in [0, 2^60)): the first 15 hex digits of its id,
-    since item ids are sha256 digests, or of the sha256 of the id where it does not start with 15
-    (hand-made ids). Plain integers of the ids: the same on every machine and polars version.
-
-    >>> item_keys(pl.Series(["ab" * 32, "i1"])).to_list() == [int("ab" * 8, 16) >> 4, _digest_key("i1")]
-    True
-    """
-    hexadecimal = item_ids.str.contains(_HEX_ID)
-    keys = (item_ids.str.slice(0, KEY_DIGITS).str.to_integer(base=16, strict=False)
-            .zip_with(hexadecimal, pl.Series([None], dtype=pl.Int64)).cast(pl.UInt64).rename("key"))
-    others = (~hexadecimal).arg_true()
-    if len(others):
-        keys = keys.scatter(others, [_digest_key(item_id) for item_id in item_ids.gather(others)])
-    return keys
-
-
 def negative_pool(items: pl.DataFrame, label: str, negatives: int | None) -> pl.Series:
     """The ids of the labelled images of other classes that ``label``'s cues are also scored on: all of
     them (in the order of ``items``), or the ``negatives`` of smallest order key for the class (then in
@@ -160,7 +134,7 @@ def negative_pool(items: pl.DataFrame, label: str, negatives: int | None) -> pl.
     if "key" not in items.columns:
         items = items.with_columns(item_keys(items["item_id"]))
     last = pl.lit(2**64 - 1, dtype=pl.UInt64)  # past every key (60 bits): the class's own images
-    order = items.select(pl.when(other).then(pl.col("key").xor(pl.lit(_digest_key(label), dtype=pl.UInt64)))
+    order = items.select(pl.when(other).then(pl.col("key").xor(pl.lit(text_key(label), dtype=pl.UInt64)))
                          .otherwise(last).alias("order")).to_series()
     # the keys alone find the cut (ordering the ids as well would encode every id); ties at it go by id
     chosen = items.select("item_id", order).filter(pl.col("order") <= order.bottom_k(negatives).max())
