@@ -78,16 +78,12 @@ def child(task: str, root: str, out: str) -> None:
     """One measurement; the modules are imported before the clock starts (a constant of every
     command, not work that grows with the rows)."""
     from curate.analyze import analyze_cues
-    from curate.analyze.cues import cue_statistics, presence_scan
     from curate.builders import make_builder
 
     workspace = Workspace.open(root)
     started = time.perf_counter()
     if task == "analyze":
         analyze_cues(workspace, source="clip", threshold=THRESHOLD, strip_k=1, heatmap_top=4)
-    elif task == "stats":  # analyze's statistics without its pictures
-        labels = labels_frame(workspace.catalog.items_frame(columns=["label"]))
-        cue_statistics(presence_scan(workspace.catalog.evidence_scan(source="clip"), labels, THRESHOLD), "bench")
     elif task in ("bare", "counts"):  # polars alone on the same shards, labels (and fold keys) from parquet
         files = [workspace.root / row[0] for row in workspace.connect().execute("SELECT path FROM evidence_shards")]
         rows = pl.scan_parquet(files, hive_partitioning=False).join(
@@ -146,20 +142,19 @@ def main() -> None:
             labels_frame(workspace.catalog.items_frame(columns=["label"])).drop("item").sink_parquet(
                 scratch / f"{label}.labels.parquet")
             results[label] = {"bytes_ratio": stored / alone.stat().st_size, "rows": rows.height,
-                              **{task: measure(task, root) for task in ("analyze", "stats", "bare", "counts")}}
+                              **{task: measure(task, root) for task in ("analyze", "bare", "counts")}}
             del rows
             print(f"{label}: {results[label]['rows']:,} rows; workspace bytes / zstd parquet bytes "
                   f"{results[label]['bytes_ratio']:.2f} (goal <= 1.5); analyze "
                   f"{results[label]['analyze']['seconds']:.1f}s {results[label]['analyze']['peak_mib']:.0f} MiB; "
-                  f"statistics alone {results[label]['stats']['seconds']:.1f}s; "
                   f"bare polars group-by {results[label]['bare']['seconds']:.2f}s "
                   f"(counts alone {results[label]['counts']['seconds']:.2f}s)", flush=True)
         small, large = results["small"], results["large"]
         print(f"analyze peak memory {large['rows']:,} / {small['rows']:,} rows: "
               f"{large['analyze']['peak_mib'] / small['analyze']['peak_mib']:.2f} (goal <= 1.3)")
         print(f"analyze time / bare polars group-by of the same statistics at {large['rows']:,} rows: "
-              f"{large['analyze']['seconds'] / large['bare']['seconds']:.1f} (goal <= 3; statistics alone "
-              f"{large['stats']['seconds'] / large['bare']['seconds']:.1f}; against counts per (class, cue) alone "
+              f"{large['analyze']['seconds'] / large['bare']['seconds']:.1f} (goal <= 3; "
+              "against counts per (class, cue) alone "
               f"{large['analyze']['seconds'] / large['counts']['seconds']:.1f})")
 
         sizes = {"small": max(int(100_000 * SIZE), 200), "large": max(int(1_000_000 * SIZE), 2_000)}
