@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from curate.progress import progress_bar
+
 _V1_CATALOGUE = """
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
@@ -262,12 +264,13 @@ def migrate(conn: sqlite3.Connection) -> int:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             step = MIGRATIONS[version]
             if current == version:  # another process may have migrated meanwhile
-                if callable(step):
-                    step(conn)
-                else:
-                    for statement in step.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                with progress_bar(f"upgrading the workspace catalogue to schema v{version + 1} (once)", None):
+                    if callable(step):
+                        step(conn)
+                    else:
+                        for statement in step.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate.progress import progress_bar
 from curate.workspace._sql import atomic_write_bytes, remove_orphaned_temporaries
 from curate.workspace.faults import DamagedFileError
 
@@ -118,12 +119,14 @@ class SideTables:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when closed, or when a killed holder dies
             remove_orphaned_temporaries(files[0].parent)
             rewritten = 0
-            for path in files:
-                if too_large(path):  # looked at again under the lock: another process may have done it
-                    buffer = io.BytesIO()
-                    pl.read_parquet(path).write_parquet(buffer, row_group_size=row_group_size)
-                    atomic_write_bytes(path, buffer.getvalue())
-                    rewritten += 1
+            with progress_bar(f"rewriting {name} into row groups of {row_group_size} (once)", len(files)) as advance:
+                for path in files:
+                    if too_large(path):  # looked at again under the lock: another process may have done it
+                        buffer = io.BytesIO()
+                        pl.read_parquet(path).write_parquet(buffer, row_group_size=row_group_size)
+                        atomic_write_bytes(path, buffer.getvalue())
+                        rewritten += 1
+                    advance()
         return rewritten
 
     def names(self) -> list[str]:
