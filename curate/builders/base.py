@@ -54,6 +54,20 @@ def image_name(stem: str, uri: str, folder: str = "images") -> str:
     return f"{folder}/{stem}{Path(uri).suffix}"
 
 
+def image_names(stems: pl.Expr, uris: pl.Expr, folder: str = "images") -> pl.Expr:
+    """``image_name`` of whole columns, in polars (a million names without a Python call each):
+    the suffix is what ``pathlib`` gives, the last dot of the last path component and what follows,
+    where something comes before it and after it.
+
+    >>> pl.DataFrame({"s": ["000001", "x"], "u": ["blob:ab/abcd.jpg", "file:///d/.hidden"]}).select(
+    ...     image_names(pl.col("s"), pl.col("u")))["s"].to_list()
+    ['images/000001.jpg', 'images/x']
+    """
+    name = uris.str.replace(r"(/\.?)+$", "").str.extract(r"([^/]*)$")
+    suffix = name.str.extract(r"(?s)^.+(\.[^.]+)$").fill_null("")
+    return pl.format(f"{folder}/{{}}{{}}", stems, suffix)
+
+
 IMAGES_SCHEMA = {"name": pl.String, "uri": pl.String}
 
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from curate.builders.base import Builder, BuildError, Release, image_name, register_builder
+from curate.builders.base import Builder, BuildError, Release, image_names, register_builder
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.progress import progress_bar
@@ -244,8 +244,8 @@ class GroupsBuilder(Builder):
                              f"items with and without {self.attribute!r} (decided items per class|group: {per_group})")
         for number in range((placed + ID_BATCH - 1) // ID_BATCH):  # the placed rows in id order
             ordered = spill.scan(f"by-id-{number}").collect().sort("id")
-            spill.write("placed", ordered.with_columns(filename=pl.struct("item_id", "uri").map_elements(
-                lambda row: image_name(row["item_id"], row["uri"]), return_dtype=pl.String)).select(PLACED))
+            spill.write("placed", ordered.with_columns(filename=image_names(pl.col("item_id"), pl.col("uri")))
+                        .select(PLACED))
         present = {(split, y, a): n for split, y, a, n in
                    spill.scan("placed").group_by("split", "y", "a").len().collect().iter_rows()}
         for split in SPLIT_CODES:
