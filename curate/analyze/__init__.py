@@ -58,7 +58,7 @@ def rank_by_score(scores: dict[str, float], seed: int = RANKING_SEED, cue: Seque
 
 def score_order(scores: np.ndarray, seed: int = RANKING_SEED, cue: Sequence[str] = ()) -> np.ndarray:
     """``rank_by_score`` as positions into ``scores`` (an array in the items' order), without a record
-    per item: a stable sort by descending score of the seeded shuffle.
+    per item: a stable sort by descending score of the seeded shuffle (a NaN score ranks last).
 
     >>> score_order(np.array([0.2, 0.9, 0.2, 0.0]), cue=("dog", "grass")).tolist()[0]
     1
@@ -100,9 +100,10 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     else:
         threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
         kind = f"machine:{source}"
-        one_run = run_id is not None or len(workspace.evidence.run_ids()) == 1  # a scan of one source
-        presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels, threshold,
-                                 one_run)
+        runs = [run_id] if run_id is not None else workspace.evidence.run_ids()
+        one_run = len(runs) == 1  # then the scan is of that run (not of one a proposal registers meanwhile)
+        presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=runs[0] if one_run else None),
+                                 labels, threshold, one_run)
     with _read_once(presence) as presence:
         if presence.lazy().head(1).collect().height == 0:
             raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"

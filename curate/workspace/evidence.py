@@ -86,12 +86,15 @@ def evidence_frame(rows: Iterable[Evidence]) -> pl.DataFrame:
 
 
 def _split_extra(extra: Mapping[str, Any]) -> tuple[str, str | None]:
-    """``extra`` as JSON text without ``negative_of``, and ``negative_of`` as text (or None)."""
-    if NEGATIVE_OF not in extra:
-        return dumps(extra), None
-    negative = extra[NEGATIVE_OF]
-    return dumps({k: v for k, v in extra.items() if k != NEGATIVE_OF}), negative if isinstance(
-        negative, str) else dumps(negative)
+    """``extra`` as JSON text without ``negative_of``, and ``negative_of`` as text (None where it is
+    absent or null, as ``extra_field`` reads it).
+
+    >>> _split_extra({"negative_of": "dog", "n": 1}), _split_extra({"negative_of": None})
+    (('{"n":1}', 'dog'), ('{}', None))
+    """
+    negative = extra.get(NEGATIVE_OF)
+    rest = dumps({k: v for k, v in extra.items() if k != NEGATIVE_OF})
+    return rest, None if negative is None else negative if isinstance(negative, str) else dumps(negative)
 
 
 def evidence_records(frame: pl.DataFrame) -> Iterator[Evidence]:
@@ -275,7 +278,7 @@ class EvidenceStore:
         return scan
 
     def run_ids(self) -> list[str]:
-        """The runs that stored evidence, oldest first (from the registry: no shard is read).
+        """The runs that stored evidence, by id (from the registry: no shard is read).
 
         >>> import tempfile
         >>> from curate.workspace import Workspace
@@ -283,7 +286,7 @@ class EvidenceStore:
         []
         """
         return [row[0] for row in self._connect().execute(
-            "SELECT run_id FROM evidence_shards GROUP BY run_id ORDER BY MIN(shard_id)")]
+            "SELECT DISTINCT run_id FROM evidence_shards ORDER BY run_id")]
 
     def count(self) -> int:
         """How many rows the scan holds (registered counts, de-duplicated only where a run has several shards)."""
@@ -305,7 +308,8 @@ def _deduplicated(paths: Sequence[Path]) -> pl.LazyFrame:
 
 def _scan_shards(paths: Sequence[Path]) -> pl.LazyFrame:
     """Shards in order as one scan of ``SCHEMA``; a shard of ``LEGACY_SCHEMA`` gets its
-    ``negative_of`` from its ``extra``."""
+    ``negative_of`` from its ``extra`` (which keeps it too: removing a key from JSON text is not
+    exact in polars)."""
     scans = []
     for legacy, run in groupby(paths, key=_is_legacy):
         scan = pl.scan_parquet(list(run), schema=LEGACY_SCHEMA if legacy else SCHEMA, hive_partitioning=False)
@@ -313,9 +317,17 @@ def _scan_shards(paths: Sequence[Path]) -> pl.LazyFrame:
     return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
 
 
-@functools.cache
 def _is_legacy(path: Path) -> bool:
-    """Whether a shard predates the ``negative_of`` column (its footer says; a shard never changes)."""
+    """Whether a shard predates the ``negative_of`` column (its footer says; read once per file version)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:  # compacted away meanwhile: the scan says so when it reads
+        return False
+    return _footer_lacks_negative_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _footer_lacks_negative_of(path: Path, size: int, modified_ns: int) -> bool:
     return NEGATIVE_OF not in pl.read_parquet_schema(path)
 
 

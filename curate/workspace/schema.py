@@ -235,10 +235,17 @@ def _v4_status_counts(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v5_negative_of_column(conn: sqlite3.Connection) -> None:
+    """Nothing to rewrite: new evidence shards carry ``negative_of`` as a column, and older shards
+    are read as they are (``curate.workspace.evidence``). The version says that this curate writes
+    shards an older one cannot read, so an older one refuses the workspace with a clear error."""
+
+
 # One SQL script (or function) per version. Scripts run statement by statement inside the caller's
 # transaction (sqlite3's executescript would commit half-way); functions run inside it too.
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_V1_CATALOGUE, _V2_CUES, _v3_evidence_to_parquet, _v4_status_counts)
+MIGRATIONS: tuple[Migration, ...] = (_V1_CATALOGUE, _V2_CUES, _v3_evidence_to_parquet, _v4_status_counts,
+                                     _v5_negative_of_column)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
