@@ -313,7 +313,9 @@ def _scan_shards(paths: Sequence[Path]) -> pl.LazyFrame:
     scans = []
     for legacy, run in groupby(paths, key=_is_legacy):
         scan = pl.scan_parquet(list(run), schema=LEGACY_SCHEMA if legacy else SCHEMA, hive_partitioning=False)
-        scans.append(scan.with_columns(extra_field(NEGATIVE_OF)) if legacy else scan)
+        marked = pl.col("extra").str.contains(f'"{NEGATIVE_OF}"', literal=True)  # JSON parsed only where it may be
+        scans.append(scan.with_columns(pl.when(marked).then(extra_field(NEGATIVE_OF)).alias(NEGATIVE_OF))
+                     if legacy else scan)
     return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
 
 
