@@ -116,10 +116,15 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(task: str, root: Path) -> dict[str, float]:
+def measure(task: str, root: Path, repeats: int = 1) -> dict[str, float]:
+    """One child's time and peak; with ``repeats``, the shortest time and the highest peak of that many
+    children (a short run on a shared machine swings with its neighbours)."""
     out = root.parent / f"{root.name}.{task}.json"
-    subprocess.run([sys.executable, __file__, task, str(root), str(out)], check=True)
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
+    runs = []
+    for _ in range(repeats):
+        subprocess.run([sys.executable, __file__, task, str(root), str(out)], check=True)
+        runs.append(json.loads(out.read_text()))
+    return {"seconds": min(run["seconds"] for run in runs), "peak_mib": max(run["peak_mib"] for run in runs)}
 
 
 def main() -> None:
@@ -167,7 +172,7 @@ def main() -> None:
         for label, n_items in sizes.items():
             root = scratch / f"items-{label}"
             add_evidence(make_items(root, n_items), n_items, 1)  # one cue: machine evidence for `build groups`
-            timings[label] = {task: measure(task, root) for task in ("status", "export", "groups")}
+            timings[label] = {task: measure(task, root, repeats=3) for task in ("status", "export", "groups")}
         for task in ("status", "export", "groups"):
             small_run, large_run = timings["small"][task], timings["large"][task]
             print(f"{task} on {sizes['large']:,} vs {sizes['small']:,} items: time ratio "
