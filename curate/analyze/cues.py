@@ -313,13 +313,14 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
         scan = scan.with_columns(own=pl.lit(True))
     if "fold_key" not in names:
         scan = scan.with_columns(fold_key())
-    names = pl.col("attribute", "class_label", "taxonomy_type")
-    by_type = scan.with_columns(names.cast(pl.Categorical)).group_by(  # keys as categories: half the time and memory
+    text_keys = pl.col("attribute", "class_label", "taxonomy_type")  # grouped as categories: half the time and
+    # memory of grouping strings
+    by_type = scan.with_columns(text_keys.cast(pl.Categorical)).group_by(
         "attribute", "class_label", "fold_key", "taxonomy_type").agg(
         n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
         total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
         low=pl.col("score").min(), high=pl.col("score").max(),
-    ).collect(engine="streaming").with_columns(names.cast(pl.String))
+    ).collect(engine="streaming").with_columns(text_keys.cast(pl.String))
     cells = by_type.group_by("attribute", "class_label", "fold_key").agg(
         pl.col("n", "n_both", "total", "squares").sum(), pl.col("low").min(), pl.col("high").max())
     types = (by_type.group_by("attribute", "class_label", "taxonomy_type").agg(pl.col("n").sum())
