@@ -235,14 +235,15 @@ class Catalog:
         where, args = _item_filters(label, source_id)
         schema = _item_schema(columns)
         selected = ", ".join(schema)
-        last, conn = "", self._connect()
+        last, cursor = "", self._connect().cursor()
+        cursor.row_factory = None  # plain tuples
         while True:
-            rows = conn.execute(f"SELECT {selected} FROM items WHERE item_id > ?{where} "  # noqa: S608
-                                "ORDER BY item_id LIMIT ?", (last, *args, batch_size)).fetchall()
+            rows = cursor.execute(f"SELECT {selected} FROM items WHERE item_id > ?{where} "  # noqa: S608
+                                  "ORDER BY item_id LIMIT ?", (last, *args, batch_size)).fetchall()
             if not rows:
                 return
-            yield pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
-            last = rows[-1]["item_id"]
+            yield pl.DataFrame(rows, schema=schema, orient="row")
+            last = rows[-1][0]
 
     def items_frame(self, label: str | None = None, source_id: str | None = None,
                     columns: Sequence[str] = tuple(ITEM_COLUMNS), *, by_id: bool = True) -> pl.DataFrame:
