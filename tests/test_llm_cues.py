@@ -268,20 +268,6 @@ def test_singular_and_plural(word: str, one: str, many: str) -> None:
     assert normalise_cue(word) == one and plural(one) == many
 
 
-def test_importing_the_proposers_leaves_inflect_and_matplotlib_to_their_first_use() -> None:
-    """Every process that imports a proposer (each Ray actor, the CLI) paid seconds for ``inflect``
-    (typeguard instruments it as it loads) and for matplotlib (through the error-slice statistics):
-    inflect loads with the first word inflected, plural-only nouns registered then."""
-    import subprocess
-    import sys
-
-    code = ("import sys; import curate.propose; from curate.propose.llm_cues import singular; "
-            "print([m for m in ('inflect', 'matplotlib') if m in sys.modules]); "
-            "print(singular('glasses'), singular('leashes'), 'inflect' in sys.modules)")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.split() == ["[]", "glasses", "leash", "True"]
-
-
 def test_vlm_items_whose_request_failed_are_asked_again(pets: Workspace) -> None:
     with standin(vlm_brain) as server:
         options = {"base_url": server.base_url, "image_max_side": 64, "max_retries": 0}
