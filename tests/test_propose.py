@@ -185,6 +185,23 @@ def test_proposer_names_and_options_are_checked() -> None:
     assert isinstance(make_proposer("clip", batch_size=4), ClipProposer)
 
 
+def test_importing_the_proposers_and_naming_a_model_version_load_no_library_they_do_not_use() -> None:
+    """Every process that imports the proposers (the CLI, each Ray actor) paid seconds for ``inflect``
+    (typeguard instruments it as it loads) and for matplotlib (the error-slice statistics), and a Ray
+    driver, which loads no model, imported open_clip (with torchvision) to name the version its actors
+    load: each loads where it is used (inflect with the first word inflected)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import curate.propose; from curate.models import ModelSpec, add_model, model_version; "
+            "from curate.propose.llm_cues import singular; "
+            f"add_model(ModelSpec('tiny', 'open_clip', {str(TINY_CLIP_CONFIG)!r}, 'random')); "
+            "print(model_version('tiny'), [m for m in ('inflect', 'matplotlib', 'open_clip') if m in sys.modules]); "
+            "print(singular('glasses'), singular('leashes'), 'inflect' in sys.modules)")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert printed.split() == ["curate-tiny-clip@random", "[]", "glasses", "leash", "True"]
+
+
 def test_unknown_classes_are_a_clear_error(animals: Workspace) -> None:
     with pytest.raises(ProposeError, match="no items of class horse"):
         propose(animals, make_proposer("priors"), ["horse"], progress=False)

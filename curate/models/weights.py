@@ -110,9 +110,8 @@ def _offline_hub_error(what: str, repo_id: str) -> WeightsNotFoundError:
 
 
 def resolve_open_clip_weights(architecture: str, weights: str | None) -> ResolvedWeights:
-    """Check open_clip weights: random, file, ``local-dir:``, ``hf-hub:`` or a pretrained tag."""
-    import open_clip
-
+    """Check open_clip weights: random, file, ``local-dir:``, ``hf-hub:`` or a pretrained tag (only a
+    tag imports open_clip, seconds with torchvision: a Ray driver knows the version without it)."""
     if weights in (None, "", RANDOM):
         return ResolvedWeights(RANDOM, "", f"{architecture}@{RANDOM}")
     if weights.startswith("local-dir:"):
@@ -129,6 +128,8 @@ def resolve_open_clip_weights(architecture: str, weights: str | None) -> Resolve
     if Path(weights).expanduser().is_file() or weights.endswith((".pt", ".bin", ".safetensors", ".pth")):
         return find_weight_file(weights, architecture, "open_clip weight files are listed by "
                                 "`open_clip.list_pretrained()`")
+    import open_clip
+
     config = open_clip.get_pretrained_cfg(architecture, weights)
     if not config:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"

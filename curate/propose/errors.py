@@ -50,7 +50,6 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from curate.analyze.cues import wilson
 from curate.executors import image_batches
 from curate.llm_settings import LLMSettings
 from curate.models import ClipModel, load_model
@@ -190,6 +189,8 @@ def error_evidence(wrong: np.ndarray, present: np.ndarray) -> dict[str, float | 
     >>> [round(evidence[k], 3) for k in ("n_with", "errors_with", "error_rate_with", "error_gap")]
     [3, 2, 0.667, 0.667]
     """
+    from curate.analyze.cues import wilson  # here: importing the proposers would load analysis and matplotlib
+
     result: dict[str, float | int] = {}
     for name, chosen in (("with", present), ("without", ~present)):
         n, errors = int(chosen.sum()), int((wrong & chosen).sum())

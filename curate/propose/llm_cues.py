@@ -22,9 +22,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import TYPE_CHECKING, Literal
 
-import inflect
 import polars as pl
 from pydantic import BaseModel, field_validator
 
@@ -45,6 +45,9 @@ from curate.propose.prompts import PromptSet, load_prompts
 from curate.records import Cue, EvidenceRole
 from curate.taxonomy import SPURIOUS_TYPES, canonical_type
 
+if TYPE_CHECKING:
+    import inflect
+
 LIST_PROMPTS = ("list_objects", "list_background", "list_next_to", "list_associated")
 FILTERS = {  # template -> the answer that drops the cue
     "filter_exists_without": "no",
@@ -60,9 +63,18 @@ PLURAL_ONLY = ("glasses", "sunglasses", "eyeglasses", "goggles", "binoculars", "
 SINGULAR_IN_S = ("lens", "bus", "gas", "canvas", "atlas", "iris", "tennis", "cactus", "walrus", "octopus",
                  "platypus", "hippopotamus", "asparagus", "hibiscus", "lotus", "citrus", "fungus", "circus",
                  "campus", "abacus", "virus", "chassis")
-_INFLECT = inflect.engine()
-for _noun in PLURAL_ONLY:
-    _INFLECT.defnoun(_noun, _noun)
+
+
+@cache
+def _inflect() -> inflect.engine:
+    """The one ``inflect`` engine, made on first use: importing ``inflect`` takes seconds (typeguard
+    instruments it), which every process importing a proposer (a Ray actor, the CLI) would pay."""
+    import inflect
+
+    engine = inflect.engine()
+    for noun in PLURAL_ONLY:
+        engine.defnoun(noun, noun)
+    return engine
 
 
 class ItemList(BaseModel):
@@ -95,7 +107,7 @@ def singular(word: str) -> str:
     """
     if not word or word in SINGULAR_IN_S:
         return word
-    return _INFLECT.singular_noun(word) or word
+    return _inflect().singular_noun(word) or word
 
 
 def plural(phrase: str) -> str:
@@ -107,7 +119,7 @@ def plural(phrase: str) -> str:
     words = phrase.split()
     if not words or singular(words[-1].lower()) != words[-1].lower():
         return phrase
-    return _INFLECT.plural_noun(phrase)
+    return _inflect().plural_noun(phrase)
 
 
 def normalise_cue(text: str) -> str:
