@@ -151,8 +151,9 @@ def _frame(records: Iterable[Any], schema: dict[str, Any]) -> pl.DataFrame:
 
 
 def open(path: str | Path, progress: bool = True) -> Project:  # noqa: A001 - curate.open, like fo.load_dataset
-    """Open an existing workspace (``curate init`` made it)."""
-    return Project(Workspace.open(path), progress)
+    """Open an existing workspace (``curate init`` made it); ``progress`` covers its upgrade too."""
+    with progress_bars(progress):
+        return Project(Workspace.open(path), progress)
 
 
 def init(path: str | Path, progress: bool = True) -> Project:

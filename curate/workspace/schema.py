@@ -271,7 +271,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             step = MIGRATIONS[version]
             if current == version:  # another process may have migrated meanwhile
-                with progress_bar(f"upgrading the workspace catalogue to schema v{version + 1} (once)", None):
+                with progress_bar(f"upgrading the workspace catalogue to schema v{version + 1} (once)", None,
+                                  enabled=start > 0):  # an upgrade, not a new catalogue
                     if callable(step):
                         step(conn)
                     else:
