@@ -295,3 +295,30 @@ def test_the_evidence_is_joined_to_the_labels_by_a_table_of_the_labels() -> None
     labels = labels_frame(pl.DataFrame({"item_id": ["a"], "label": ["dog"]}))
     plan = presence_scan(pl.LazyFrame(schema=SCHEMA), labels, 0.5).explain(engine="streaming")
     assert "BUILD SIDE: ForceRight" in plan
+
+
+def test_evidence_meets_the_labels_of_its_own_item_whatever_the_ids() -> None:
+    """Evidence meets its labels by two hashes of the id (``ID_HASHES``), not by the ids: every row
+    about a labelled item, and only those, comes out with that item's position, class and fold,
+    for digest ids, hand-made ids, ids that differ in one character, unlabelled items and ids the
+    labels do not know."""
+    rng = np.random.default_rng(3)
+    digests = [f"{n:064x}" for n in rng.integers(0, 2**62, 300)] + ["a" * 63 + "1", "a" * 63 + "2"]
+    hand_made = ["i1", "i10", "I1", "i1 ", "dog/001.jpg", "dog/001.jpeg", "ü", ""]
+    ids = digests + hand_made
+    items = pl.DataFrame({"item_id": ids, "label": [None if n % 7 == 0 else f"c{n % 3}" for n in range(len(ids))]})
+    labels = labels_frame(items).collect()
+    about = [*ids, "i2", "f" * 64, "i1  "]  # the last three are no item's
+    evidence = pl.DataFrame(
+        [{"item_id": item_id, "attribute": f"cue{n % 4}", "source": "clip", "run_id": "r", "role": role,
+          "taxonomy_type": "Background", "score": float(rng.random()), "negative_of": "c9" if n % 5 == 0 else None}
+         for n, item_id in enumerate(about) for role in (EvidenceRole.SPURIOUS.value, EvidenceRole.CORE.value)],
+        schema_overrides={"negative_of": pl.String}).lazy()
+    got = presence_scan(evidence, labels.lazy(), 0.5, one_run=True).collect()
+    expected = (evidence.filter(pl.col("role") != EvidenceRole.CORE.value).join(labels.lazy(), on="item_id")
+                .collect())
+    assert sorted(zip(labels["item_id"].gather(got["item"]), got["class_label"], got["fold_key"], got["attribute"],
+                      got["score"], got["own"], strict=True)) == \
+        sorted(zip(expected["item_id"], expected["class_label"], expected["fold_key"], expected["attribute"],
+                   expected["score"], expected["negative_of"].is_null(), strict=True))
+    assert got.height == expected.height > len(digests) // 2

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from curate.analyze.cues import cue_statistics, labels_frame, presence_from_verdicts, presence_scan
+from curate.analyze.cues import cell_sums, cue_statistics, labels_frame, presence_from_verdicts, presence_scan
 from curate.analyze.plots import image_strips, lift_heatmap
 from curate.images import open_image
 from curate.options import check_options
@@ -104,13 +104,13 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
         one_run = len(runs) == 1  # then the scan is of that run (not of one a proposal registers meanwhile)
         presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=runs[0] if one_run else None),
                                  labels, threshold, one_run)
-    with _read_once(presence) as presence:
+    with _read_once(presence) as (presence, sums):
         if presence.lazy().head(1).collect().height == 0:
             raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
                              + (f" in run {run_id}" if run_id else ""))
         config = {"evidence": kind, "evidence_run": run_id, "threshold": threshold, "strip_k": strip_k}
         with workspace.runs.track(Stage.ANALYZE, kind, config, extend_completed=True) as run:
-            stats = cue_statistics(presence, kind)
+            stats = cue_statistics(presence, kind, sums)
             workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
             folder = workspace.root / "reports" / run.run_id
             pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top),
@@ -124,7 +124,8 @@ def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, item_id
     """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order, of
     its items in id order), from presence rows whose ``item`` is a position in ``item_ids``
     (``labels_frame``)."""
-    tops = stats.filter(pl.col("rank") == 1).select("class_label", "attribute")
+    keys = presence.lazy().collect_schema()
+    tops = stats.filter(pl.col("rank") == 1).select(pl.col(c).cast(keys[c]) for c in ("class_label", "attribute"))
     scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
               .select("class_label", "attribute", "item", "score").collect(engine="streaming")
               .partition_by("class_label", "attribute", as_dict=True))
@@ -144,17 +145,19 @@ def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, item_id
 
 
 @contextmanager
-def _read_once(presence: pl.LazyFrame | pl.DataFrame) -> Iterator[pl.LazyFrame | pl.DataFrame]:
-    """A presence scan run once into a temporary parquet file, so that the statistics' two passes
-    and the strips read it, not the evidence, its labels join and its JSON (a frame stays as it is).
-    The file holds items by position (``item``), not by id: ids are most of a row's bytes."""
+def _read_once(presence: pl.LazyFrame | pl.DataFrame) -> Iterator[tuple[pl.LazyFrame | pl.DataFrame,
+                                                                        pl.DataFrame | None]]:
+    """A presence scan run once into a temporary parquet file, together with the first pass of the
+    statistics (``cell_sums``), so that the second pass and the strips read the file, not the
+    evidence and its labels join (a frame stays as it is, its sums left to ``cue_statistics``)."""
     if isinstance(presence, pl.DataFrame):
-        yield presence
+        yield presence, None
         return
     with tempfile.TemporaryDirectory(prefix="curate-analyze-") as scratch:
         path = Path(scratch) / "presence.parquet"
-        presence.drop("item_id").sink_parquet(path, compression="lz4")
-        yield pl.scan_parquet(path)
+        _, sums = pl.collect_all([presence.sink_parquet(path, compression="lz4", lazy=True), cell_sums(presence)],
+                                 engine="streaming")
+        yield pl.scan_parquet(path), sums
 
 
 def cue_runs(workspace: Workspace) -> list[Run]:

@@ -55,11 +55,17 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-PRESENCE_SCHEMA = {"item_id": pl.String, "item": pl.UInt32, "class_label": pl.String, "fold_key": pl.Int64,
-                   "attribute": pl.String, "taxonomy_type": pl.String, "score": pl.Float64, "present": pl.Boolean,
-                   "own": pl.Boolean}
-"""Presence rows; ``item`` is the item's position in its labels frame (``labels_frame``), a narrow
-stand-in for its id where many rows are written."""
+PRESENCE_SCHEMA = {"item": pl.UInt32, "class_label": pl.Categorical, "fold_key": pl.UInt8,
+                   "attribute": pl.Categorical, "taxonomy_type": pl.Categorical, "score": pl.Float64,
+                   "present": pl.Boolean, "own": pl.Boolean}
+"""Presence rows: ``item`` is the item's position in its labels frame (``labels_frame``), and the
+texts are categories, so that 10M rows are narrow to write, read and group (ids were most of a
+row's bytes, and string keys doubled the memory of a streamed join or group-by)."""
+
+ID_HASHES = (pl.col("item_id").hash(0).alias("id_hash"), pl.col("item_id").hash(1).alias("id_check"))
+"""Two independent 64-bit hashes of an item id: evidence meets its labels on the first and keeps the
+rows whose second agrees too (a false match needs both to collide: below 2^-100 for a billion
+rows), which spares the join a table of the ids themselves."""
 
 
 def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -80,15 +86,23 @@ def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float
     (``labels_frame``): evidence about the class object itself (role ``core``) is left out, ``own``
     is false for rows scored only as negatives for another class's cue. Where several runs or
     proposers scored one (item, cue), the row of the first run (by id) counts; ``one_run`` says
-    the caller knows the scan holds one run of one proposer (nothing to look for)."""
+    the caller knows the scan holds one run of one proposer (nothing to look for). Items meet
+    their labels by ``ID_HASHES``."""
     evidence = evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
-    rows = (evidence.join(labels, on="item_id", how="inner", build_side="force_right")
-            .select("item_id", "item", "class_label", "fold_key", "attribute", "taxonomy_type", "run_id", "source",
-                    score=pl.col("score").fill_null(0.0), own=pl.col(NEGATIVE_OF).is_null()))
+    table = labels.select(*ID_HASHES, *_typed("item", "class_label", "fold_key"))
+    rows = (evidence.select(*ID_HASHES, *_typed("attribute", "taxonomy_type"), "run_id", "source",
+                            score=pl.col("score").fill_null(0.0), own=pl.col(NEGATIVE_OF).is_null())
+            .join(table, on="id_hash", how="inner", build_side="force_right")
+            .filter(pl.col("id_check") == pl.col("id_check_right")))
     if not one_run and evidence.group_by("run_id", "source").len().collect(engine="streaming").height > 1:
         rows = rows.sort("run_id", "source", maintain_order=True).unique(["item", "attribute"], keep="first",
                                                                           maintain_order=True)
     return rows.with_columns(present=pl.col("score") >= threshold).select(*PRESENCE_SCHEMA)
+
+
+def _typed(*columns: str) -> list[pl.Expr]:
+    """``columns`` cast to their ``PRESENCE_SCHEMA`` types."""
+    return [pl.col(column).cast(PRESENCE_SCHEMA[column]) for column in columns]
 
 
 def presence_from_verdicts(verdicts: Iterable[Verdict], labels: pl.LazyFrame) -> pl.DataFrame:
@@ -100,7 +114,8 @@ def presence_from_verdicts(verdicts: Iterable[Verdict], labels: pl.LazyFrame) ->
                                        "present": pl.Boolean}, orient="row").with_row_index("order")
     return (frame.lazy().join(labels, on="item_id", how="inner").sort("order")
             .with_columns(score=pl.col("present").cast(pl.Float64), own=pl.lit(True))
-            .select(*PRESENCE_SCHEMA).unique(["item", "attribute"], keep="first", maintain_order=True).collect())
+            .select(*_typed(*PRESENCE_SCHEMA)).unique(["item", "attribute"], keep="first", maintain_order=True)
+            .collect())
 
 
 FOLDS = 5
@@ -268,17 +283,25 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
         "attribute": pl.String, "class_label": pl.String, "fold": pl.Int64, "reach_low": pl.Float64,
         "sure_low": pl.Float64, "sure_high": pl.Float64, "reach_high": pl.Float64}).lazy()
     fold_counts = pl.DataFrame({"attribute": list(models), "folds": [folds for _, _, folds in models.values()]}).lazy()
+    keys = rows.collect_schema()  # the tables' texts typed as the rows' (strings or categories)
+    table, fold_counts = (frame.with_columns(pl.col(c).cast(keys[c]) for c in frame.collect_schema() if c in keys
+                                             and c != "fold") for frame in (table, fold_counts))
     score = pl.col("score")
     sure = (score >= pl.col("sure_low")) & (score < pl.col("sure_high"))
-    counted = (rows.join(fold_counts, on="attribute", build_side="force_right")
-               .with_columns(fold=pl.col("fold_key") % pl.col("folds"))
-               .join(table, on=["attribute", "class_label", "fold"], build_side="force_right")
-               .filter((score >= pl.col("reach_low")) & (score < pl.col("reach_high")))
-               .group_by("attribute").agg(sure=sure.sum(), near=pl.struct("class_label", "fold", "score").filter(~sure))
-               .collect(engine="streaming"))
-    for attribute, inside_count, near in counted.iter_rows():
+    inside = (rows.join(fold_counts, on="attribute", build_side="force_right")
+              .with_columns(fold=pl.col("fold_key") % pl.col("folds"))
+              .join(table, on=["attribute", "class_label", "fold"], build_side="force_right")
+              .filter((score >= pl.col("reach_low")) & (score < pl.col("reach_high"))))
+    # two streamed results of one pass: a list aggregation of the near rows per cue is not streamed
+    # (polars gathered every joined row first: 476 MiB at 10M rows against 226 at 1M)
+    counted, near_rows = pl.collect_all([inside.group_by("attribute").agg(sure=sure.sum()),
+                                         inside.filter(~sure).select("attribute", "class_label", "fold", "score")],
+                                        engine="streaming")
+    near_of = near_rows.partition_by("attribute", as_dict=True, include_key=False)
+    empty = near_rows.clear().drop("attribute")
+    for attribute, inside_count in counted.iter_rows():
         classes, model, _ = models[attribute]
-        near = pl.DataFrame(near, schema={"class_label": pl.String, "fold": pl.Int64, "score": pl.Float64})
+        near = near_of.get((attribute,), empty)
         code = {label: n for n, label in enumerate(classes)}
         truth = np.array([code[label] for label in near["class_label"]], dtype=np.int64)
         predicted = _predicted(model, near["fold"].to_numpy(), near["score"].to_numpy().astype(np.float64))
@@ -288,7 +311,40 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
     return results
 
 
-def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) -> pl.DataFrame:
+def cell_sums(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The first pass of ``cue_statistics`` as a lazy query, for a caller that runs it together with
+    another query over the same rows: per (cue, class, fold key, type) the rows, how many are
+    present, whether any is the class's own, and the sum, sum of squares, minimum and maximum of
+    their scores.
+
+    >>> cell_sums(pl.DataFrame({"item_id": ["ab" * 32], "class_label": "a", "attribute": "grass",
+    ...                         "taxonomy_type": "Background", "score": 0.9, "present": True})).collect()["n"].to_list()
+    [1]
+    """
+    scan = _completed(presence)
+    text_keys = pl.col("attribute", "class_label", "taxonomy_type")  # grouped as categories: half the time and
+    # memory of grouping strings
+    return scan.with_columns(text_keys.cast(pl.Categorical)).group_by(
+        "attribute", "class_label", "fold_key", "taxonomy_type").agg(
+        n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
+        total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
+        low=pl.col("score").min(), high=pl.col("score").max())
+
+
+def _completed(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Presence rows with the columns a table from elsewhere may lack: ``own`` (every row is its
+    class's own) and ``fold_key`` (from ``item_id``)."""
+    scan = presence.lazy()
+    names = scan.collect_schema().names()
+    if "own" not in names:
+        scan = scan.with_columns(own=pl.lit(True))
+    if "fold_key" not in names:
+        scan = scan.with_columns(fold_key())
+    return scan
+
+
+def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str,
+                   sums: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (class, cue) with the statistics above, ranked within each class by lift, then
     P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
     Without an ``own`` column every class scored gets a row. A (class, cue)'s type is the one most
@@ -296,8 +352,9 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     alphabetical order.
 
     Two passes over the (lazy) presence table, whatever its size: one aggregation by (cue, class,
-    fold key) gives the counts and the folds' sufficient statistics, and one streamed pass makes
-    the out-of-fold predictions (``FoldModels``).
+    fold key) gives the counts and the folds' sufficient statistics (``cell_sums``, or ``sums``
+    where the caller ran it already), and one streamed pass makes the out-of-fold predictions
+    (``FoldModels``).
 
     >>> import hashlib
     >>> ids = [hashlib.sha256(bytes([n])).hexdigest() for n in range(8)]
@@ -307,20 +364,9 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     >>> cue_statistics(presence, "machine:clip").select("class_label", "lift", "predictivity_gain").rows()
     [('a', 2.0, 0.5), ('b', 0.0, 0.5)]
     """
-    scan = presence.lazy()
-    names = scan.collect_schema().names()
-    if "own" not in names:
-        scan = scan.with_columns(own=pl.lit(True))
-    if "fold_key" not in names:
-        scan = scan.with_columns(fold_key())
-    text_keys = pl.col("attribute", "class_label", "taxonomy_type")  # grouped as categories: half the time and
-    # memory of grouping strings
-    by_type = scan.with_columns(text_keys.cast(pl.Categorical)).group_by(
-        "attribute", "class_label", "fold_key", "taxonomy_type").agg(
-        n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
-        total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
-        low=pl.col("score").min(), high=pl.col("score").max(),
-    ).collect(engine="streaming").with_columns(text_keys.cast(pl.String))
+    scan = _completed(presence)
+    by_type = (cell_sums(scan).collect(engine="streaming") if sums is None else sums).with_columns(
+        pl.col("attribute", "class_label", "taxonomy_type").cast(pl.String))
     cells = by_type.group_by("attribute", "class_label", "fold_key").agg(
         pl.col("n", "n_both", "total", "squares").sum(), pl.col("low").min(), pl.col("high").max())
     types = (by_type.group_by("attribute", "class_label", "taxonomy_type").agg(pl.col("n").sum())

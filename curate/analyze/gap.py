@@ -309,9 +309,10 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
     from curate.analyze import score_order
 
     labels = workspace.catalog.items_frame(columns=["label"])
-    presence = (presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labels_frame(labels),
-                              threshold=0.0)
-                .filter(pl.col("own")).sort("item_id", "attribute").collect())  # the class's own cues
+    labelled = labels_frame(labels).collect()
+    presence = (presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labelled.lazy(),
+                              threshold=0.0).filter(pl.col("own")).collect())  # the class's own cues
+    presence = presence.with_columns(item_id=labelled["item_id"].gather(presence["item"])).sort("item_id", "attribute")
     all_classes = sorted(labels.filter(pl.col("label") != "")["label"].unique().to_list())
     wanted = set(classes) if classes else set(all_classes)
     ranked = []
