@@ -122,6 +122,18 @@ def test_human_verdicts_are_analyzed_apart(scored: Workspace) -> None:
         analyze_cues(scored, source="clip")
 
 
+def test_a_run_registered_while_analyze_starts_is_not_counted(scored: Workspace,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Analyze lists the runs once; holding one, it reads that run's rows alone, so a proposal that
+    registers a second run between that list and the scan adds no row twice."""
+    before = scored.evidence.run_ids()
+    scored.catalog.add_evidence(Evidence(i.item_id, "grass", "detector", "propose-z", EvidenceRole.CANDIDATE,
+                                         "Background", 0.99) for i in scored.catalog.items())
+    monkeypatch.setattr(type(scored.evidence), "run_ids", lambda self: before)  # the list taken before it
+    dog = analyze_cues(scored, source="detector").stats.filter(pl.col("class_label") == "dog").row(0, named=True)
+    assert (dog["n_scored"], dog["n_both"], dog["lift"]) == (8, 3, pytest.approx(1.5))
+
+
 def test_report_links_every_picture_and_figure(scored: Workspace, tmp_path: Path) -> None:
     from curate.analyze.report import build_report
     from curate.evaluate import evaluate
