@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,21 +89,23 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     highest-ranked cue. With ``use_verdicts`` presence comes from human verdicts (of
     ``verdict_round``, or all rounds) instead of ``source``'s evidence."""
     started = time.perf_counter()
-    labelled = labels_frame(workspace.catalog.items_frame(columns=["label"], by_id=False)).collect()
-    labels = labelled.lazy()
-    presence: pl.LazyFrame | pl.DataFrame
-    if use_verdicts:
-        kind = f"human:{verdict_round or 'all rounds'}"
-        presence = presence_from_verdicts(resolved_verdicts(workspace, verdict_round), labels)
-        threshold = None
-    else:
-        threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
-        kind = f"machine:{source}"
-        runs = [run_id] if run_id is not None else workspace.evidence.run_ids()
-        one_run = len(runs) == 1  # then the scan is of that run (not of one a proposal registers meanwhile)
-        presence = presence_scan(workspace.catalog.evidence_scan(source=source, run_id=runs[0] if one_run else None),
-                                 labels, threshold, one_run)
-    with _read_once(presence) as (presence, sums):
+    with tempfile.TemporaryDirectory(prefix="curate-analyze-") as name:
+        scratch = Path(name)
+        labels = _labels_file(workspace, scratch)
+        presence: pl.LazyFrame | pl.DataFrame
+        if use_verdicts:
+            kind = f"human:{verdict_round or 'all rounds'}"
+            presence = presence_from_verdicts(resolved_verdicts(workspace, verdict_round), labels)
+            threshold = None
+        else:
+            threshold = DEFAULT_THRESHOLDS.get(source, 0.5) if threshold is None else threshold
+            kind = f"machine:{source}"
+            runs = [run_id] if run_id is not None else workspace.evidence.run_ids()
+            one_run = len(runs) == 1  # then the scan is of that run (not of one a proposal registers meanwhile)
+            presence = presence_scan(workspace.catalog.evidence_scan(source=source,
+                                                                     run_id=runs[0] if one_run else None),
+                                     labels, threshold, one_run)
+        presence, sums = _read_once(presence, scratch)
         if presence.lazy().head(1).collect().height == 0:
             raise ValueError(f"no {'verdicts' if use_verdicts else f'evidence from {source!r}'} to analyze"
                              + (f" in run {run_id}" if run_id else ""))
@@ -114,21 +115,32 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
             workspace.tables.write(STATS_TABLE, stats.with_columns(pl.lit(run.run_id).alias("run_id")), part=run.run_id)
             folder = workspace.root / "reports" / run.run_id
             pictures = [lift_heatmap(stats, folder / "lift-heatmap.png", top=heatmap_top),
-                        *_strips(workspace, presence, labelled["item_id"], stats, folder, f"({kind})", strip_k)]
+                        *_strips(workspace, presence, labels, stats, folder, f"({kind})", strip_k)]
             workspace.runs.set_counts(run.run_id, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
 
 
-def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, item_ids: pl.Series, stats: pl.DataFrame,
+def _labels_file(workspace: Workspace, scratch: Path) -> pl.LazyFrame:
+    """The labelled items (``labels_frame``) written to ``scratch`` and scanned from there: the join
+    with the evidence and the strips read them, and no copy of every id stays in memory while the
+    evidence streams."""
+    path = scratch / "labels.parquet"
+    labels_frame(workspace.catalog.items_frame(columns=["label"], by_id=False)).collect().write_parquet(
+        path, compression="uncompressed")
+    return pl.scan_parquet(path)
+
+
+def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, labels: pl.LazyFrame, stats: pl.DataFrame,
             folder: Path, caption: str, strip_k: int) -> list[Path]:
     """The top-K / bottom-K strip of each class's highest-ranked cue (``rank_by_score``'s order, of
-    its items in id order), from presence rows whose ``item`` is a position in ``item_ids``
+    its items in id order), from presence rows whose ``item`` is a position in ``labels``
     (``labels_frame``)."""
     keys = presence.lazy().collect_schema()
     tops = stats.filter(pl.col("rank") == 1).select(pl.col(c).cast(keys[c]) for c in ("class_label", "attribute"))
     scores = (presence.lazy().join(tops.lazy(), on=["class_label", "attribute"], how="semi")
               .select("class_label", "attribute", "item", "score").collect(engine="streaming")
               .partition_by("class_label", "attribute", as_dict=True))
+    item_ids = labels.select("item_id").collect()["item_id"]
     pictures = []
     for row in tops.iter_rows(named=True):
         scored = scores.pop((row["class_label"], row["attribute"]))  # one class's copy at a time
@@ -144,20 +156,17 @@ def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, item_id
     return pictures
 
 
-@contextmanager
-def _read_once(presence: pl.LazyFrame | pl.DataFrame) -> Iterator[tuple[pl.LazyFrame | pl.DataFrame,
-                                                                        pl.DataFrame | None]]:
-    """A presence scan run once into a temporary parquet file, together with the first pass of the
-    statistics (``cell_sums``), so that the second pass and the strips read the file, not the
+def _read_once(presence: pl.LazyFrame | pl.DataFrame,
+               scratch: Path) -> tuple[pl.LazyFrame | pl.DataFrame, pl.DataFrame | None]:
+    """A presence scan run once into a parquet file in ``scratch``, together with the first pass of
+    the statistics (``cell_sums``), so that the second pass and the strips read the file, not the
     evidence and its labels join (a frame stays as it is, its sums left to ``cue_statistics``)."""
     if isinstance(presence, pl.DataFrame):
-        yield presence, None
-        return
-    with tempfile.TemporaryDirectory(prefix="curate-analyze-") as scratch:
-        path = Path(scratch) / "presence.parquet"
-        _, sums = pl.collect_all([presence.sink_parquet(path, compression="lz4", lazy=True), cell_sums(presence)],
-                                 engine="streaming")
-        yield pl.scan_parquet(path), sums
+        return presence, None
+    path = scratch / "presence.parquet"
+    _, sums = pl.collect_all([presence.sink_parquet(path, compression="lz4", lazy=True), cell_sums(presence)],
+                             engine="streaming")
+    return pl.scan_parquet(path), sums
 
 
 def cue_runs(workspace: Workspace) -> list[Run]:
