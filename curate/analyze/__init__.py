@@ -164,8 +164,9 @@ def _read_once(presence: pl.LazyFrame | pl.DataFrame,
     if isinstance(presence, pl.DataFrame):
         return presence, None
     path = scratch / "presence.parquet"
-    _, sums = pl.collect_all([presence.sink_parquet(path, compression="lz4", lazy=True), cell_sums(presence)],
-                             engine="streaming")
+    sink = presence.sink_parquet(path, compression="lz4", lazy=True, maintain_order=False)  # nothing reads the
+    # file in order (the strips sort by id), and an ordered sink holds back rows that arrive early
+    _, sums = pl.collect_all([sink, cell_sums(presence)], engine="streaming")
     return pl.scan_parquet(path), sums
 
 
