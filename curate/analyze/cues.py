@@ -69,15 +69,16 @@ rows), which spares the join a table of the ids themselves."""
 
 
 def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """``item_id, item, class_label, fold_key`` of the labelled items of an items frame
-    (``Catalog.items_frame``): ``item`` numbers them in the frame's order, and each item's fold key
-    is worked out once here, not on each of its evidence rows.
+    """``item_id, item, class_label, fold_key, id_hash, id_check`` of the labelled items of an items
+    frame (``Catalog.items_frame``): ``item`` numbers them in the frame's order, and each item's
+    fold key and ``ID_HASHES`` are worked out once here, not on each of its evidence rows.
 
-    >>> labels_frame(pl.DataFrame({"item_id": ["0a", "0b", "3d"], "label": ["dog", None, "cat"]})).collect().rows()
+    >>> labels = labels_frame(pl.DataFrame({"item_id": ["0a", "0b", "3d"], "label": ["dog", None, "cat"]}))
+    >>> labels.select("item_id", "item", "class_label", "fold_key").collect().rows()
     [('0a', 0, 'dog', 27), ('3d', 1, 'cat', 50)]
     """
     return (items.lazy().filter(pl.col("label").is_not_null()).with_row_index("item")
-            .select("item_id", "item", pl.col("label").alias("class_label"), fold_key()))
+            .select("item_id", "item", pl.col("label").alias("class_label"), fold_key(), *ID_HASHES))
 
 
 def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float,
@@ -89,7 +90,7 @@ def presence_scan(evidence: pl.LazyFrame, labels: pl.LazyFrame, threshold: float
     the caller knows the scan holds one run of one proposer (nothing to look for). Items meet
     their labels by ``ID_HASHES``."""
     evidence = evidence.filter(pl.col("role") != EvidenceRole.CORE.value)
-    table = labels.select(*ID_HASHES, *_typed("item", "class_label", "fold_key"))
+    table = labels.select("id_hash", "id_check", *_typed("item", "class_label", "fold_key"))
     rows = (evidence.select(*ID_HASHES, *_typed("attribute", "taxonomy_type"), "run_id", "source",
                             score=pl.col("score").fill_null(0.0), own=pl.col(NEGATIVE_OF).is_null())
             .join(table, on="id_hash", how="inner", build_side="force_right")

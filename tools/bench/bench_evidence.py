@@ -148,8 +148,8 @@ def main() -> None:
             rows = workspace.evidence.scan().collect()
             alone = scratch / f"{label}.alone.parquet"
             rows.write_parquet(alone, compression="zstd")
-            labels_frame(workspace.catalog.items_frame(columns=["label"])).drop("item").sink_parquet(
-                scratch / f"{label}.labels.parquet")
+            labels_frame(workspace.catalog.items_frame(columns=["label"])).select(
+                "item_id", "class_label", "fold_key").sink_parquet(scratch / f"{label}.labels.parquet")
             results[label] = {"bytes_ratio": stored / alone.stat().st_size, "rows": rows.height,
                               **{task: measure(task, root) for task in ("analyze", "bare", "counts")}}
             del rows
