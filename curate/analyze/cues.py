@@ -215,8 +215,9 @@ def _pieces(model: FoldModels, fold: int) -> list[tuple[float, float, int]]:
             first, second = np.minimum(q / da, dc / q), np.maximum(q / da, dc / q)
             real = (da != 0) & (db * db - 4 * da * dc > 0)
             # where each class first rises above the winner after ``low``
-            overtakes = np.select([real & (da > 0) & (second > low), real & (da < 0) & (first > low),
-                                   (da == 0) & (db > 0) & (-dc / db > low)], [second, first, -dc / db], math.inf)
+            overtakes = np.where(real & (da > 0) & (second > low), second,  # np.select, at a tenth of its cost
+                                 np.where(real & (da < 0) & (first > low), first,
+                                          np.where((da == 0) & (db > 0) & (-dc / db > low), -dc / db, math.inf)))
         overtakes[winner], overtakes[~live] = math.inf, math.inf
         at = float(overtakes.min())
         if not math.isfinite(at):
