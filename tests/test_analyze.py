@@ -11,7 +11,7 @@ import pytest
 from conftest import distinct_image
 from PIL import Image
 
-from curate.analyze import STATS_TABLE, analyze_cues, rank_by_score
+from curate.analyze import STATS_TABLE, analyze_cues, cues, rank_by_score
 from curate.analyze.cues import cue_statistics, labels_frame, presence_scan, wilson
 from curate.ingest import FolderSource, ingest
 from curate.records import Evidence, EvidenceRole, Verdict
@@ -130,6 +130,16 @@ def test_a_run_registered_while_analyze_starts_is_not_counted(scored: Workspace,
     scored.catalog.add_evidence(Evidence(i.item_id, "grass", "detector", "propose-z", EvidenceRole.CANDIDATE,
                                          "Background", 0.99) for i in scored.catalog.items())
     monkeypatch.setattr(type(scored.evidence), "run_ids", lambda self: before)  # the list taken before it
+    dog = analyze_cues(scored, source="detector").stats.filter(pl.col("class_label") == "dog").row(0, named=True)
+    assert (dog["n_scored"], dog["n_both"], dog["lift"]) == (8, 3, pytest.approx(1.5))
+
+
+def test_of_two_runs_scoring_the_same_cue_the_first_counts(scored: Workspace) -> None:
+    """Two runs of one proposer scored grass on every image: each (item, cue) counts once, with the
+    score of the first run by id, before anything else reads the rows."""
+    scored.catalog.add_evidence(Evidence(i.item_id, "grass", "detector", "propose-z", EvidenceRole.CANDIDATE,
+                                         "Background", 0.99) for i in scored.catalog.items())
+    assert len(scored.evidence.run_ids()) == 2
     dog = analyze_cues(scored, source="detector").stats.filter(pl.col("class_label") == "dog").row(0, named=True)
     assert (dog["n_scored"], dog["n_both"], dog["lift"]) == (8, 3, pytest.approx(1.5))
 
@@ -309,11 +319,17 @@ def test_the_evidence_is_joined_to_the_labels_by_a_table_of_the_labels() -> None
     assert "BUILD SIDE: ForceRight" in plan
 
 
-def test_evidence_meets_the_labels_of_its_own_item_whatever_the_ids() -> None:
+@pytest.mark.parametrize("first_hash", ["polars", "length"])
+def test_evidence_meets_the_labels_of_its_own_item_whatever_the_ids(first_hash: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Evidence meets its labels by two hashes of the id (``ID_HASHES``), not by the ids: every row
     about a labelled item, and only those, comes out with that item's position, class and fold,
     for digest ids, hand-made ids, ids that differ in one character, unlabelled items and ids the
-    labels do not know."""
+    labels do not know; also when the first hash collides everywhere (ids of one length), which
+    leaves the second to tell them apart."""
+    if first_hash == "length":
+        monkeypatch.setattr(cues, "ID_HASHES", (pl.col("item_id").str.len_bytes().cast(pl.UInt64).alias("id_hash"),
+                                                cues.ID_HASHES[1]))
     rng = np.random.default_rng(3)
     digests = [f"{n:064x}" for n in rng.integers(0, 2**62, 300)] + ["a" * 63 + "1", "a" * 63 + "2"]
     hand_made = ["i1", "i10", "I1", "i1 ", "dog/001.jpg", "dog/001.jpeg", "ü", ""]

@@ -64,8 +64,8 @@ row's bytes, and string keys doubled the memory of a streamed join or group-by).
 
 ID_HASHES = (pl.col("item_id").hash(0).alias("id_hash"), pl.col("item_id").hash(1).alias("id_check"))
 """Two independent 64-bit hashes of an item id: evidence meets its labels on the first and keeps the
-rows whose second agrees too (a false match needs both to collide: below 2^-100 for a billion
-rows), which spares the join a table of the ids themselves."""
+rows whose second agrees too (a false match needs both to collide: about 2^-68 with a billion ids
+on each side), which spares the join a table of the ids themselves."""
 
 
 def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -77,7 +77,9 @@ def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     >>> labels.select("item_id", "item", "class_label", "fold_key").collect().rows()
     [('0a', 0, 'dog', 27), ('3d', 1, 'cat', 50)]
     """
-    return (items.lazy().filter(pl.col("label").is_not_null()).with_row_index("item")
+    return (items.lazy().filter(pl.col("label").is_not_null() & pl.col("item_id").is_not_null())  # a null id
+            # would hash to a value a null evidence id meets
+            .with_row_index("item")
             .select("item_id", "item", pl.col("label").alias("class_label"), fold_key(), *ID_HASHES))
 
 
