@@ -9,6 +9,7 @@ side table.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from curate.workspace import Workspace
 STATS_TABLE = "cue-stats"
 DEFAULT_THRESHOLDS = {"detector": 0.05, "clip": 0.5}  # SpurLens' detector threshold; CLIP presence probability
 RANKING_SEED = 0
+LABEL_BATCH = 65_536  # items read and labelled at a time
 
 
 def cue_seed(seed: int, *parts: str) -> list[int]:
@@ -121,13 +123,19 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
 
 
 def _labels_file(workspace: Workspace, scratch: Path) -> pl.LazyFrame:
-    """The labelled items (``labels_frame``) written to ``scratch`` and scanned from there: the join
-    with the evidence and the strips read them, and no copy of every id stays in memory while the
-    evidence streams."""
-    path = scratch / "labels.parquet"
-    labels_frame(workspace.catalog.items_frame(columns=["label"], by_id=False)).collect().write_parquet(
-        path, compression="uncompressed")
-    return pl.scan_parquet(path)
+    """The labelled items (``labels_frame``) written to ``scratch`` a batch at a time and scanned from
+    there: the join with the evidence and the strips read them, and no copy of every id is held,
+    neither while they are read nor while the evidence streams (at 500k items a frame of them all
+    took 120 MiB to make, which the evidence's join could not reuse)."""
+    folder, written = scratch / "labels", 0
+    folder.mkdir()
+    batches = workspace.catalog.item_batches(columns=["label"], batch_size=LABEL_BATCH)
+    for number, items in enumerate(itertools.chain(batches, [pl.DataFrame(schema={"item_id": pl.String,
+                                                                                   "label": pl.String})])):
+        labels = labels_frame(items, offset=written).collect()  # the last is empty: a scan needs one file
+        labels.write_parquet(folder / f"{number:08d}.parquet", compression="uncompressed")
+        written += labels.height
+    return pl.scan_parquet(folder / "*.parquet")
 
 
 def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, labels: pl.LazyFrame, stats: pl.DataFrame,

@@ -68,10 +68,10 @@ rows whose second agrees too (a false match needs both to collide: about 2^-68 w
 on each side), which spares the join a table of the ids themselves."""
 
 
-def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+def labels_frame(items: pl.DataFrame | pl.LazyFrame, offset: int = 0) -> pl.LazyFrame:
     """``item_id, item, class_label, fold_key, id_hash, id_check`` of the labelled items of an items
-    frame (``Catalog.items_frame``): ``item`` numbers them in the frame's order, and each item's
-    fold key and ``ID_HASHES`` are worked out once here, not on each of its evidence rows.
+    frame (``Catalog.items_frame``): ``item`` numbers them in the frame's order from ``offset``, and
+    each item's fold key and ``ID_HASHES`` are worked out once here, not on each of its evidence rows.
 
     >>> labels = labels_frame(pl.DataFrame({"item_id": ["0a", "0b", "3d"], "label": ["dog", None, "cat"]}))
     >>> labels.select("item_id", "item", "class_label", "fold_key").collect().rows()
@@ -79,7 +79,7 @@ def labels_frame(items: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """
     return (items.lazy().filter(pl.col("label").is_not_null() & pl.col("item_id").is_not_null())  # a null id
             # would hash to a value a null evidence id meets
-            .with_row_index("item")
+            .with_row_index("item", offset)
             .select("item_id", "item", pl.col("label").alias("class_label"), fold_key(), *ID_HASHES))
 
 
