@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from curate import spill
 from curate.records import Item, RunStatus, SourceRef
 from curate.spill import item_chunks
-from curate.workspace import Workspace
+from curate.workspace import Workspace, catalog
+from curate.workspace.export import EXPORT_SCHEMAS, write_rows
 
 HAND_MADE = ["img_10", "img_9", "IMG-3", "a", "z9", "\u00e9t\u00e9", "0", "00", "a b", "Z"]
 
@@ -47,3 +50,38 @@ def test_item_chunks_are_ranges_of_ids_in_id_order(stored: Workspace, monkeypatc
     assert [row for chunk in chunks for row in chunk.iter_rows()] == [tuple(row) for row in rows]
     assert all(chunk.columns == ["item_id", "uri", "license"] for chunk in chunks)
     assert list(item_chunks(Workspace.init(stored.root.parent / "empty"), ["uri"])) == []
+
+
+_ORACLE = ("SELECT i.*, (SELECT s.source_id || ':' || s.locator FROM item_sources s WHERE s.item_id = i.item_id "
+           "ORDER BY s.source_id, s.locator LIMIT 1) AS first_source, (SELECT COUNT(*) FROM item_sources s "
+           "WHERE s.item_id = i.item_id) AS n_sources FROM items i {where} ORDER BY i.rowid")
+
+
+@pytest.mark.parametrize("filters", [{}, {"label": "c1"}, {"label": "none of them"}])
+def test_an_items_export_is_the_catalogue_query_byte_for_byte(stored: Workspace, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              filters: dict[str, str]) -> None:
+    """Each item's first source and number of sources are what looking them up through the index
+    gave, in storage order, with rowid gaps (deleted items) and items left without a source."""
+    with stored.transaction() as conn:
+        rows = conn.execute("SELECT item_id FROM items ORDER BY rowid").fetchall()
+        conn.execute("DELETE FROM item_sources WHERE item_id IN (?, ?)", (rows[3][0], rows[40][0]))  # no source
+        for (item_id,) in rows[10:14] + rows[50:51]:  # gaps in the rowids
+            conn.execute("DELETE FROM item_sources WHERE item_id = ?", (item_id,))
+            conn.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
+    monkeypatch.setattr(catalog, "EXPORT_RANGE", 16)  # several ranges of ids and of rowids,
+    monkeypatch.setattr(catalog, "READ_RANGE", 5)  # reads within them,
+    monkeypatch.setattr(spill, "ROUTE_ROWS", 20)  # and routes
+    where = " AND ".join(f"i.{column} = ?" for column in filters)
+    oracle = stored.connect().execute(_ORACLE.format(where=f"WHERE {where}" if where else ""),
+                                      list(filters.values())).fetchall()
+    if not filters:  # what the export is tried on
+        assert len(oracle) == 65 and [row["n_sources"] for row in oracle].count(0) == 2
+    for suffix in (".parquet", ".csv"):
+        expected, written = tmp_path / f"expected{suffix}", tmp_path / f"written{suffix}"
+        write_rows(expected, EXPORT_SCHEMAS["items"], [[dict(row) for row in oracle]] if oracle else [])
+        assert stored.export("items", written, **filters) == len(oracle)
+        assert written.read_bytes() == expected.read_bytes()
+    if not filters:
+        assert [frame.height for frame in stored.catalog.item_export(batch_size=7)] == [7] * 9 + [2]
+        assert pq.ParquetFile(written.with_suffix(".parquet")).metadata.num_row_groups == 1
