@@ -495,17 +495,22 @@ class Catalog:
         try:
             route(spill, "refs-", self._frames("SELECT item_id, source_id, locator FROM item_sources", [],
                                                {"item_id": text, "source_id": text, "locator": text}), "item_id", ids)
-            route(spill, "ids-", self._frames("SELECT item_id, rowid FROM items", [],  # the id index alone
-                                              {"item_id": text, "rowid": pl.Int64()}), "item_id", ids)
-            for number in range(len(ids)):
-                if not spill.parts(f"refs-{number}"):
-                    continue
-                counted = (spill.scan(f"refs-{number}").sort("item_id", "source_id", "locator")
-                           .group_by("item_id", maintain_order=True)
-                           .agg(first_source=pl.format("{}:{}", pl.first("source_id"), pl.first("locator")),
-                                n_sources=pl.len().cast(pl.Int64))
-                           .join(spill.scan(f"ids-{number}"), on="item_id").drop("item_id").collect())
-                route(spill, "counts-", [counted], "rowid", pl.Series(rowids, dtype=pl.Int64))
+            rowid_of = {"item_id": text, "rowid": pl.Int64()}
+
+            def counted() -> Iterator[pl.DataFrame]:  # ``rowid, first_source, n_sources``, a range of ids at a time
+                for number in range(len(ids)):
+                    if spill.parts(f"refs-{number}"):  # the range's items by id: from the id index alone
+                        limits = [ids[number] if number else "", *ids[number + 1:number + 2]]  # ids below the
+                        rowids_here = self._frame(  # first bound go with the first range
+                            "SELECT item_id, rowid FROM items WHERE item_id >= ?"
+                            + " AND item_id < ?" * (len(limits) - 1), limits, rowid_of)
+                        yield (spill.scan(f"refs-{number}").sort("item_id", "source_id", "locator")
+                               .group_by("item_id", maintain_order=True)
+                               .agg(first_source=pl.format("{}:{}", pl.first("source_id"), pl.first("locator")),
+                                    n_sources=pl.len().cast(pl.Int64))
+                               .join(rowids_here.lazy(), on="item_id").drop("item_id").collect())
+
+            route(spill, "counts-", counted(), "rowid", pl.Series(rowids, dtype=pl.Int64))
             condition = f" AND {clause.removeprefix('WHERE ')}" if clause else ""
             selected = (f"SELECT rowid, {', '.join(ITEM_COLUMNS)} FROM items "  # noqa: S608
                         f"WHERE rowid >= ? AND rowid < ?{condition} ORDER BY rowid")
