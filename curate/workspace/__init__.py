@@ -241,7 +241,7 @@ class Workspace:
         if table == "evidence":
             return write_frame(Path(path), EXPORT_SCHEMAS[table], self.catalog.evidence_scan(**filters))
         if table == "items":
-            return write_batches(Path(path), EXPORT_SCHEMAS[table], self.catalog.item_export(**filters))
+            return write_batches(Path(path), EXPORT_SCHEMAS[table], self.catalog.item_export(filters))
         # ignored below (arg-type): filters name columns, never batch_size
         return write_rows(Path(path), EXPORT_SCHEMAS[table], self.catalog.export_rows(table, **filters))  # type: ignore[arg-type]
 

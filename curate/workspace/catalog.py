@@ -470,7 +470,8 @@ class Catalog:
             yield [{k: v for k, v in dict(row).items() if k != "row_number"} for row in rows]
             last = rows[-1]["row_number"]
 
-    def item_export(self, batch_size: int = 10_000, **filters: str | None) -> Iterator[pl.DataFrame]:
+    def item_export(self, filters: Mapping[str, str | None] | None = None,
+                    batch_size: int = 10_000) -> Iterator[pl.DataFrame]:
         """Items (``filters``: column values) with their first source (``source_id:locator``, the
         first by source and locator) and number of sources, in storage (rowid) order, ``batch_size``
         rows a frame: what an items export writes.
@@ -486,7 +487,7 @@ class Catalog:
         >>> list(Workspace.init(tempfile.mkdtemp()).catalog.item_export())
         []
         """
-        clause, args = _where(**filters)
+        clause, args = _where(**(filters or {}))
         ids = pl.Series(self.item_bounds(EXPORT_RANGE), dtype=pl.String)
         low, high = self._connect().execute("SELECT MIN(rowid), MAX(rowid) FROM items").fetchone()
         rowids = list(range(low or 0, (high or -1) + 1, EXPORT_RANGE))
