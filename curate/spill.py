@@ -18,17 +18,21 @@ system's temporary directory (``TMPDIR``).
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow.parquet as pq
 
-from curate.workspace import Workspace
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 Table = pl.DataFrame | pl.LazyFrame
 ITEM_ROWS = 32_768  # workspace items a large build or publish holds at a time (``item_chunks``)
+ROUTE_ROWS = 131_072  # workspace items read (in storage order) before ``item_chunks`` routes them to their range
 READ_ROWS = 65_536  # rows of a lazy table held at a time: read by ``batches``, a row group where one is written
 
 
@@ -50,16 +54,61 @@ def batches(table: Table, rows: int) -> Iterator[pl.DataFrame]:
 
 
 def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
-    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, about ``ITEM_ROWS``
-    at a time: read from the catalogue in small batches (its rows are Python objects until they are
-    a frame), joined into frames of ``ITEM_ROWS``."""
+    """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, ``ITEM_ROWS`` at a
+    time (each a range of ids, the last one shorter): read in the catalogue's storage order, routed
+    to a spill table per range of ids (the ranges' bounds read from the id index alone), then each
+    range sorted. Reading through the id index instead fetches each row from a random page: four
+    times the time at a million items."""
+    bounds = pl.Series(workspace.catalog.item_bounds(ITEM_ROWS), dtype=pl.String)
+    spill = Spill()
+    try:
+        route(spill, "items-", workspace.catalog.item_batches(columns=columns, batch_size=8192), "item_id", bounds)
+        for number in range(len(bounds)):
+            if spill.parts(f"items-{number}"):
+                yield spill.scan(f"items-{number}").collect().sort("item_id")
+    finally:
+        spill.close()
+
+
+def route(spill: Spill, prefix: str, frames: Iterable[pl.DataFrame], key: str, bounds: pl.Series) -> None:
+    """Append each row of ``frames`` to the spill table ``<prefix><n>`` of the range of sorted
+    ``bounds`` its ``key`` falls in (``bounds[n] <= key < bounds[n + 1]``; keys below the first
+    bound go with the first range), ``ROUTE_ROWS`` rows at a time (fewer, larger parts than a
+    frame at a time).
+
+    >>> spill = Spill()
+    >>> route(spill, "part-", [pl.DataFrame({"k": ["b", "a"]}), pl.DataFrame({"k": ["d", "c"]})], "k",
+    ...       pl.Series(["a", "c"]))
+    >>> [spill.scan(f"part-{n}").collect()["k"].to_list() for n in range(2)]
+    [['b', 'a'], ['d', 'c']]
+    """
     held: list[pl.DataFrame] = []
-    for batch in workspace.catalog.item_batches(columns=columns, batch_size=4096):
-        held.append(batch)
-        if sum(frame.height for frame in held) >= ITEM_ROWS:
-            yield pl.concat(held)
+    for frame in itertools.chain(frames, [None]):  # None: the end, where what is held goes too
+        if frame is not None:
+            held.append(frame)
+        if held and (frame is None or sum(part.height for part in held) >= ROUTE_ROWS):
+            rows = pl.concat(held)
             held = []
-    if held:
+            number = (bounds.search_sorted(rows[key], side="right").cast(pl.Int64) - 1).clip(lower_bound=0)
+            for (n,), part in rows.with_columns(_range=number).partition_by("_range", as_dict=True).items():
+                spill.write(f"{prefix}{n}", part.drop("_range"))
+
+
+def regroup(frames: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
+    """The rows of ``frames`` in order, ``rows`` at a time (the last frame shorter).
+
+    >>> [frame["n"].to_list() for frame in regroup([pl.DataFrame({"n": [0, 1, 2]}), pl.DataFrame({"n": [3]})], 2)]
+    [[0, 1], [2, 3]]
+    """
+    held: list[pl.DataFrame] = []
+    for frame in frames:
+        held.append(frame)
+        count = sum(part.height for part in held)
+        if count >= rows:
+            whole, cut = pl.concat(held), count - count % rows
+            yield from whole.slice(0, cut).iter_slices(rows)
+            held = [whole.slice(cut)]
+    if any(part.height for part in held):
         yield pl.concat(held)
 
 

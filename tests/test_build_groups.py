@@ -275,7 +275,7 @@ from curate.builders import build, groups, make_builder
 from curate.workspace import Workspace
 
 # what a build holds at a time, made small beside the pools so that anything held per item shows
-spill.ITEM_ROWS = groups.ROUTE_BATCH = groups.ID_BATCH = groups.WRITE_BATCH = spill.READ_ROWS = 1024
+spill.ITEM_ROWS = spill.ROUTE_ROWS = groups.ROUTE_BATCH = groups.ID_BATCH = groups.WRITE_BATCH = spill.READ_ROWS = 1024
 
 
 def step(root):

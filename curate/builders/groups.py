@@ -32,7 +32,7 @@ from curate.builders.base import Builder, BuildError, Release, image_names, regi
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.progress import progress_bar
-from curate.spill import Spill, batches, item_chunks
+from curate.spill import Spill, batches, item_chunks, route
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
 from curate.workspace.tables import embeddings_table
@@ -193,11 +193,9 @@ class GroupsBuilder(Builder):
             evidence = spill.root / "evidence.parquet"
             (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
              .select("item_id", "run_id", "score").sink_parquet(evidence, row_group_size=ROUTE_BATCH))
-            first = pl.Series(starts, dtype=pl.String)
-            for rows in batches(pl.scan_parquet(evidence), ROUTE_BATCH):
-                rows = rows.with_columns(batch=first.search_sorted(rows["item_id"], side="right").cast(pl.Int64) - 1)
-                for (number,), part in rows.filter(pl.col("batch") >= 0).partition_by("batch", as_dict=True).items():
-                    spill.write(f"evidence-{number}", part.drop("batch"))
+            # rows about ids below the first batch's go with it and find no item there
+            route(spill, "evidence-", batches(pl.scan_parquet(evidence), ROUTE_BATCH), "item_id",
+                  pl.Series(starts, dtype=pl.String))
         voted = self._votes(workspace)
         sources: Counter[str] = Counter()
         for number in range(len(starts)):

@@ -33,7 +33,7 @@ from curate.workspace._sql import atomic_write_bytes, remove_orphaned_temporarie
 from curate.workspace.cache import Cache, CacheKey, CacheStats
 from curate.workspace.catalog import Catalog, Source, SourceStatus, WorkspaceStatus
 from curate.workspace.evidence import EvidenceStore
-from curate.workspace.export import EXPORT_SCHEMAS, write_frame, write_rows
+from curate.workspace.export import EXPORT_SCHEMAS, write_batches, write_frame, write_rows
 from curate.workspace.faults import (
     DamagedFileError,
     DiskFullError,
@@ -240,6 +240,8 @@ class Workspace:
             raise ValueError(f"cannot export {table!r}; tables: {', '.join(EXPORT_SCHEMAS)}")
         if table == "evidence":
             return write_frame(Path(path), EXPORT_SCHEMAS[table], self.catalog.evidence_scan(**filters))
+        if table == "items":
+            return write_batches(Path(path), EXPORT_SCHEMAS[table], self.catalog.item_export(filters))
         # ignored below (arg-type): filters name columns, never batch_size
         return write_rows(Path(path), EXPORT_SCHEMAS[table], self.catalog.export_rows(table, **filters))  # type: ignore[arg-type]
 

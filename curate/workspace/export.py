@@ -34,6 +34,19 @@ EXPORT_SCHEMAS: dict[str, pa.Schema] = {
 
 def write_rows(path: Path, schema: pa.Schema, batches: Iterable[list[dict[str, Any]]]) -> int:
     """Write batches of row dicts to ``path`` (.parquet or .csv) atomically; return the row count."""
+    return write_tables(path, schema, (pa.Table.from_pylist(rows, schema=schema) for rows in batches))
+
+
+def write_batches(path: Path, schema: pa.Schema, frames: Iterable[pl.DataFrame]) -> int:
+    """Write polars frames (of ``schema``'s columns) to ``path`` (.parquet or .csv) atomically, a
+    parquet row group each; return the row count."""
+    tables = (frame.select(schema.names).rechunk().to_arrow().cast(schema) for frame in frames)  # one chunk a column
+    return write_tables(path, schema, tables)
+
+
+def write_tables(path: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> int:
+    """Write arrow tables of ``schema`` to ``path`` (.parquet or .csv) atomically, a parquet row group
+    each; return the row count."""
     if path.suffix not in (".parquet", ".csv"):
         raise ValueError(f"export to .parquet or .csv, not {path.suffix or 'no suffix'!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +55,9 @@ def write_rows(path: Path, schema: pa.Schema, batches: Iterable[list[dict[str, A
     written = 0
     try:
         with writer:
-            for rows in batches:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                written += len(rows)
+            for table in tables:
+                writer.write_table(table)
+                written += table.num_rows
             if written == 0:
                 writer.write_table(schema.empty_table())
         tmp.replace(path)
