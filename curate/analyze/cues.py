@@ -315,20 +315,18 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
     return results
 
 
-def cell_sums(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The first pass of ``cue_statistics`` as a lazy query, for a caller that runs it together with
-    another query over the same rows: per (cue, class, fold key, type) the rows, how many are
-    present, whether any is the class's own, and the sum, sum of squares, minimum and maximum of
-    their scores.
+def _cell_sums(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The first pass of ``cue_statistics`` as a lazy query: per (cue, class, fold key, type) the
+    rows, how many are present, whether any is the class's own, and the sum, sum of squares,
+    minimum and maximum of their scores.
 
-    >>> cell_sums(pl.DataFrame({"item_id": ["ab" * 32], "class_label": "a", "attribute": "grass",
+    >>> _cell_sums(pl.DataFrame({"item_id": ["ab" * 32], "class_label": "a", "attribute": "grass",
     ...                         "taxonomy_type": "Background", "score": 0.9, "present": True})).collect()["n"].to_list()
     [1]
     """
-    scan = _completed(presence)
     text_keys = pl.col("attribute", "class_label", "taxonomy_type")  # grouped as categories: half the time and
     # memory of grouping strings
-    return scan.with_columns(text_keys.cast(pl.Categorical)).group_by(
+    return _completed(presence).with_columns(text_keys.cast(pl.Categorical)).group_by(
         "attribute", "class_label", "fold_key", "taxonomy_type").agg(
         n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
         total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
@@ -347,8 +345,7 @@ def _completed(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     return scan
 
 
-def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str,
-                   sums: pl.DataFrame | None = None) -> pl.DataFrame:
+def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) -> pl.DataFrame:
     """One row per (class, cue) with the statistics above, ranked within each class by lift, then
     P(cue | class). Undefined values (a cue never present: no P(class | cue), no lift) are null.
     Without an ``own`` column every class scored gets a row. A (class, cue)'s type is the one most
@@ -356,9 +353,8 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str,
     alphabetical order.
 
     Two passes over the (lazy) presence table, whatever its size: one aggregation by (cue, class,
-    fold key) gives the counts and the folds' sufficient statistics (``cell_sums``, or ``sums``
-    where the caller ran it already), and one streamed pass makes the out-of-fold predictions
-    (``FoldModels``).
+    fold key) gives the counts and the folds' sufficient statistics (``_cell_sums``), and one
+    streamed pass makes the out-of-fold predictions (``FoldModels``).
 
     >>> import hashlib
     >>> ids = [hashlib.sha256(bytes([n])).hexdigest() for n in range(8)]
@@ -369,7 +365,7 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str,
     [('a', 2.0, 0.5), ('b', 0.0, 0.5)]
     """
     scan = _completed(presence)
-    by_type = (cell_sums(scan).collect(engine="streaming") if sums is None else sums).with_columns(
+    by_type = _cell_sums(scan).collect(engine="streaming").with_columns(
         pl.col("attribute", "class_label", "taxonomy_type").cast(pl.String))
     cells = by_type.group_by("attribute", "class_label", "fold_key").agg(
         pl.col("n", "n_both", "total", "squares").sum(), pl.col("low").min(), pl.col("high").max())
