@@ -315,24 +315,6 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
     return results
 
 
-def _cell_sums(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The first pass of ``cue_statistics`` as a lazy query: per (cue, class, fold key, type) the
-    rows, how many are present, whether any is the class's own, and the sum, sum of squares,
-    minimum and maximum of their scores.
-
-    >>> _cell_sums(pl.DataFrame({"item_id": ["ab" * 32], "class_label": "a", "attribute": "grass",
-    ...                         "taxonomy_type": "Background", "score": 0.9, "present": True})).collect()["n"].to_list()
-    [1]
-    """
-    text_keys = pl.col("attribute", "class_label", "taxonomy_type")  # grouped as categories: half the time and
-    # memory of grouping strings
-    return _completed(presence).with_columns(text_keys.cast(pl.Categorical)).group_by(
-        "attribute", "class_label", "fold_key", "taxonomy_type").agg(
-        n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
-        total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
-        low=pl.col("score").min(), high=pl.col("score").max())
-
-
 def _completed(presence: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """Presence rows with the columns a table from elsewhere may lack: ``own`` (every row is its
     class's own) and ``fold_key`` (from ``item_id``)."""
@@ -353,8 +335,8 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     alphabetical order.
 
     Two passes over the (lazy) presence table, whatever its size: one aggregation by (cue, class,
-    fold key) gives the counts and the folds' sufficient statistics (``_cell_sums``), and one
-    streamed pass makes the out-of-fold predictions (``FoldModels``).
+    fold key) gives the counts and the folds' sufficient statistics, and one streamed pass makes
+    the out-of-fold predictions (``FoldModels``).
 
     >>> import hashlib
     >>> ids = [hashlib.sha256(bytes([n])).hexdigest() for n in range(8)]
@@ -365,8 +347,14 @@ def cue_statistics(presence: pl.DataFrame | pl.LazyFrame, evidence_kind: str) ->
     [('a', 2.0, 0.5), ('b', 0.0, 0.5)]
     """
     scan = _completed(presence)
-    by_type = _cell_sums(scan).collect(engine="streaming").with_columns(
-        pl.col("attribute", "class_label", "taxonomy_type").cast(pl.String))
+    text_keys = pl.col("attribute", "class_label", "taxonomy_type")  # grouped as categories: half the time and
+    # memory of grouping strings
+    by_type = scan.with_columns(text_keys.cast(pl.Categorical)).group_by(
+        "attribute", "class_label", "fold_key", "taxonomy_type").agg(
+        n=pl.len(), n_both=pl.col("present").sum(), listed=pl.col("own").any(),
+        total=pl.col("score").sum(), squares=(pl.col("score") * pl.col("score")).sum(),
+        low=pl.col("score").min(), high=pl.col("score").max(),
+    ).collect(engine="streaming").with_columns(text_keys.cast(pl.String))
     cells = by_type.group_by("attribute", "class_label", "fold_key").agg(
         pl.col("n", "n_both", "total", "squares").sum(), pl.col("low").min(), pl.col("high").max())
     types = (by_type.group_by("attribute", "class_label", "taxonomy_type").agg(pl.col("n").sum())
