@@ -93,10 +93,8 @@ def test_analyze_run_stores_statistics_and_pictures(scored: Workspace) -> None:
 
 def test_labels_read_a_batch_at_a_time_give_the_same_analysis(scored: Workspace,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import curate.analyze
-
     whole = analyze_cues(scored, source="detector", strip_k=2)
-    monkeypatch.setattr(curate.analyze, "LABEL_BATCH", 3)  # 8 items: three batches
+    monkeypatch.setattr(cues, "LABEL_BATCH", 3)  # 8 items: three batches
     batched = analyze_cues(scored, source="detector", strip_k=2)
     assert batched.stats.equals(whole.stats)
     assert [p.read_bytes() for p in batched.pictures] == [p.read_bytes() for p in whole.pictures]

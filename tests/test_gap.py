@@ -334,3 +334,36 @@ def test_the_report_reads_gap_runs_written_before_the_intervals(dogs: tuple[Work
     text = build_report(workspace).read_text()
     assert "| dog | sky | 2 | 0.500 | 0.500 | 0.500 | [-, -] | [-, -] | - |" in text
     assert text.count("## Spurious gap: table") == 2
+
+
+def test_classes_ranked_a_few_at_a_time_give_the_same_gaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gap ranks the presence rows of a few whole classes at a time (``GAP_ROWS``): one class at a
+    time gives the table, the masking counts and the failed answers of all classes at once."""
+    import curate.analyze.gap as gap
+
+    rng = np.random.default_rng(3)
+    for label in ("cat", "dog", "fox"):
+        (tmp_path / "img" / label).mkdir(parents=True)
+        for n in range(6):
+            image = distinct_image(len(label) * 31 + n * 7 + ord(label[0]), (24, 16))
+            image.save(tmp_path / "img" / label / f"{n}.png")
+    workspace = Workspace.init(tmp_path / "ws")
+    ingest(workspace, FolderSource(tmp_path / "img"), progress=False)
+    refs = workspace.catalog.references()
+    workspace.catalog.add_evidence(
+        [Evidence(ref.item_id, f"{cue} of {ref.label}", "detector", "p1", EvidenceRole.CANDIDATE, "Background",
+                  float(rng.choice([0.0, 0.5, rng.random()])), BOX if rng.random() < 0.7 else [])
+         for ref in refs for cue in ("grass", "snow")]
+        + [Evidence(ref.item_id, str(ref.label), "detector", "p1", EvidenceRole.CORE, None, 0.7, BOX)
+           for ref in refs[::2]])
+    path = tmp_path / "answers.csv"
+    pl.DataFrame([{"item_id": ref.item_id, "variant": variant, "present": None if rng.random() < 0.1
+                   else int(rng.random() < 0.6)} for ref in refs for variant in ("natural", "masked")]).write_csv(path)
+    together = spurious_gaps(workspace, PredictionTable(path), k=2, bootstrap=20, progress=False)
+    monkeypatch.setattr(gap, "GAP_ROWS", 1)  # each class on its own
+    apart = spurious_gaps(workspace, PredictionTable(path), k=2, bootstrap=20, progress=False)
+    assert together.table.height == 6 and set(together.table["class_label"]) == {"cat", "dog", "fox"}
+    assert together.failed_answers > 0 and together.skipped_without_boxes > 0  # both counts are exercised
+    assert apart.table.equals(together.table)
+    assert (apart.skipped_without_boxes, apart.failed_answers) == (together.skipped_without_boxes,
+                                                                   together.failed_answers)

@@ -9,7 +9,6 @@ side table.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from curate.analyze.cues import cue_statistics, labels_frame, presence_from_verdicts, presence_scan
+from curate.analyze.cues import cue_statistics, labels_file, presence_from_verdicts, presence_scan
 from curate.analyze.plots import image_strips, lift_heatmap
 from curate.images import open_image
 from curate.options import check_options
@@ -31,7 +30,6 @@ from curate.workspace import Workspace
 STATS_TABLE = "cue-stats"
 DEFAULT_THRESHOLDS = {"detector": 0.05, "clip": 0.5}  # SpurLens' detector threshold; CLIP presence probability
 RANKING_SEED = 0
-LABEL_BATCH = 65_536  # items read and labelled at a time
 
 
 def cue_seed(seed: int, *parts: str) -> list[int]:
@@ -93,7 +91,7 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="curate-analyze-") as name:
         scratch = Path(name)
-        labels = _labels_file(workspace, scratch)
+        labels = labels_file(workspace, scratch)
         presence: pl.LazyFrame | pl.DataFrame
         if use_verdicts:
             kind = f"human:{verdict_round or 'all rounds'}"
@@ -120,22 +118,6 @@ def analyze_cues(workspace: Workspace, source: str = "detector", run_id: str | N
                         *_strips(workspace, presence, labels, stats, folder, f"({kind})", strip_k)]
             workspace.runs.set_counts(run.run_id, {"rows": stats.height, "pictures": len(pictures)})
     return AnalyzeResult(workspace.runs.get(run.run_id), stats, pictures, time.perf_counter() - started)
-
-
-def _labels_file(workspace: Workspace, scratch: Path) -> pl.LazyFrame:
-    """The labelled items (``labels_frame``) written to ``scratch`` a batch at a time and scanned from
-    there: the join with the evidence and the strips read them, and no copy of every id is held,
-    neither while they are read nor while the evidence streams (at 500k items a frame of them all
-    took 120 MiB to make, which the evidence's join could not reuse)."""
-    folder, written = scratch / "labels", 0
-    folder.mkdir()
-    batches = workspace.catalog.item_batches(columns=["label"], batch_size=LABEL_BATCH)
-    for number, items in enumerate(itertools.chain(batches, [pl.DataFrame(schema={"item_id": pl.String,
-                                                                                   "label": pl.String})])):
-        labels = labels_frame(items, offset=written).collect()  # the last is empty: a scan needs one file
-        labels.write_parquet(folder / f"{number:08d}.parquet", compression="uncompressed")
-        written += labels.height
-    return pl.scan_parquet(folder / "*.parquet")
 
 
 def _strips(workspace: Workspace, presence: pl.LazyFrame | pl.DataFrame, labels: pl.LazyFrame, stats: pl.DataFrame,

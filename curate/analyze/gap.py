@@ -35,16 +35,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
 
-from curate.analyze.cues import labels_frame, presence_scan
+from curate.analyze.cues import labels_file, presence_scan
 from curate.images import open_image, pil_open
 from curate.llm_settings import LLMSettings
 from curate.progress import progress_bar
@@ -110,18 +111,25 @@ class PredictionTable(ModelUnderTest):
         missing = {"item_id", "variant"} - set(frame.columns)
         if missing or not {"present", "prediction"} & set(frame.columns):
             raise ValueError(f"{path} needs item_id, variant and present or prediction; it has {frame.columns}")
-        self.frame, self.name = frame, name
+        self.name, self.column = name, "present" if "present" in frame.columns else "prediction"
+        # each variant's answers in id order (an id's last row), found by binary search, not a scan per call
+        self.by_variant = {str(variant): rows.unique("item_id", keep="last", maintain_order=True).sort("item_id")
+                           for (variant,), rows in frame.with_columns(pl.col("item_id").cast(pl.String))
+                           .partition_by("variant", as_dict=True).items()}
         self.version = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
     def says_present(self, items: Sequence[Item], images: Sequence[Image.Image], label: str, variant: str,
                      classes: Sequence[str]) -> list[Answers]:
-        rows = {r["item_id"]: r for r in self.frame.filter(pl.col("variant") == variant).iter_rows(named=True)}
+        table = self.by_variant.get(variant, pl.DataFrame(schema={"item_id": pl.String, self.column: pl.Int64}))
+        asked = pl.Series([item.item_id for item in items], dtype=pl.String)
+        at = table["item_id"].search_sorted(asked).clip(upper_bound=max(table.height - 1, 0))
+        found = table["item_id"].gather(at) == asked if table.height else pl.Series([False] * len(asked))
+        values = table[self.column].gather(at).to_list() if table.height else [None] * len(asked)
         answers = []
-        for item in items:
-            if item.item_id not in rows:
+        for item, here, value in zip(items, found, values, strict=True):
+            if not here:
                 raise ValueError(f"the prediction table has no {variant} answer for item {item.item_id}")
-            value = rows[item.item_id]["present" if "present" in rows[item.item_id] else "prediction"]
-            says = None if value is None else bool(value) if "present" in rows[item.item_id] else value == label
+            says = None if value is None else bool(value) if self.column == "present" else value == label
             answers.append(Answers(failed=1) if says is None else Answers(yes=1) if says else Answers(no=1))
         return answers
 
@@ -289,8 +297,125 @@ def _boxes(workspace: Workspace, source: str, run_id: str | None, item_ids: list
               .filter(pl.col("item_id").is_in(pl.Series(item_ids, dtype=pl.String).implode()),
                       (pl.col("role") == EvidenceRole.CORE.value) == core)
               .sort(*KEY).unique(["item_id", "attribute"], keep="last", maintain_order=True)
-              .select("item_id", "attribute", "boxes").collect())
+              .select("item_id", "attribute", "boxes").collect(engine="streaming"))
     return {(item_id, attribute): boxes or [] for item_id, attribute, boxes in stored.iter_rows()}
+
+
+GAP_ROWS = 500_000
+"""Presence rows (with their ids) a gap ranks at a time: whole classes, as many as fit (a larger
+class on its own). An image is ranked for its own class's cues only, so no image is in two parts."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ClassPart:
+    """The own presence rows of a few whole classes: ``pair, rank, score, taxonomy_type`` in pair and
+    rank order, where ``pair`` indexes ``pairs`` (the part's (class, cue)s, sorted) and ``rank``
+    indexes ``ids`` (its items' ids, sorted): rows carry numbers, not texts, so that they sort fast."""
+
+    rows: pl.DataFrame
+    pairs: list[tuple[str, str]]
+    ids: pl.Series
+
+
+def _class_parts(presence: pl.LazyFrame, labels: pl.LazyFrame, pairs: pl.DataFrame) -> Iterator[_ClassPart]:
+    """``presence`` (own rows) a few whole classes at a time, about ``GAP_ROWS`` rows each (``pairs``
+    counts each (class, cue)'s rows)."""
+
+    def part(bucket: list[str]) -> _ClassPart:
+        ids = (labels.filter(pl.col("class_label").is_in(bucket)).select("item", "item_id").sort("item_id")
+               .collect().with_row_index("rank"))
+        names = pl.col("class_label", "attribute").cast(pl.String)
+        keys = (pairs.filter(pl.col("class_label").cast(pl.String).is_in(bucket)).select("class_label", "attribute")
+                .sort(names).with_row_index("pair"))
+        rows = (presence.filter(pl.col("class_label").cast(pl.String).is_in(bucket))
+                .join(ids.lazy().select("item", "rank"), on="item").join(keys.lazy(), on=["class_label", "attribute"])
+                .select("pair", "rank", "score", pl.col("taxonomy_type").cast(pl.String))
+                .sort(pl.col("pair").cast(pl.UInt64) * 2**32 + pl.col("rank"))  # one key: a third of the time
+                .collect(engine="streaming"))
+        return _ClassPart(rows, keys.select(names).rows(), ids["item_id"])
+
+    sizes = (pairs.group_by(pl.col("class_label").cast(pl.String)).agg(pl.col("len").sum()).sort("class_label"))
+    bucket: list[str] = []
+    held = 0
+    for label, size in sizes.iter_rows():
+        if bucket and held + size > GAP_ROWS:
+            yield part(bucket)
+            bucket, held = [], 0
+        bucket.append(label)
+        held += size
+    if bucket:
+        yield part(bucket)
+
+
+@dataclass
+class _GapPass:
+    """One gap run's settings and the rows it made so far, fed the presence rows of a few classes at
+    a time (``_class_parts``)."""
+
+    workspace: Workspace
+    model: ModelUnderTest
+    source: str
+    run_id: str | None
+    k: int
+    seed: int
+    mask: str
+    bootstrap: int
+    all_classes: list[str]
+    rows: list[dict[str, object]] = field(default_factory=list)
+    skipped: int = 0  # images without the boxes to mask
+    failed_answers: int = 0
+
+    def add(self, part: _ClassPart, advance: Callable[[], None]) -> None:
+        """The gap rows of the (class, cue)s of ``part``, their top and bottom K shown to the model."""
+        from curate.analyze import score_order
+
+        ranked = []
+        for (pair,), scored in part.rows.group_by(["pair"], maintain_order=True):
+            label, attribute = part.pairs[int(pair)]
+            order = score_order(scored["score"].to_numpy(), self.seed, cue=(label, attribute))
+            size = min(self.k, len(order) // 2)
+            ranks = scored["rank"]
+            ranked.append((label, attribute, scored["taxonomy_type"][0],
+                           part.ids.gather(ranks.gather(order[:size])).to_list(),
+                           part.ids.gather(ranks.gather(order[len(order) - size:])).to_list()))
+        shown = sorted({i for *_, top, bottom in ranked for i in top + bottom})
+        items = {item.item_id: item for item in self.workspace.catalog.items_by_id(shown)}
+        boxes_of = _boxes(self.workspace, self.source, self.run_id, shown, core=self.mask == "object")
+        # Answers depend on the image (and, masked, on which boxes are blacked out), not on the cue that
+        # ranked it: each image is shown to the model once, whatever number of cues ranks it.
+        answered: dict[tuple[str, str, str], Answers] = {}
+
+        def answers(group: list[Item], label: str, variant: str, target: str) -> list[Answers]:
+            fresh = [i for i in group if (i.item_id, variant, target) not in answered]
+            if fresh:
+                images = [open_image(self.workspace.resolve_uri(i.uri)) if variant == "natural"
+                          else masked_image(self.workspace, i, boxes_of[(i.item_id, target)]) for i in fresh]
+                for item, answer in zip(fresh, self.model.says_present(fresh, images, label, variant,
+                                                                       self.all_classes), strict=True):
+                    answered[(item.item_id, variant, target)] = answer
+            return [answered[(i.item_id, variant, target)] for i in group]
+
+        for label, attribute, taxonomy_type, top, bottom in ranked:
+            advance()
+            if not top:
+                continue
+            target = label if self.mask == "object" else attribute
+            extremes = {"top": [items[i] for i in top], "bottom": [items[i] for i in bottom]}
+            accuracies, failed = {}, 0
+            for name, group in extremes.items():
+                natural = answers(group, label, "natural", "")
+                maskable = [i for i in group if boxes_of.get((i.item_id, target))]
+                self.skipped += len(group) - len(maskable)
+                masked = dict(zip([i.item_id for i in maskable],
+                                  answers(maskable, label, "masked", target) if maskable else [], strict=True))
+                failed += sum(a.failed for a in natural) + sum(a.failed for a in masked.values())
+                # right on a masked image: "no X" once the object is gone, "X" once the cue is
+                accuracies[name] = np.array([[said.accuracy(True), masked[i.item_id].accuracy(self.mask == "cue")
+                                              if i.item_id in masked else math.nan]
+                                             for i, said in zip(group, natural, strict=True)])
+            self.rows.append(_gap_row(label, attribute, taxonomy_type, extremes, accuracies["top"],
+                                      accuracies["bottom"], failed, self.bootstrap, self.seed))
+        self.failed_answers += sum(a.failed for a in answered.values())
 
 
 def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "detector", run_id: str | None = None,
@@ -301,71 +426,31 @@ def spurious_gaps(workspace: Workspace, model: ModelUnderTest, source: str = "de
 
     ``mask="object"`` (SpurLens) blacks out the class object, so a right answer is "no X";
     ``mask="cue"`` blacks out the cue's own boxes instead, and a right answer stays "X".
+
+    The own presence rows go to a scratch file and are ranked a few whole classes at a time
+    (``GAP_ROWS``), so memory holds one part's rows, not every row of every class.
     """
     if mask not in ("object", "cue"):
         raise ValueError(f"mask is 'object' or 'cue', not {mask!r}")
     if bootstrap < 1:
         raise ValueError(f"bootstrap is a number of draws (1 or more), not {bootstrap}")
-    from curate.analyze import score_order
-
-    labels = workspace.catalog.items_frame(columns=["label"])
-    labelled = labels_frame(labels).collect()
-    presence = (presence_scan(workspace.catalog.evidence_scan(source=source, run_id=run_id), labelled.lazy(),
-                              threshold=0.0).filter(pl.col("own")).collect())  # the class's own cues
-    presence = presence.with_columns(item_id=labelled["item_id"].gather(presence["item"])).sort("item_id", "attribute")
-    all_classes = sorted(labels.filter(pl.col("label") != "")["label"].unique().to_list())
-    wanted = set(classes) if classes else set(all_classes)
-    ranked = []
-    for (label, attribute), scored in presence.group_by(["class_label", "attribute"], maintain_order=True):
-        if label in wanted:
-            order = score_order(scored["score"].to_numpy(), seed, cue=(label, attribute))
-            size = min(k, len(order) // 2)
-            ranked.append((str(label), str(attribute), scored["taxonomy_type"][0],
-                           scored["item_id"].gather(order[:size]).to_list(),
-                           scored["item_id"].gather(order[len(order) - size:]).to_list()))
-    shown = sorted({i for *_, top, bottom in ranked for i in top + bottom})
-    items = {item_id: workspace.catalog.item(item_id) for item_id in shown}
-    boxes_of = _boxes(workspace, source, run_id, shown, core=mask == "object")
-    rows, skipped = [], 0
-    # Answers depend on the image (and, masked, on which boxes are blacked out), not on the cue that
-    # ranked it: each image is shown to the model once, whatever number of cues ranks it.
-    answered: dict[tuple[str, str, str], Answers] = {}
-
-    def answers(group: list[Item], label: str, variant: str, target: str) -> list[Answers]:
-        fresh = [i for i in group if (i.item_id, variant, target) not in answered]
-        if fresh:
-            images = [open_image(workspace.resolve_uri(i.uri)) if variant == "natural"
-                      else masked_image(workspace, i, boxes_of[(i.item_id, target)]) for i in fresh]
-            for item, answer in zip(fresh, model.says_present(fresh, images, label, variant, all_classes),
-                                    strict=True):
-                answered[(item.item_id, variant, target)] = answer
-        return [answered[(i.item_id, variant, target)] for i in group]
-
-    with progress_bar(f"spurious gap ({model.name})", len(ranked), progress) as advance:
-        for label, attribute, taxonomy_type, top, bottom in ranked:
-            advance()
-            if not top:
-                continue
-            target = label if mask == "object" else attribute
-            extremes = {"top": [items[i] for i in top], "bottom": [items[i] for i in bottom]}
-            accuracies, failed = {}, 0
-            for name, group in extremes.items():
-                natural = answers(group, label, "natural", "")
-                maskable = [i for i in group if boxes_of.get((i.item_id, target))]
-                skipped += len(group) - len(maskable)
-                masked = dict(zip([i.item_id for i in maskable],
-                                  answers(maskable, label, "masked", target) if maskable else [], strict=True))
-                failed += sum(a.failed for a in natural) + sum(a.failed for a in masked.values())
-                # right on a masked image: "no X" once the object is gone, "X" once the cue is
-                accuracies[name] = np.array([[said.accuracy(True), masked[i.item_id].accuracy(mask == "cue")
-                                              if i.item_id in masked else math.nan]
-                                             for i, said in zip(group, natural, strict=True)])
-            rows.append(_gap_row(label, attribute, taxonomy_type, extremes, accuracies["top"],
-                                 accuracies["bottom"], failed, bootstrap, seed))
-    failed_answers = sum(a.failed for a in answered.values())
-    if not rows:
+    all_classes = [label for label in workspace.catalog.labels() if label]
+    wanted = sorted(set(classes) & set(all_classes) if classes else all_classes)
+    gaps = _GapPass(workspace, model, source, run_id, k, seed, mask, bootstrap, all_classes)
+    with tempfile.TemporaryDirectory(prefix="curate-gap-") as scratch:
+        labels = labels_file(workspace, Path(scratch))
+        evidence = workspace.catalog.evidence_scan(source=source, run_id=run_id)
+        presence = (presence_scan(evidence, labels, threshold=0.0)  # the wanted classes' own cues
+                    .filter(pl.col("own"), pl.col("class_label").cast(pl.String).is_in(wanted)))
+        path = Path(scratch) / "presence.parquet"
+        presence.select("item", "class_label", "attribute", "taxonomy_type", "score").sink_parquet(path)
+        pairs = pl.scan_parquet(path).group_by("class_label", "attribute").len().collect()
+        with progress_bar(f"spurious gap ({model.name})", pairs.height, progress) as advance:
+            for part in _class_parts(pl.scan_parquet(path), labels, pairs):
+                gaps.add(part, advance)
+    if not gaps.rows:
         return GapTable(pl.DataFrame(schema={c: pl.List(pl.String) if c.endswith("_items") else pl.Float64
-                                              for c in GAP_COLUMNS}), skipped, failed_answers)
-    table = pl.DataFrame(rows, infer_schema_length=None).sort(["class_label", "score"], descending=[False, True],
-                                                               nulls_last=True)
-    return GapTable(table.select(GAP_COLUMNS), skipped, failed_answers)
+                                              for c in GAP_COLUMNS}), gaps.skipped, gaps.failed_answers)
+    table = pl.DataFrame(gaps.rows, infer_schema_length=None).sort(["class_label", "score"], descending=[False, True],
+                                                               nulls_last=True, maintain_order=True)
+    return GapTable(table.select(GAP_COLUMNS), gaps.skipped, gaps.failed_answers)
