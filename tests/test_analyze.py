@@ -294,10 +294,12 @@ def test_statistics_do_not_depend_on_row_order_or_on_how_rows_are_predicted(
 
 def test_the_intervals_of_a_fold_model_are_where_it_predicts_each_class() -> None:
     """``_pieces`` against the model's own argmax on a dense grid: random models of 2 to 40 classes
-    (some with no training rows, equal variances, wide and narrow ones), away from the interval ends."""
+    (some with no training rows, equal variances, wide and narrow ones), away from the interval ends;
+    swept together (models of as many classes share a sweep) and each on its own, with the same result."""
     from curate.analyze.cues import BAND, FoldModels, _pieces, _predicted
 
     rng = np.random.default_rng(7)
+    models = []
     for trial in range(300):
         k = int(rng.integers(2, 41))
         prior = rng.dirichlet(np.ones(k))
@@ -305,9 +307,12 @@ def test_the_intervals_of_a_fold_model_are_where_it_predicts_each_class() -> Non
         prior[0] = max(prior[0], 0.01)
         var = np.full(k, 0.3) if trial % 5 == 0 else rng.gamma(1.0, 1.0, k) ** 2 + 1e-9
         with np.errstate(divide="ignore"):
-            model = FoldModels(np.log(prior / prior.sum())[None], rng.normal(0, 2, k)[None], var[None],
-                               np.array([-1]), 100)
-        pieces = _pieces(model, 0)
+            models.append((FoldModels(np.log(prior / prior.sum())[None], rng.normal(0, 2, k)[None], var[None],
+                                      np.array([-1]), 100), 0))
+    together = _pieces(models)
+    assert together == [_pieces([model])[0] for model in models]
+    assert max(len(pieces) for pieces in together) > 3  # some models change their prediction several times
+    for (model, _), pieces in zip(models, together, strict=True):
         assert pieces[0][0] == -np.inf and pieces[-1][1] == np.inf
         assert all(left[1] == right[0] and left[2] != right[2] for left, right in zip(pieces, pieces[1:], strict=False))
         x = rng.normal(0, 6, 20_000)
@@ -315,8 +320,7 @@ def test_the_intervals_of_a_fold_model_are_where_it_predicts_each_class() -> Non
         far = np.all(np.abs(x[:, None] - ends[None]) > BAND * np.maximum(1.0, np.abs(ends))[None], axis=1)
         by_interval = np.array([winner for _, _, winner in pieces])[np.searchsorted(ends, x, side="right")]
         by_model = _predicted(model, np.zeros(len(x), dtype=np.int64), x)
-        assert (by_interval[far] == by_model[far]).all(), trial
-
+        assert (by_interval[far] == by_model[far]).all()
 
 
 def test_the_evidence_is_joined_to_the_labels_by_a_table_of_the_labels() -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,40 +221,76 @@ def _predicted(model: FoldModels, fold: np.ndarray, x: np.ndarray) -> np.ndarray
     return np.where(model.constant[fold] >= 0, model.constant[fold], np.argmax(_joint(model, fold, x), axis=1))
 
 
-def _pieces(model: FoldModels, fold: int) -> list[tuple[float, float, int]]:
-    """The intervals ``[low, high)`` of the real line on which fold ``fold``'s model predicts one class
-    (``(low, high, class)``, in order): the upper envelope of the classes' log-likelihood parabolas,
-    swept from minus infinity, each step to the first point where another class overtakes."""
-    if model.constant[fold] >= 0:
-        return [(-math.inf, math.inf, int(model.constant[fold]))]
-    var, mean = model.var[fold], model.mean[fold]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a, b = -0.5 / var, mean / var  # each class's log-likelihood is a x^2 + b x + c
-        c = model.log_prior[fold] - 0.5 * np.log(2.0 * np.pi * var) - 0.5 * mean * mean / var
+Piece = tuple[float, float, int]
+
+
+def _pieces(models: Sequence[tuple[FoldModels, int]]) -> list[list[Piece]]:
+    """For each (model, fold), the intervals ``[low, high)`` of the real line on which that fold's
+    model predicts one class (``(low, high, class)``, in order): the upper envelope of the classes'
+    log-likelihood parabolas, swept from minus infinity, each step to the first point where another
+    class overtakes. Folds with as many classes are swept together, one numpy step for all of them
+    (one (cue, fold) at a time cost 0.5 ms with 2 classes and 6 ms with 300, in Python's overhead)."""
+    found: list[list[Piece]] = [[] for _ in models]
+    sweeping: dict[int, list[int]] = {}  # class count -> the models that need a sweep
+    for n, (model, fold) in enumerate(models):
+        if model.constant[fold] >= 0:
+            found[n] = [(-math.inf, math.inf, int(model.constant[fold]))]
+        else:
+            sweeping.setdefault(model.mean.shape[1], []).append(n)
+    for numbers in sweeping.values():
+        var = np.stack([models[n][0].var[models[n][1]] for n in numbers])
+        mean = np.stack([models[n][0].mean[models[n][1]] for n in numbers])
+        log_prior = np.stack([models[n][0].log_prior[models[n][1]] for n in numbers])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = -0.5 / var, mean / var  # each class's log-likelihood is a x^2 + b x + c
+            c = log_prior - 0.5 * np.log(2.0 * np.pi * var) - 0.5 * mean * mean / var
+        for n, pieces in zip(numbers, _sweep(a, b, c), strict=True):
+            found[n] = pieces
+    return found
+
+
+def _first_best(candidates: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Per row, the first column among ``candidates`` with the largest first key, ties broken by the
+    next key, and so on (``np.lexsort``'s last element, one row at a time)."""
+    for key in keys:
+        values = np.where(candidates, key, -np.inf)
+        candidates = candidates & (values == values.max(axis=1, keepdims=True))
+    return candidates.argmax(axis=1)
+
+
+def _sweep(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> list[list[Piece]]:
+    """``_pieces`` of models of as many classes, as (model, class) arrays of their parabolas."""
     live = np.isfinite(c)
-    index = np.arange(len(a))
     # the winner far to the left: the widest parabola, then the smallest slope, then the highest, then the first
-    winner = int(index[live][np.lexsort((-index[live], c[live], -b[live], a[live]))[-1]])
-    low, pieces = -math.inf, list[tuple[float, float, int]]()
-    while True:
-        da, db, dc = a - a[winner], b - b[winner], c - c[winner]
+    winner = _first_best(live, a, -b, c)
+    low = np.full(len(a), -math.inf)
+    pieces: list[list[Piece]] = [[] for _ in range(len(a))]
+    going = np.arange(len(a))  # the models still sweeping
+    while going.size:
+        rows = np.arange(going.size)
+        ga, gb, gc, won, start = a[going], b[going], c[going], winner[going], low[going][:, None]
+        da, db, dc = ga - ga[rows, won][:, None], gb - gb[rows, won][:, None], gc - gc[rows, won][:, None]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             root = np.sqrt(np.maximum(db * db - 4 * da * dc, 0.0))
             q = -0.5 * (db + np.where(db >= 0, root, -root))  # the stable quadratic formula
             first, second = np.minimum(q / da, dc / q), np.maximum(q / da, dc / q)
             real = (da != 0) & (db * db - 4 * da * dc > 0)
             # where each class first rises above the winner after ``low``
-            overtakes = np.where(real & (da > 0) & (second > low), second,  # np.select, at a tenth of its cost
-                                 np.where(real & (da < 0) & (first > low), first,
-                                          np.where((da == 0) & (db > 0) & (-dc / db > low), -dc / db, math.inf)))
-        overtakes[winner], overtakes[~live] = math.inf, math.inf
-        at = float(overtakes.min())
-        if not math.isfinite(at):
-            return [*pieces, (low, math.inf, winner)]
-        pieces.append((low, at, winner))
-        tied = np.flatnonzero(overtakes <= at + 1e-12 * max(1.0, abs(at)))
-        slope = 2 * a[tied] * at + b[tied]  # of those overtaking there, the one rising fastest, then the widest
-        winner, low = int(tied[np.lexsort((-tied, a[tied], slope))[-1]]), at
+            overtakes = np.where(real & (da > 0) & (second > start), second,  # np.select, at a tenth of its cost
+                                 np.where(real & (da < 0) & (first > start), first,
+                                          np.where((da == 0) & (db > 0) & (-dc / db > start), -dc / db, math.inf)))
+        overtakes[rows, won] = math.inf
+        overtakes[~live[going]] = math.inf
+        at = overtakes.min(axis=1)
+        for row, model in enumerate(going):
+            pieces[model].append((float(low[model]), float(at[row]), int(won[row])))
+        moving = np.isfinite(at)
+        going, overtakes, at, ga, gb = going[moving], overtakes[moving], at[moving], ga[moving], gb[moving]
+        tied = overtakes <= (at + 1e-12 * np.maximum(1.0, np.abs(at)))[:, None]
+        # of those overtaking there, the one rising fastest, then the widest, then the first
+        winner[going] = _first_best(tied, 2 * ga * at[:, None] + gb, ga)
+        low[going] = at
+    return pieces
 
 
 BAND = 1e-7
@@ -263,7 +299,7 @@ changes are predicted by evaluating the model, not by the interval they fall in:
 arithmetic and the model's differ in the last bits there."""
 
 
-def _bounds(pieces: list[tuple[float, float, int]]) -> list[tuple[int, float, float, float, float]]:
+def _bounds(pieces: list[Piece]) -> list[tuple[int, float, float, float, float]]:
     """Each interval of ``_pieces`` as (class, reach low, sure low, sure high, reach high): rows in
     ``[sure low, sure high)`` are predicted its class; rows in ``[reach low, reach high)`` but not
     sure are within ``BAND`` of an end and are evaluated. The reaches of one class's intervals never
@@ -308,8 +344,11 @@ def _predictivity(rows: pl.LazyFrame, cells: pl.DataFrame) -> dict[str, tuple[fl
             models[str(attribute)] = (classes, FoldModels.fit(grid, folds), folds)
     if not models:
         return results
-    intervals = [(attribute, classes[winner], fold, *ends) for attribute, (classes, model, folds) in models.items()
-                 for fold in range(folds) for winner, *ends in _bounds(_pieces(model, fold))]
+    folds_of = [(attribute, fold) for attribute, (_, _, folds) in models.items() for fold in range(folds)]
+    swept = _pieces([(models[attribute][1], fold) for attribute, fold in folds_of])
+    intervals = [(attribute, models[attribute][0][winner], fold, *ends)
+                 for (attribute, fold), pieces in zip(folds_of, swept, strict=True)
+                 for winner, *ends in _bounds(pieces)]
     table = pl.DataFrame(intervals, orient="row", schema={
         "attribute": pl.String, "class_label": pl.String, "fold": pl.Int64, "reach_low": pl.Float64,
         "sure_low": pl.Float64, "sure_high": pl.Float64, "reach_high": pl.Float64}).lazy()

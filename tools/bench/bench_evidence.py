@@ -79,12 +79,17 @@ def child(task: str, root: str, out: str) -> None:
     """One measurement; the modules are imported before the clock starts (a constant of every
     command, not work that grows with the rows)."""
     from curate.analyze import analyze_cues
+    from curate.analyze.gap import PredictionTable, spurious_gaps
     from curate.builders import make_builder
 
     workspace = Workspace.open(root)
     started = time.perf_counter()
     if task == "analyze":
         analyze_cues(workspace, source="clip", threshold=THRESHOLD, strip_k=1, heatmap_top=4)
+    elif task == "gap":  # every class's cues ranked, their top and bottom 2 answered by a prediction table
+        answers = PredictionTable(Path(out).with_name(Path(root).name + ".answers.parquet"))
+        started = time.perf_counter()  # reading the table is not the gap's work
+        spurious_gaps(workspace, answers, source="clip", k=2, bootstrap=20, progress=False)
     elif task in ("bare", "counts"):  # polars alone on the same shards, labels (and fold keys) from parquet
         files = [workspace.root / row[0] for row in workspace.connect().execute("SELECT path FROM evidence_shards")]
         rows = pl.scan_parquet(files, hive_partitioning=False).join(
@@ -150,8 +155,11 @@ def main() -> None:
             rows.write_parquet(alone, compression="zstd")
             labels_frame(workspace.catalog.items_frame(columns=["label"])).select(
                 "item_id", "class_label", "fold_key").sink_parquet(scratch / f"{label}.labels.parquet")
+            ids = rows["item_id"].unique()
+            pl.DataFrame({"item_id": pl.concat([ids, ids]), "variant": ["natural"] * len(ids) + ["masked"] * len(ids),
+                          "present": 1}).write_parquet(scratch / f"{label}.answers.parquet")
             results[label] = {"bytes_ratio": stored / alone.stat().st_size, "rows": rows.height,
-                              **{task: measure(task, root) for task in ("analyze", "bare", "counts")}}
+                              **{task: measure(task, root) for task in ("analyze", "bare", "counts", "gap")}}
             del rows
             print(f"{label}: {results[label]['rows']:,} rows, {n_items:,} items; workspace bytes / zstd parquet bytes "
                   f"{results[label]['bytes_ratio']:.2f} (goal <= 1.5); analyze "
@@ -166,6 +174,9 @@ def main() -> None:
               f"{large['analyze']['seconds'] / large['bare']['seconds']:.1f} (goal <= 3; "
               "against counts per (class, cue) alone "
               f"{large['analyze']['seconds'] / large['counts']['seconds']:.1f})")
+        print(f"gap (every class's cues ranked, a prediction table as the model) peak memory {large['rows']:,} / "
+              f"{small['rows']:,} rows: {large['gap']['peak_mib'] / small['gap']['peak_mib']:.2f} (no goal; it held "
+              f"every row before) [{large['gap']['seconds']:.1f}s, {large['gap']['peak_mib']:.0f} MiB]")
 
         sizes = {"small": max(int(100_000 * SIZE), 200), "large": max(int(1_000_000 * SIZE), 2_000)}
         timings: dict[str, dict[str, dict[str, float]]] = {}
