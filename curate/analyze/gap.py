@@ -329,7 +329,7 @@ def _class_parts(presence: pl.LazyFrame, labels: pl.LazyFrame, pairs: pl.DataFra
                 .sort(names).with_row_index("pair"))
         rows = (presence.filter(pl.col("class_label").cast(pl.String).is_in(bucket))
                 .join(ids.lazy().select("item", "rank"), on="item").join(keys.lazy(), on=["class_label", "attribute"])
-                .select("pair", "rank", "score", pl.col("taxonomy_type").cast(pl.String))
+                .select("pair", "rank", "score", "taxonomy_type")
                 .sort(pl.col("pair").cast(pl.UInt64) * 2**32 + pl.col("rank"))  # one key: a third of the time
                 .collect(engine="streaming"))
         return _ClassPart(rows, keys.select(names).rows(), ids["item_id"])
