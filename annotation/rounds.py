@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,16 +25,16 @@ import polars as pl
 from label_studio_sdk import LabelStudio
 
 from annotation import transport
-from annotation.agreement import cohen_kappa, fleiss_kappa, gold_accuracy, krippendorff_alpha
 from annotation.configs import CONFIGS, ConfigError, checked
 from annotation.files import storage_path
 from annotation.server import Connection
 from annotation.spec import RoundSpec
 from annotation.tasks import ROUND_KINDS, gold_answers
 from annotation.transport import BridgeError
+from curate.agreement import cohen_kappa, fleiss_kappa, gold_accuracy, krippendorff_alpha, round_ratings
 from curate.progress import progress_bar
 from curate.records import Verdict
-from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, SIMULATED_DOMAIN, SIMULATED_KEY, VerdictValue, resolve
+from curate.verdicts import ADJUDICATES_KEY, GOLD_KEY, SIMULATED_DOMAIN, SIMULATED_KEY, resolve
 from curate.workspace import Workspace
 
 PUSH_CHUNK = 500
@@ -201,12 +200,7 @@ def round_figures(workspace: Workspace, spec: RoundSpec) -> dict[str, float]:
     adjudicate (after any adjudication of this round), and each annotator's accuracy on the gold
     tasks alone, with how many gold units they answered."""
     verdicts = workspace.catalog.verdicts()
-    own = [v for v in verdicts if v.round == spec.name and v.value != VerdictValue.ADDED]
-    ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    gold_ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    for verdict in own:
-        target = gold_ratings if verdict.extra.get(GOLD_KEY) else ratings
-        target[(verdict.item_id, verdict.attribute)][verdict.annotator] = verdict.value
+    ratings, gold_ratings = round_ratings(v for v in verdicts if v.round == spec.name)
     resolution = resolve(verdicts, [spec.name])
     decided_here = [v for v in resolution.decided if (v.item_id, v.attribute) in ratings]
     figures = {"krippendorff_alpha": krippendorff_alpha(ratings), "fleiss_kappa": fleiss_kappa(ratings),

@@ -7,7 +7,7 @@ import math
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from annotation.agreement import cohen_kappa, fleiss_kappa, gold_accuracy, krippendorff_alpha
+from curate.agreement import cohen_kappa, fleiss_kappa, gold_accuracy, krippendorff_alpha
 from curate.verdicts import consensus
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", the nominal example: alpha = 0.743.

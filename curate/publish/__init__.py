@@ -27,6 +27,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from curate.agreement import krippendorff_alpha, round_ratings
 from curate.folders import replaced
 from curate.publish import hub
 from curate.publish.croissant import croissant
@@ -126,13 +127,15 @@ def _provenance(workspace: Workspace, manifest: dict[str, Any], item_ids: set[st
             mine = figures_table.filter(figures_table["round"] == name)
             figures = json.loads(mine["figures"][-1]) if mine.height else {}
         gold = {workspace.pseudonym(k.split(":", 1)[1]): round(v, 3) for k, v in figures.items()
-                if k.startswith("gold_accuracy:")}
+                if k.startswith("gold_accuracy:")}  # the round's: gold tasks are not the release's images
+        ratings, _ = round_ratings(verdicts)  # agreement on the release's images alone, not the round's
         rounds.append({"name": name, "annotators": len({v.annotator for v in verdicts}), "verdicts": len(verdicts),
                        "simulated": sum(bool(v.extra.get(SIMULATED_KEY)) for v in verdicts),
                        "images": len({v.item_id for v in verdicts}),
-                       "alpha": _figure(figures.get("krippendorff_alpha")),
-                       "attribute_alpha": ", ".join(f"{a}: {_figure(figures.get(f'alpha_attribute:{a}'))}"
-                                                    for a in attributes) or "-",
+                       "alpha": _figure(krippendorff_alpha(ratings)),
+                       "attribute_alpha": ", ".join(
+                           f"{a}: {_figure(krippendorff_alpha({u: r for u, r in ratings.items() if u[1] == a}))}"
+                           for a in attributes) or "-",
                        "gold": ", ".join(f"{k}: {v}" for k, v in sorted(gold.items())) or "-"})
     return {"proposals": proposals, "rounds": rounds, "attributes": attributes, "recorded": "fed_by" in manifest,
             "random_weights": sorted({p["models"] for p in proposals if p["random_weights"]})}

@@ -11,10 +11,32 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from curate.records import Verdict
+from curate.verdicts import GOLD_KEY, VerdictValue
+
 Ratings = Mapping[Any, Mapping[str, str]]  # any hashable unit (Mapping's key is invariant)
+
+
+def round_ratings(verdicts: Iterable[Verdict]) -> tuple[dict[tuple[str, str], dict[str, str]],
+                                                       dict[tuple[str, str], dict[str, str]]]:
+    """A round's verdicts as ratings of (item, attribute) units: those agreement is measured on, and
+    the answers on gold tasks apart (they never enter agreement); objects people added are no rating.
+
+    >>> ratings, gold = round_ratings([Verdict("i1", "grass", "ann", "r", "spurious"),
+    ...                                Verdict("i1", "grass", "bob", "r", "absent", extra={"gold": True})])
+    >>> dict(ratings), dict(gold)
+    ({('i1', 'grass'): {'ann': 'spurious'}}, {('i1', 'grass'): {'bob': 'absent'}})
+    """
+    ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    gold: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for verdict in verdicts:
+        if verdict.value != VerdictValue.ADDED:
+            (gold if verdict.extra.get(GOLD_KEY) else ratings)[(verdict.item_id, verdict.attribute)][
+                verdict.annotator] = str(verdict.value)
+    return ratings, gold
 
 
 def krippendorff_alpha(ratings: Ratings) -> float:
