@@ -53,14 +53,15 @@ def batches(table: Table, rows: int) -> Iterator[pl.DataFrame]:
         yield from table.slice(start, read).collect().iter_slices(rows)
 
 
-def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
+def item_chunks(workspace: Workspace, columns: list[str], ranges: pl.Series | None = None) -> Iterator[pl.DataFrame]:
     """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, ``ITEM_ROWS`` at a
     time (each a range of ids, the last one shorter): read in the catalogue's storage order, routed
-    to a spill table per range of ``chunks_per_range()`` chunks (the ranges' bounds read from the
-    id index alone), then each range sorted once and handed out ``ITEM_ROWS`` at a time. Reading
-    through the id index instead fetches each row from a random page: four times the time at a
-    million items. A table per chunk would write four times the parts (a part per read and table)."""
-    bounds = pl.Series(workspace.catalog.item_bounds(chunks_per_range() * ITEM_ROWS), dtype=pl.String)
+    to a spill table per range of ids of ``item_ranges`` (or ``ranges``, what it gave a caller who
+    routes rows of its own alike), then each range sorted once and handed out ``ITEM_ROWS`` at a time
+    (a chunk never spans two ranges). Reading through the id index instead fetches each row from a
+    random page: four times the time at a million items. A table per chunk would write four times
+    the parts (a part per read and table)."""
+    bounds = item_ranges(workspace) if ranges is None else ranges
     spill = Spill()
     try:
         route(spill, "items-", workspace.catalog.item_batches(columns=columns, batch_size=8192), "item_id", bounds)
@@ -71,9 +72,15 @@ def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFra
         spill.close()
 
 
+def item_ranges(workspace: Workspace) -> pl.Series:
+    """The lower bounds of the ranges of ids ``item_chunks`` routes items to and sorts whole, read
+    from the id index alone: ``chunks_per_range()`` chunks each, so that a range is no more than a
+    route holds (``ROUTE_ROWS``)."""
+    return pl.Series(workspace.catalog.item_bounds(chunks_per_range() * ITEM_ROWS), dtype=pl.String)
+
+
 def chunks_per_range() -> int:
-    """``ITEM_ROWS`` chunks in a range of ids ``item_chunks`` routes and sorts whole: as many as
-    ``ROUTE_ROWS`` holds (at least one), so that a range is no more than a route holds.
+    """``ITEM_ROWS`` chunks in a range of ``item_ranges``: as many as ``ROUTE_ROWS`` holds (at least one).
 
     >>> chunks_per_range()
     4

@@ -32,7 +32,7 @@ from curate.builders.base import Builder, BuildError, Release, image_names, regi
 from curate.builders.near_duplicates import MAX_LEVEL, clusters, fingerprint
 from curate.images import open_image
 from curate.progress import progress_bar
-from curate.spill import Spill, batches, chunks_per_range, item_chunks, route
+from curate.spill import Spill, batches, item_chunks, item_ranges, route
 from curate.verdicts import ABSENT, PRESENT, resolved_verdicts
 from curate.workspace import Source, Workspace
 from curate.workspace.tables import embeddings_table
@@ -181,38 +181,34 @@ class GroupsBuilder(Builder):
         """Write ``decided`` (``item_id, uri, y, a`` in item_id order) to the spill, a batch of items at
         a time: people's labels first, then machine evidence's; return where the labels came from.
 
-        The attribute's machine evidence is first routed to the range of batches (as ``item_chunks``
-        routes items) its row is about: one pass over the scan, a part per read and range (a table per batch
-        would write a part per read and batch). Each range is read once, for its batches, and sorted
-        in memory a batch at a time, not in the lazy engine."""
+        The attribute's machine evidence is first routed to the range of ids (``item_ranges``, those
+        ``item_chunks`` sorts whole) its row is about: one pass over the scan, a part per read and
+        range. Each range is read once, for the batches in it, and sorted in memory a batch at a
+        time, not in the lazy engine."""
         wanted = pl.Series(y_names, dtype=pl.String).implode()
-        starts: list[str] = []
-        for items in item_chunks(workspace, ["uri", "label"]):
-            items = items.filter(pl.col("label").is_in(wanted))
-            if items.height:
-                spill.write(f"items-{len(starts)}", items)
-                starts.append(items["item_id"][0])
-        per_range = chunks_per_range()  # batches of items a range of evidence is about
-        if self.allow_machine and starts:
+        ranges = item_ranges(workspace)
+        if self.allow_machine and len(ranges):
             evidence = spill.root / "evidence.parquet"
             (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
              .select("item_id", "run_id", "score").sink_parquet(evidence, row_group_size=ROUTE_BATCH))
-            # rows about ids below the first batch's go with it and find no item there
-            route(spill, "evidence-", batches(pl.scan_parquet(evidence), ROUTE_BATCH), "item_id",
-                  pl.Series(starts[::per_range], dtype=pl.String))
+            # rows about ids below the first range's go with it and find no item there
+            route(spill, "evidence-", batches(pl.scan_parquet(evidence), ROUTE_BATCH), "item_id", ranges)
         voted = self._votes(workspace)
         sources: Counter[str] = Counter()
-        ranged = pl.DataFrame()  # the evidence of the range of batches read
-        for number in range(len(starts)):
-            if self.allow_machine and number % per_range == 0:
-                table = f"evidence-{number // per_range}"
-                ranged = spill.scan(table).collect() if spill.parts(table) else pl.DataFrame()
-            items = spill.scan(f"items-{number}").collect()
+        ranged, ranged_number = pl.DataFrame(), -1  # the evidence of the range of ids the batch lies in
+        for items in item_chunks(workspace, ["uri", "label"], ranges):
+            items = items.filter(pl.col("label").is_in(wanted))
+            if not items.height:
+                continue
             mine = voted.join(items.select("item_id"), on="item_id", how="semi")
             human = mine.filter(pl.col("a").is_not_null())
             sources["human"] += human.height
             sources["undecided"] += mine.height - human.height
             presence = [human]
+            number = max(ranges.search_sorted(items["item_id"][0], side="right") - 1, 0)
+            if self.allow_machine and number != ranged_number:
+                table = f"evidence-{number}"
+                ranged, ranged_number = spill.scan(table).collect() if spill.parts(table) else pl.DataFrame(), number
             if ranged.height:
                 machine = (ranged.join(items.select("item_id"), on="item_id", how="semi")
                            .join(mine.select("item_id"), on="item_id", how="anti")
