@@ -188,9 +188,10 @@ class GroupsBuilder(Builder):
         wanted = pl.Series(y_names, dtype=pl.String).implode()
         ranges = item_ranges(workspace)
         if self.allow_machine and len(ranges):
-            evidence = spill.root / "evidence.parquet"
+            evidence = spill.root / "evidence.parquet"  # read once: not compressed (zstd took 3 of 13 s at 1M rows)
             (workspace.catalog.evidence_scan(source=self.evidence_source, attribute=self.attribute)
-             .select("item_id", "run_id", "score").sink_parquet(evidence, row_group_size=ROUTE_BATCH))
+             .select("item_id", "run_id", "score")
+             .sink_parquet(evidence, row_group_size=ROUTE_BATCH, compression="uncompressed"))
             # rows about ids below the first range's go with it and find no item there
             route(spill, "evidence-", batches(pl.scan_parquet(evidence), ROUTE_BATCH), "item_id", ranges)
         voted = self._votes(workspace)
