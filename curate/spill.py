@@ -55,12 +55,13 @@ def batches(table: Table, rows: int) -> Iterator[pl.DataFrame]:
 
 def item_chunks(workspace: Workspace, columns: list[str], ranges: pl.Series | None = None) -> Iterator[pl.DataFrame]:
     """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, ``ITEM_ROWS`` at a
-    time (each a range of ids, the last one shorter): read in the catalogue's storage order, routed
-    to a spill table per range of ids of ``item_ranges`` (or ``ranges``, what it gave a caller who
-    routes rows of its own alike), then each range sorted once and handed out ``ITEM_ROWS`` at a time
-    (a chunk never spans two ranges). Reading through the id index instead fetches each row from a
-    random page: four times the time at a million items. A table per chunk would write four times
-    the parts (a part per read and table)."""
+    time (each a range of ids, the last of each range shorter: of ``item_ranges``, only the last
+    one): read in the catalogue's storage order, routed to a spill table per range of ids of
+    ``item_ranges`` (or ``ranges``, what it gave a caller who routes rows of its own alike), then
+    each range sorted once and handed out ``ITEM_ROWS`` at a time (a chunk never spans two
+    ranges). Reading through the id index instead fetches each row from a random page: four times
+    the time at a million items. A table per chunk would write four times the parts (a part per
+    read and table)."""
     bounds = item_ranges(workspace) if ranges is None else ranges
     spill = Spill()
     try:
@@ -74,18 +75,15 @@ def item_chunks(workspace: Workspace, columns: list[str], ranges: pl.Series | No
 
 def item_ranges(workspace: Workspace) -> pl.Series:
     """The lower bounds of the ranges of ids ``item_chunks`` routes items to and sorts whole, read
-    from the id index alone: ``chunks_per_range()`` chunks each, so that a range is no more than a
-    route holds (``ROUTE_ROWS``)."""
-    return pl.Series(workspace.catalog.item_bounds(chunks_per_range() * ITEM_ROWS), dtype=pl.String)
+    from the id index alone: as many ``ITEM_ROWS`` chunks each as a route holds (``ROUTE_ROWS``; at
+    least one chunk), so that sorting a range holds no more than routing it.
 
-
-def chunks_per_range() -> int:
-    """``ITEM_ROWS`` chunks in a range of ``item_ranges``: as many as ``ROUTE_ROWS`` holds (at least one).
-
-    >>> chunks_per_range()
-    4
+    >>> import tempfile
+    >>> from curate.workspace import Workspace
+    >>> item_ranges(Workspace.init(tempfile.mkdtemp())).to_list()
+    []
     """
-    return max(ROUTE_ROWS // ITEM_ROWS, 1)
+    return pl.Series(workspace.catalog.item_bounds(max(ROUTE_ROWS // ITEM_ROWS, 1) * ITEM_ROWS), dtype=pl.String)
 
 
 def route(spill: Spill, prefix: str, frames: Iterable[pl.DataFrame], key: str, bounds: pl.Series) -> None:

@@ -293,7 +293,7 @@ class GroupsBuilder(Builder):
         firsts = followers["first"].unique().implode()
         seen: dict[str, list[pl.DataFrame]] = {"firsts": [], "followers": []}
         taken = dict.fromkeys(by_rank, 0)
-        # each id's batch: rows after the leaders' (the followers kept together) go after the last leader's
+        # the first id of each batch of ID_BATCH ids, the followers' (numbered after the leaders) included
         batch_starts = pl.Series(range(1, placed + followers.height + 1, ID_BATCH), dtype=pl.Int64)
 
         def leaders() -> Iterator[pl.DataFrame]:  # the placed leaders, a decided part at a time
