@@ -53,21 +53,37 @@ def batches(table: Table, rows: int) -> Iterator[pl.DataFrame]:
         yield from table.slice(start, read).collect().iter_slices(rows)
 
 
-def item_chunks(workspace: Workspace, columns: list[str]) -> Iterator[pl.DataFrame]:
+def item_chunks(workspace: Workspace, columns: list[str], ranges: pl.Series | None = None) -> Iterator[pl.DataFrame]:
     """The workspace's items (``item_id`` and ``columns``) in ``item_id`` order, ``ITEM_ROWS`` at a
-    time (each a range of ids, the last one shorter): read in the catalogue's storage order, routed
-    to a spill table per range of ids (the ranges' bounds read from the id index alone), then each
-    range sorted. Reading through the id index instead fetches each row from a random page: four
-    times the time at a million items."""
-    bounds = pl.Series(workspace.catalog.item_bounds(ITEM_ROWS), dtype=pl.String)
+    time (each a range of ids, the last of each range shorter: of ``item_ranges``, only the last
+    one): read in the catalogue's storage order, routed to a spill table per range of ids of
+    ``item_ranges`` (or ``ranges``, what it gave a caller who routes rows of its own alike), then
+    each range sorted once and handed out ``ITEM_ROWS`` at a time (a chunk never spans two
+    ranges). Reading through the id index instead fetches each row from a random page: four times
+    the time at a million items. A table per chunk would write four times the parts (a part per
+    read and table)."""
+    bounds = item_ranges(workspace) if ranges is None else ranges
     spill = Spill()
     try:
         route(spill, "items-", workspace.catalog.item_batches(columns=columns, batch_size=8192), "item_id", bounds)
         for number in range(len(bounds)):
             if spill.parts(f"items-{number}"):
-                yield spill.scan(f"items-{number}").collect().sort("item_id")
+                yield from spill.scan(f"items-{number}").collect().sort("item_id").iter_slices(ITEM_ROWS)
     finally:
         spill.close()
+
+
+def item_ranges(workspace: Workspace) -> pl.Series:
+    """The lower bounds of the ranges of ids ``item_chunks`` routes items to and sorts whole, read
+    from the id index alone: as many ``ITEM_ROWS`` chunks each as a route holds (``ROUTE_ROWS``; at
+    least one chunk), so that sorting a range holds no more than routing it.
+
+    >>> import tempfile
+    >>> from curate.workspace import Workspace
+    >>> item_ranges(Workspace.init(tempfile.mkdtemp())).to_list()
+    []
+    """
+    return pl.Series(workspace.catalog.item_bounds(max(ROUTE_ROWS // ITEM_ROWS, 1) * ITEM_ROWS), dtype=pl.String)
 
 
 def route(spill: Spill, prefix: str, frames: Iterable[pl.DataFrame], key: str, bounds: pl.Series) -> None:

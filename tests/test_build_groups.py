@@ -324,3 +324,40 @@ def test_a_build_holds_a_batch_of_items_not_the_release(tmp_path: Path) -> None:
     _, (small, small_growth), (large, large_growth) = peak_growths_kib(_BUILD, *roots)
     assert int(small) > 2_000 and int(large) > 20_000  # most items are placed
     assert large_growth - small_growth < 20 * 1024, f"the peak rose by {small_growth} KiB, then {large_growth} KiB"
+
+
+def test_a_build_in_small_batches_is_the_same_release_in_few_spill_parts(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """600 machine-labelled items in batches of 16, routed in ranges of 64 ids (four batches) and 64
+    rows a pass: the same release as in one batch, and the spill's routed tables get a part per pass
+    and range, not per pass and batch (76 items, 294 evidence and 198 by-id parts before: 10, 99 and 47)."""
+    from curate import spill
+    from curate.builders import groups
+
+    workspace = Workspace.open(_pool(tmp_path / "pool", 600, per_run=200))
+
+    def release() -> dict[str, pl.DataFrame]:
+        built = make_builder("groups", attribute="cue", allow_machine=True, evidence_source="clip", threshold=0.5,
+                             near_duplicates="ignore").build(workspace)
+        return {split: table.lazy().collect() for split, table in built.tables.items()}
+
+    whole = release()
+    parts: dict[str, int] = {}
+    write = spill.Spill.write
+
+    def counted(self: spill.Spill, name: str, frame: pl.DataFrame) -> None:
+        parts[name.rstrip("0123456789")] = parts.get(name.rstrip("0123456789"), 0) + 1
+        write(self, name, frame)
+
+    monkeypatch.setattr(spill.Spill, "write", counted)
+    monkeypatch.setattr(spill, "ITEM_ROWS", 16)
+    monkeypatch.setattr(spill, "ROUTE_ROWS", 64)
+    monkeypatch.setattr(groups, "ROUTE_BATCH", 32)
+    monkeypatch.setattr(groups, "ID_BATCH", 32)
+    batched = release()
+    assert batched.keys() == whole.keys() and all(batched[split].equals(whole[split]) for split in whole)
+    placed = sum(table.height for table in whole.values())
+    passes, ranges = -(-600 // 64), -(-600 // 64)  # reads of 64 rows; ranges of 64 ids
+    assert parts["items-"] == ranges  # their route (one read of the catalogue), no copy of each batch
+    assert parts["evidence-"] <= passes * ranges
+    assert parts["by-id-"] <= -(-placed // 64) * -(-placed // 32)

@@ -8,6 +8,7 @@ import hashlib
 import random
 from pathlib import Path
 
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
@@ -41,10 +42,24 @@ def stored(workspace: Workspace) -> Workspace:
     return workspace
 
 
-def test_item_chunks_are_ranges_of_ids_in_id_order(stored: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("route_rows", "ranges"), [(20, 5), (5, 9)])
+def test_item_chunks_are_ranges_of_ids_in_id_order(stored: Workspace, monkeypatch: pytest.MonkeyPatch,
+                                                    route_rows: int, ranges: int) -> None:
+    """Chunks of 8 cut from ranges of 16 ids (two chunks: what a route of 20 rows holds) or of 8
+    (a route of 5 holds less than a chunk), routed a part per range (a read of the 70 items is one
+    frame): five parts, not the nine of a table per chunk."""
     monkeypatch.setattr(spill, "ITEM_ROWS", 8)
-    monkeypatch.setattr(spill, "ROUTE_ROWS", 20)  # several reads, each routed to several ranges
+    monkeypatch.setattr(spill, "ROUTE_ROWS", route_rows)
+    written: list[str] = []
+    write = spill.Spill.write
+
+    def counted(self: spill.Spill, name: str, frame: pl.DataFrame) -> None:
+        written.append(name)
+        write(self, name, frame)
+
+    monkeypatch.setattr(spill.Spill, "write", counted)
     chunks = list(item_chunks(stored, ["uri", "license"]))
+    assert len(written) == len(set(written)) == ranges
     rows = stored.connect().execute("SELECT item_id, uri, license FROM items ORDER BY item_id").fetchall()
     assert [chunk.height for chunk in chunks] == [8] * 8 + [6]
     assert [row for chunk in chunks for row in chunk.iter_rows()] == [tuple(row) for row in rows]
