@@ -510,3 +510,34 @@ def test_the_card_lists_only_what_fed_the_release_and_names_no_annotator(judged:
             assert not email.search(data), path
             if path.suffix in (".md", ".csv") or path.name == "release.json":
                 assert b"@" not in data, path  # croissant.json is JSON-LD: "@context", "@type"
+
+
+def test_the_cards_evaluation_command_scores_a_release_without_test_rows(judged: Workspace, tmp_path: Path) -> None:
+    """A release with only training rows: the card's command names the split it scores and runs as
+    written (``curate evaluate groups`` scores ``test`` rows by default: there are none)."""
+    import re
+    import shlex
+
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    build(judged, make_builder("groups", attribute="water", classes=("dog", "cat"), train_correlation=0.5,
+                               min_group_size=0, val_per_group=0, test_per_group=0), tmp_path / "release")
+    publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}")
+    loaded = datasets.load_dataset(str(tmp_path / "hub"))
+    assert list(loaded) == ["train"]
+    card = (tmp_path / "hub" / "README.md").read_text()
+    command = re.search(r"^curate evaluate groups predictions\.parquet.*$", card, re.M)
+    assert command and "--set eval_split=train" in command.group(0) and "has no `test` rows" in card
+    rows = loaded["train"].remove_columns("image").to_polars()
+    rows.with_columns(pred=pl.col("y")).write_parquet(tmp_path / "predictions.parquet")
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", str(tmp_path / "eval-ws")]).exit_code == 0
+    arguments = shlex.split(command.group(0))[1:]
+    arguments[arguments.index("predictions.parquet")] = str(tmp_path / "predictions.parquet")
+    arguments[arguments.index("eval-ws")] = str(tmp_path / "eval-ws")
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "acc_wg" in result.output

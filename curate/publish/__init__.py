@@ -58,6 +58,7 @@ EVALUATION = {
     "spurious-only": ("spurious-imagenet", "`score` (the predicted probability of `class_label`) beside `kind`, "
                                            "plus your own class test images as rows with `kind` \"real\""),
 }
+EVALUATED_SPLIT = {"groups": "test"}  # builder -> the split ``curate evaluate`` scores unless told another
 _SECRET = re.compile(r"(sk-[A-Za-z0-9]{8,}|hf_[A-Za-z0-9]{8,}|Token [A-Za-z0-9]{20,})")
 
 
@@ -178,7 +179,21 @@ def _context(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[s
             **_provenance(workspace, manifest, item_ids), "licences": licences, "licence": licence,
             "code_version": code_version(), "pictures": [{"stem": Path(p).stem, "path": p} for p in pictures],
             "classes": (manifest.get("fed_by") or {}).get("classes", []),
-            "evaluation": EVALUATION.get(manifest["builder"])}
+            "evaluation": EVALUATION.get(manifest["builder"]), "eval_split": _eval_split(manifest["builder"], tables)}
+
+
+def _eval_split(builder: str, tables: list[dict[str, Any]]) -> str | None:
+    """The split the card's evaluation command must name: None when the one ``curate evaluate``
+    scores by default has rows, else the first of validation and training rows that has some.
+
+    >>> _eval_split("groups", [{"split": "train", "rows": 4}]), _eval_split("groups", [{"split": "test", "rows": 2}])
+    ('train', None)
+    """
+    present = [t["split"] for t in tables if t["rows"]]
+    default = EVALUATED_SPLIT.get(builder)
+    if default is None or default in present:
+        return None
+    return next((split for split in ("val", "validation", "train") if split in present), None)
 
 
 def render_card(workspace: Workspace, manifest: dict[str, Any], tables: list[dict[str, Any]], configs: list[str],
