@@ -41,7 +41,7 @@ def test_a_waterbirds_table_is_exported_again_with_its_split_and_group_counts(wo
     assert (train["g"] == 2 * train["y"] + train["a"]).all()
     manifest = json.loads((tmp_path / "release" / "release.json").read_text())
     assert manifest["counts"] == {"train": 4795, "val": 1199, "test": 5794}
-    assert "g = n_a * y + a" in manifest["encoding"]
+    assert "g = n_a * y + a" in manifest["encoding"] and manifest["empty_groups"] == []
     wilds = json.loads((tmp_path / "release" / "wilds_metadata.json").read_text())
     assert wilds["metadata_fields"] == ["a", "y"] and wilds["metadata_map"]["a"] == ["land", "water"]
     assert len(wilds["metadata_array"]) == 11788 and result.run.stage == "build"
@@ -361,3 +361,26 @@ def test_a_build_in_small_batches_is_the_same_release_in_few_spill_parts(tmp_pat
     assert parts["items-"] == ranges  # their route (one read of the catalogue), no copy of each batch
     assert parts["evidence-"] <= passes * ranges
     assert parts["by-id-"] <= -(-placed // 64) * -(-placed // 32)
+
+
+def test_a_group_table_without_some_groups_says_so_in_its_card(workspace: Workspace, tmp_path: Path) -> None:
+    """Every landbird on land and every waterbird on water: two of the four groups have no image, and
+    the card says worst-group accuracy cannot see them (it spoke of minority groups that were not there)."""
+    from curate.publish import publish
+
+    records = []
+    for index in range(12):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        distinct_image(index, (6, 6)).save(tmp_path / "images" / f"{index}.png")
+        records.append({"img_id": index + 1, "img_filename": f"{index}.png", "y": index % 2, "place": index % 2,
+                        "split": index % 3})
+    pl.DataFrame(records).write_csv(tmp_path / "metadata.csv")
+    ingest(workspace, GroupTableSource(tmp_path / "metadata.csv", images=tmp_path / "images", id_column="img_id",
+                                       filename_column="img_filename", a_column="place",
+                                       y_names=("landbird", "waterbird"), a_names=("land", "water")), progress=False)
+    built = build(workspace, make_builder("groups", group_source="metadata.csv"), tmp_path / "release")
+    assert built.release.metadata["empty_groups"] == ["y=landbird, a=water", "y=waterbird, a=land"]
+    publish(workspace, tmp_path / "release", f"folder:{tmp_path / 'hub'}")
+    card = " ".join((tmp_path / "hub" / "README.md").read_text().split())
+    assert ("Not every group has images here:** y=landbird, a=water; y=waterbird, a=land have none in any split. "
+            "Worst-group accuracy covers only the groups present") in card

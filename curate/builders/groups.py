@@ -399,6 +399,10 @@ class GroupsBuilder(Builder):
         columns = ["id", "item_id", "uri", "filename", "y", "y_name", "a", "a_name", "g", "split"]
         tables = {split: rows.filter(pl.col("split") == split).select(columns)
                   for split in sorted(groups["split"].unique().to_list(), key=lambda s: SPLIT_CODES.get(s, 9))}
-        metadata = {"encoding": ENCODING, "y_names": y_names, "a_names": a_names, "group_counts": counts, **how}
+        present = set(groups.select("y", "a").iter_rows())
+        empty = [f"y={y_name}, a={a_name}" for y, y_name in enumerate(y_names) for a, a_name in enumerate(a_names)
+                 if (y, a) not in present]  # in no split: worst-group accuracy cannot see them
+        metadata = {"encoding": ENCODING, "y_names": y_names, "a_names": a_names, "group_counts": counts,
+                    "empty_groups": empty, **how}
         images = rows.select(pl.col("filename").alias("name"), "uri")  # every name in metadata.csv, written
         return Release(self.name, tables, metadata, _exports(rows, y_names, a_names), images, spill=spill)
