@@ -43,6 +43,13 @@ def test_a_groups_release_loads_back_with_its_features_and_counts(judged: Worksp
     fields = {f["name"]: f for f in document["recordSet"][0]["field"]}
     assert fields["image"]["dataType"] == "sc:ImageObject" and set(fields) >= {"y", "a", "g"}
     assert document["license"] == "cc0-1.0" and str(tmp_path) not in json.dumps(document)
+    import mlcroissant
+
+    # a folder's Croissant names its files beside it (no Hub repository that does not exist): it reads
+    records = list(mlcroissant.Dataset(jsonld=str(tmp_path / "hub" / "croissant.json")).records(
+        document["recordSet"][0]["name"]))
+    assert len(records) == sum(release.release.counts().values())
+    assert sorted(r["default/y"] for r in records) == sorted(y for split in loaded for y in loaded[split]["y"])
     again = publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}", license="CC0-1.0")
     assert again.changed == [] and again.run.run_id == result.run.run_id  # unchanged: nothing rewritten
 

@@ -311,7 +311,7 @@ def publish(workspace: Workspace, release: str | Path, to: str, license: str | N
     features = {name: features_for(tables[next(iter(splits.values()))], manifest) for name, splits in configs.items()}
     metadata = croissant(f"{manifest['builder']}-benchmark", f"A {manifest['builder']} benchmark of spurious "
                          "correlations built with curate; see README.md.", licence,
-                         f"https://huggingface.co/datasets/{repo}", "1.0.0",
+                         f"https://huggingface.co/datasets/{repo}" if kind == "hub" else None, "1.0.0",
                          {name: (features[name], list(splits)) for name, splits in configs.items()})
     config = {"release": manifest.get("run_id"), "to": to, "license": license, "tag": tag, "private": private}
     with workspace.runs.track("publish", f"{manifest['builder']} -> {to}", config, extend_completed=True) as run:

@@ -31,18 +31,20 @@ def _data_type(feature: Any) -> tuple[Any, bool] | None:
     return None
 
 
-def croissant(name: str, description: str, license: str, url: str, version: str,
+def croissant(name: str, description: str, license: str, url: str | None, version: str,
               configs: dict[str, tuple[datasets.Features, list[str]]]) -> dict[str, Any]:
     """Croissant metadata: one FileSet and one RecordSet per config (``configs`` maps a config to its
-    features and splits). Raises ``CroissantError`` when ``mlcroissant`` reports errors."""
+    features and splits). With a Hub ``url`` the files are in that repository (as the Hub writes it);
+    without, beside the metadata file (a folder: ``mlcroissant`` reads its records from there).
+    Raises ``CroissantError`` when ``mlcroissant`` reports errors."""
     import mlcroissant as mlc
 
     distribution: list[Any] = [mlc.FileObject(id="repo", name="repo", content_url=url, encoding_formats=["git+https"],
-                                              sha256="https://github.com/mlcommons/croissant/issues/80")]
+                                              sha256="https://github.com/mlcommons/croissant/issues/80")] if url else []
     record_sets = []
     for config, (features, splits) in configs.items():
         set_id = f"parquet-{config}"
-        distribution.append(mlc.FileSet(id=set_id, name=set_id, contained_in=["repo"],
+        distribution.append(mlc.FileSet(id=set_id, name=set_id, contained_in=["repo"] if url else None,
                                         encoding_formats=["application/x-parquet"],
                                         includes=[f"data/{config}/{split}-*.parquet" for split in splits]))
         fields = []
