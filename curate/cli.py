@@ -229,11 +229,16 @@ def ingest_webdataset(
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    """A table of ``rows``; a first-column cell wider than the terminal folds onto more lines, and
+    the other columns keep the width of their values (up to 24 characters), so a long key never
+    squeezes a value out of sight."""
+    cells = [[str(value) for value in row] for row in rows]
     table = Table(title=title, title_justify="left")
     for index, column in enumerate(columns):
-        table.add_column(column, no_wrap=index == 0)
-    for row in rows:
-        table.add_row(*(str(value) for value in row))
+        widest = max([len(column), *(len(row[index]) for row in cells)])
+        table.add_column(column, overflow="fold", min_width=None if index == 0 else min(widest, 24))
+    for row in cells:
+        table.add_row(*row)
     return table
 
 

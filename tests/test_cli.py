@@ -159,3 +159,19 @@ def test_the_cli_starts_without_torch_or_the_label_studio_sdk() -> None:
             "print(sorted(m for m in ('torch', 'ultralytics', 'openai', 'label_studio_sdk') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"  # heavy modules load inside the commands that need them
+
+
+def test_a_long_key_does_not_squeeze_the_values_out_of_a_table() -> None:
+    """`curate annotate status` showed every figure with an empty value at 80 columns: a pair of
+    annotators' e-mails made the first column wider than the terminal."""
+    from rich.console import Console
+
+    from curate.cli import _table
+
+    console = Console(width=80, record=True)
+    console.print(_table("round r", ["figure", "value"], [
+        ["krippendorff_alpha", "0.632"],
+        ["cohen_kappa:sim-1@simulated.curate.invalid|sim-2@simulated.curate.invalid", "0.631"]]))
+    text = console.export_text()
+    assert "0.632" in text and "0.631" in text
+    assert "sim-2@simulated" in text and "invalid" in text  # the long key folds onto a second line, whole
