@@ -61,6 +61,10 @@ def test_mcq_items_keep_their_types_as_class_labels(verified: Workspace, tmp_pat
     names = loaded.features["spurious_correlation_type"].feature.names
     assert "Co-occurring Objects" in names and loaded.num_rows == 8
     assert all(len(row["choices"]) == 4 for row in loaded)
+    skipped = json.loads((tmp_path / "r" / "release.json").read_text())["skipped_items"]
+    assert sum(skipped.values()) == 9 - 8  # the images left out are counted in the card, with their reason
+    card = " ".join((tmp_path / "hub" / "README.md").read_text().split())
+    assert "images without them are left out (" + ", ".join(f"{n} for {why}" for why, n in skipped.items()) in card
 
 
 def test_dry_run_writes_nothing_and_bad_targets_are_refused(judged: Workspace, tmp_path: Path) -> None:
