@@ -552,3 +552,17 @@ def test_the_cards_evaluation_command_scores_a_release_without_test_rows(judged:
     result = runner.invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "acc_wg" in result.output
+
+
+def test_a_card_says_when_simulated_annotators_answered(judged: Workspace, tmp_path: Path) -> None:
+    from curate.verdicts import SIMULATED_KEY
+
+    judged.catalog.add_verdicts(Verdict(v.item_id, v.attribute, v.annotator, v.round, v.value,
+                                        extra={SIMULATED_KEY: True})
+                                for v in judged.catalog.verdicts("round-1") if v.annotator == "bob")
+    result = build(judged, make_builder("groups", attribute="water", classes=("dog", "cat")), tmp_path / "release")
+    publish(judged, tmp_path / "release", f"folder:{tmp_path / 'hub'}")
+    card = " ".join((tmp_path / "hub" / "README.md").read_text().split())
+    n = sum(result.release.counts().values())  # each image: one verdict by ann, one simulated by bob
+    assert (f"Simulated annotators answered round round-1** ({n} of the {2 * n} verdicts on this release's "
+            "images)") in card and "do not use this release to measure a model" in card
