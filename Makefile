@@ -30,8 +30,9 @@ $(LABEL_STUDIO_BIN): | $(UV)
 	$(PYTHON) -m venv .label-studio/venv
 	$(UV) pip install --quiet --python .label-studio/venv/bin/python label-studio==$(LABEL_STUDIO_VERSION)
 
-$(LABEL_STUDIO): $(LABEL_STUDIO_BIN) | $(STAMP)
-	$(PY) tools/label_studio.py install
+# Label Studio's own Python makes the template (minutes of migrations) while torch installs.
+$(LABEL_STUDIO): $(LABEL_STUDIO_BIN)
+	.label-studio/venv/bin/python tools/label_studio.py install
 
 # The browser tests drive Debian's Chromium through Playwright (which never downloads a browser).
 $(CHROMIUM):
