@@ -34,9 +34,6 @@ from pathlib import Path
 
 import httpx
 
-from annotation.files import document_root
-from curate.workspace import Workspace
-
 LABEL_STUDIO_VERSION = "1.23.2"
 VENV_VARIABLE = "CURATE_LABEL_STUDIO_VENV"
 REPOSITORY_VENV = Path(__file__).resolve().parent.parent / ".label-studio" / "venv"
@@ -148,7 +145,10 @@ def executable(venv: Path) -> Path:
 
 
 def install(venv: Path = REPOSITORY_VENV, version: str = LABEL_STUDIO_VERSION) -> Path:
-    """Create ``venv`` with Label Studio and its data template (once; minutes and 1 GB). Returns the command."""
+    """Create ``venv`` with Label Studio and its data template (once; minutes and 1 GB). Returns the command.
+
+    This module imports nothing of curate's at load, so Label Studio's own Python can run this
+    (``make`` makes the template that way while curate's venv is still installing)."""
     command = executable(venv)
     if not command.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -298,6 +298,8 @@ def terminate(pid: int, timeout_s: float = 30) -> None:
 
 def server_folder(workspace_root: str | Path) -> Path:
     """``<ws>/label-studio``: the server's data, state and logins."""
+    from curate.workspace import Workspace  # here: the module needs only httpx (see ``install``)
+
     return Workspace.open(workspace_root).root / SERVER_FOLDER
 
 
@@ -308,6 +310,8 @@ def serve(workspace_root: str | Path, port: int | None = None, venv: Path | None
 
     A kept port now taken by another program is an error that says so.
     """
+    from annotation.files import document_root  # here: the module needs only httpx (see ``install``)
+
     folder = server_folder(workspace_root)
     folder.mkdir(mode=0o700, exist_ok=True)
     with _locked(folder / ".lock"):

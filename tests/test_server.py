@@ -8,6 +8,7 @@ import os
 import socket
 import sqlite3
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,17 @@ def test_the_venv_is_found_from_the_package_not_the_current_folder(monkeypatch: 
     monkeypatch.setattr(server, "REPOSITORY_VENV", tmp_path / "missing")
     with pytest.raises(ServerError, match="tools/label_studio.py install.*or set CURATE_LABEL_STUDIO_VENV"):
         server.find_venv()
+
+
+def test_label_studio_own_python_runs_the_install_tool() -> None:
+    """`make` runs tools/label_studio.py with Label Studio's own Python (none of curate's packages are
+    there), so the template's migrations run while curate's venv is still installing."""
+    venv = server.find_venv()
+    tool = Path(__file__).resolve().parent.parent / "tools" / "label_studio.py"
+    result = subprocess.run([str(venv / "bin" / "python"), str(tool), "install", "--venv", str(venv)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"data template {server.template(venv)}" in result.stdout
 
 
 def test_a_connection_for_a_server_curate_did_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
